@@ -1,0 +1,1 @@
+"""Data: reading and validating rows, the prompt template, tokenization, masks and collators."""

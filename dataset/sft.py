@@ -1,0 +1,121 @@
+"""SFT data: the prompt template, tokenization with a response-only loss mask, and the collator.
+
+Template (Alpaca style; the Input block is left out when a row has no input):
+
+    ### Instruction:
+    {instruction}
+
+    ### Input:
+    {input}
+
+    ### Response:
+    {response}</s>
+
+`prompt`/`completion` rows use their prompt text as is. Only response tokens and the final EOS are
+supervised (label = token id); prompt and padding tokens get label -100, which cross-entropy ignores.
+
+Truncation policy, shared by every stage (`fit_lengths`): when prompt + response exceed the limit,
+the prompt is cut from the left (its first token, the BOS, is kept); only if the response alone does
+not fit is it cut from the right. Rows are never dropped; truncated rows are counted and reported.
+"""
+import torch
+
+from dataset.io import read_rows
+
+SFT_FORMATS = [["instruction", "input", "output"], ["prompt", "completion"]]
+PROMPT_FORMATS = [["instruction", "input"], ["prompt"]]
+MIN_PROMPT_TOKENS = 8  # the prompt keeps at least this many tokens when the response is long
+
+
+def render_prompt(row: dict) -> str:
+    """The prompt text of a row (Alpaca `instruction`/`input`, or a raw `prompt`)."""
+    if "instruction" in row:
+        body = f"### Instruction:\n{row['instruction']}\n\n"
+        if row.get("input"):
+            body += f"### Input:\n{row['input']}\n\n"
+        return body + "### Response:\n"
+    return row["prompt"]
+
+
+def response_of(row: dict) -> str:
+    return row["output"] if "output" in row else row["completion"]
+
+
+class TruncationCounter:
+    """Counts rows cut by `fit_lengths`, for the report printed after tokenizing a file."""
+
+    def __init__(self):
+        self.rows = self.prompt_cut = self.response_cut = 0
+
+    def report(self, name: str) -> str:
+        cut = self.prompt_cut + self.response_cut
+        return (f"{name}: {self.rows} rows, {cut} truncated (prompt cut from the left: {self.prompt_cut}, "
+                f"response cut from the right: {self.response_cut})")
+
+
+def fit_lengths(prompt_ids: list, response_ids: list, max_len: int, counter: TruncationCounter = None):
+    """Apply the truncation policy; returns (prompt_ids, response_ids) with total length <= max_len."""
+    if counter is not None:
+        counter.rows += 1
+    if len(prompt_ids) + len(response_ids) <= max_len:
+        return prompt_ids, response_ids
+    room = max(max_len - len(response_ids), min(MIN_PROMPT_TOKENS, len(prompt_ids)))
+    if room < len(prompt_ids):
+        prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - room + 1:]  # keep BOS, cut from the left
+        if counter is not None:
+            counter.prompt_cut += 1
+    if len(prompt_ids) + len(response_ids) > max_len:
+        response_ids = response_ids[: max_len - len(prompt_ids)]
+        if counter is not None:
+            counter.response_cut += 1
+    return prompt_ids, response_ids
+
+
+def encode_prompt(tokenizer, prompt: str) -> list:
+    return tokenizer(prompt)["input_ids"]  # adds BOS where the tokenizer does (OPT: </s>)
+
+
+def encode_response(tokenizer, response: str) -> list:
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Tokenized demonstrations: each item is {'input_ids', 'labels'} as lists of ints."""
+
+    def __init__(self, source: str, tokenizer, max_len: int, limit: int = None, verbose: bool = True):
+        rows = read_rows(source, SFT_FORMATS, optional=("input",))[:limit]
+        self.rows, self.items, counter = rows, [], TruncationCounter()
+        for row in rows:
+            p, r = fit_lengths(encode_prompt(tokenizer, render_prompt(row)),
+                               encode_response(tokenizer, response_of(row)), max_len, counter)
+            self.items.append({"input_ids": p + r, "labels": [-100] * len(p) + r})
+        if verbose:
+            print(counter.report(source))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def pad(seqs: list, value: int, side: str = "right") -> torch.Tensor:
+    """Pad lists of ints to one length; returns a (B, T) long tensor."""
+    width = max(len(s) for s in seqs)
+    fill = [[value] * (width - len(s)) for s in seqs]
+    return torch.tensor([s + f if side == "right" else f + s for s, f in zip(seqs, fill)], dtype=torch.long)
+
+
+def sft_collate(items: list, pad_id: int) -> dict:
+    """Dynamic padding to the longest row of the batch (right side)."""
+    input_ids = pad([it["input_ids"] for it in items], pad_id)  # (B, T)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": pad([[1] * len(it["input_ids"]) for it in items], 0),  # (B, T)
+        "labels": pad([it["labels"] for it in items], -100),  # (B, T)
+    }
+
+
+def read_prompts(source: str, limit: int = None) -> list[dict]:
+    """Rows with a prompt (Alpaca `instruction`/`input` or `prompt`), for generation and PPO."""
+    return read_rows(source, PROMPT_FORMATS, optional=("input",))[:limit]

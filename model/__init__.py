@@ -1,0 +1,1 @@
+"""Models: loading (hub id, local dir, the embedded tiny OPT), wrappers, losses, generation, PEFT."""

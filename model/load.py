@@ -1,0 +1,149 @@
+"""Load a causal LM and its tokenizer by hub id, local directory or GGUF file, or build the embedded default.
+
+MODEL settings accepted by every script:
+  "embedded"            the tiny OPT of this repo (config model/tiny_opt.json, tokenizer trained on ds/),
+                        built deterministically on first use and cached in out/embedded/
+  "facebook/opt-125m"   any hub id (needs the network once, then the HF cache)
+  "out/sft"             a local directory written by save_pretrained
+  "dir/model.gguf"      a GGUF file (e.g. SmolLM2-135M from ../shared/tools/get-smollm2.sh; needs `gguf`)
+"""
+import glob
+import hashlib
+import json
+import os
+import socket
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
+
+EMBEDDED = "embedded"
+EMBEDDED_DIR = os.path.join("out", "embedded")
+TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_opt.json")
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3, as in OPT's tokenizer
+
+
+class ModelError(ValueError):
+    """A model setting that cannot be loaded; the message says which setting to change."""
+
+
+def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts`, with OPT's special-token ids and OPT's habit of
+    prepending </s> as BOS. Digits are split one by one so arithmetic sees each digit."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A $B", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def _shipped_texts(data_dir: str) -> list[str]:
+    from dataset.sft import render_prompt
+
+    texts = []
+    for path in sorted(glob.glob(os.path.join(data_dir, "*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                texts.append(render_prompt(row))
+                texts += [row[k] for k in ("output", "chosen", "rejected") if k in row] + row.get("responses", [])
+    return texts
+
+
+def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int = 0) -> str:
+    """Build (once) the untrained embedded OPT and its tokenizer; rebuilt when config or data change."""
+    with open(TINY_CONFIG) as f:
+        config = json.load(f)
+    files = sorted(glob.glob(os.path.join(data_dir, "*.jsonl")))
+    if not files:
+        raise ModelError(f"MODEL='embedded' needs the shipped data in {data_dir}/; run `python -m dataset.task`")
+    digest = hashlib.sha256(json.dumps([config, seed]).encode())
+    for path in files:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    stamp = os.path.join(out_dir, "build_id.txt")
+    if os.path.exists(stamp) and open(stamp).read() == digest.hexdigest():
+        return out_dir
+    tokenizer = build_tokenizer(_shipped_texts(data_dir), config["vocab_size"])
+    torch.manual_seed(seed)
+    model = OPTForCausalLM(OPTConfig(**config))
+    tmp = out_dir + ".tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "build_id.txt"), "w") as f:
+        f.write(digest.hexdigest())
+    if os.path.exists(out_dir):
+        import shutil
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(name: str, setting: str = "MODEL") -> tuple[str, dict]:
+    """Turn a model setting into (path or hub id, extra from_pretrained kwargs), or raise ModelError."""
+    if name == EMBEDDED:
+        return build_embedded(), {}
+    if name.endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise ModelError(f"{setting}={name!r}: no such GGUF file")
+        return os.path.dirname(name) or ".", {"gguf_file": os.path.basename(name)}
+    if os.path.isdir(name):
+        if not os.path.exists(os.path.join(name, "config.json")):
+            raise ModelError(f"{setting}={name!r}: the directory has no config.json (not a saved model)")
+        return name, {}
+    looks_local = (name.startswith((".", "/", "~")) or name.count("/") != 1
+                   or os.path.isdir(name.split("/")[0]))  # 'out/sft' with no out/sft/ is a mistyped path
+    if looks_local:
+        raise ModelError(f"{setting}={name!r}: no such directory, and not a hub id of the form 'org/name' "
+                         "(e.g. 'facebook/opt-125m'); use 'embedded' for the built-in model")
+    from huggingface_hub import try_to_load_from_cache
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _online()):
+        raise ModelError(f"{setting}={name!r} is not in the local Hugging Face cache and the hub cannot be "
+                         "reached (offline). Go online once, or set "
+                         f"{setting}='embedded' (the built-in tiny OPT) or a local directory.")
+    return name, ({"local_files_only": True} if cached else {})
+
+
+def load_tokenizer(name: str, setting: str = "MODEL"):
+    path, kw = resolve(name, setting)
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    if tok.pad_token_id is None:  # e.g. Llama tokenizers; never pad with EOS (it would be masked out)
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, setting: str = "MODEL", dtype=torch.float32):
+    path, kw = resolve(name, setting)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+
+
+def opt125m_config(vocab_size: int = 50272) -> OPTConfig:
+    """The exact facebook/opt-125m architecture (125,239,296 parameters with its vocabulary)."""
+    return OPTConfig(vocab_size=vocab_size, hidden_size=768, num_hidden_layers=12, ffn_dim=3072,
+                     num_attention_heads=12, max_position_embeddings=2048, word_embed_proj_dim=768,
+                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+
+def build_opt125m_arch(out_dir: str, seed: int = 0) -> str:
+    """A local checkpoint with opt-125m's architecture and random weights, using the embedded
+    tokenizer (its ids fit OPT's vocabulary): what tests and benchmarks use offline."""
+    if not os.path.exists(os.path.join(out_dir, "config.json")):
+        torch.manual_seed(seed)
+        OPTForCausalLM(opt125m_config()).save_pretrained(out_dir)
+        AutoTokenizer.from_pretrained(build_embedded()).save_pretrained(out_dir)
+    return out_dir

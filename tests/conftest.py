@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny models built from configs, and one short SFT run reused across tests."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+
+@pytest.fixture(autouse=True)
+def _run_in_repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def run_script(*args, timeout=600) -> str:
+    """Run a train_*.py script in a subprocess; fail with its output if it fails."""
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def sft_dir(tmp_path_factory) -> str:
+    """A briefly trained SFT checkpoint of the embedded model (shared: later stages start from it)."""
+    out = str(tmp_path_factory.mktemp("sft"))
+    run_script("train_sft.py", "--out_dir", out, "--max_steps", "250", "--eval_interval", "0", "--save_interval", "0",
+               "--eval_limit", "100", "--warmup_steps", "20")
+    return out
+
+
+@pytest.fixture(scope="session")
+def opt125m_dir(tmp_path_factory) -> str:
+    """A local checkpoint with facebook/opt-125m's exact architecture and random weights."""
+    from model.load import build_opt125m_arch
+
+    os.chdir(ROOT)
+    return build_opt125m_arch(str(tmp_path_factory.mktemp("opt125m")))

@@ -1,0 +1,44 @@
+"""SFT: next-token loss on the response tokens (and EOS) of instruction demonstrations.
+
+Evaluation: the held-out loss on demonstrations, and the gold judge's mean score of greedy answers to
+held-out prompts (what a labeller would think of the model, not just how well it imitates).
+"""
+import torch
+
+from dataset.sft import sft_collate
+from model.generate import gold_eval
+from model.loss import lm_loss
+from trainer.base import Trainer
+
+
+class SFTTrainer(Trainer):
+    def __init__(self, model, tokenizer, train_data, eval_data=None, eval_prompts=None, *, max_prompt_len: int = 64,
+                 max_new_tokens: int = 32, eval_batch_size: int = 64, **kwargs):
+        super().__init__(model, train_data, lambda items: sft_collate(items, tokenizer.pad_token_id), **kwargs)
+        self.tokenizer, self.eval_data, self.eval_prompts = tokenizer, eval_data, eval_prompts
+        self.max_prompt_len, self.max_new_tokens, self.eval_batch_size = max_prompt_len, max_new_tokens, eval_batch_size
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        return lm_loss(logits, batch["labels"]), {}
+
+    def eval_loss(self) -> float:
+        """Mean loss over supervised tokens of the held-out demonstrations (token-weighted)."""
+        total, count = 0.0, 0
+        for i in range(0, len(self.eval_data), self.eval_batch_size):
+            batch = sft_collate(self.eval_data.items[i: i + self.eval_batch_size], self.tokenizer.pad_token_id)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total, count = total + lm_loss(logits, batch["labels"]).item() * n, count + n
+        return total / count
+
+    def evaluate(self) -> dict:
+        out = {}
+        if self.eval_data is not None:
+            out["loss"] = self.eval_loss()
+        if self.eval_prompts:
+            gold = gold_eval(self.unwrap(self.model), self.tokenizer, self.eval_prompts, self.max_prompt_len,
+                             self.max_new_tokens, batch_size=self.eval_batch_size)
+            out.update(gold_score=gold["score"], correct=gold["correct"], format=gold["format"])
+        return out

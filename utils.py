@@ -1,0 +1,132 @@
+"""Shared plumbing: command-line overrides of a script's constants, seeding, files, memory.
+
+Nothing algorithmic lives here.
+"""
+import ast
+import difflib
+import json
+import os
+import random
+import resource
+import sys
+
+import torch
+
+
+class ConfigError(ValueError):
+    """An unknown setting or a value of the wrong type."""
+
+
+def _is_setting(name: str, value) -> bool:
+    return name.isupper() and not name.startswith("_") and isinstance(value, (bool, int, float, str, list, tuple, dict, type(None)))
+
+
+def _parse_value(name: str, raw: str, default):
+    if isinstance(default, str):
+        return raw  # a string setting takes the text as it is: --model out/sft
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"--{name.lower()}: expected {type(default).__name__} (default {default!r}), got {raw!r}")
+    return value
+
+
+def configure(namespace: dict, argv: list[str] = None) -> dict:
+    """Apply `--key value` / `--key=value` overrides to the UPPERCASE constants in `namespace`.
+
+    Values are parsed with ast.literal_eval (a string setting takes the raw text); the type must match
+    the default (an int is accepted for a float). Unknown names raise with the closest valid names.
+    Every override is printed. Returns the resolved settings {NAME: value}, for logging and checkpoints.
+    From the command line (argv=None) an error exits with its message instead of a traceback.
+    """
+    from_cli = argv is None
+    argv = sys.argv[1:] if from_cli else argv
+    settings = {k: v for k, v in namespace.items() if _is_setting(k, v)}
+    try:
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if not arg.startswith("--"):
+                raise ConfigError(f"unexpected argument {arg!r}; settings are given as --name value or --name=value")
+            if "=" in arg:
+                key, raw = arg[2:].split("=", 1)
+                i += 1
+            elif i + 1 < len(argv):
+                key, raw = arg[2:], argv[i + 1]
+                i += 2
+            else:
+                raise ConfigError(f"{arg}: missing value")
+            name = key.upper().replace("-", "_")
+            if name not in settings:
+                close = difflib.get_close_matches(name, settings, n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join('--' + c.lower() for c in close)}?" if close else ""
+                raise ConfigError(f"unknown setting --{key}{hint} (valid: {', '.join('--' + s.lower() for s in settings)})")
+            value = _parse_value(name, raw, namespace[name])
+            print(f"override: {name} = {value!r}")
+            namespace[name] = settings[name] = value
+    except ConfigError as e:
+        if from_cli:
+            sys.exit(f"error: {e}")
+        raise
+    return settings
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: str, obj: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, default=float) + "\n")
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' per-load progress bars and info lines (the run's own bar is the one to read)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
