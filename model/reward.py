@@ -1,0 +1,34 @@
+"""Reward model and critic: a causal-LM backbone plus a scalar head (`AutoModelForSequenceClassification`,
+num_labels=1), so a saved reward model loads in any tool with
+`AutoModelForSequenceClassification.from_pretrained(dir)`.
+
+* reward: the head's output at the last non-pad token of (prompt + response) -> one score per row.
+  transformers takes the rightmost token that is not the pad id, which is right for left and right
+  padding alike (the pad id must never equal EOS: OPT pads with 1, EOS is 2).
+* critic (PPO): the same head applied at every position -> one value per token.
+"""
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from model.load import resolve
+
+
+def load_reward_model(name: str, pad_token_id: int, setting: str = "MODEL", dtype=torch.float32):
+    """A reward model from a saved RM, or a fresh scalar head on a causal LM (e.g. the SFT checkpoint)."""
+    path, kw = resolve(name, setting)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **kw)
+    model.config.pad_token_id = pad_token_id  # Llama configs have none; the last-token lookup needs it
+    return model
+
+
+def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Score at the last non-pad token.  input_ids, attention_mask: (B, T) -> (B,)"""
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()  # (B,)
+
+
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The scalar head at every position (PPO's critic).  (B, T) -> (B, T); values[:, t] estimates
+    the return after token t."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    return model.score(hidden).squeeze(-1).float()  # (B, T)
