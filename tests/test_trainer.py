@@ -1,0 +1,141 @@
+"""The base trainer and the SFT stage: learning, exact resume, atomic checkpoints, non-finite loss."""
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
+
+from dataset.sft import SFTDataset
+from model.load import ModelError, load_causal_lm, load_tokenizer, resolve
+from trainer.base import NonFiniteLossError
+from trainer.sft import SFTTrainer
+
+from conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="module")
+def data(tok):
+    return SFTDataset("ds/sft_eval.jsonl", tok, max_len=64, limit=64, verbose=False)
+
+
+def tiny_model(seed=0):
+    """A 2-layer, width-32 OPT with the embedded tokenizer's vocabulary."""
+    torch.manual_seed(seed)
+    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
+                                    num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
+                                    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0))
+
+
+def make_trainer(tok, data, out_dir, model=None, **kw):
+    args = dict(lr=3e-3, max_steps=6, batch_size=8, warmup_steps=2, log_interval=1, seed=1)
+    args.update(kw)
+    return SFTTrainer(model or tiny_model(), tok, data, out_dir=str(out_dir), run_config={"test": True}, **args)
+
+
+def test_sft_loss_falls_on_a_tiny_batch(tok, data, tmp_path):
+    """Forty steps on one repeated batch of 8 drive the loss below half its starting value."""
+    trainer = make_trainer(tok, data.items[:8], tmp_path, max_steps=40, lr=1e-2)
+    batch = trainer.get_batch(0)
+    with torch.no_grad():
+        first = trainer.compute_loss(batch)[0].item()
+    trainer.fit()
+    with torch.no_grad():
+        last = trainer.compute_loss(batch)[0].item()
+    assert last < 0.5 * first
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [l["step"] for l in lines] == list(range(1, 41)) and "train/loss" in lines[0]
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tok, data, tmp_path):
+    """Stop after step 4 (checkpoint at 3), resume: the final weights equal an uninterrupted run's bitwise."""
+    full = make_trainer(tok, data, tmp_path / "full", grad_accum=2)
+    full.fit()
+
+    class Crash(Exception):
+        pass
+
+    interrupted = make_trainer(tok, data, tmp_path / "cut", save_interval=3, grad_accum=2)
+    original = interrupted.compute_loss
+
+    def crash_at_step_4(batch):
+        if interrupted.step == 4:
+            raise Crash
+        return original(batch)
+
+    interrupted.compute_loss = crash_at_step_4
+    with pytest.raises(Crash):
+        interrupted.fit()
+    assert json.load(open(tmp_path / "cut" / "checkpoint" / "run_config.json")) == {"test": True}
+    resumed = make_trainer(tok, data, tmp_path / "cut", model=tiny_model(seed=123), resume=True, grad_accum=2)
+    resumed.fit()
+    assert resumed.step == 6
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tok, data, tmp_path):
+    """A NaN loss raises a clear error and leaves the last good checkpoint byte-identical."""
+    trainer = make_trainer(tok, data, tmp_path, save_interval=2)
+    original = trainer.compute_loss
+
+    def nan_at_step_3(batch):
+        loss, m = original(batch)
+        return (loss * float("nan"), m) if trainer.step == 3 else (loss, m)
+
+    trainer.compute_loss = nan_at_step_3
+    with pytest.raises(NonFiniteLossError, match="step 3: the loss is nan"):
+        trainer.fit()
+    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 2 and not os.path.exists(tmp_path / "checkpoint.tmp")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_saved_checkpoint_reloads_to_identical_logits(tok, data, tmp_path):
+    """save_model writes an HF checkpoint that AutoModelForCausalLM reloads with identical logits."""
+    trainer = make_trainer(tok, data, tmp_path, max_steps=2)
+    trainer.fit()
+    trainer.save_model(str(tmp_path / "hf"), tok)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([data[0]["input_ids"]])
+    trainer.model.eval()
+    assert torch.equal(trainer.model(ids).logits, reloaded(ids).logits)
+    assert json.load(open(tmp_path / "hf" / "run_config.json")) == {"test": True}
+
+
+def test_sft_raises_gold_score(sft_dir):
+    """SFT on the embedded default lifts the held-out gold score well above the untrained model's (0)."""
+    summary = json.load(open(os.path.join(sft_dir, "summary.json")))
+    assert summary["gold_score_base"] < 0.05
+    assert summary["gold_score"] > summary["gold_score_base"] + 0.15
+    assert summary["eval_loss"] < 0.5 * summary["eval_loss_base"]
+    assert os.path.exists(os.path.join(sft_dir, "model.safetensors")) and os.path.exists(os.path.join(sft_dir, "tokenizer.json"))
+
+
+def test_opt125m_architecture_switch_takes_a_training_step(opt125m_dir, tmp_path):
+    """MODEL=<a local opt-125m-architecture checkpoint> runs through train_sft.py (the switch users
+    flip for facebook/opt-125m) and the model has exactly opt-125m's 125,239,296 parameters."""
+    model = load_causal_lm(opt125m_dir)
+    assert sum(p.numel() for p in model.parameters()) == 125_239_296
+    del model
+    out = run_script("train_sft.py", "--model", opt125m_dir, "--out_dir", str(tmp_path), "--max_steps", "1",
+                     "--batch_size", "2", "--max_len", "48", "--eval_limit", "2", "--max_new_tokens", "4",
+                     "--eval_data", "none", "--warmup_steps", "0", "--lr", "1e-5")
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["num_params"] == 125_239_296 and summary["train_loss"] > 0
+    assert "gold score" in out
+
+
+def test_model_setting_errors_are_clear(tmp_path):
+    """A mistyped path or an unreachable hub id says which setting to change, without network waits."""
+    with pytest.raises(ModelError, match="MODEL='out/nope': no such directory"):
+        resolve("out/nope")
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache"):
+        resolve("facebook/opt-125m")
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve(str(tmp_path))
