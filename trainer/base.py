@@ -94,7 +94,7 @@ class Trainer:
             self.load_checkpoint()
             self.log(f"resumed from {self.ckpt_dir} at step {self.step}")
         start, metrics = time.time(), {}
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.accelerator.is_main_process, dynamic_ncols=True)
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.accelerator.is_main_process or bool(os.environ.get("TQDM_DISABLE")), dynamic_ncols=True)
         while self.step < self.max_steps:
             metrics = self.training_step()
             self.step += 1
