@@ -26,3 +26,104 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(tokens[t]) under logits[t].  logits: (B, T, V) already aligned with tokens: (B, T)."""
     return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    """Reward-model loss, InstructGPT Eq. 1 (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155):
+
+        loss = -mean over pairs of log sigmoid(r(x, y_w) - r(x, y_l))
+
+    averaged over every pair of the batch (a ranking of K gives K(K-1)/2 pairs that enter together).
+    It equals log 2 when the two scores are equal. F.logsigmoid stays finite for large margins, where
+    log(sigmoid(x)) underflows to -inf.  chosen_scores, rejected_scores: (P,) -> scalar.
+    """
+    return -F.logsigmoid(chosen_scores.float() - rejected_scores.float()).mean()
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked positions; masked-out positions come back as 0.  x, mask: (B, T)"""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * mask
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation, PPO Eqs. 11-12 (Schulman et al. 2017, https://arxiv.org/abs/1707.06347):
+
+        delta_t = r_t + gamma * V_{t+1} - V_t          (V after the last response token = 0)
+        A_t     = sum_l (gamma * lam)^l * delta_{t+l}
+        returns = A + V
+
+    rewards, values, mask: (B, N) over response tokens, mask 1 up to and including EOS. Returns
+    (advantages, returns), both (B, N) and 0 where mask is 0.
+    """
+    values, rewards = values * mask, rewards * mask
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])  # A_{t+1}, (B,)
+    for t in reversed(range(rewards.size(1))):
+        next_value = values[:, t + 1] if t + 1 < rewards.size(1) else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip_range: float) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate objective, PPO Eq. 7, as a loss to minimise:
+
+        rho = exp(logprobs - old_logprobs)
+        loss = -mean_t min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)
+
+    All arguments (B, N). Also returns clipfrac (share of tokens where the clip is active) and
+    approx_kl, the k3 estimator (rho - 1) - log rho of KL(old || new) (http://joschu.net/blog/kl-approx.html).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+    return loss, {"clipfrac": clipfrac.item(), "approx_kl": approx_kl.item(), "ratio": masked_mean(ratio, mask).item()}
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range: float) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss (PPO2 / InstructGPT-style critic):
+
+        V_clip = old_V + clip(V - old_V, -eps, eps)
+        loss = 0.5 * mean_t max((V - R)^2, (V_clip - R)^2)
+
+    All arguments (B, N). The clip keeps the critic near the values the advantages were computed with.
+    """
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean(((values - returns) ** 2 < (clipped - returns) ** 2).float(), mask)
+    return loss, {"value_clipfrac": clipfrac.item()}
+
+
+def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                         beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards of the RL objective, InstructGPT Eq. 2 without the ptx term:
+
+        r_t = -beta * (log pi_RL(y_t) - log pi_SFT(y_t))  on every response token
+        r_T += score                                       on the last response token T (EOS if produced)
+
+    scores: (B,); logprobs, ref_logprobs, mask: (B, N). Returns (rewards, kl), both (B, N), 0 outside mask.
+    """
+    kl = (logprobs - ref_logprobs) * mask  # (B, N)
+    rewards = -beta * kl
+    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask.bool()  # (B, N): True only at the last token
+    # equivalent loop: for i in range(B): rewards[i, mask[i].nonzero().max()] += scores[i]
+    return rewards + last * scores[:, None], kl
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position.  (B, T, V) -> (B, T)"""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)

@@ -1,0 +1,104 @@
+"""Benchmark (not a test): a reward model on real preference data, Anthropic HH-RLHF harmless pairs.
+
+    bash ../shared/tools/get-smollm2.sh                  # once: SmolLM2-135M-Instruct as a GGUF file
+    nohup python bench/bench_rm_hh.py > out/bench_rm_hh.log 2>&1 &     # ~1 h on 2 CPU cores
+    python bench/bench_rm_hh.py --max_steps 3 --dev_rows 16 --test_limit 16 --out_dir out/t_bench   # smoke run
+
+Trains train_rm.py on SmolLM2-135M with ../shared/data/hh-harmless-train.jsonl, holding out its last
+DEV_ROWS rows to pick the best checkpoint, then scores ALL 500 pairs of ../shared/data/hh-harmless-test.jsonl
+once (the one test row whose replies contain an extra Assistant turn is split at the common prefix).
+The test file is never used for training or for choosing settings. Prints the accuracy beside the
+rule "always prefer the shorter reply", the wall time and the peak memory; writes OUT_DIR/result.json.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dataset.rm import RMDataset, read_comparisons  # noqa: E402
+from model.reward import load_reward_model  # noqa: E402
+from trainer.rm import evaluate_pairs  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+from utils import configure, peak_rss_mb, quiet_transformers, write_json  # noqa: E402
+
+MODEL = os.path.expanduser("~/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")  # from get-smollm2.sh
+TRAIN_FILE = "../shared/data/hh-harmless-train.jsonl"  # 1,812 HH harmless pairs
+TEST_FILE = "../shared/data/hh-harmless-test.jsonl"  # 500 pairs, evaluation only
+OUT_DIR = "out/bench_rm_hh"  # split files, the reward model (OUT_DIR/rm), result.json
+DEV_ROWS = 100  # last rows of TRAIN_FILE held out to select the best checkpoint
+TEST_LIMIT = None  # score only the first N test rows (None: all 500; only for smoke runs)
+MAX_LEN = 256  # tokens per dialogue (about 80% fit; longer ones lose their oldest turns, never the last reply)
+TRAIN_LAYERS = 10  # train the top 10 of SmolLM2's 30 blocks (+ norm and head): about 2x less compute per step
+MAX_STEPS = 150  # optimizer steps of BATCH_SIZE x GRAD_ACCUM pairs (150 x 8 = 1,200 pairs: 0.7 epoch)
+BATCH_SIZE = 2  # pairs per micro-batch (small: little padding)
+GRAD_ACCUM = 4  # micro-batches per step
+LR = 2e-5  # peak learning rate
+EVAL_INTERVAL = 0  # steps between dev evaluations (0: before and after training only)
+BF16 = True  # bfloat16 autocast: about 3x faster on this CPU
+
+config = configure(globals())
+
+
+def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """Float32 matmul speed now: the machine sometimes runs at half speed (see FACTS.md)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.time()
+    for _ in range(repeat):
+        a @ b
+    return 2 * n ** 3 * repeat / (time.time() - start) / 1e9
+
+
+def shorter_reply_accuracy(source: str, limit: int = None) -> float:
+    """Accuracy of the rule 'prefer the shorter reply' (characters; a tie counts half)."""
+    groups = read_comparisons(source, on_mismatch="common_prefix", limit=limit)
+    wins = [1.0 if len(c) < len(r) else 0.5 if len(c) == len(r) else 0.0 for c, r in (g["responses"] for g in groups)]
+    return sum(wins) / len(wins)
+
+
+def main():
+    quiet_transformers()
+    start, gflops_before = time.time(), matmul_gflops()
+    data_dir, rm_dir = os.path.join(OUT_DIR, "data"), os.path.join(OUT_DIR, "rm")
+    os.makedirs(data_dir, exist_ok=True)
+    with open(TRAIN_FILE, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    for name, part in (("train", lines[:-DEV_ROWS]), ("dev", lines[-DEV_ROWS:])):
+        with open(os.path.join(data_dir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(part)
+    subprocess.run([sys.executable, "train_rm.py", "--model", MODEL, "--train_data", f"{data_dir}/train.jsonl",
+                    "--eval_data", f"{data_dir}/dev.jsonl", "--out_dir", rm_dir, "--max_len", str(MAX_LEN),
+                    "--max_steps", str(MAX_STEPS), "--batch_size", str(BATCH_SIZE), "--grad_accum", str(GRAD_ACCUM),
+                    "--train_layers", str(TRAIN_LAYERS), "--lr", str(LR),
+                    "--warmup_steps", str(max(1, MAX_STEPS // 10)), "--eval_interval", str(EVAL_INTERVAL),
+                    "--eval_batch_size", "8", "--bf16", str(BF16), "--log_interval", "5"], check=True,
+                   env={**os.environ, "TQDM_DISABLE": "1"})
+    with open(os.path.join(rm_dir, "summary.json")) as f:
+        train_summary = json.load(f)
+
+    tokenizer = AutoTokenizer.from_pretrained(rm_dir)
+    model = load_reward_model(rm_dir, tokenizer.pad_token_id).eval()
+    test = RMDataset(TEST_FILE, tokenizer, MAX_LEN, on_mismatch="common_prefix", limit=TEST_LIMIT)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
+        metrics = evaluate_pairs(model, test, tokenizer.pad_token_id, batch_size=8)
+    result = {"accuracy": metrics["accuracy"], "margin": metrics["margin"], "test_pairs": metrics["pairs"],
+              "shorter_reply_accuracy": shorter_reply_accuracy(TEST_FILE, TEST_LIMIT),
+              "dev_accuracy": train_summary["accuracy"], "dev_accuracy_base": train_summary["accuracy_base"],
+              "train_seconds": train_summary["train_seconds"], "wall_seconds": time.time() - start,
+              "peak_rss_mb": max(train_summary["peak_rss_mb"], peak_rss_mb()),
+              "matmul_gflops_before": gflops_before, "matmul_gflops_after": matmul_gflops(), "config": config}
+    write_json(os.path.join(OUT_DIR, "result.json"), result)
+    print(f"HH harmless test ({result['test_pairs']} pairs): accuracy {result['accuracy']:.4f} "
+          f"(always prefer the shorter reply: {result['shorter_reply_accuracy']:.4f}); dev accuracy "
+          f"{result['dev_accuracy']:.4f} (before training {result['dev_accuracy_base']:.4f})")
+    print(f"wall time {result['wall_seconds'] / 60:.1f} min (training {result['train_seconds'] / 60:.1f} min), "
+          f"peak memory {result['peak_rss_mb']:.0f} MiB, matmul {gflops_before:.0f} -> "
+          f"{result['matmul_gflops_after']:.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

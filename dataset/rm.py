@@ -1,0 +1,171 @@
+"""Comparison data for the reward model: rows -> groups of responses ranked best first -> token ids.
+
+Accepted rows (local JSON/JSONL files or `datasets.load_dataset` names, e.g. Anthropic/hh-rlhf):
+
+* ranked:  instruction/input (or prompt) + `responses`, best first, K >= 2. A ranking of K gives all
+  K(K-1)/2 pairs (InstructGPT section 3.5): responses[i] is preferred to responses[j] for every i < j.
+* pair:    instruction/input (or prompt) + `chosen` / `rejected` (one pair, K = 2).
+* HH:      `chosen` / `rejected` only: whole dialogues of "\\n\\nHuman: ..." / "\\n\\nAssistant: ..." turns
+  (Anthropic HH-RLHF). Each is split after its last "\\n\\nAssistant:" into the shared prompt and the
+  reply. If the two prompts differ (a reply that itself contains "\\n\\nAssistant:" makes a few real
+  rows do so) the row is skipped with a warning naming file:line, counted, or is an error under
+  `on_mismatch="error"`. `on_mismatch="common_prefix"` keeps it instead, splitting both at the last
+  "\\n\\nAssistant:" of their common prefix (for evaluating every pair of a test file).
+
+A group is scored as one unit: each of its K responses is one sequence (prompt + response + EOS),
+scored once per step, and the pairs index into them. Over-length sequences follow the shared policy
+of `dataset.sft.fit_lengths` (prompt cut from the left, then the response from the right); they are
+counted and reported, never dropped. Bad rows raise DataError with file:line.
+"""
+import os
+
+import torch
+
+from dataset.io import DataError, read_rows
+from dataset.sft import TruncationCounter, encode_prompt, encode_response, fit_lengths, pad, render_prompt
+
+RANKED_FORMATS = [["instruction", "input", "responses"], ["prompt", "responses"]]
+PAIR_FORMATS = [["instruction", "input", "chosen", "rejected"], ["prompt", "chosen", "rejected"], ["chosen", "rejected"]]
+ASSISTANT = "\n\nAssistant:"
+
+
+def ranked_pairs(k: int) -> list[tuple[int, int]]:
+    """All (better, worse) index pairs of a best-first ranking of k responses: k(k-1)/2 of them."""
+    return [(i, j) for i in range(k) for j in range(i + 1, k)]
+
+
+def split_hh(dialogue: str) -> tuple[str, str]:
+    """Split an HH dialogue after its last '\\n\\nAssistant:' -> (prompt, reply)."""
+    cut = dialogue.rfind(ASSISTANT)
+    if cut < 0:
+        raise ValueError("no '\\n\\nAssistant:' turn")
+    cut += len(ASSISTANT)
+    return dialogue[:cut], dialogue[cut:]
+
+
+def split_hh_common(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Split both dialogues at the last '\\n\\nAssistant:' of their common prefix -> (prompt, chosen, rejected)."""
+    common = os.path.commonprefix([chosen, rejected])
+    cut = common.rfind(ASSISTANT)
+    if cut < 0:
+        raise ValueError("the dialogues share no '\\n\\nAssistant:' turn")
+    cut += len(ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def pair_kind(prompt: str, better: str, worse: str) -> str:
+    """What separates two responses by the gold judge: 'correctness' (same format, correctness differs),
+    'format' (same correctness, format differs), 'both', or 'none'."""
+    from dataset.task import judge
+
+    b, w = judge(prompt, better), judge(prompt, worse)
+    same_format, same_correct = b["format"] == w["format"], b["correct"] == w["correct"]
+    return {(True, False): "correctness", (False, True): "format", (False, False): "both"}.get(
+        (same_format, same_correct), "none")
+
+
+def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
+    """One validated row -> {'prompt', 'responses' (best first), 'type', 'where'}; None if skipped."""
+    where = row["_where"]
+    if "responses" in row:
+        responses = row["responses"]
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise DataError(f"{where}: field 'responses' must be a list of at least 2 responses, best first")
+        if not all(isinstance(r, str) and r.strip() for r in responses):
+            raise DataError(f"{where}: field 'responses' must hold non-empty strings")
+        if len(set(responses)) < len(responses):
+            raise DataError(f"{where}: field 'responses' holds the same response twice (a ranking needs distinct ones)")
+        return {"prompt": render_prompt(row), "responses": responses, "type": row.get("type"), "where": where}
+    chosen, rejected = row["chosen"], row["rejected"]
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise DataError(f"{where}: fields 'chosen' and 'rejected' must be strings")
+    if "instruction" in row or "prompt" in row:
+        prompt = render_prompt(row)
+    else:
+        try:
+            (prompt, chosen), (other, rejected) = split_hh(chosen), split_hh(rejected)
+        except ValueError:
+            raise DataError(f"{where}: a chosen/rejected row without a prompt must be an HH dialogue with "
+                            "'\\n\\nAssistant:' turns (or add 'prompt' or 'instruction')") from None
+        if prompt != other:
+            if on_mismatch == "error":
+                raise DataError(f"{where}: chosen and rejected dialogues differ before their last Assistant turn")
+            if on_mismatch == "skip":
+                skipped.append(where)
+                return None
+            prompt, chosen, rejected = split_hh_common(row["chosen"], row["rejected"])
+    if chosen == rejected:
+        raise DataError(f"{where}: 'chosen' and 'rejected' are the same response")
+    return {"prompt": prompt, "responses": [chosen, rejected], "type": row.get("type"), "where": where}
+
+
+def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, split: str = "train") -> list[dict]:
+    """Read ranked, pair or HH rows into groups (see the module docstring); warns about skipped HH rows."""
+    if on_mismatch not in ("skip", "error", "common_prefix"):
+        raise ValueError(f"on_mismatch={on_mismatch!r}: expected 'skip', 'error' or 'common_prefix'")
+    rows = read_rows(source, RANKED_FORMATS + PAIR_FORMATS, optional=("input",), split=split)[:limit]
+    skipped = []
+    groups = [g for g in (to_group(r, on_mismatch, skipped) for r in rows) if g is not None]
+    if skipped:
+        print(f"warning: skipped {len(skipped)} HH row(s) whose chosen and rejected prompts differ "
+              f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}); set STRICT to make this an error")
+    return groups
+
+
+class RMDataset(torch.utils.data.Dataset):
+    """Tokenized groups: {'sequences': K lists of ids, 'pairs': [(better, worse)], 'kinds': pair kinds or None}.
+
+    kinds come from the gold judge and exist only for rows of the shipped task (rows with a 'type')."""
+
+    def __init__(self, source: str, tokenizer, max_len: int, on_mismatch: str = "skip", limit: int = None,
+                 verbose: bool = True):
+        self.groups = read_comparisons(source, on_mismatch, limit)
+        self.items, self.counter = [], TruncationCounter()
+        for g in self.groups:
+            prompt_ids = encode_prompt(tokenizer, g["prompt"])
+            sequences = []
+            for response in g["responses"]:
+                p, r = fit_lengths(prompt_ids, encode_response(tokenizer, response), max_len, self.counter)
+                sequences.append(p + r)
+            pairs = ranked_pairs(len(sequences))
+            kinds = [pair_kind(g["prompt"], g["responses"][i], g["responses"][j]) for i, j in pairs] if g["type"] else None
+            self.items.append({"sequences": sequences, "pairs": pairs, "kinds": kinds})
+        if verbose:
+            print(self.report(source))
+
+    def report(self, name: str) -> str:
+        c = self.counter
+        return (f"{name}: {len(self.items)} groups, {self.num_pairs} pairs, {c.rows} sequences, "
+                f"{c.prompt_cut + c.response_cut} truncated (prompt cut from the left: {c.prompt_cut}, "
+                f"response cut from the right: {c.response_cut})")
+
+    @property
+    def num_pairs(self) -> int:
+        return sum(len(it["pairs"]) for it in self.items)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def rm_collate(items: list, pad_id: int) -> dict:
+    """Flatten the groups' responses into one right-padded batch of N sequences, and index the P pairs.
+
+    input_ids, attention_mask: (N, T); chosen_index, rejected_index: (P,) rows of input_ids;
+    kinds: P pair kinds (None where unknown)."""
+    seqs, chosen, rejected, kinds = [], [], [], []
+    for it in items:
+        offset = len(seqs)
+        seqs += it["sequences"]
+        chosen += [offset + i for i, _ in it["pairs"]]
+        rejected += [offset + j for _, j in it["pairs"]]
+        kinds += it["kinds"] or [None] * len(it["pairs"])
+    return {
+        "input_ids": pad(seqs, pad_id),  # (N, T)
+        "attention_mask": pad([[1] * len(s) for s in seqs], 0),  # (N, T)
+        "chosen_index": torch.tensor(chosen, dtype=torch.long),  # (P,)
+        "rejected_index": torch.tensor(rejected, dtype=torch.long),  # (P,)
+        "kinds": kinds,
+    }

@@ -1,0 +1,200 @@
+"""Reward model stage: the pairwise loss, last-token scoring, ranked pairs, HH splitting, learning,
+the AutoModelForSequenceClassification round trip, row errors, and a train_rm.py smoke run."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, OPTConfig, OPTForSequenceClassification
+
+from conftest import run_script
+from dataset.io import DataError
+from dataset.label import rank_responses
+from dataset.rm import RMDataset, pair_kind, ranked_pairs, read_comparisons, rm_collate, split_hh
+from model.load import load_tokenizer
+from model.loss import pairwise_loss
+from model.reward import load_reward_model, reward_scores
+from trainer.rm import RMTrainer, evaluate_pairs
+
+PAD = 1
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("embedded")
+
+
+def tiny_rm(vocab_size: int, seed: int = 0) -> OPTForSequenceClassification:
+    """A 2-layer, width-32 OPT with a scalar head, dropout off."""
+    torch.manual_seed(seed)
+    config = OPTConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                       max_position_embeddings=128, word_embed_proj_dim=32, dropout=0.0, attention_dropout=0.0,
+                       activation_dropout=0.0, pad_token_id=PAD, num_labels=1)
+    return OPTForSequenceClassification(config).eval()
+
+
+def write_rows(tmp_path, name: str, rows: list) -> str:
+    path = tmp_path / name
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_pairwise_loss_is_log2_at_equal_scores_and_stable():
+    """-log sigmoid(r_w - r_l) is log 2 when chosen equals rejected (no preference yet), matches the
+    textbook form at moderate margins, and stays finite at a margin of -200 where log(sigmoid) is -inf."""
+    scores = torch.randn(7)
+    assert torch.allclose(pairwise_loss(scores, scores.clone()), torch.tensor(math.log(2)))
+    chosen, rejected = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.0, 1.0, 0.5])
+    assert torch.allclose(pairwise_loss(chosen, rejected), -torch.log(torch.sigmoid(chosen - rejected)).mean())
+    assert torch.isfinite(pairwise_loss(torch.tensor([-200.0]), torch.tensor([0.0])))
+    assert pairwise_loss(torch.tensor([-200.0]), torch.tensor([0.0])).item() == pytest.approx(200.0)
+
+
+def test_score_is_read_at_last_non_pad_token_on_either_padding_side():
+    """A batch scores each sequence exactly as it scores alone, right- or left-padded: the head is read
+    at the last real token (OPT needs the attention mask for positions under left padding)."""
+    model = tiny_rm(vocab_size=40)
+    seqs = [[2, 5, 6, 7, 8, 9, 2], [2, 11, 12, 2], [2, 20, 2]]
+    alone = torch.stack([reward_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0] for s in seqs])
+    for side in ("right", "left"):
+        width = max(map(len, seqs))
+        fill = [[PAD] * (width - len(s)) for s in seqs]
+        ids = torch.tensor([s + f if side == "right" else f + s for s, f in zip(seqs, fill)])  # (3, 7)
+        mask = (ids != PAD).long()  # (3, 7)
+        assert torch.allclose(reward_scores(model, ids, mask), alone, atol=1e-5), side
+    ids = torch.tensor([seqs[1] + [PAD] * 3])
+    changed = ids.clone()
+    changed[0, 2] = 30  # a real token before the last one matters ...
+    assert not torch.allclose(reward_scores(model, changed, torch.ones_like(ids)), reward_scores(model, ids, torch.ones_like(ids)))
+
+
+def test_ranking_of_k_gives_all_k_choose_2_pairs_each_response_scored_once(tok, tmp_path):
+    """K ranked responses give exactly K(K-1)/2 (better, worse) pairs, better ranked first, and a batch
+    holds each response once however many pairs it is in."""
+    for k in range(2, 7):
+        pairs = ranked_pairs(k)
+        assert len(pairs) == len(set(pairs)) == k * (k - 1) // 2 and all(i < j for i, j in pairs)
+    rows = [{"instruction": "Add the two numbers.", "input": "1 and 2", "responses": ["The answer is 3.", "3", "4", "5, I think."]},
+            {"prompt": "Say hi.", "responses": ["hi", "hello there", "no"]},
+            {"prompt": "Pick.", "chosen": "yes", "rejected": "no"}]
+    ds = RMDataset(write_rows(tmp_path, "r.jsonl", rows), tok, max_len=64, verbose=False)
+    assert [len(it["pairs"]) for it in ds.items] == [6, 3, 1] and ds.num_pairs == 10
+    batch = rm_collate(ds.items, tok.pad_token_id)
+    assert batch["input_ids"].shape[0] == 4 + 3 + 2 and batch["chosen_index"].shape == (10,)
+    assert batch["chosen_index"].tolist()[:6] == [0, 0, 0, 1, 1, 2] and batch["rejected_index"].tolist()[:6] == [1, 2, 3, 2, 3, 3]
+
+
+def test_pair_kinds_from_gold_judge():
+    """On the shipped rankings, [0] vs [2] and [1] vs [3] differ only in correctness, [0] vs [1] and
+    [2] vs [3] only in format: the split that evaluation reports separately."""
+    prompt = "### Instruction:\nAdd the two numbers.\n\n### Input:\n13 and 18\n\n### Response:\n"
+    responses = ["The answer is 31.", "31", "The answer is 33.", "33"]
+    kinds = {(i, j): pair_kind(prompt, responses[i], responses[j]) for i, j in ranked_pairs(4)}
+    assert kinds[0, 2] == kinds[1, 3] == "correctness" and kinds[0, 1] == kinds[2, 3] == "format"
+    assert kinds[0, 3] == kinds[1, 2] == "both"
+
+
+def test_hh_split_and_prompt_mismatch(tmp_path, capsys):
+    """HH dialogues split after the last Assistant turn into one shared prompt and two replies; a row
+    whose prompts differ is skipped with a warning naming file:line, or is an error when strict."""
+    head = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Help me?\n\nAssistant:"
+    assert split_hh(head + " Sure.") == (head, " Sure.")
+    good = {"chosen": head + " Sure.", "rejected": head + " No."}
+    bad = {"chosen": head + " Sure.\n\nAssistant: More.", "rejected": head + " No."}  # an extra turn in one reply
+    path = write_rows(tmp_path, "hh.jsonl", [good, bad, good])
+    groups = read_comparisons(path)
+    assert [g["responses"] for g in groups] == [[" Sure.", " No."]] * 2 and groups[0]["prompt"] == head
+    warning = capsys.readouterr().out
+    assert "skipped 1 HH row(s)" in warning and f"{path}:2" in warning
+    with pytest.raises(DataError, match=f"{path}:2:"):
+        read_comparisons(path, on_mismatch="error")
+    kept = read_comparisons(path, on_mismatch="common_prefix")
+    assert len(kept) == 3 and kept[1]["responses"] == [" Sure.\n\nAssistant: More.", " No."] and kept[1]["prompt"] == head
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "p", "responses": ["only one"]}, "at least 2"),
+    ({"prompt": "p", "responses": ["a", "a"]}, "same response twice"),
+    ({"prompt": "p", "chosen": "a"}, "is missing"),
+    ({"chosen": "no dialogue", "rejected": "here"}, "HH dialogue"),
+    ({"prompt": "p", "chosen": "a", "rejected": "a"}, "same response"),
+    ('{"prompt": "p", "chosen": ', "malformed JSON"),
+])
+def test_bad_rows_name_file_and_line(tmp_path, row, message):
+    """Each kind of bad row raises DataError naming the file and line (here line 2)."""
+    path = write_rows(tmp_path, "bad.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}, row])
+    with pytest.raises(DataError, match=rf"{path}:2: .*{message}"):
+        read_comparisons(path)
+
+
+def test_over_length_prompt_is_cut_from_left_and_counted(tok, tmp_path):
+    """A too-long pair keeps its whole responses (prompt cut from the left, BOS kept) and is counted."""
+    rows = [{"prompt": "word " * 80, "chosen": "The answer is 3.", "rejected": "3"}]
+    ds = RMDataset(write_rows(tmp_path, "long.jsonl", rows), tok, max_len=24, verbose=False)
+    chosen = tok("The answer is 3.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    seq = ds.items[0]["sequences"][0]
+    assert len(seq) == 24 and seq[-len(chosen):] == chosen and seq[0] == tok.bos_token_id
+    assert ds.counter.prompt_cut == 2 and "2 truncated" in ds.report("x")
+
+
+@pytest.fixture(scope="module")
+def toy_run(tok, tmp_path_factory):
+    """A tiny RM trained 40 steps on a toy preference: 'It is good/great/...' beats 'It is bad/poor/...'.
+    Five words on each side, mixed, so a fresh model is near chance; held-out pairs have unseen prompts."""
+    from dataset.task import WORDS
+
+    tmp = tmp_path_factory.mktemp("toy")
+    good, bad = ["good", "great", "fine", "nice", "happy"], ["bad", "poor", "awful", "sad", "wrong"]
+    rows = [{"prompt": f"How is the {WORDS[i % len(WORDS)]}?\n", "chosen": f"It is {good[i % 5]}.",
+             "rejected": f"It is {bad[(i // 5) % 5]}."} for i in range(60)]
+    train = RMDataset(write_rows(tmp, "train.jsonl", rows[:40]), tok, 48, verbose=False)
+    held = RMDataset(write_rows(tmp, "eval.jsonl", rows[40:]), tok, 48, verbose=False)
+    model = tiny_rm(len(tok))
+    before = evaluate_pairs(model, held, tok.pad_token_id)
+    trainer = RMTrainer(model, tok, train, held, out_dir=str(tmp / "rm"), run_config={}, lr=1e-2, max_steps=40,
+                        batch_size=8, warmup_steps=0, log_interval=100, best_metric="eval/accuracy")
+    trainer.fit()
+    trainer.save_model(str(tmp / "rm"), tok)
+    return before, trainer, held, str(tmp / "rm")
+
+
+def test_a_few_steps_on_a_toy_preference_raise_accuracy(toy_run):
+    """Held-out pairwise accuracy rises from near chance (0.65 for this seed) to >= 0.9, margin > 0.5."""
+    before, trainer, held, _ = toy_run
+    after = evaluate_pairs(trainer.unwrap(trainer.model), held, 1)
+    assert before["accuracy"] <= 0.8 and after["accuracy"] >= 0.9 and after["margin"] > 0.5
+
+
+def test_saved_rm_loads_with_auto_class_and_gives_same_scores(toy_run, tok):
+    """AutoModelForSequenceClassification.from_pretrained(dir) and load_reward_model(dir) both return
+    the trained model's scores, so PPO and other tools can use the checkpoint as is."""
+    _, trainer, held, rm_dir = toy_run
+    batch = rm_collate(held.items[:6], tok.pad_token_id)
+    expected = reward_scores(trainer.unwrap(trainer.model).eval(), batch["input_ids"], batch["attention_mask"])
+    auto = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    assert auto.config.num_labels == 1
+    assert torch.allclose(reward_scores(auto, batch["input_ids"], batch["attention_mask"]), expected, atol=1e-6)
+    ours = load_reward_model(rm_dir, tok.pad_token_id).eval()
+    assert torch.allclose(reward_scores(ours, batch["input_ids"], batch["attention_mask"]), expected, atol=1e-6)
+
+
+def test_simulated_labelling_ranks_by_gold_score_without_ties():
+    """Simulated labels: one response per distinct gold score, best first; ties and empties dropped."""
+    prompt = "### Instruction:\nAdd the two numbers.\n\n### Input:\n1 and 2\n\n### Response:\n"
+    samples = ["4", "3", "The answer is 3.", "5", "", "The answer is 4.", "3, I think."]
+    assert rank_responses(prompt, samples) == ["The answer is 3.", "3", "The answer is 4.", "4"]
+
+
+def test_train_rm_smoke_writes_summary_and_loadable_model(sft_dir, tmp_path):
+    """train_rm.py runs 3 steps from the SFT checkpoint and writes the summary keys PPO and the README use."""
+    out = str(tmp_path / "rm")
+    run_script("train_rm.py", "--model", sft_dir, "--out_dir", out, "--max_steps", "3", "--train_limit", "64",
+               "--eval_limit", "32", "--batch_size", "8", "--eval_interval", "0")
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    for key in ("accuracy", "accuracy_correctness", "margin", "eval_pairs", "train_seconds", "peak_rss_mb"):
+        assert summary[key] is not None, key
+    assert summary["eval_pairs"] == 32 * 6
+    model = load_reward_model(out, 1)
+    assert model.config.num_labels == 1 and os.path.exists(os.path.join(out, "run_config.json"))

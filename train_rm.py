@@ -1,0 +1,113 @@
+"""Step 2 of InstructGPT: a reward model trained on ranked comparisons with the pairwise loss.
+
+    python train_sft.py && python train_rm.py            # embedded: SFT backbone + shipped rankings, ~1-2 min on 2 CPU cores
+    python train_rm.py --max_steps 5 --out_dir out/t_rm  # a quick smoke run
+    python -m dataset.label && python train_rm.py --train_data out/label/train.jsonl --eval_data out/label/eval.jsonl
+                                                         # comparisons of the SFT policy's own samples, ranked by the gold judge
+    python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~1 h)
+
+Writes out_dir/: the reward model as an HF checkpoint that AutoModelForSequenceClassification
+(num_labels=1) loads (model, tokenizer, run_config.json), metrics.jsonl, summary.json; out_dir/best
+holds the checkpoint with the best held-out accuracy, and out_dir/ gets it at the end if it beats the last.
+"""
+import os
+import time
+
+import torch
+from dataset.rm import RMDataset
+from model.load import load_tokenizer
+from model.reward import load_reward_model
+from trainer.rm import RMTrainer
+from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json
+
+# model and data
+MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a local dir or a .gguf file; a fresh scalar head is added
+TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # ranked (responses best first), chosen/rejected pairs, HH dialogues, or a hub name
+EVAL_DATA = "ds/rm_eval_ranked.jsonl"  # held-out comparisons ('none' to skip)
+OUT_DIR = "out/rm"  # where the reward model, metrics.jsonl and summary.json go
+MAX_LEN = 96  # tokens per prompt + response; longer ones are cut (prompt from the left, see dataset/rm.py)
+TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and head); None: all. Saves backward compute
+STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip them with a warning, True = error
+TRAIN_LIMIT = None  # use only the first N training rows (None: all)
+EVAL_LIMIT = None  # use only the first N held-out rows (None: all)
+# optimisation
+MAX_STEPS = 300  # optimizer steps
+BATCH_SIZE = 32  # prompts (ranked groups) per micro-batch; each brings its K responses and K(K-1)/2 pairs
+GRAD_ACCUM = 1  # micro-batches per optimizer step
+LR = 1e-3  # peak learning rate (AdamW); ~1e-5 for a pretrained 100M+ backbone
+WARMUP_STEPS = 20  # linear warmup, then cosine decay to 10% of LR
+WEIGHT_DECAY = 0.01  # AdamW weight decay on matrices
+GRAD_CLIP = 1.0  # max global gradient norm
+BF16 = False  # bfloat16 autocast (about 3x faster for 100M+ models on this CPU; no gain for the tiny model)
+SEED = 0  # seeds the head's init and the data order
+# evaluation, logging, checkpoints
+EVAL_INTERVAL = 100  # steps between evaluations (0: only at the end); the best is kept in out_dir/best
+EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
+LOG_INTERVAL = 10  # steps between metrics.jsonl lines
+SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
+RESUME = False  # continue from OUT_DIR/checkpoint if present
+PEFT = "none"  # 'none' (full fine-tuning) or a method of model/peft.py, e.g. 'lora'
+
+config = configure(globals())
+
+
+def freeze_lower_layers(model, train_layers: int) -> None:
+    """Freeze the embeddings and every block below the top `train_layers`: the backward pass then
+    stops at the first trainable block, and no activations are kept for the frozen ones."""
+    blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
+    frozen = list(blocks[: len(blocks) - train_layers].parameters())
+    frozen += [p for name, m in model.named_modules() if name.split(".")[-1].startswith("embed") for p in m.parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+
+
+def main():
+    quiet_transformers()
+    seed_everything(SEED)
+    on_mismatch = "error" if STRICT else "skip"
+    tokenizer = load_tokenizer(MODEL)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token_id is not None:
+        tokenizer.pad_token = tokenizer.unk_token  # e.g. SmolLM2 pads with EOS: the score would skip the final EOS
+    model = load_reward_model(MODEL, tokenizer.pad_token_id)
+    if getattr(model, "hf_quantizer", None) is not None:  # a GGUF backbone arrives dequantized to float but
+        model.hf_quantizer.remove_quantization_config(model)  # still flagged quantized, which blocks save_pretrained
+    if TRAIN_LAYERS is not None:
+        freeze_lower_layers(model, TRAIN_LAYERS)
+    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT)
+    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT)
+    trainer = RMTrainer(model, tokenizer, train, eval_data, eval_batch_size=EVAL_BATCH_SIZE, out_dir=OUT_DIR,
+                        run_config=config, lr=LR, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM,
+                        warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP,
+                        eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED,
+                        bf16=BF16, resume=RESUME, best_metric="eval/accuracy")
+    num_params = sum(p.numel() for p in model.parameters())
+    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
+    before = trainer.run_evaluation() if eval_data is not None and not (RESUME and os.path.exists(trainer.ckpt_dir)) else {}
+    if before:
+        print(f"before training: accuracy {before['eval/accuracy']:.4f}")
+    start = time.time()
+    final = trainer.fit()
+    train_seconds = time.time() - start
+    best_dir = os.path.join(OUT_DIR, "best")
+    if trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0):
+        trainer.unwrap(trainer.model).load_state_dict(load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
+        final.update(trainer.run_evaluation())
+        print(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
+    trainer.save_model(OUT_DIR, tokenizer)
+    ev = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
+    summary = {"accuracy": ev.get("accuracy"), "accuracy_correctness": ev.get("accuracy_correctness"),
+               "accuracy_format": ev.get("accuracy_format"), "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
+               "eval_pairs_correctness": ev.get("pairs_correctness"), "score_mean": ev.get("score_mean"),
+               "score_std": ev.get("score_std"), "accuracy_base": before.get("eval/accuracy"),
+               "train_loss": final.get("train/loss"), "steps": MAX_STEPS, "train_pairs": train.num_pairs,
+               "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(), "num_params": num_params,
+               "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA}
+    if trainer.accelerator.is_main_process:
+        write_json(os.path.join(OUT_DIR, "summary.json"), summary)
+        print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
+        print(f"wrote {OUT_DIR}/ (reward model, summary.json, metrics.jsonl)")
+
+
+if __name__ == "__main__":
+    main()
