@@ -130,3 +130,27 @@ def quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]], title: str = "") -> None:
+    """Plot metrics.jsonl columns against step, one panel per (key, label); missing keys are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f]
+    series = [(k, label) for k, label in series if any(k in r for r in rows)]
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], series):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, markersize=3)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)

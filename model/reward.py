@@ -21,14 +21,22 @@ def load_reward_model(name: str, pad_token_id: int, setting: str = "MODEL", dtyp
     return model
 
 
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row gets the positions it would have
+    unpadded (OPT derives the same from the mask; Llama-style models need them passed).  (B, T) -> (B, T)"""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Score at the last non-pad token.  input_ids, attention_mask: (B, T) -> (B,)"""
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()  # (B,)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask))
+    return out.logits.squeeze(-1).float()  # (B,)
 
 
 def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head at every position (PPO's critic).  (B, T) -> (B, T); values[:, t] estimates
     the return after token t."""
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_for(attention_mask)).last_hidden_state  # (B, T, H)
     return model.score(hidden).squeeze(-1).float()  # (B, T)

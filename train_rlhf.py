@@ -1,0 +1,171 @@
+"""Step 3 of InstructGPT: PPO against the reward model, with a KL penalty to the SFT model.
+
+    python train_sft.py && python train_rm.py && python train_rlhf.py   # the whole pipeline, embedded default
+    python train_rlhf.py --iterations 2 --rollout_batch 8 --mini_batch 4 --out_dir out/t   # smoke run
+    python train_rlhf.py --peft lora --actor_lr 1e-3          # LoRA actor; reference = actor with adapters off
+    python train_rlhf.py --reward gold                        # the gold judge as reward: an upper bound
+
+Four models: actor (from SFT_MODEL, trained), reference (SFT_MODEL, frozen), critic (from RM_MODEL,
+trained; a value per token) and reward model (RM_MODEL, frozen). Writes out_dir/: the actor as an HF
+checkpoint, metrics.jsonl, summary.json, side_by_side.jsonl (SFT vs RLHF answers), ppo_curves.png.
+"""
+import copy
+import os
+import time
+
+from dataset.prompt import PromptDataset
+from dataset.sft import SFTDataset, render_prompt
+from model.load import load_causal_lm, load_tokenizer
+from model.peft import apply_peft, count_parameters, format_counts, save_peft
+from model.reward import load_reward_model
+from trainer.ppo import PPOTrainer
+from utils import configure, peak_rss_mb, plot_metrics, quiet_transformers, seed_everything, write_json
+
+# models and data
+SFT_MODEL = "out/sft"  # actor and reference start here
+RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
+REWARD = "rm"  # 'rm' (the learned reward model) or 'gold' (the task's gold judge: an upper bound, not RLHF)
+PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input or prompt rows)
+PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
+EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts: SFT vs RLHF, RM score and gold score
+OUT_DIR = "out/rlhf"  # checkpoint, metrics, summary, samples, plot
+MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
+# rollout
+ITERATIONS = 120  # PPO iterations (rollout + update)
+ROLLOUT_BATCH = 64  # prompts sampled per iteration
+MAX_NEW_TOKENS = 20  # response length limit (no minimum length is forced)
+TEMPERATURE = 1.0  # sampling temperature of rollouts
+TOP_K = 0  # 0 = no top-k filtering
+TOP_P = 1.0  # 1.0 = no nucleus filtering
+# PPO
+PPO_EPOCHS = 4  # passes over each rollout batch
+MINI_BATCH = 16  # rows per gradient step
+ACTOR_LR = 5e-5  # AdamW learning rate of the actor
+CRITIC_LR = 1e-4  # AdamW learning rate of the critic
+CLIP_RANGE = 0.2  # epsilon of the clipped policy objective
+VALUE_CLIP = 0.2  # clip of the value loss around rollout values
+GAMMA = 1.0  # discount
+LAM = 0.95  # GAE lambda
+BETA = 0.05  # KL penalty coefficient (initial value when TARGET_KL is set)
+TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
+KL_HORIZON = 10000  # adaptive controller horizon (rollouts)
+PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
+PTX_BATCH = 16  # SFT rows per ptx loss
+MISSING_EOS_PENALTY = 1.0  # subtracted from the (normalised) score of a response that never emitted EOS
+NORMALIZE_SCORES = True  # running mean/std normalisation of reward-model scores
+GRAD_CLIP = 1.0  # max gradient norm, actor and critic separately
+BF16 = False  # bfloat16 autocast
+SEED = 0  # data order and sampling
+# PEFT (model/peft/): a LoRA actor shares its weights with the reference (adapters off)
+PEFT = "none"  # 'none' or 'lora'
+LORA_R = 8  # LoRA rank
+LORA_ALPHA = 16  # LoRA scale alpha
+LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
+# evaluation, logging, checkpoints
+EVAL_INTERVAL = 20  # iterations between held-out gold evaluations (0: only at the end)
+EVAL_LIMIT = 300  # held-out prompts (None: all)
+LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
+SAVE_INTERVAL = 0  # iterations between resumable checkpoints (0: none)
+RESUME = False  # continue from OUT_DIR/checkpoint if present
+
+config = configure(globals())
+
+
+def gold_reward(rows, responses):
+    from dataset.task import score
+    return [score(render_prompt(r), resp) for r, resp in zip(rows, responses)]
+
+
+def main():
+    quiet_transformers()
+    seed_everything(SEED)
+    tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
+    actor = load_causal_lm(SFT_MODEL, "SFT_MODEL")
+    if PEFT == "none":
+        ref = copy.deepcopy(actor)
+    elif PEFT == "lora":
+        actor, ref = apply_peft(actor, "lora", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(","))), None
+    else:
+        raise SystemExit(f"error: PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
+    critic = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL")
+    reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if REWARD == "rm" else None
+    if REWARD not in ("rm", "gold"):
+        raise SystemExit(f"error: REWARD={REWARD!r}: expected 'rm' or 'gold'")
+    prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN)
+    eval_prompts = PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT).items if EVAL_PROMPTS != "none" else None
+    ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS) if PTX_COEF > 0 else None
+    trainer = PPOTrainer(
+        actor, ref, critic, reward_model, tokenizer, prompts, ptx, gold_reward if REWARD == "gold" else None,
+        actor_lr=ACTOR_LR, critic_lr=CRITIC_LR, rollout_batch=ROLLOUT_BATCH, mini_batch=MINI_BATCH, ppo_epochs=PPO_EPOCHS,
+        max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, beta=BETA,
+        target_kl=TARGET_KL or None, kl_horizon=KL_HORIZON, gamma=GAMMA, lam=LAM, clip_range=CLIP_RANGE,
+        value_clip=VALUE_CLIP, ptx_coef=PTX_COEF, ptx_batch=PTX_BATCH, missing_eos_penalty=MISSING_EOS_PENALTY,
+        normalize_scores=NORMALIZE_SCORES, eval_prompts=eval_prompts, out_dir=OUT_DIR, run_config=config,
+        max_steps=ITERATIONS, grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL,
+        save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME)
+    print(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
+
+    before = {}
+    if eval_prompts:  # the SFT policy (the actor before any update) on the held-out prompts
+        before = {"greedy": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=False),
+                  "sampled": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=True)}
+        print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
+              f"RM score {before['greedy']['reward']:.3f}")
+    start = time.time()
+    trainer.fit()
+    train_seconds = time.time() - start
+    if PEFT == "lora":
+        print(save_peft(trainer.unwrap(trainer.actor), OUT_DIR, tokenizer))
+        write_json(os.path.join(OUT_DIR, "run_config.json"), config)
+    else:
+        trainer.save_model(OUT_DIR, tokenizer)
+    if not trainer.accelerator.is_main_process:
+        return
+    summary = {"iterations": ITERATIONS, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(), "peft": PEFT, "reward": REWARD}
+    if eval_prompts:
+        policy = trainer.unwrap(trainer.actor)
+        after = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
+                 "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
+        report(before, after, eval_prompts)
+        summary.update(gold_score_sft=before["greedy"]["gold_score"], gold_score=after["greedy"]["gold_score"],
+                       gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
+                       reward_sft=before["greedy"]["reward"], reward=after["greedy"]["reward"],
+                       kl=after["sampled"]["kl"], kl_greedy=after["greedy"]["kl"], eval_prompts=len(eval_prompts),
+                       per_type={k: {"sft": before["greedy"][k], "rlhf": after["greedy"][k]}
+                                 for k in after["greedy"] if "/" in k})
+        for key in ("correct", "format"):
+            summary[f"{key}_sft"], summary[key] = before["greedy"][key], after["greedy"][key]
+    write_json(os.path.join(OUT_DIR, "summary.json"), summary)
+    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "ppo_curves.png"),
+                 [("ppo/score", "RM score (rollouts)"), ("ppo/gold_score", "gold score (rollouts)"),
+                  ("eval/gold_score", "gold score (held-out, greedy)"), ("ppo/kl", "KL to SFT (nats / response)")])
+    print(f"wrote {OUT_DIR}/ (HF checkpoint, summary.json, side_by_side.jsonl, ppo_curves.png)")
+
+
+def report(before: dict, after: dict, eval_prompts: list) -> None:
+    """Print SFT vs RLHF side by side (overall, per instruction type, a few answers) and save all answers."""
+    from utils import append_jsonl
+
+    b, a = before["greedy"], after["greedy"]
+    print(f"\nheld-out prompts: {len(eval_prompts)} (greedy; sampled in brackets)")
+    print(f"{'':14}{'gold':>14}{'correct':>9}{'format':>8}{'RM score':>10}{'KL':>7}")
+    for name, r, s in (("SFT", b, before["sampled"]), ("RLHF", a, after["sampled"])):
+        print(f"{name:14}{r['gold_score']:6.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}{r['format']:8.3f}{r['reward']:10.3f}{s['kl']:7.2f}")
+    kinds = sorted({k.split("/")[0] for k in a if "/" in k})
+    print(f"\n{'type':10}{'correct SFT->RLHF':>20}{'format SFT->RLHF':>20}{'gold SFT->RLHF':>18}")
+    for k in kinds:
+        print(f"{k:10}{b[k + '/correct']:10.2f} -> {a[k + '/correct']:.2f}{b[k + '/format']:12.2f} -> {a[k + '/format']:.2f}"
+              f"{b[k + '/gold']:10.2f} -> {a[k + '/gold']:.2f}")
+    path = os.path.join(OUT_DIR, "side_by_side.jsonl")
+    if os.path.exists(path):
+        os.remove(path)
+    print()
+    for i, (rb, ra) in enumerate(zip(b["rows"], a["rows"])):
+        append_jsonl(path, {"prompt": render_prompt(eval_prompts[i]["row"]), "sft": rb, "rlhf": ra})
+        if i < 6:
+            print(f"{rb['input']!r:26} SFT: {rb['response']!r:28} (rm {rb['reward']:+.2f}, gold {rb['gold']:.1f})   "
+                  f"RLHF: {ra['response']!r:28} (rm {ra['reward']:+.2f}, gold {ra['gold']:.1f})")
+
+
+if __name__ == "__main__":
+    main()

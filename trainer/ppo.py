@@ -1,0 +1,292 @@
+"""PPO for language models (InstructGPT step 3): two phases per iteration.
+
+1. `make_experience()` under no_grad: sample responses from the actor, score them with the frozen
+   reward model, take log-probs under actor and frozen reference, values from the critic, and turn
+   them into per-token KL-penalised rewards, GAE advantages and returns (an `Experience`).
+2. `learn()`: several epochs over minibatches of that experience: clipped policy loss (+ optional
+   ptx LM loss on SFT data) for the actor, clipped value loss for the critic, separate optimizers.
+
+References: InstructGPT (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155) Eq. 2; PPO (Schulman et
+al. 2017, https://arxiv.org/abs/1707.06347) Eqs. 7, 11-12; the adaptive KL controller of Ziegler et al.
+2019 (https://arxiv.org/abs/1909.08593) Sec. 2.2.
+"""
+import contextlib
+from dataclasses import dataclass, fields
+
+import torch
+
+from dataset.sft import pad, sft_collate
+from model.generate import decode_responses, generate
+from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, lm_loss, masked_mean, masked_whiten,
+                        policy_loss, token_logprobs, value_loss)
+from model.reward import position_ids_for, reward_scores, token_values
+from trainer.base import Trainer
+
+
+@dataclass
+class Experience:
+    """One rollout batch. B = prompts, P = padded prompt length, N = response length."""
+    sequences: torch.Tensor  # (B, P + N) left-padded prompt, then response (pad after EOS)
+    attention_mask: torch.Tensor  # (B, P + N)
+    action_mask: torch.Tensor  # (B, N) 1 on response tokens up to and including EOS
+    logprobs: torch.Tensor  # (B, N) actor log-probs at rollout ("old")
+    ref_logprobs: torch.Tensor  # (B, N) reference (SFT) log-probs
+    values: torch.Tensor  # (B, N) critic values at rollout
+    rewards: torch.Tensor  # (B, N) -beta * KL per token, + score on the last token
+    advantages: torch.Tensor  # (B, N) GAE, whitened over the batch
+    returns: torch.Tensor  # (B, N) GAE advantages (unwhitened) + values
+    scores: torch.Tensor  # (B,) reward-model score as used in the reward (normalised, EOS penalty)
+    raw_scores: torch.Tensor  # (B,) reward-model score as the reward model gave it
+    kl: torch.Tensor  # (B, N) logprobs - ref_logprobs on response tokens
+    context_length: int  # P
+
+    def select(self, idx: torch.Tensor) -> "Experience":
+        return Experience(**{f.name: getattr(self, f.name)[idx] if f.name != "context_length" else self.context_length
+                             for f in fields(self)})
+
+
+class RunningMoments:
+    """Running mean and standard deviation of every score seen (Chan et al. parallel update)."""
+
+    def __init__(self):
+        self.count, self.mean, self.var = 0, 0.0, 1.0
+
+    def update(self, x: torch.Tensor) -> None:
+        n, mean, var = x.numel(), x.mean().item(), x.var(unbiased=False).item()
+        total = self.count + n
+        delta = mean - self.mean
+        self.var = (self.var * self.count + var * n + delta ** 2 * self.count * n / total) / total
+        self.mean, self.count = self.mean + delta * n / total, total
+
+
+class PPOTrainer(Trainer):
+    def __init__(self, actor, ref, critic, reward_model, tokenizer, prompts, ptx_data=None, reward_fn=None, *,
+                 actor_lr: float, critic_lr: float, rollout_batch: int, mini_batch: int, ppo_epochs: int = 4,
+                 max_new_tokens: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 beta: float = 0.05, target_kl: float = None, kl_horizon: int = 10000, gamma: float = 1.0,
+                 lam: float = 0.95, clip_range: float = 0.2, value_clip: float = 0.2, ptx_coef: float = 0.0,
+                 ptx_batch: int = 16, missing_eos_penalty: float = 1.0, normalize_scores: bool = True,
+                 eval_prompts=None, eval_rows_shown: int = 4, **kwargs):
+        super().__init__(None, prompts, lambda items: {"items": items}, lr=actor_lr, batch_size=rollout_batch, **kwargs)
+        if rollout_batch % mini_batch:
+            raise ValueError(f"ROLLOUT_BATCH={rollout_batch} must be a multiple of MINI_BATCH={mini_batch}")
+        actor_opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=actor_lr)
+        critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=critic_lr)
+        self.actor, self.actor_opt, self.critic, self.critic_opt = self.accelerator.prepare(actor, actor_opt, critic, critic_opt)
+        self.model = self.actor  # what the base class evaluates and saves
+        self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
+        self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
+        self.reward_fn, self.tokenizer, self.ptx_data, self.eval_prompts = reward_fn, tokenizer, ptx_data, eval_prompts
+        self.mini_batch, self.ppo_epochs, self.max_new_tokens = mini_batch, ppo_epochs, max_new_tokens
+        self.sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+        self.beta, self.target_kl, self.kl_horizon = beta, target_kl, kl_horizon
+        self.gamma, self.lam, self.clip_range, self.value_clip = gamma, lam, clip_range, value_clip
+        self.ptx_coef, self.ptx_batch, self.missing_eos_penalty = ptx_coef, ptx_batch, missing_eos_penalty
+        self.normalize_scores, self.score_moments = normalize_scores, RunningMoments()
+        self.eval_rows_shown, self.last_rows = eval_rows_shown, []
+
+    # ------------------------------------------------------------------ forward passes
+    def forward_in_chunks(self, fn, sequences, attention_mask) -> torch.Tensor:
+        """Apply fn(sequences, attention_mask) in chunks of MINI_BATCH rows: the rollout sees the same
+        shapes as learn()'s first, unshuffled epoch, so before any update the ratio is exactly 1."""
+        return torch.cat([fn(sequences[i: i + self.mini_batch], attention_mask[i: i + self.mini_batch])
+                          for i in range(0, sequences.size(0), self.mini_batch)])
+
+    def policy_forward(self, model, sequences, attention_mask, context_length):
+        """Logits that predict each response token (aligned one position left) and their log-probs.
+        Returns (logits (B, N, V), logprobs (B, N))."""
+        logits = model(input_ids=sequences, attention_mask=attention_mask,
+                       position_ids=position_ids_for(attention_mask)).logits[:, context_length - 1: -1]  # (B, N, V)
+        return logits, token_logprobs(logits, sequences[:, context_length:])
+
+    def reference_context(self):
+        """With a LoRA actor the reference is the actor with its adapters switched off (no second copy)."""
+        return self.unwrap(self.actor).disable_adapter() if self.ref is None else contextlib.nullcontext()
+
+    def score(self, items, sequences, attention_mask, context_length) -> torch.Tensor:
+        """Reward-model score of each (prompt, response), or reward_fn(rows, responses) when given."""
+        if self.reward_fn is not None:  # a programmatic reward (tests, or the gold judge as an upper bound)
+            responses = decode_responses(self.tokenizer, sequences, context_length)
+            return torch.tensor(self.reward_fn([it["row"] for it in items], responses), dtype=torch.float, device=self.device)
+        return self.forward_in_chunks(lambda s, m: reward_scores(self.reward_model, s, m), sequences, attention_mask)
+
+    # ------------------------------------------------------------------ phase 1: rollout
+    @torch.no_grad()
+    def make_experience(self, items: list[dict]) -> Experience:
+        actor = self.unwrap(self.actor)
+        actor.eval()
+        # 1. sample: left-padded prompts, KV cache, stop at EOS, no minimum length
+        sequences = generate(actor, self.tokenizer, [it["prompt_ids"] for it in items], self.max_new_tokens, **self.sampling)
+        P = max(len(it["prompt_ids"]) for it in items)
+        # 2. truncate after the first EOS: later tokens become pad and leave every mask
+        response = sequences[:, P:]  # (B, N)
+        is_eos = response == self.tokenizer.eos_token_id
+        after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # (B, N): strictly after the first EOS
+        action_mask = (~after_eos).long()  # (B, N)
+        sequences[:, P:] = response.masked_fill(after_eos, self.tokenizer.pad_token_id)
+        prompt_mask = pad([[1] * len(it["prompt_ids"]) for it in items], 0, side="left").to(self.device)  # (B, P)
+        attention_mask = torch.cat([prompt_mask, action_mask], 1)  # (B, P + N)
+        # 3. log-probs under actor and reference, values from the critic
+        logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(actor, s, m, P)[1], sequences, attention_mask)
+        with self.reference_context():
+            ref_model = self.ref if self.ref is not None else actor
+            ref_logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(ref_model, s, m, P)[1], sequences, attention_mask)
+        critic = self.unwrap(self.critic)
+        critic.eval()
+        values = self.forward_in_chunks(lambda s, m: token_values(critic, s, m)[:, P - 1: -1], sequences, attention_mask)
+        # 4. score the whole response; 5. normalise; 6. penalise responses that never produced EOS
+        raw_scores = self.score(items, sequences, attention_mask, P)  # (B,)
+        scores = raw_scores
+        if self.normalize_scores:
+            self.score_moments.update(raw_scores)
+            scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
+        scores = scores - self.missing_eos_penalty * (~is_eos.any(1)).float()
+        # 7. per-token reward: -beta * KL everywhere, + score on the last response token
+        rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, action_mask, self.beta)
+        # 8. GAE advantages and returns; whiten advantages over the batch's response tokens
+        advantages, returns = compute_gae(rewards, values, action_mask, self.gamma, self.lam)
+        advantages = masked_whiten(advantages, action_mask)
+        return Experience(sequences, attention_mask, action_mask, logprobs, ref_logprobs, values * action_mask,
+                          rewards, advantages, returns, scores, raw_scores, kl, P)
+
+    # ------------------------------------------------------------------ phase 2: optimisation
+    def learn(self, exp: Experience) -> dict:
+        self.actor.train()
+        self.critic.train()
+        B, P, stats = exp.sequences.size(0), exp.context_length, []
+        for epoch in range(self.ppo_epochs):
+            gen = torch.Generator().manual_seed(self.seed * 7919 + self.step * 31 + epoch)
+            order = torch.arange(B) if epoch == 0 else torch.randperm(B, generator=gen)  # epoch 0 in rollout order
+            for start in range(0, B, self.mini_batch):
+                mb = exp.select(order[start: start + self.mini_batch].to(self.device))
+                with self.accelerator.autocast():
+                    logits, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask, P)
+                    pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.action_mask, self.clip_range)
+                    ptx = self.ptx_loss(epoch, start) if self.ptx_coef > 0 else torch.zeros((), device=self.device)
+                    actor_loss = pg_loss + self.ptx_coef * ptx  # InstructGPT Eq. 2: RL objective + gamma * pretraining LM
+                self.check_finite(actor_loss)
+                self.accelerator.backward(actor_loss)
+                self.accelerator.clip_grad_norm_(self.actor.parameters(), self.grad_clip)
+                self.actor_opt.step()
+                self.actor_opt.zero_grad(set_to_none=True)
+                with self.accelerator.autocast():
+                    values = token_values(self.critic, mb.sequences, mb.attention_mask)[:, P - 1: -1]  # (mb, N)
+                    vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mb.action_mask, self.value_clip)
+                self.check_finite(vf_loss)
+                self.accelerator.backward(vf_loss)
+                self.accelerator.clip_grad_norm_(self.critic.parameters(), self.grad_clip)
+                self.critic_opt.step()
+                self.critic_opt.zero_grad(set_to_none=True)
+                entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
+                stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx.item(),
+                              "entropy": entropy, **pg_stats, **vf_stats})
+        self.first_minibatch_stats = stats[0]
+        return {f"ppo/{k}": sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+    def ptx_loss(self, epoch: int, start: int) -> torch.Tensor:
+        """LM loss on an SFT batch (InstructGPT's PPO-ptx), drawn deterministically from (step, epoch, start)."""
+        gen = torch.Generator().manual_seed(self.seed * 104729 + self.step * 977 + epoch * 13 + start)
+        idx = torch.randint(len(self.ptx_data), (self.ptx_batch,), generator=gen).tolist()
+        batch = {k: v.to(self.device) for k, v in sft_collate([self.ptx_data[i] for i in idx], self.tokenizer.pad_token_id).items()}
+        logits = self.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return lm_loss(logits, batch["labels"])
+
+    def training_step(self) -> dict:
+        items = self.get_batch(self.step)["items"]
+        exp = self.make_experience(items)
+        metrics = self.learn(exp)
+        mask = exp.action_mask.float()
+        kl_per_seq = exp.kl.sum(1).mean().item()
+        metrics.update({
+            "ppo/score": exp.raw_scores.mean().item(), "ppo/kl": kl_per_seq, "ppo/kl_per_token": masked_mean(exp.kl, mask).item(),
+            "ppo/beta": self.beta, "ppo/response_length": mask.sum(1).mean().item(),
+            "ppo/eos_frac": (exp.sequences[:, exp.context_length:] == self.tokenizer.eos_token_id).any(1).float().mean().item(),
+            "ppo/explained_variance": explained_variance(exp.values, exp.returns, mask),
+        })
+        gold = self.gold_of(items, exp)
+        if gold is not None:
+            metrics["ppo/gold_score"] = gold
+        if self.target_kl:  # adaptive controller: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * B / horizon
+            error = min(max(kl_per_seq / self.target_kl - 1, -0.2), 0.2)
+            self.beta *= 1 + error * exp.sequences.size(0) / self.kl_horizon
+        return metrics
+
+    def gold_of(self, items, exp):
+        """Mean gold-judge score of the rollout's responses (shipped-task rows only)."""
+        from dataset.sft import render_prompt
+        from dataset.task import score
+
+        if not all("type" in it["row"] for it in items):
+            return None
+        responses = decode_responses(self.tokenizer, exp.sequences, exp.context_length)
+        return sum(score(render_prompt(it["row"]), r) for it, r in zip(items, responses)) / len(items)
+
+    # ------------------------------------------------------------------ evaluation, state
+    def evaluate(self) -> dict:
+        if not self.eval_prompts:
+            return {}
+        result = self.evaluate_policy(self.unwrap(self.actor), self.eval_prompts, do_sample=False)
+        self.last_rows = result.pop("rows")
+        for row in self.last_rows[: self.eval_rows_shown]:
+            self.log(f"  {row['input']!r:24} -> {row['response']!r:32} rm={row['reward']:+.2f} gold={row['gold']:.1f} kl={row['kl']:.2f}")
+        return {k: v for k, v in result.items() if "/" not in k}
+
+    @torch.no_grad()
+    def evaluate_policy(self, policy, items: list[dict], do_sample: bool, batch_size: int = 100) -> dict:
+        """Answer held-out prompts with `policy`; report RM score, gold score (correct / format, per
+        type) and the summed KL to the reference over the response tokens."""
+        from dataset.sft import render_prompt
+        from dataset.task import judge
+
+        was_training = policy.training
+        policy.eval()
+        rows = []
+        for i in range(0, len(items), batch_size):
+            chunk = items[i: i + batch_size]
+            sampling = self.sampling if do_sample else {"do_sample": False}
+            sequences = generate(policy, self.tokenizer, [it["prompt_ids"] for it in chunk], self.max_new_tokens, **sampling)
+            P = max(len(it["prompt_ids"]) for it in chunk)
+            response = sequences[:, P:]
+            is_eos = response == self.tokenizer.eos_token_id
+            action_mask = ((is_eos.cumsum(1) - is_eos.long()) == 0).long()
+            sequences[:, P:] = response.masked_fill(action_mask == 0, self.tokenizer.pad_token_id)
+            attention_mask = torch.cat([(sequences[:, :P] != self.tokenizer.pad_token_id).long(), action_mask], 1)
+            logprobs = self.policy_forward(policy, sequences, attention_mask, P)[1]
+            with self.reference_context():
+                ref_logprobs = self.policy_forward(self.ref if self.ref is not None else policy, sequences, attention_mask, P)[1]
+            kl = ((logprobs - ref_logprobs) * action_mask).sum(1)
+            rewards = self.score(chunk, sequences, attention_mask, P)
+            for it, resp, r, k in zip(chunk, decode_responses(self.tokenizer, sequences, P), rewards.tolist(), kl.tolist()):
+                j = judge(render_prompt(it["row"]), resp) if "type" in it["row"] else {"score": float("nan"), "correct": float("nan"), "format": float("nan")}
+                rows.append({"type": it["row"].get("type"), "input": it["row"].get("input", ""), "response": resp,
+                             "reward": r, "gold": j["score"], "correct": j["correct"], "format": j["format"], "kl": k})
+        policy.train(was_training)
+        out = {"rows": rows}
+        for key, name in (("reward", "reward"), ("gold", "gold_score"), ("correct", "correct"), ("format", "format"), ("kl", "kl")):
+            out[name] = sum(r[key] for r in rows) / len(rows)
+        for kind in sorted({r["type"] for r in rows if r["type"]}):
+            sel = [r for r in rows if r["type"] == kind]
+            for key in ("gold", "correct", "format"):
+                out[f"{kind}/{key}"] = sum(r[key] for r in sel) / len(sel)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"actor": self.unwrap(self.actor).state_dict(), "critic": self.unwrap(self.critic).state_dict(),
+                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(), "beta": self.beta,
+                "score_moments": vars(self.score_moments)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.unwrap(self.actor).load_state_dict(state["actor"])
+        self.unwrap(self.critic).load_state_dict(state["critic"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.beta = state["beta"]
+        vars(self.score_moments).update(state["score_moments"])
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns] over response tokens (1 = perfect critic, <= 0 = useless)."""
+    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return (1 - var_residual / var_returns.clamp(min=1e-8)).item()
