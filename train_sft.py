@@ -2,12 +2,14 @@
 
     python train_sft.py                                  # embedded tiny OPT on ds/, ~3 min on 2 CPU cores
     python train_sft.py --max_steps 20 --out_dir out/t   # a quick smoke run
+    python train_sft.py --peft lora --lora_r 8 --lr 3e-3 --out_dir out/sft_lora   # LoRA instead of full fine-tuning
     python train_sft.py --model facebook/opt-125m --train_data tatsu-lab/alpaca --eval_data ../shared/data/alpaca-en.jsonl \
         --eval_prompts none --max_len 512 --lr 2e-5 --bf16 True   # the mission's model on real data (online once)
     torchrun --nproc_per_node 2 train_sft.py             # two processes (CPU gloo or GPUs)
 
 Writes out_dir/: an HF checkpoint (model, tokenizer, generation config, run_config.json),
 metrics.jsonl, summary.json; out_dir/checkpoint/ holds the resumable training state (--resume True).
+With PEFT the adapter goes to out_dir/adapter/; LoRA and BitFit also write the merged full model to out_dir/.
 """
 import os
 import time
@@ -15,6 +17,7 @@ import time
 from dataset.sft import SFTDataset, read_prompts
 from model.generate import gold_eval
 from model.load import load_causal_lm, load_tokenizer
+from model.peft import apply_peft, count_parameters, format_counts, save_peft
 from trainer.sft import SFTTrainer
 from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json
 
@@ -42,7 +45,12 @@ SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 MAX_NEW_TOKENS = 24  # generation length for the gold-score evaluation
 EVAL_LIMIT = 300  # held-out prompts to score (None: all)
-PEFT = "none"  # 'none' (full fine-tuning) or a method of model/peft.py, e.g. 'lora'
+# parameter-efficient fine-tuning (model/peft/)
+PEFT = "none"  # 'none' (full fine-tuning), 'lora', 'bitfit', 'prompt_tuning', 'p_tuning' or 'prefix_tuning'
+LORA_R = 8  # LoRA rank r
+LORA_ALPHA = 16  # LoRA scale alpha: the update is (alpha / r) * B A
+LORA_TARGETS = "q_proj,v_proj"  # comma-separated names of the linear layers LoRA adapts
+NUM_VIRTUAL_TOKENS = 10  # virtual tokens of prompt tuning, p-tuning and prefix tuning
 
 config = configure(globals())
 
@@ -51,7 +59,8 @@ def main():
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(MODEL)
-    model = load_causal_lm(MODEL)
+    model = apply_peft(load_causal_lm(MODEL), PEFT, task="causal", r=LORA_R, alpha=LORA_ALPHA,
+                       targets=tuple(LORA_TARGETS.split(",")), num_virtual_tokens=NUM_VIRTUAL_TOKENS)
     train = SFTDataset(TRAIN_DATA, tokenizer, MAX_LEN)
     eval_data = None if EVAL_DATA == "none" else SFTDataset(EVAL_DATA, tokenizer, MAX_LEN)
     prompts = None if EVAL_PROMPTS == "none" else read_prompts(EVAL_PROMPTS, EVAL_LIMIT)
@@ -60,19 +69,25 @@ def main():
                          max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS,
                          weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL,
                          log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME)
-    num_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples")
+    trainable, num_params = count_parameters(model)
+    print(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
+    print(format_counts(trainable, num_params))
     before = trainer.run_evaluation() if not (RESUME and os.path.exists(trainer.ckpt_dir)) else {}
     if before:
         print("before SFT: " + ", ".join(f"{k}={v:.4f}" for k, v in before.items()))
     start = time.time()
     final = trainer.fit()
-    trainer.save_model(OUT_DIR, tokenizer)
+    if PEFT == "none":
+        trainer.save_model(OUT_DIR, tokenizer)
+    elif trainer.accelerator.is_main_process:
+        print(save_peft(trainer.unwrap(trainer.model), OUT_DIR, tokenizer))
+        write_json(os.path.join(OUT_DIR, "run_config.json"), config)
     summary = {"gold_score_base": before.get("eval/gold_score"), "gold_score": final.get("eval/gold_score"),
                "correct": final.get("eval/correct"), "format": final.get("eval/format"),
                "eval_loss_base": before.get("eval/loss"), "eval_loss": final.get("eval/loss"),
                "train_loss": final.get("train/loss"), "steps": MAX_STEPS, "train_seconds": time.time() - start,
-               "peak_rss_mb": peak_rss_mb(), "num_params": num_params, "model": MODEL}
+               "peak_rss_mb": peak_rss_mb(), "num_params": num_params, "trainable_params": trainable, "peft": PEFT,
+               "model": MODEL}
     if trainer.accelerator.is_main_process:
         write_json(os.path.join(OUT_DIR, "summary.json"), summary)
         print(f"gold score (held-out prompts, greedy): before {summary['gold_score_base']} -> after {summary['gold_score']}")

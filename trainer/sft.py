@@ -8,6 +8,7 @@ import torch
 from dataset.sft import sft_collate
 from model.generate import gold_eval
 from model.loss import lm_loss
+from model.peft.prompt_tuning import text_logits
 from trainer.base import Trainer
 
 
@@ -20,7 +21,7 @@ class SFTTrainer(Trainer):
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-        return lm_loss(logits, batch["labels"]), {}
+        return lm_loss(text_logits(logits, batch["input_ids"]), batch["labels"]), {}
 
     def eval_loss(self) -> float:
         """Mean loss over supervised tokens of the held-out demonstrations (token-weighted)."""
@@ -29,6 +30,7 @@ class SFTTrainer(Trainer):
             batch = sft_collate(self.eval_data.items[i: i + self.eval_batch_size], self.tokenizer.pad_token_id)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = text_logits(logits, batch["input_ids"])  # (B, T, V)
             n = int((batch["labels"][:, 1:] != -100).sum())
             total, count = total + lm_loss(logits, batch["labels"]).item() * n, count + n
         return total / count
