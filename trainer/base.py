@@ -93,6 +93,8 @@ class Trainer:
         if self.resume and os.path.exists(self.ckpt_dir):
             self.load_checkpoint()
             self.log(f"resumed from {self.ckpt_dir} at step {self.step}")
+        elif self.accelerator.is_main_process and os.path.exists(os.path.join(self.out_dir, "metrics.jsonl")):
+            os.remove(os.path.join(self.out_dir, "metrics.jsonl"))  # a fresh run starts a fresh log
         start, metrics = time.time(), {}
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.accelerator.is_main_process or bool(os.environ.get("TQDM_DISABLE")), dynamic_ncols=True)
         while self.step < self.max_steps:
