@@ -44,7 +44,12 @@ def _read_local(path: str) -> list[tuple[int, dict]]:
 
 def _read_hub(name: str, split: str) -> list[tuple[int, dict]]:
     import datasets  # imported here: local files need no `datasets`
+    from model.load import hub_reachable
 
+    if not hub_reachable():  # use the local cache only, instead of retrying the network for half a minute
+        datasets.config.HF_HUB_OFFLINE = True
+        import huggingface_hub.constants
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline, unknown name, no such split ...

@@ -85,7 +85,7 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     return out_dir
 
 
-def _online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -112,7 +112,7 @@ def resolve(name: str, setting: str = "MODEL") -> tuple[str, dict]:
                          "(e.g. 'facebook/opt-125m'); use 'embedded' for the built-in model")
     from huggingface_hub import try_to_load_from_cache
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _online()):
+    if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()):
         raise ModelError(f"{setting}={name!r} is not in the local Hugging Face cache and the hub cannot be "
                          "reached (offline). Go online once, or set "
                          f"{setting}='embedded' (the built-in tiny OPT) or a local directory.")

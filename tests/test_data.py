@@ -74,3 +74,9 @@ def test_missing_file_and_json_array(tmp_path):
 def test_optional_input_may_be_missing(tmp_path):
     rows = read_rows(write(tmp_path, "d.jsonl", b'{"instruction": "a", "output": "b"}\n'), SFT_FORMATS, optional=("input",))
     assert rows[0]["output"] == "b" and rows[0]["_where"].endswith("d.jsonl:1")
+
+
+def test_unreachable_hub_dataset_is_one_clear_error():
+    """A datasets hub name that is neither cached nor reachable fails at once, naming the setting to check."""
+    with pytest.raises(DataError, match="nobody/no-such-dataset: could not load it .* Check the data path setting"):
+        read_rows("nobody/no-such-dataset", SFT_FORMATS)
