@@ -8,6 +8,7 @@ import torch
 from dataset.prompt import PromptDataset
 from model.load import load_causal_lm, load_tokenizer
 from model.loss import compute_gae, kl_penalized_rewards, masked_mean, masked_whiten
+from model.peft import apply_peft
 from model.reward import load_reward_model, position_ids_for
 from trainer.ppo import PPOTrainer
 
@@ -19,15 +20,18 @@ def starts_in_format(rows, responses):
     return [float(r.startswith("The answer is")) for r in responses]
 
 
-def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, **kw):
+def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, **kw):
     tok = load_tokenizer(sft_dir)
     actor = load_causal_lm(sft_dir)
+    ref = None if lora else copy.deepcopy(actor)
+    if lora:
+        actor = apply_peft(actor, "lora", r=4, alpha=8, targets=("q_proj", "v_proj"))
     critic = load_reward_model(sft_dir, tok.pad_token_id)
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 72, limit=256, verbose=False)
     args = dict(actor_lr=1e-4, critic_lr=1e-4, rollout_batch=16, mini_batch=8, ppo_epochs=2, max_new_tokens=12,
                 beta=0.05, out_dir=str(tmp_path), run_config={}, max_steps=1, seed=0, log_interval=1)
     args.update(kw)
-    return PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, None, reward_fn, **args)
+    return PPOTrainer(actor, ref, critic, None, tok, prompts, None, reward_fn, **args)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,25 @@ def test_kl_zero_and_ratio_one_before_any_update(rollout):
     trainer.learn(exp)
     first = trainer.first_minibatch_stats
     assert first["ratio"] == 1.0 and first["clipfrac"] == 0.0 and first["approx_kl"] == 0.0
+
+
+def test_lora_actor_reference_is_the_adapter_free_model(sft_dir, tmp_path):
+    """With a LoRA actor there is no second model: the reference is the actor with adapters off, so at
+    initialisation (LoRA B = 0) KL is exactly 0; after an update the actor moves and the reference does not."""
+    trainer = make_trainer(sft_dir, tmp_path, lora=True, actor_lr=1e-2)
+    assert trainer.ref is None
+    torch.manual_seed(2)
+    items = trainer.get_batch(0)["items"]
+    exp = trainer.make_experience(items)
+    assert torch.equal(exp.kl, torch.zeros_like(exp.kl))
+    trainer.learn(exp)
+    actor = trainer.unwrap(trainer.actor)
+    with torch.no_grad():
+        _, new = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
+        with trainer.reference_context():
+            _, ref = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
+    m = exp.action_mask.bool()
+    assert not torch.allclose(new[m], exp.logprobs[m]) and torch.allclose(ref[m], exp.ref_logprobs[m], atol=1e-6)
 
 
 def test_rollout_logprobs_equal_a_fresh_forward_pass(sft_dir, tmp_path):
