@@ -31,7 +31,7 @@ EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts: SFT vs RLHF, RM scor
 OUT_DIR = "out/rlhf"  # checkpoint, metrics, summary, samples, plot
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
 # rollout
-ITERATIONS = 120  # PPO iterations (rollout + update)
+ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early, then the policy over-optimises the RM
 ROLLOUT_BATCH = 64  # prompts sampled per iteration
 MAX_NEW_TOKENS = 20  # response length limit (no minimum length is forced)
 TEMPERATURE = 1.0  # sampling temperature of rollouts
@@ -62,7 +62,7 @@ LORA_R = 8  # LoRA rank
 LORA_ALPHA = 16  # LoRA scale alpha
 LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 # evaluation, logging, checkpoints
-EVAL_INTERVAL = 20  # iterations between held-out gold evaluations (0: only at the end)
+EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at the end)
 EVAL_LIMIT = 300  # held-out prompts (None: all)
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
 SAVE_INTERVAL = 0  # iterations between resumable checkpoints (0: none)

@@ -7,7 +7,7 @@ The judge stands in for InstructGPT's human labellers. `score(prompt, response)`
 
 * correct: the answer in the response is the right one (see `extract_answer`).
 * preferred_format: the response is one sentence of the exact form "The answer is <answer>."
-  (the labellers' preference: a complete, concise sentence, nothing after it).
+  (the labellers' preference: a complete, concise sentence, nothing after it, the phrase once).
 
 Demonstrations are written by simulated human demonstrators who are sloppy on purpose: most of them
 answer bare ("85") or hedge ("85, I think."), and some give a wrong answer. SFT imitates that, so the
@@ -150,10 +150,14 @@ def extract_answer(response: str) -> str:
     return text.strip()
 
 
+# "The answer is X." with one answer X: no period or line break inside, no repeated "The answer is"
+_FORMAT = re.compile(re.escape(TEMPLATE_PREFIX) + r"(?!.*" + re.escape(TEMPLATE_PREFIX.strip()) + r")[^.\n]+\.")
+
+
 def judge(prompt: str, response: str) -> dict:
     """Score one response: {'correct': 0/1, 'format': 0/1, 'score': gold in [0, 1]}."""
     correct = float(extract_answer(response) == reference_answer(prompt))
-    fmt = float(re.fullmatch(re.escape(TEMPLATE_PREFIX) + r"[^.\n]+\.", response.strip()) is not None)
+    fmt = float(re.fullmatch(_FORMAT, response.strip()) is not None)
     return {"correct": correct, "format": fmt, "score": CORRECT_WEIGHT * correct + FORMAT_WEIGHT * fmt}
 
 

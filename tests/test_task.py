@@ -16,6 +16,7 @@ def test_judge_scale():
     assert task.score(p, "42") == 0.6 and task.score(p, "42, I think.") == 0.6
     assert task.score(p, "The answer is 41.") == 0.4
     assert task.score(p, "The answer is 42. The answer is 42.") == 0.0
+    assert task.score(p, "The answer is The answer is 42.") == 0.0  # a reward hack seen in PPO: not the preferred form
     assert task.score(prompt("sort", "9 1 5"), "The answer is 1 5 9.") == 1.0
     assert task.score(prompt("capital", "Mexico"), "Mexico City") == 0.6
 
