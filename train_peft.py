@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 
-from model.load import ModelError, load_causal_lm, opt125m_config
+from model.load import ModelError, load_causal_lm, opt125m_config, resolve
 from model.peft import apply_peft, count_parameters, format_counts
 from model.peft.bitfit import bitfit_parameter_count
 from model.peft.lora import lora_parameter_count
@@ -138,15 +138,14 @@ def main():
     counts = parameter_counts() if COUNTS else []
     text, report = counts_table(counts) if COUNTS else "", {"config": config, "counts": counts}
     if COMPARE:
-        if not os.path.exists(os.path.join(MODEL, "config.json")) and not MODEL.endswith(".gguf"):
-            sys.exit(f"error: MODEL={MODEL!r} is not a saved model; run `python train_sft.py` first (~3 min) to write out/sft")
+        try:
+            resolve(MODEL)
+        except ModelError as e:
+            sys.exit(f"error: {e}. The default MODEL, out/sft, is written by `python train_sft.py` (~3 min).")
         print(f"comparison on {MODEL}: {MAX_STEPS} steps x {BATCH_SIZE} examples per method")
         report["results"] = run_arms(MODEL, METHODS.split(","), MAX_STEPS, BATCH_SIZE, True, OUT_DIR)
         text += "\n" + comparison_table(report["results"], f"Adapting `{MODEL}` to the held-out instruction type: "
                                          f"{MAX_STEPS} steps x {BATCH_SIZE} examples, {THREADS} thread(s).")
-        if PLOT != "none":
-            plot_comparison(report["results"], PLOT, f"{MODEL}: {MAX_STEPS} steps x {BATCH_SIZE} examples")
-            print(f"wrote {PLOT}")
     if MEMORY_STEPS:
         print(f"memory on {OPT125M_ARCH}: {MEMORY_STEPS} steps x {MEMORY_BATCH_SIZE} examples per method")
         methods = [m for m in METHODS.split(",") if m != "base"]
@@ -154,6 +153,9 @@ def main():
         text += "\n" + comparison_table(report["memory"], f"Memory and speed on the opt-125m architecture (random weights, "
                                          f"fp32, no evaluation): {MEMORY_STEPS} steps x {MEMORY_BATCH_SIZE} examples, "
                                          f"{THREADS} thread(s).")
+    if COMPARE and PLOT != "none":
+        plot_comparison(report["results"], PLOT, f"{MODEL}: {MAX_STEPS} steps x {BATCH_SIZE} examples", report.get("memory"))
+        print(f"wrote {PLOT}")
     write_json(os.path.join(OUT_DIR, "results.json"), report)
     with open(os.path.join(OUT_DIR, "results.md"), "w") as f:
         f.write(text)

@@ -147,11 +147,22 @@ def test_virtual_token_generation_matches_full_forward(method):
 
 
 def test_reward_model_lora_trains_the_score_head():
-    """task='reward': LoRA on q,v plus the freshly initialised scalar head (modules_to_save=['score'])."""
+    """task='reward': LoRA on q,v plus the freshly initialised scalar head (modules_to_save=['score']);
+    after a step the merged reward model scores exactly like the adapted one."""
     torch.manual_seed(0)
-    rm = OPTForSequenceClassification(OPTConfig(**TINY, num_labels=1))
-    trainable, _ = count_parameters(apply_peft(rm, "lora", task="reward", r=4, targets=("q_proj", "v_proj")))
-    assert trainable == 2 * 2 * 4 * (32 + 32) + 32  # LoRA + score (32 -> 1, no bias)
+    rm = apply_peft(OPTForSequenceClassification(OPTConfig(**TINY, num_labels=1)), "lora", task="reward", r=4,
+                    targets=("q_proj", "v_proj"))
+    assert count_parameters(rm)[0] == 2 * 2 * 4 * (32 + 32) + 32  # LoRA + score (32 -> 1, no bias)
+    b = batch()
+    optimizer = torch.optim.AdamW(rm.parameters(), lr=0.05)
+    rm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.sum().backward()
+    optimizer.step()
+    rm.eval()
+    with torch.no_grad():
+        scores = rm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits  # (B, 1)
+        merged = export_model(rm)
+        assert type(merged) is OPTForSequenceClassification
+        assert torch.allclose(merged(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, scores, atol=1e-5)
 
 
 def test_unknown_setting_and_method_raise():
@@ -162,17 +173,21 @@ def test_unknown_setting_and_method_raise():
         apply_peft(tiny_lm(), "adapters")
 
 
-def test_train_peft_and_sft_peft_smoke(sft_dir, tmp_path):
-    """train_peft.py runs the comparison end to end (2 steps, 2 methods) and writes its table; train_sft.py
-    with PEFT=lora saves a peft adapter plus a merged model that loads as a plain checkpoint."""
+def test_train_peft_and_sft_peft_smoke(tmp_path, monkeypatch):
+    """train_peft.py runs a comparison arm end to end (prompt tuning: virtual tokens in training and in
+    generation) and writes its table and figure; train_sft.py with PEFT=lora saves a peft adapter plus a
+    merged model that loads as a plain checkpoint."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two threads on two shared cores can run many times slower
     out = str(tmp_path / "peft")
-    text = run_script("train_peft.py", "--counts", "False", "--memory_steps", "0", "--model", sft_dir, "--methods", "lora,prompt_tuning",
-                      "--max_steps", "2", "--eval_limit", "8", "--out_dir", out, "--plot", str(tmp_path / "p.png"))
-    assert "| lora |" in text and "| prompt_tuning |" in text and (tmp_path / "p.png").exists()
+    text = run_script("train_peft.py", "--counts", "False", "--memory_steps", "0", "--model", "embedded", "--methods",
+                      "prompt_tuning", "--max_steps", "2", "--eval_limit", "8", "--out_dir", out, "--plot",
+                      str(tmp_path / "p.png"))
+    assert "| prompt_tuning | 0.1 | 1,280 |" in text and (tmp_path / "p.png").exists()
     sft = str(tmp_path / "sft_lora")
-    run_script("train_sft.py", "--model", sft_dir, "--peft", "lora", "--max_steps", "2", "--out_dir", sft, "--eval_limit",
-               "8", "--eval_interval", "0", "--save_interval", "0", "--warmup_steps", "1")
+    run_script("train_sft.py", "--peft", "lora", "--max_steps", "2", "--batch_size", "8", "--out_dir", sft, "--eval_limit",
+               "8", "--eval_data", "none", "--eval_interval", "0", "--save_interval", "0", "--warmup_steps", "1")
     from peft import PeftConfig
+
     from model.load import load_causal_lm
     assert PeftConfig.from_pretrained(sft + "/adapter").peft_type.value == "LORA"
     assert type(load_causal_lm(sft)) is OPTForCausalLM

@@ -132,24 +132,28 @@ def comparison_table(results: list[dict], caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_comparison(results: list[dict], path: str, title: str) -> None:
-    """Training-loss curves, then one bar per method: held-out loss, gold score, trainable parameters (log)."""
+def plot_comparison(results: list[dict], path: str, title: str, memory: list[dict] = None) -> None:
+    """Training-loss curves; one bar per method for held-out loss, gold score and trainable parameters;
+    and, given the opt-125m memory runs, their peak memory over the loaded model."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
-    for i, r in enumerate(results):
+    fig, axes = plt.subplots(1, 5 if memory else 4, figsize=(22 if memory else 18, 4.2))
+    names = list(dict.fromkeys(r["method"] for r in results + (memory or [])))  # in order, once each
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    for r in results:
         if r["train_loss_curve"]:
             steps, losses = zip(*r["train_loss_curve"])
-            axes[0].plot(steps, losses, label=r["method"], color=f"C{i}")
+            axes[0].plot(steps, losses, label=r["method"], color=colors[r["method"]])
     axes[0].set(title="training loss", xlabel="step", yscale="log")
     axes[0].legend(fontsize=8)
-    names = [r["method"] for r in results]
-    panels = [("held-out loss", [r["eval_loss"] for r in results]), ("gold score, held-out prompts (max 1)",
-              [r["gold_score"] for r in results]), ("trainable parameters", [max(r["trainable"], 1) for r in results])]
-    for ax, (label, values) in zip(axes[1:], panels):
-        ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
+    panels = [(results, "held-out loss", "eval_loss"), (results, "gold score, held-out prompts (max 1)", "gold_score"),
+              (results, "trainable parameters (log)", "trainable")]
+    if memory:
+        panels.append((memory, "opt-125m arch: peak RSS - after load (MiB)", "peak_over_load_mb"))
+    for ax, (rows, label, key) in zip(axes[1:], panels):
+        ax.bar([r["method"] for r in rows], [r[key] for r in rows], color=[colors[r["method"]] for r in rows])
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=60)
     axes[3].set_yscale("log")

@@ -88,8 +88,11 @@ def save_adapter(model, out_dir: str) -> None:
     """Save only what was trained: the peft adapter (save_pretrained) or BitFit's biases."""
     if isinstance(model, PeftModel):
         model.save_pretrained(out_dir)
-    else:
-        save_bitfit(model, out_dir)
+        return
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not all(n.endswith("bias") or n.startswith("score.") for n in trainable):
+        raise ValueError("not a PEFT model (full fine-tuning?): save it whole with save_pretrained")
+    save_bitfit(model, out_dir)
 
 
 def load_adapter(base_model, adapter_dir: str, trainable: bool = False):
