@@ -111,6 +111,8 @@ def main():
                   "sampled": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=True)}
         print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
               f"RM score {before['greedy']['reward']:.3f}")
+        if not (RESUME and os.path.exists(trainer.ckpt_dir)):  # step 0 of the curves: the SFT policy
+            trainer.write_metrics({f"eval/{k}": v for k, v in before["greedy"].items() if k != "rows" and "/" not in k})
     start = time.time()
     trainer.fit()
     train_seconds = time.time() - start

@@ -74,7 +74,7 @@ def main():
     print(format_counts(trainable, num_params))
     before = trainer.run_evaluation() if not (RESUME and os.path.exists(trainer.ckpt_dir)) else {}
     if before:
-        print("before SFT: " + ", ".join(f"{k}={v:.4f}" for k, v in before.items()))
+        trainer.write_metrics(before)  # step 0: the model before SFT
     start = time.time()
     final = trainer.fit()
     if PEFT == "none":

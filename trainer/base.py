@@ -43,6 +43,9 @@ class Trainer:
         self.step, self.best_value, self._perms = 0, None, {}
         self.ckpt_dir = os.path.join(out_dir, "checkpoint")
         os.makedirs(out_dir, exist_ok=True)
+        metrics_path = os.path.join(out_dir, "metrics.jsonl")
+        if not (resume and os.path.exists(self.ckpt_dir)) and self.accelerator.is_main_process and os.path.exists(metrics_path):
+            os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
         if model is not None:
             decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
             no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
@@ -93,8 +96,6 @@ class Trainer:
         if self.resume and os.path.exists(self.ckpt_dir):
             self.load_checkpoint()
             self.log(f"resumed from {self.ckpt_dir} at step {self.step}")
-        elif self.accelerator.is_main_process and os.path.exists(os.path.join(self.out_dir, "metrics.jsonl")):
-            os.remove(os.path.join(self.out_dir, "metrics.jsonl"))  # a fresh run starts a fresh log
         start, metrics = time.time(), {}
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.accelerator.is_main_process or bool(os.environ.get("TQDM_DISABLE")), dynamic_ncols=True)
         while self.step < self.max_steps:
