@@ -31,7 +31,7 @@ STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip the
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
 EVAL_LIMIT = None  # use only the first N held-out rows (None: all)
 # optimisation
-MAX_STEPS = 300  # optimizer steps
+MAX_STEPS = 400  # optimizer steps
 BATCH_SIZE = 32  # prompts (ranked groups) per micro-batch; each brings its K responses and K(K-1)/2 pairs
 GRAD_ACCUM = 1  # micro-batches per optimizer step
 LR = 1e-3  # peak learning rate (AdamW); ~1e-5 for a pretrained 100M+ backbone
@@ -41,7 +41,7 @@ GRAD_CLIP = 1.0  # max global gradient norm
 BF16 = False  # bfloat16 autocast (about 3x faster for 100M+ models on this CPU; no gain for the tiny model)
 SEED = 0  # seeds the head's init and the data order
 # evaluation, logging, checkpoints
-EVAL_INTERVAL = 100  # steps between evaluations (0: only at the end); the best is kept in out_dir/best
+EVAL_INTERVAL = 50  # steps between evaluations (0: only at the end); the best is kept in out_dir/best
 EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)

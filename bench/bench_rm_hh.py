@@ -29,14 +29,14 @@ MODEL = os.path.expanduser("~/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.ggu
 TRAIN_FILE = "../shared/data/hh-harmless-train.jsonl"  # 1,812 HH harmless pairs
 TEST_FILE = "../shared/data/hh-harmless-test.jsonl"  # 500 pairs, evaluation only
 OUT_DIR = "out/bench_rm_hh"  # split files, the reward model (OUT_DIR/rm), result.json
-DEV_ROWS = 100  # last rows of TRAIN_FILE held out to select the best checkpoint
+DEV_ROWS = 0  # last rows of TRAIN_FILE held out to select the best checkpoint (0: none, train on all)
 TEST_LIMIT = None  # score only the first N test rows (None: all 500; only for smoke runs)
-MAX_LEN = 256  # tokens per dialogue (about 80% fit; longer ones lose their oldest turns, never the last reply)
-TRAIN_LAYERS = 10  # train the top 10 of SmolLM2's 30 blocks (+ norm and head): about 2x less compute per step
-MAX_STEPS = 150  # optimizer steps of BATCH_SIZE x GRAD_ACCUM pairs (150 x 8 = 1,200 pairs: 0.7 epoch)
-BATCH_SIZE = 2  # pairs per micro-batch (small: little padding)
-GRAD_ACCUM = 4  # micro-batches per step
-LR = 2e-5  # peak learning rate
+MAX_LEN = 96  # tokens per dialogue: the last reply and the end of the dialogue before it (cut from the left)
+TRAIN_LAYERS = 6  # train the top 6 of SmolLM2's 30 blocks (+ norm and head): the backward pass stops there
+MAX_STEPS = 60  # optimizer steps of BATCH_SIZE x GRAD_ACCUM pairs (60 x 8 = 480 pairs, a quarter epoch)
+BATCH_SIZE = 4  # pairs per micro-batch (small: little padding)
+GRAD_ACCUM = 2  # micro-batches per step
+LR = 3e-5  # peak learning rate
 EVAL_INTERVAL = 0  # steps between dev evaluations (0: before and after training only)
 BF16 = True  # bfloat16 autocast: about 3x faster on this CPU
 
@@ -67,11 +67,11 @@ def main():
     os.makedirs(data_dir, exist_ok=True)
     with open(TRAIN_FILE, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
-    for name, part in (("train", lines[:-DEV_ROWS]), ("dev", lines[-DEV_ROWS:])):
+    for name, part in (("train", lines[: len(lines) - DEV_ROWS]), ("dev", lines[len(lines) - DEV_ROWS:])):
         with open(os.path.join(data_dir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             f.writelines(part)
     subprocess.run([sys.executable, "train_rm.py", "--model", MODEL, "--train_data", f"{data_dir}/train.jsonl",
-                    "--eval_data", f"{data_dir}/dev.jsonl", "--out_dir", rm_dir, "--max_len", str(MAX_LEN),
+                    "--eval_data", f"{data_dir}/dev.jsonl" if DEV_ROWS else "none", "--out_dir", rm_dir, "--max_len", str(MAX_LEN),
                     "--max_steps", str(MAX_STEPS), "--batch_size", str(BATCH_SIZE), "--grad_accum", str(GRAD_ACCUM),
                     "--train_layers", str(TRAIN_LAYERS), "--lr", str(LR),
                     "--warmup_steps", str(max(1, MAX_STEPS // 10)), "--eval_interval", str(EVAL_INTERVAL),
@@ -94,7 +94,7 @@ def main():
     write_json(os.path.join(OUT_DIR, "result.json"), result)
     print(f"HH harmless test ({result['test_pairs']} pairs): accuracy {result['accuracy']:.4f} "
           f"(always prefer the shorter reply: {result['shorter_reply_accuracy']:.4f}); dev accuracy "
-          f"{result['dev_accuracy']:.4f} (before training {result['dev_accuracy_base']:.4f})")
+          f"{result['dev_accuracy']} (before training {result['dev_accuracy_base']})")
     print(f"wall time {result['wall_seconds'] / 60:.1f} min (training {result['train_seconds'] / 60:.1f} min), "
           f"peak memory {result['peak_rss_mb']:.0f} MiB, matmul {gflops_before:.0f} -> "
           f"{result['matmul_gflops_after']:.0f} GFLOP/s")

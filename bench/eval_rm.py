@@ -1,0 +1,37 @@
+"""Score saved reward models on comparison files: pairwise accuracy (all pairs, correctness-only and
+format-only pairs where the gold judge applies) and mean margin, one line per (model, file).
+
+    python bench/eval_rm.py --models out/rm,out/rm_label --data ds/rm_eval_ranked.jsonl,out/label/eval.jsonl
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dataset.rm import RMDataset  # noqa: E402
+from model.load import load_tokenizer  # noqa: E402
+from model.reward import load_reward_model  # noqa: E402
+from trainer.rm import evaluate_pairs  # noqa: E402
+from utils import configure, quiet_transformers  # noqa: E402
+
+MODELS = "out/rm"  # comma-separated reward-model directories
+DATA = "ds/rm_eval_ranked.jsonl"  # comma-separated comparison files (ranked, pairs or HH)
+MAX_LEN = 96  # tokens per prompt + response, as in training
+
+configure(globals())
+
+
+def main():
+    quiet_transformers()
+    for model_dir in MODELS.split(","):
+        tokenizer = load_tokenizer(model_dir)
+        model = load_reward_model(model_dir, tokenizer.pad_token_id).eval()
+        for source in DATA.split(","):
+            m = evaluate_pairs(model, RMDataset(source, tokenizer, MAX_LEN, verbose=False), tokenizer.pad_token_id)
+            extra = "".join(f", {k} {m[k]:.4f} ({m['pairs_' + k.split('_')[1]]} pairs)"
+                            for k in ("accuracy_correctness", "accuracy_format") if k in m)
+            print(f"{model_dir} on {source}: accuracy {m['accuracy']:.4f} ({m['pairs']} pairs){extra}, "
+                  f"margin {m['margin']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
