@@ -132,7 +132,10 @@ def test_merged_lora_equals_unmerged_and_disabled_is_base():
 def test_virtual_token_generation_matches_full_forward(method):
     """The cached, left-padded generation loop picks the same greedy tokens as recomputing each row
     alone, unpadded, with a full forward pass (no cache) at every step."""
-    model = apply_peft(tiny_lm(), method, num_virtual_tokens=4)
+    base = tiny_lm()
+    with torch.no_grad():  # large position embeddings: an off-by-one position changes the greedy tokens
+        base.model.decoder.embed_positions.weight.normal_(0, 1.0)
+    model = apply_peft(base, method, num_virtual_tokens=4)
     train_step(model, lr=0.5)  # virtual tokens that matter
     rows = [[2, 5, 9, 11, 7], [2, 30, 4]]
     ids = torch.tensor([rows[0], [1, 1] + rows[1]])  # left-padded (B, P)
