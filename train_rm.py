@@ -85,7 +85,7 @@ def main():
     print(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
     before = trainer.run_evaluation() if eval_data is not None and not (RESUME and os.path.exists(trainer.ckpt_dir)) else {}
     if before:
-        print(f"before training: accuracy {before['eval/accuracy']:.4f}")
+        trainer.write_metrics(before)  # step 0: the reward model before training (fresh head)
     start = time.time()
     final = trainer.fit()
     train_seconds = time.time() - start
