@@ -46,7 +46,7 @@ CLIP_RANGE = 0.2  # epsilon of the clipped policy objective
 VALUE_CLIP = 0.2  # clip of the value loss around rollout values
 GAMMA = 1.0  # discount
 LAM = 0.95  # GAE lambda
-BETA = 0.05  # KL penalty coefficient (initial value when TARGET_KL is set)
+BETA = 0.2  # KL penalty coefficient (initial value when TARGET_KL is set); 0.05 let the policy hack the RM
 TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
 KL_HORIZON = 10000  # adaptive controller horizon (rollouts)
 PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
