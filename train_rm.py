@@ -16,6 +16,7 @@ import time
 import torch
 from dataset.rm import RMDataset
 from model.load import load_tokenizer
+from model.peft import apply_peft, save_peft
 from model.reward import load_reward_model
 from trainer.rm import RMTrainer
 from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json
@@ -46,7 +47,11 @@ EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
-PEFT = "none"  # 'none' (full fine-tuning) or a method of model/peft.py, e.g. 'lora'
+# parameter-efficient fine-tuning (model/peft/); the new score head is always trained in full
+PEFT = "none"  # 'none' (full fine-tuning), 'lora' or 'bitfit'
+LORA_R = 8  # LoRA rank r
+LORA_ALPHA = 16  # LoRA scale alpha: the update is (alpha / r) * B A
+LORA_TARGETS = "q_proj,v_proj"  # comma-separated names of the linear layers LoRA adapts
 
 config = configure(globals())
 
@@ -73,6 +78,9 @@ def main():
         model.hf_quantizer.remove_quantization_config(model)  # still flagged quantized, which blocks save_pretrained
     if TRAIN_LAYERS is not None:
         freeze_lower_layers(model, TRAIN_LAYERS)
+    if PEFT not in ("none", "lora", "bitfit"):
+        raise SystemExit(f"error: PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
+    model = apply_peft(model, PEFT, task="reward", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
     train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT)
     eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT)
     trainer = RMTrainer(model, tokenizer, train, eval_data, eval_batch_size=EVAL_BATCH_SIZE, out_dir=OUT_DIR,
@@ -90,11 +98,15 @@ def main():
     final = trainer.fit()
     train_seconds = time.time() - start
     best_dir = os.path.join(OUT_DIR, "best")
-    if trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0):
+    if PEFT == "none" and trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0):
         trainer.unwrap(trainer.model).load_state_dict(load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
         final.update(trainer.run_evaluation())
         print(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
-    trainer.save_model(OUT_DIR, tokenizer)
+    if PEFT == "none":
+        trainer.save_model(OUT_DIR, tokenizer)
+    elif trainer.accelerator.is_main_process:  # adapter in OUT_DIR/adapter, merged reward model in OUT_DIR
+        print(save_peft(trainer.unwrap(trainer.model), OUT_DIR, tokenizer))
+        write_json(os.path.join(OUT_DIR, "run_config.json"), config)
     ev = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
     summary = {"accuracy": ev.get("accuracy"), "accuracy_correctness": ev.get("accuracy_correctness"),
                "accuracy_format": ev.get("accuracy_format"), "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
