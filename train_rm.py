@@ -1,10 +1,10 @@
 """Step 2 of InstructGPT: a reward model trained on ranked comparisons with the pairwise loss.
 
-    python train_sft.py && python train_rm.py            # embedded: SFT backbone + shipped rankings, ~1-2 min on 2 CPU cores
+    python train_sft.py && python train_rm.py            # embedded: SFT backbone + shipped rankings, 400 steps (~4.5 min of one quiet core)
     python train_rm.py --max_steps 5 --out_dir out/t_rm  # a quick smoke run
     python -m dataset.label && python train_rm.py --train_data out/label/train.jsonl --eval_data out/label/eval.jsonl
                                                          # comparisons of the SFT policy's own samples, ranked by the gold judge
-    python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~1 h)
+    python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~1 h here)
 
 Writes out_dir/: the reward model as an HF checkpoint that AutoModelForSequenceClassification
 (num_labels=1) loads (model, tokenizer, run_config.json), metrics.jsonl, summary.json; out_dir/best
