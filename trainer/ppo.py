@@ -111,14 +111,14 @@ class PPOTrainer(Trainer):
         return self.forward_in_chunks(lambda s, m: reward_scores(self.reward_model, s, m), sequences, attention_mask)
 
     # ------------------------------------------------------------------ phase 1: rollout
-    @torch.no_grad()
-    def make_experience(self, items: list[dict]) -> Experience:
-        actor = self.unwrap(self.actor)
-        actor.eval()
+    def sample(self, policy, items: list[dict], sampling: dict):
+        """Generate responses and truncate them after the first EOS: later tokens become pad and leave
+        every mask. Returns sequences (B, P + N), attention_mask (B, P + N), action_mask (B, N; 1 up to
+        and including EOS), has_eos (B,) and the padded prompt length P."""
         # 1. sample: left-padded prompts, KV cache, stop at EOS, no minimum length
-        sequences = generate(actor, self.tokenizer, [it["prompt_ids"] for it in items], self.max_new_tokens, **self.sampling)
+        sequences = generate(policy, self.tokenizer, [it["prompt_ids"] for it in items], self.max_new_tokens, **sampling)
         P = max(len(it["prompt_ids"]) for it in items)
-        # 2. truncate after the first EOS: later tokens become pad and leave every mask
+        # 2. truncate after the first EOS
         response = sequences[:, P:]  # (B, N)
         is_eos = response == self.tokenizer.eos_token_id
         after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # (B, N): strictly after the first EOS
@@ -126,6 +126,14 @@ class PPOTrainer(Trainer):
         sequences[:, P:] = response.masked_fill(after_eos, self.tokenizer.pad_token_id)
         prompt_mask = pad([[1] * len(it["prompt_ids"]) for it in items], 0, side="left").to(self.device)  # (B, P)
         attention_mask = torch.cat([prompt_mask, action_mask], 1)  # (B, P + N)
+        return sequences, attention_mask, action_mask, is_eos.any(1), P
+
+    @torch.no_grad()
+    def make_experience(self, items: list[dict]) -> Experience:
+        actor = self.unwrap(self.actor)
+        actor.eval()
+        # 1-2. sample, then truncate after the first EOS
+        sequences, attention_mask, action_mask, has_eos, P = self.sample(actor, items, self.sampling)
         # 3. log-probs under actor and reference, values from the critic
         logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(actor, s, m, P)[1], sequences, attention_mask)
         with self.reference_context():
@@ -140,7 +148,7 @@ class PPOTrainer(Trainer):
         if self.normalize_scores:
             self.score_moments.update(raw_scores)
             scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
-        scores = scores - self.missing_eos_penalty * (~is_eos.any(1)).float()
+        scores = scores - self.missing_eos_penalty * (~has_eos).float()
         # 7. per-token reward: -beta * KL everywhere, + score on the last response token
         rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, action_mask, self.beta)
         # 8. GAE advantages and returns; whiten advantages over the batch's response tokens
@@ -244,13 +252,7 @@ class PPOTrainer(Trainer):
         for i in range(0, len(items), batch_size):
             chunk = items[i: i + batch_size]
             sampling = self.sampling if do_sample else {"do_sample": False}
-            sequences = generate(policy, self.tokenizer, [it["prompt_ids"] for it in chunk], self.max_new_tokens, **sampling)
-            P = max(len(it["prompt_ids"]) for it in chunk)
-            response = sequences[:, P:]
-            is_eos = response == self.tokenizer.eos_token_id
-            action_mask = ((is_eos.cumsum(1) - is_eos.long()) == 0).long()
-            sequences[:, P:] = response.masked_fill(action_mask == 0, self.tokenizer.pad_token_id)
-            attention_mask = torch.cat([(sequences[:, :P] != self.tokenizer.pad_token_id).long(), action_mask], 1)
+            sequences, attention_mask, action_mask, _, P = self.sample(policy, chunk, sampling)
             logprobs = self.policy_forward(policy, sequences, attention_mask, P)[1]
             with self.reference_context():
                 ref_logprobs = self.policy_forward(self.ref if self.ref is not None else policy, sequences, attention_mask, P)[1]
