@@ -1,10 +1,8 @@
 """Prompts for PPO rollouts: rendered with the SFT template, tokenized, cut from the left when too long."""
-import torch
-
-from dataset.sft import TruncationCounter, encode_prompt, fit_lengths, read_prompts, render_prompt
+from dataset.sft import ItemsDataset, TruncationCounter, encode_prompt, fit_lengths, read_prompts, render_prompt
 
 
-class PromptDataset(torch.utils.data.Dataset):
+class PromptDataset(ItemsDataset):
     """Each item: {'prompt_ids': list of ints, 'row': the source row (its 'type' lets the judge report per type)}."""
 
     def __init__(self, source: str, tokenizer, max_prompt_len: int, limit: int = None, verbose: bool = True):
@@ -15,9 +13,3 @@ class PromptDataset(torch.utils.data.Dataset):
             self.items.append({"prompt_ids": ids, "row": row})
         if verbose:
             print(counter.report(source))
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]

@@ -79,7 +79,19 @@ def encode_response(tokenizer, response: str) -> list:
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-class SFTDataset(torch.utils.data.Dataset):
+class ItemsDataset(torch.utils.data.Dataset):
+    """A dataset whose tokenized items are built once, in __init__, into the list self.items."""
+
+    items: list
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class SFTDataset(ItemsDataset):
     """Tokenized demonstrations: each item is {'input_ids', 'labels'} as lists of ints."""
 
     def __init__(self, source: str, tokenizer, max_len: int, limit: int = None, verbose: bool = True):
@@ -91,12 +103,6 @@ class SFTDataset(torch.utils.data.Dataset):
             self.items.append({"input_ids": p + r, "labels": [-100] * len(p) + r})
         if verbose:
             print(counter.report(source))
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
 def pad(seqs: list, value: int, side: str = "right") -> torch.Tensor:
