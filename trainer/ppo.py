@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from dataset.sft import pad, sft_collate
+from dataset.sft import pad, render_prompt, sft_collate
+from dataset.task import judge, score
 from model.generate import decode_responses, generate
 from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, lm_loss, masked_mean, masked_whiten,
                         policy_loss, token_logprobs, value_loss)
@@ -221,9 +222,6 @@ class PPOTrainer(Trainer):
 
     def gold_of(self, items, exp):
         """Mean gold-judge score of the rollout's responses (shipped-task rows only)."""
-        from dataset.sft import render_prompt
-        from dataset.task import score
-
         if not all("type" in it["row"] for it in items):
             return None
         responses = decode_responses(self.tokenizer, exp.sequences, exp.context_length)
@@ -243,9 +241,6 @@ class PPOTrainer(Trainer):
     def evaluate_policy(self, policy, items: list[dict], do_sample: bool, batch_size: int = 100) -> dict:
         """Answer held-out prompts with `policy`; report RM score, gold score (correct / format, per
         type) and the summed KL to the reference over the response tokens."""
-        from dataset.sft import render_prompt
-        from dataset.task import judge
-
         was_training = policy.training
         policy.eval()
         rows = []
