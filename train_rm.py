@@ -4,7 +4,8 @@
     python train_rm.py --max_steps 5 --out_dir out/t_rm  # a quick smoke run
     python -m dataset.label && python train_rm.py --train_data out/label/train.jsonl --eval_data out/label/eval.jsonl
                                                          # comparisons of the SFT policy's own samples, ranked by the gold judge
-    python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~1 h here)
+    python train_rm.py --train_layers 0                  # head only: frozen backbone, head by logistic regression (seconds)
+    python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~25 min here)
 
 Writes out_dir/: the reward model as an HF checkpoint that AutoModelForSequenceClassification
 (num_labels=1) loads (model, tokenizer, run_config.json), metrics.jsonl, summary.json; out_dir/best
@@ -18,7 +19,7 @@ from dataset.rm import RMDataset
 from model.load import load_tokenizer
 from model.peft import apply_peft, save_peft
 from model.reward import load_reward_model
-from trainer.rm import RMTrainer
+from trainer.rm import RMTrainer, fit_linear_head, last_token_features, pairwise_metrics
 from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json
 
 # model and data
@@ -27,7 +28,12 @@ TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # ranked (responses best first), chosen
 EVAL_DATA = "ds/rm_eval_ranked.jsonl"  # held-out comparisons ('none' to skip)
 OUT_DIR = "out/rm"  # where the reward model, metrics.jsonl and summary.json go
 MAX_LEN = 96  # tokens per prompt + response; longer ones are cut (prompt from the left, see dataset/rm.py)
-TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and head); None: all. Saves backward compute
+TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and head); None: all. Saves backward compute.
+# 0: head only. The backbone stays frozen, its last-token features are computed once, and the head is fitted
+# by L2-regularised logistic regression on them (the pairwise loss with a linear score); MAX_STEPS..GRAD_CLIP unused
+HEAD_L2 = "0.01,0.03,0.1,0.3,1,3"  # head only: L2 strengths tried on standardised features; CV on the training pairs picks one
+CV_FOLDS = 5  # head only: cross-validation folds over the training groups
+CHAT_TEMPLATE = False  # format prompt and response with the tokenizer's chat template (chat models, e.g. SmolLM2-Instruct)
 STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip them with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
 EVAL_LIMIT = None  # use only the first N held-out rows (None: all)
@@ -76,13 +82,20 @@ def main():
     model = load_reward_model(MODEL, tokenizer.pad_token_id)
     if getattr(model, "hf_quantizer", None) is not None:  # a GGUF backbone arrives dequantized to float but
         model.hf_quantizer.remove_quantization_config(model)  # still flagged quantized, which blocks save_pretrained
-    if TRAIN_LAYERS is not None:
-        freeze_lower_layers(model, TRAIN_LAYERS)
+    if TRAIN_LAYERS is not None and TRAIN_LAYERS < 0:
+        raise SystemExit(f"error: TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, 0 (head only) or None (all)")
     if PEFT not in ("none", "lora", "bitfit"):
         raise SystemExit(f"error: PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
+    if TRAIN_LAYERS == 0 and PEFT != "none":
+        raise SystemExit("error: TRAIN_LAYERS=0 fits the head only; it cannot be combined with PEFT")
+    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE)
+    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,
+                                                            chat_template=CHAT_TEMPLATE)
+    if TRAIN_LAYERS == 0:
+        return head_only(model, tokenizer, train, eval_data)
+    if TRAIN_LAYERS is not None:
+        freeze_lower_layers(model, TRAIN_LAYERS)
     model = apply_peft(model, PEFT, task="reward", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
-    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT)
-    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT)
     trainer = RMTrainer(model, tokenizer, train, eval_data, eval_batch_size=EVAL_BATCH_SIZE, out_dir=OUT_DIR,
                         run_config=config, lr=LR, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM,
                         warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP,
@@ -119,6 +132,55 @@ def main():
         write_json(os.path.join(OUT_DIR, "summary.json"), summary)
         print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
         print(f"wrote {OUT_DIR}/ (reward model, summary.json, metrics.jsonl)")
+
+
+def head_only(model, tokenizer, train, eval_data) -> None:
+    """TRAIN_LAYERS=0: features of the frozen backbone once, the head by logistic regression (trainer/rm.py)."""
+    try:
+        l2s = [float(v) for v in HEAD_L2.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: HEAD_L2={HEAD_L2!r}: expected comma-separated numbers, e.g. '0.1,1'") from None
+    model.eval().requires_grad_(False)
+    pad_id, bf16 = tokenizer.pad_token_id, torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16)
+    print(f"reward model on {MODEL}: backbone frozen, head fitted on {len(train)} training groups, {train.num_pairs} pairs")
+    start = time.time()
+    with bf16:
+        features, chosen, rejected, group = last_token_features(model, train, pad_id, EVAL_BATCH_SIZE)
+    print(f"features of {len(features)} training sequences: {time.time() - start:.0f} s")
+    fit = fit_linear_head(features, chosen, rejected, group, l2s, CV_FOLDS, SEED)
+    print("cross-validated accuracy by L2: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in fit["cv_accuracy"].items())
+          + f"; using {fit['l2']:g} (training accuracy {fit['train_accuracy']:.4f})")
+    before, after = {}, {}
+    if eval_data is not None:
+        with bf16:
+            ev, c, r, _ = last_token_features(model, eval_data, pad_id, EVAL_BATCH_SIZE)
+        kinds = [k for it in eval_data.items for k in (it["kinds"] or [None] * len(it["pairs"]))]
+        fresh = model.score.weight.detach().float()[0]  # the untrained head, for the before figure
+        before = pairwise_metrics(ev[c] @ fresh, ev[r] @ fresh, kinds)
+        after = pairwise_metrics(ev[c] @ fit["weight"], ev[r] @ fit["weight"], kinds, ev @ fit["weight"])
+        print(f"held-out accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} ({after['pairs']} pairs)")
+    with torch.no_grad():
+        model.score.weight.copy_(fit["weight"][None])
+        if getattr(model.score, "bias", None) is not None:
+            model.score.bias.zero_()
+    train_seconds = time.time() - start
+    os.makedirs(OUT_DIR, exist_ok=True)
+    model.save_pretrained(OUT_DIR)
+    tokenizer.save_pretrained(OUT_DIR)
+    write_json(os.path.join(OUT_DIR, "run_config.json"), config)
+    summary = {"accuracy": after.get("accuracy"), "accuracy_correctness": after.get("accuracy_correctness"),
+               "accuracy_format": after.get("accuracy_format"), "margin": after.get("margin"),
+               "eval_pairs": after.get("pairs"), "eval_pairs_correctness": after.get("pairs_correctness"),
+               "score_mean": after.get("score_mean"), "score_std": after.get("score_std"),
+               "accuracy_base": before.get("accuracy"), "train_loss": fit["train_loss"],
+               "train_accuracy": fit["train_accuracy"], "head_l2": fit["l2"],
+               "cv_accuracy": {f"{k:g}": v for k, v in fit["cv_accuracy"].items()}, "steps": 0,
+               "train_pairs": train.num_pairs, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
+               "num_params": sum(p.numel() for p in model.parameters()), "model": MODEL, "train_data": TRAIN_DATA,
+               "eval_data": EVAL_DATA}
+    write_json(os.path.join(OUT_DIR, "summary.json"), summary)
+    print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
+    print(f"wrote {OUT_DIR}/ (reward model, summary.json)")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,14 @@ A group is scored as one unit: each of its K responses is one sequence (prompt +
 scored once per step, and the pairs index into them. Over-length sequences follow the shared policy
 of `dataset.sft.fit_lengths` (prompt cut from the left, then the response from the right); they are
 counted and reported, never dropped. Bad rows raise DataError with file:line.
+
+With `chat_template=True` the text goes through the tokenizer's chat template instead (for a chat model
+such as SmolLM2-Instruct): HH turns become user/assistant messages (any other prompt is one user
+message), and each response is the assistant's turn, closed by the template's end-of-turn token, which
+is then the token the reward is read at.
 """
 import os
+import re
 
 import torch
 
@@ -27,6 +33,7 @@ from dataset.sft import TruncationCounter, encode_prompt, encode_response, fit_l
 RANKED_FORMATS = [["instruction", "input", "responses"], ["prompt", "responses"]]
 PAIR_FORMATS = [["instruction", "input", "chosen", "rejected"], ["prompt", "chosen", "rejected"], ["chosen", "rejected"]]
 ASSISTANT = "\n\nAssistant:"
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
 
 def ranked_pairs(k: int) -> list[tuple[int, int]]:
@@ -51,6 +58,34 @@ def split_hh_common(chosen: str, rejected: str) -> tuple[str, str, str]:
         raise ValueError("the dialogues share no '\\n\\nAssistant:' turn")
     cut += len(ASSISTANT)
     return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def chat_messages(prompt: str) -> list[dict]:
+    """A prompt as chat messages: HH turns ('\\n\\nHuman: ...\\n\\nAssistant: ...', ending in an open
+    Assistant turn) -> alternating user/assistant messages; any other text -> one user message."""
+    if not prompt.startswith("\n\nHuman:"):
+        return [{"role": "user", "content": prompt}]
+    parts = HH_TURN.split(prompt)  # ['', 'Human', text, 'Assistant', text, ..., 'Assistant', '']
+    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+             for who, text in zip(parts[1::2], parts[2::2])]
+    return turns[:-1] if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] else turns
+
+
+def encode_chat(tokenizer, messages: list[dict], responses: list[str]) -> tuple[list, list[list]]:
+    """Prompt ids (the template up to the assistant's turn) and each response's ids (its text and the
+    template's end-of-turn, trailing newlines dropped so the last token is the end-of-turn)."""
+    if not tokenizer.chat_template:
+        raise ValueError("CHAT_TEMPLATE=True needs a tokenizer with a chat template (this one has none)")
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    replies = []
+    for response in responses:
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response.strip()}],
+                                             tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the prompt differently once a reply follows; "
+                             "set CHAT_TEMPLATE=False")
+        replies.append(tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"])
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"], replies
 
 
 def pair_kind(prompt: str, better: str, worse: str) -> str:
@@ -118,14 +153,18 @@ class RMDataset(torch.utils.data.Dataset):
     kinds come from the gold judge and exist only for rows of the shipped task (rows with a 'type')."""
 
     def __init__(self, source: str, tokenizer, max_len: int, on_mismatch: str = "skip", limit: int = None,
-                 verbose: bool = True):
+                 verbose: bool = True, chat_template: bool = False):
         self.groups = read_comparisons(source, on_mismatch, limit)
         self.items, self.counter = [], TruncationCounter()
         for g in self.groups:
-            prompt_ids = encode_prompt(tokenizer, g["prompt"])
+            if chat_template:
+                prompt_ids, response_ids = encode_chat(tokenizer, chat_messages(g["prompt"]), g["responses"])
+            else:
+                prompt_ids = encode_prompt(tokenizer, g["prompt"])
+                response_ids = [encode_response(tokenizer, response) for response in g["responses"]]
             sequences = []
-            for response in g["responses"]:
-                p, r = fit_lengths(prompt_ids, encode_response(tokenizer, response), max_len, self.counter)
+            for ids in response_ids:
+                p, r = fit_lengths(prompt_ids, ids, max_len, self.counter)
                 sequences.append(p + r)
             pairs = ranked_pairs(len(sequences))
             kinds = [pair_kind(g["prompt"], g["responses"][i], g["responses"][j]) for i, j in pairs] if g["type"] else None
