@@ -8,14 +8,15 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, OPTConfig, OPTForSequenceClassification
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from dataset.io import DataError
 from dataset.label import rank_responses
-from dataset.rm import RMDataset, pair_kind, ranked_pairs, read_comparisons, rm_collate, split_hh
+from dataset.rm import (RMDataset, chat_messages, encode_chat, pair_kind, ranked_pairs, read_comparisons,
+                        rm_collate, split_hh)
 from model.load import load_tokenizer
 from model.loss import pairwise_loss
 from model.reward import load_reward_model, reward_scores
-from trainer.rm import RMTrainer, evaluate_pairs
+from trainer.rm import RMTrainer, evaluate_pairs, fit_linear_head, last_token_features
 
 PAD = 1
 
@@ -198,3 +199,76 @@ def test_train_rm_smoke_writes_summary_and_loadable_model(sft_dir, tmp_path):
     assert summary["eval_pairs"] == 32 * 6
     model = load_reward_model(out, 1)
     assert model.config.num_labels == 1 and os.path.exists(os.path.join(out, "run_config.json"))
+
+
+def test_chat_template_turns_hh_dialogue_into_messages_and_closes_each_reply(tok, tmp_path):
+    """CHAT_TEMPLATE: HH turns become user/assistant messages, the prompt is the template up to the
+    assistant's turn, and each reply ends with the template's end-of-turn (the token the score is read at)."""
+    head = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Help me?\n\nAssistant:"
+    assert chat_messages(head) == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                   {"role": "user", "content": "Help me?"}]
+    assert chat_messages("### Instruction:\nAdd.") == [{"role": "user", "content": "### Instruction:\nAdd."}]
+    path = write_rows(tmp_path, "hh.jsonl", [{"chosen": head + " Sure.", "rejected": head + " No."}])
+    with pytest.raises(ValueError, match="chat template"):
+        RMDataset(path, tok, 64, verbose=False, chat_template=True)  # the embedded tokenizer has none
+    chat_tok = load_tokenizer("embedded")
+    chat_tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+                              "{% if add_generation_prompt %}[assistant] {% endif %}")
+    prompt_ids, replies = encode_chat(chat_tok, chat_messages(head), [" Sure.", " No."])
+    assert chat_tok.decode(prompt_ids) == "[user] Hi</s>\n[assistant] Hello.</s>\n[user] Help me?</s>\n[assistant] "
+    assert [chat_tok.decode(r) for r in replies] == ["Sure.</s>", "No.</s>"]
+    ds = RMDataset(path, chat_tok, 64, verbose=False, chat_template=True)
+    assert ds.items[0]["sequences"] == [prompt_ids + replies[0], prompt_ids + replies[1]]
+
+
+def test_logistic_head_recovers_a_linear_preference_and_cv_picks_the_l2():
+    """fit_linear_head on features where the preferred response is the one further along a hidden
+    direction: held-out accuracy >= 0.9, and cross-validation rejects an L2 so strong it cannot fit."""
+    gen = torch.Generator().manual_seed(0)
+    direction = torch.randn(16, generator=gen)
+    features = torch.randn(600, 16, generator=gen) * torch.linspace(0.5, 3.0, 16)  # (N, H), uneven scales
+    utility = features @ direction + 0.5 * torch.randn(600, generator=gen)
+    a, b = torch.arange(0, 600, 2), torch.arange(1, 600, 2)
+    chosen, rejected = torch.where(utility[a] > utility[b], a, b), torch.where(utility[a] > utility[b], b, a)
+    group = torch.arange(300)
+    fit = fit_linear_head(features[:400], chosen[:200], rejected[:200], group[:200], [1e-3, 1e3], folds=4)
+    assert set(fit["cv_accuracy"]) == {1e-3, 1e3} and fit["l2"] == 1e-3
+    assert fit["cv_accuracy"][1e-3] >= 0.85 and fit["train_accuracy"] >= 0.9
+    held = ((features[chosen[200:]] - features[rejected[200:]]) @ fit["weight"] > 0).float().mean().item()
+    assert held >= 0.9
+    cosine = torch.nn.functional.cosine_similarity(fit["weight"], direction, dim=0).item()
+    assert cosine > 0.9
+
+
+def test_last_token_features_are_what_the_score_head_reads(tok, toy_run):
+    """Scores from the features times the head weight equal the model's own scores, for every sequence,
+    and the pair indices point at each group's chosen and rejected sequences."""
+    _, trainer, held, _ = toy_run
+    model = trainer.unwrap(trainer.model).eval()
+    features, chosen, rejected, group = last_token_features(model, held, tok.pad_token_id, batch_size=3)
+    batch = rm_collate(held.items, tok.pad_token_id)
+    with torch.no_grad():
+        expected = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(features @ model.score.weight[0].detach(), expected, atol=1e-5)
+    assert chosen.tolist() == batch["chosen_index"].tolist() and rejected.tolist() == batch["rejected_index"].tolist()
+    assert group.tolist() == list(range(len(held)))
+
+
+def test_train_rm_head_only_fits_the_head_and_saves_a_model_that_scores_the_same(sft_dir, tmp_path):
+    """TRAIN_LAYERS=0: the backbone is untouched, the head is fitted (training loss below log 2, held-out
+    accuracy above the fresh head's, the format preference learned), and the saved model's end-to-end accuracy equals the one in summary.json."""
+    out = str(tmp_path / "rm_head")
+    run_script("train_rm.py", "--model", sft_dir, "--out_dir", out, "--train_layers", "0", "--train_limit", "600",
+               "--eval_limit", "100", "--head_l2", "0.01,0.1")
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["head_l2"] in (0.01, 0.1) and set(summary["cv_accuracy"]) == {"0.01", "0.1"}
+    assert summary["accuracy"] > summary["accuracy_base"] and summary["accuracy_format"] >= 0.95, summary
+    assert summary["train_loss"] < math.log(2) - 0.05, summary  # a zero head would sit at log 2
+    model, base = load_reward_model(out, PAD).eval(), load_reward_model(sft_dir, PAD)
+    sft_params = dict(base.named_parameters())
+    for name, p in model.named_parameters():
+        if not name.startswith("score"):
+            assert torch.equal(p, sft_params[name]), name
+    held = RMDataset(os.path.join(ROOT, "ds/rm_eval_ranked.jsonl"), load_tokenizer(out), 96, limit=100, verbose=False)
+    assert evaluate_pairs(model, held, PAD)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)
