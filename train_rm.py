@@ -5,7 +5,7 @@
     python -m dataset.label && python train_rm.py --train_data out/label/train.jsonl --eval_data out/label/eval.jsonl
                                                          # comparisons of the SFT policy's own samples, ranked by the gold judge
     python train_rm.py --train_layers 0                  # head only: frozen backbone, head by logistic regression (seconds)
-    python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~25 min here)
+    python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~11 min here)
 
 Writes out_dir/: the reward model as an HF checkpoint that AutoModelForSequenceClassification
 (num_labels=1) loads (model, tokenizer, run_config.json), metrics.jsonl, summary.json; out_dir/best

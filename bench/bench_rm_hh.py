@@ -1,7 +1,7 @@
 """Benchmark (not a test): a reward model on real preference data, Anthropic HH-RLHF harmless pairs.
 
     bash ../shared/tools/get-smollm2.sh                  # once: SmolLM2-135M-Instruct as a GGUF file
-    nohup python bench/bench_rm_hh.py > out/bench_rm_hh.log 2>&1 &     # ~20 min on 2 quiet CPU cores
+    nohup python bench/bench_rm_hh.py > out/bench_rm_hh.log 2>&1 &     # ~11 min on 2 quiet CPU cores
     python bench/bench_rm_hh.py --train_limit 40 --test_limit 16 --out_dir out/t_bench   # smoke run
 
 Trains train_rm.py on SmolLM2-135M with ../shared/data/hh-harmless-train.jsonl, then loads the saved
@@ -11,7 +11,7 @@ one test row whose replies contain an extra Assistant turn is split at the commo
 The default is the head-only reward model (TRAIN_LAYERS=0): SmolLM2 stays frozen, the dialogues go
 through its chat template, and the scalar head is fitted by L2-regularised logistic regression on the
 last-token features, the L2 strength picked by 5-fold cross-validation on the training pairs. One
-forward pass over the 3,616 training sequences (~10 min here) replaces hours of fine-tuning; on 1,808
+forward pass over the 3,616 training sequences (~8 min here) replaces hours of fine-tuning; on 1,808
 pairs it also generalises better than the fine-tuning that fits this CPU (see the README).
 The test file is never used for training or for choosing settings. Prints the accuracy beside the
 rule "always prefer the shorter reply", the wall time and the peak memory; writes OUT_DIR/result.json.
