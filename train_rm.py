@@ -140,8 +140,11 @@ def head_only(model, tokenizer, train, eval_data) -> None:
         l2s = [float(v) for v in HEAD_L2.split(",")]
     except ValueError:
         raise SystemExit(f"error: HEAD_L2={HEAD_L2!r}: expected comma-separated numbers, e.g. '0.1,1'") from None
-    model.eval().requires_grad_(False)
-    pad_id, bf16 = tokenizer.pad_token_id, torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("error: TRAIN_LAYERS=0 (head only) runs in one process: start it with python, not torchrun/accelerate")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.eval().requires_grad_(False).to(device)
+    pad_id, bf16 = tokenizer.pad_token_id, torch.autocast(device.type, dtype=torch.bfloat16, enabled=BF16)
     print(f"reward model on {MODEL}: backbone frozen, head fitted on {len(train)} training groups, {train.num_pairs} pairs")
     start = time.time()
     with bf16:
@@ -155,17 +158,17 @@ def head_only(model, tokenizer, train, eval_data) -> None:
         with bf16:
             ev, c, r, _ = last_token_features(model, eval_data, pad_id, EVAL_BATCH_SIZE)
         kinds = [k for it in eval_data.items for k in (it["kinds"] or [None] * len(it["pairs"]))]
-        fresh = model.score.weight.detach().float()[0]  # the untrained head, for the before figure
+        fresh = model.score.weight.detach().float().cpu()[0]  # the untrained head, for the before figure
         before = pairwise_metrics(ev[c] @ fresh, ev[r] @ fresh, kinds)
         after = pairwise_metrics(ev[c] @ fit["weight"], ev[r] @ fit["weight"], kinds, ev @ fit["weight"])
         print(f"held-out accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} ({after['pairs']} pairs)")
     with torch.no_grad():
-        model.score.weight.copy_(fit["weight"][None])
+        model.score.weight.copy_(fit["weight"][None].to(device))
         if getattr(model.score, "bias", None) is not None:
             model.score.bias.zero_()
     train_seconds = time.time() - start
     os.makedirs(OUT_DIR, exist_ok=True)
-    model.save_pretrained(OUT_DIR)
+    model.cpu().save_pretrained(OUT_DIR)
     tokenizer.save_pretrained(OUT_DIR)
     write_json(os.path.join(OUT_DIR, "run_config.json"), config)
     summary = {"accuracy": after.get("accuracy"), "accuracy_correctness": after.get("accuracy_correctness"),
