@@ -72,7 +72,33 @@ def freeze_lower_layers(model, train_layers: int) -> None:
         p.requires_grad_(False)
 
 
+def check_settings() -> list[float]:
+    """Fail on bad settings before anything is loaded; returns the HEAD_L2 strengths."""
+    if TRAIN_LAYERS is not None and TRAIN_LAYERS < 0:
+        raise SystemExit(f"error: TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, 0 (head only) or None (all)")
+    if PEFT not in ("none", "lora", "bitfit"):
+        raise SystemExit(f"error: PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
+    if TRAIN_LAYERS == 0 and PEFT != "none":
+        raise SystemExit("error: TRAIN_LAYERS=0 fits the head only; it cannot be combined with PEFT")
+    if TRAIN_LAYERS == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("error: TRAIN_LAYERS=0 (head only) runs in one process: start it with python, not torchrun/accelerate")
+    try:
+        return [float(v) for v in HEAD_L2.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: HEAD_L2={HEAD_L2!r}: expected comma-separated numbers, e.g. '0.1,1'") from None
+
+
+def rm_summary(ev: dict, accuracy_base, **extra) -> dict:
+    """summary.json: held-out metrics after training (ev), the accuracy before it, and run facts."""
+    return {"accuracy": ev.get("accuracy"), "accuracy_correctness": ev.get("accuracy_correctness"),
+            "accuracy_format": ev.get("accuracy_format"), "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
+            "eval_pairs_correctness": ev.get("pairs_correctness"), "score_mean": ev.get("score_mean"),
+            "score_std": ev.get("score_std"), "accuracy_base": accuracy_base, **extra,
+            "peak_rss_mb": peak_rss_mb(), "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA}
+
+
 def main():
+    l2s = check_settings()
     quiet_transformers()
     seed_everything(SEED)
     on_mismatch = "error" if STRICT else "skip"
@@ -80,19 +106,11 @@ def main():
     if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token_id is not None:
         tokenizer.pad_token = tokenizer.unk_token  # e.g. SmolLM2 pads with EOS: the score would skip the final EOS
     model = load_reward_model(MODEL, tokenizer.pad_token_id)
-    if getattr(model, "hf_quantizer", None) is not None:  # a GGUF backbone arrives dequantized to float but
-        model.hf_quantizer.remove_quantization_config(model)  # still flagged quantized, which blocks save_pretrained
-    if TRAIN_LAYERS is not None and TRAIN_LAYERS < 0:
-        raise SystemExit(f"error: TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, 0 (head only) or None (all)")
-    if PEFT not in ("none", "lora", "bitfit"):
-        raise SystemExit(f"error: PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
-    if TRAIN_LAYERS == 0 and PEFT != "none":
-        raise SystemExit("error: TRAIN_LAYERS=0 fits the head only; it cannot be combined with PEFT")
     train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE)
     eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,
                                                             chat_template=CHAT_TEMPLATE)
     if TRAIN_LAYERS == 0:
-        return head_only(model, tokenizer, train, eval_data)
+        return head_only(model, tokenizer, train, eval_data, l2s)
     if TRAIN_LAYERS is not None:
         freeze_lower_layers(model, TRAIN_LAYERS)
     model = apply_peft(model, PEFT, task="reward", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
@@ -121,27 +139,16 @@ def main():
         print(save_peft(trainer.unwrap(trainer.model), OUT_DIR, tokenizer))
         write_json(os.path.join(OUT_DIR, "run_config.json"), config)
     ev = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
-    summary = {"accuracy": ev.get("accuracy"), "accuracy_correctness": ev.get("accuracy_correctness"),
-               "accuracy_format": ev.get("accuracy_format"), "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
-               "eval_pairs_correctness": ev.get("pairs_correctness"), "score_mean": ev.get("score_mean"),
-               "score_std": ev.get("score_std"), "accuracy_base": before.get("eval/accuracy"),
-               "train_loss": final.get("train/loss"), "steps": MAX_STEPS, "train_pairs": train.num_pairs,
-               "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(), "num_params": num_params,
-               "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA}
+    summary = rm_summary(ev, before.get("eval/accuracy"), train_loss=final.get("train/loss"),
+                         steps=MAX_STEPS, train_pairs=train.num_pairs, train_seconds=train_seconds, num_params=num_params)
     if trainer.accelerator.is_main_process:
         write_json(os.path.join(OUT_DIR, "summary.json"), summary)
         print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
         print(f"wrote {OUT_DIR}/ (reward model, summary.json, metrics.jsonl)")
 
 
-def head_only(model, tokenizer, train, eval_data) -> None:
+def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
     """TRAIN_LAYERS=0: features of the frozen backbone once, the head by logistic regression (trainer/rm.py)."""
-    try:
-        l2s = [float(v) for v in HEAD_L2.split(",")]
-    except ValueError:
-        raise SystemExit(f"error: HEAD_L2={HEAD_L2!r}: expected comma-separated numbers, e.g. '0.1,1'") from None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit("error: TRAIN_LAYERS=0 (head only) runs in one process: start it with python, not torchrun/accelerate")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.eval().requires_grad_(False).to(device)
     pad_id, bf16 = tokenizer.pad_token_id, torch.autocast(device.type, dtype=torch.bfloat16, enabled=BF16)
@@ -171,16 +178,10 @@ def head_only(model, tokenizer, train, eval_data) -> None:
     model.cpu().save_pretrained(OUT_DIR)
     tokenizer.save_pretrained(OUT_DIR)
     write_json(os.path.join(OUT_DIR, "run_config.json"), config)
-    summary = {"accuracy": after.get("accuracy"), "accuracy_correctness": after.get("accuracy_correctness"),
-               "accuracy_format": after.get("accuracy_format"), "margin": after.get("margin"),
-               "eval_pairs": after.get("pairs"), "eval_pairs_correctness": after.get("pairs_correctness"),
-               "score_mean": after.get("score_mean"), "score_std": after.get("score_std"),
-               "accuracy_base": before.get("accuracy"), "train_loss": fit["train_loss"],
-               "train_accuracy": fit["train_accuracy"], "head_l2": fit["l2"],
-               "cv_accuracy": {f"{k:g}": v for k, v in fit["cv_accuracy"].items()}, "steps": 0,
-               "train_pairs": train.num_pairs, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
-               "num_params": sum(p.numel() for p in model.parameters()), "model": MODEL, "train_data": TRAIN_DATA,
-               "eval_data": EVAL_DATA}
+    summary = rm_summary(after, before.get("accuracy"), train_loss=fit["train_loss"], train_accuracy=fit["train_accuracy"],
+                         head_l2=fit["l2"], cv_accuracy={f"{k:g}": v for k, v in fit["cv_accuracy"].items()}, steps=0,
+                         train_pairs=train.num_pairs, train_seconds=train_seconds,
+                         num_params=sum(p.numel() for p in model.parameters()))
     write_json(os.path.join(OUT_DIR, "summary.json"), summary)
     print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
     print(f"wrote {OUT_DIR}/ (reward model, summary.json)")

@@ -18,6 +18,8 @@ def load_reward_model(name: str, pad_token_id: int, setting: str = "MODEL", dtyp
     path, kw = resolve(name, setting)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **kw)
     model.config.pad_token_id = pad_token_id  # Llama configs have none; the last-token lookup needs it
+    if getattr(model, "hf_quantizer", None) is not None:  # a GGUF backbone arrives dequantized to float but
+        model.hf_quantizer.remove_quantization_config(model)  # still flagged quantized, which blocks save_pretrained
     return model
 
 

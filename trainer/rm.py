@@ -12,6 +12,7 @@ only in correctness and only in format (the gold judge says which), and the spre
 import torch
 
 from dataset.rm import rm_collate
+from dataset.sft import pad
 from model.loss import pairwise_loss
 from model.reward import position_ids_for, reward_scores
 from trainer.base import Trainer
@@ -98,8 +99,8 @@ def last_token_features(model, dataset, pad_id: int, batch_size: int = 16) -> tu
     features = None
     for i in range(0, len(flat), batch_size):
         rows, seqs = zip(*flat[i: i + batch_size])
-        batch = rm_collate([{"sequences": list(seqs), "pairs": [], "kinds": None}], pad_id)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (B, T), right-padded
+        ids = pad(list(seqs), pad_id).to(device)  # (B, T), right-padded
+        mask = pad([[1] * len(x) for x in seqs], 0).to(device)  # (B, T)
         hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).last_hidden_state
         last = hidden[torch.arange(len(seqs), device=device), mask.sum(-1) - 1].float().cpu()  # (B, H)
         if features is None:
