@@ -15,7 +15,7 @@ import os
 import time
 
 import torch
-from dataset.rm import RMDataset
+from dataset.rm import RMDataset, flatten_groups
 from model.load import load_tokenizer
 from model.peft import apply_peft, save_peft
 from model.reward import load_reward_model
@@ -164,7 +164,7 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
     if eval_data is not None:
         with bf16:
             ev, c, r, _ = last_token_features(model, eval_data, pad_id, EVAL_BATCH_SIZE)
-        kinds = [k for it in eval_data.items for k in (it["kinds"] or [None] * len(it["pairs"]))]
+        kinds = flatten_groups(eval_data.items)["kinds"]
         fresh = model.score.weight.detach().float().cpu()[0]  # the untrained head, for the before figure
         before = pairwise_metrics(ev[c] @ fresh, ev[r] @ fresh, kinds)
         after = pairwise_metrics(ev[c] @ fit["weight"], ev[r] @ fit["weight"], kinds, ev @ fit["weight"])

@@ -189,22 +189,33 @@ class RMDataset(torch.utils.data.Dataset):
         return self.items[i]
 
 
+def flatten_groups(items: list) -> dict:
+    """The groups' responses as one list of N sequences, and their P pairs as indices into it.
+
+    sequences: N id lists; chosen, rejected: P row indices; group: P group indices; kinds: P pair
+    kinds (None where unknown)."""
+    flat = {"sequences": [], "chosen": [], "rejected": [], "group": [], "kinds": []}
+    for g, it in enumerate(items):
+        offset = len(flat["sequences"])
+        flat["sequences"] += it["sequences"]
+        flat["chosen"] += [offset + i for i, _ in it["pairs"]]
+        flat["rejected"] += [offset + j for _, j in it["pairs"]]
+        flat["group"] += [g] * len(it["pairs"])
+        flat["kinds"] += it["kinds"] or [None] * len(it["pairs"])
+    return flat
+
+
 def rm_collate(items: list, pad_id: int) -> dict:
     """Flatten the groups' responses into one right-padded batch of N sequences, and index the P pairs.
 
     input_ids, attention_mask: (N, T); chosen_index, rejected_index: (P,) rows of input_ids;
     kinds: P pair kinds (None where unknown)."""
-    seqs, chosen, rejected, kinds = [], [], [], []
-    for it in items:
-        offset = len(seqs)
-        seqs += it["sequences"]
-        chosen += [offset + i for i, _ in it["pairs"]]
-        rejected += [offset + j for _, j in it["pairs"]]
-        kinds += it["kinds"] or [None] * len(it["pairs"])
+    flat = flatten_groups(items)
+    seqs = flat["sequences"]
     return {
         "input_ids": pad(seqs, pad_id),  # (N, T)
         "attention_mask": pad([[1] * len(s) for s in seqs], 0),  # (N, T)
-        "chosen_index": torch.tensor(chosen, dtype=torch.long),  # (P,)
-        "rejected_index": torch.tensor(rejected, dtype=torch.long),  # (P,)
-        "kinds": kinds,
+        "chosen_index": torch.tensor(flat["chosen"], dtype=torch.long),  # (P,)
+        "rejected_index": torch.tensor(flat["rejected"], dtype=torch.long),  # (P,)
+        "kinds": flat["kinds"],
     }

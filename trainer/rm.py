@@ -11,7 +11,7 @@ only in correctness and only in format (the gold judge says which), and the spre
 """
 import torch
 
-from dataset.rm import rm_collate
+from dataset.rm import flatten_groups, rm_collate
 from dataset.sft import pad
 from model.loss import pairwise_loss
 from model.reward import position_ids_for, reward_scores
@@ -90,26 +90,20 @@ def last_token_features(model, dataset, pad_id: int, batch_size: int = 16) -> tu
     chosen and rejected (P,) row indices of the pairs, and group (P,) the group each pair comes from."""
     backbone = getattr(model, model.base_model_prefix)
     device = next(model.parameters()).device
-    starts, n = [], 0  # index of each group's first sequence in the flat list
-    for it in dataset.items:
-        starts.append(n)
-        n += len(it["sequences"])
-    flat = [(starts[g] + k, seq) for g, it in enumerate(dataset.items) for k, seq in enumerate(it["sequences"])]
-    flat.sort(key=lambda x: len(x[1]))  # similar lengths per batch: less padding
+    flat = flatten_groups(dataset.items)
+    seqs = flat["sequences"]
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))  # similar lengths per batch: less padding
     features = None
-    for i in range(0, len(flat), batch_size):
-        rows, seqs = zip(*flat[i: i + batch_size])
-        ids = pad(list(seqs), pad_id).to(device)  # (B, T), right-padded
-        mask = pad([[1] * len(x) for x in seqs], 0).to(device)  # (B, T)
+    for i in range(0, len(order), batch_size):
+        rows = order[i: i + batch_size]
+        ids = pad([seqs[k] for k in rows], pad_id).to(device)  # (B, T), right-padded
+        mask = pad([[1] * len(seqs[k]) for k in rows], 0).to(device)  # (B, T)
         hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).last_hidden_state
-        last = hidden[torch.arange(len(seqs), device=device), mask.sum(-1) - 1].float().cpu()  # (B, H)
+        last = hidden[torch.arange(len(rows), device=device), mask.sum(-1) - 1].float().cpu()  # (B, H)
         if features is None:
-            features = torch.zeros(n, last.shape[-1])
-        features[list(rows)] = last
-    chosen = [starts[g] + i for g, it in enumerate(dataset.items) for i, _ in it["pairs"]]
-    rejected = [starts[g] + j for g, it in enumerate(dataset.items) for _, j in it["pairs"]]
-    group = [g for g, it in enumerate(dataset.items) for _ in it["pairs"]]
-    return features, torch.tensor(chosen), torch.tensor(rejected), torch.tensor(group)
+            features = torch.zeros(len(seqs), last.shape[-1])
+        features[rows] = last
+    return features, torch.tensor(flat["chosen"]), torch.tensor(flat["rejected"]), torch.tensor(flat["group"])
 
 
 def logistic_fit(diff: torch.Tensor, l2: float, max_iter: int = 200) -> torch.Tensor:
@@ -136,10 +130,9 @@ def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5
     {'weight' (H,), 'l2', 'cv_accuracy' {l2: accuracy}, 'train_accuracy', 'train_loss'}."""
     std = features.std(0) + 1e-4  # (H,)
     diff = (features[chosen] - features[rejected]) / std  # (P, H)
-    groups = torch.unique(group)
-    fold_of = torch.empty(int(group.max()) + 1, dtype=torch.long)
-    fold_of[groups[torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed))]] = \
-        torch.arange(len(groups)) % folds
+    num_groups = int(group.max()) + 1  # groups are numbered 0..G-1
+    fold_of = torch.empty(num_groups, dtype=torch.long)  # each group to one fold, in a seeded random order
+    fold_of[torch.randperm(num_groups, generator=torch.Generator().manual_seed(seed))] = torch.arange(num_groups) % folds
     pair_fold = fold_of[group]  # (P,)
     cv = {}
     for l2 in l2s:
