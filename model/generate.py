@@ -1,6 +1,7 @@
 """Generation helpers: batched sampling from left-padded prompts, and the gold-score evaluation."""
 import torch
 
+from dataset.chat import chat_prompt_ids, row_messages
 from dataset.sft import encode_prompt, fit_lengths, pad, render_prompt
 
 
@@ -34,15 +35,30 @@ def decode_responses(tokenizer, sequences: torch.Tensor, prompt_len: int) -> lis
     return texts
 
 
+def prompt_ids(tokenizer, row: dict, chat_template: bool = False) -> list[int]:
+    """A row's prompt tokens: `messages` rows, and every row under CHAT_TEMPLATE=True, through the
+    tokenizer's chat template; Alpaca and raw-prompt rows otherwise as text (dataset/chat.py)."""
+    if chat_template or "messages" in row:
+        return chat_prompt_ids(tokenizer, row_messages(row))
+    return encode_prompt(tokenizer, render_prompt(row))
+
+
 def answer(model, tokenizer, rows: list[dict], max_prompt_len: int, max_new_tokens: int, batch_size: int = 64,
-           **sampling) -> list[str]:
+           chat_template: bool = False, **sampling) -> list[str]:
     """Answer each prompt row (greedy unless do_sample=True is passed)."""
     responses = []
     for i in range(0, len(rows), batch_size):
-        ids = [fit_lengths(encode_prompt(tokenizer, render_prompt(r)), [], max_prompt_len)[0] for r in rows[i: i + batch_size]]
+        ids = [fit_lengths(prompt_ids(tokenizer, r, chat_template), [], max_prompt_len)[0] for r in rows[i: i + batch_size]]
         seqs = generate(model, tokenizer, ids, max_new_tokens, **sampling)
         responses += decode_responses(tokenizer, seqs, max(len(p) for p in ids))
     return responses
+
+
+def respond(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16,
+            **sampling) -> list[str]:
+    """The assistant's next turn in each conversation, rendered with the tokenizer's chat template."""
+    return answer(model, tokenizer, [{"messages": c} for c in conversations], 10 ** 9, max_new_tokens, batch_size,
+                  **sampling)
 
 
 def gold_eval(model, tokenizer, rows: list[dict], max_prompt_len: int, max_new_tokens: int, **sampling) -> dict:
