@@ -13,6 +13,7 @@ import copy
 import os
 import time
 
+from dataset.chat import use_chat_format
 from dataset.prompt import PromptDataset
 from dataset.sft import SFTDataset, render_prompt
 from model.load import load_causal_lm, load_tokenizer
@@ -25,11 +26,12 @@ from utils import configure, peak_rss_mb, plot_metrics, quiet_transformers, seed
 SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
 REWARD = "rm"  # 'rm' (the learned reward model) or 'gold' (the task's gold judge: an upper bound, not RLHF)
-PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input or prompt rows)
+PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows ending with a user turn)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
 EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts: SFT vs RLHF, RM score and gold score
 OUT_DIR = "out/rlhf"  # checkpoint, metrics, summary, samples, plot
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's own chat template (dataset/chat.py); saved with the model
 # rollout
 ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early, then the policy over-optimises the RM
 ROLLOUT_BATCH = 64  # prompts sampled per iteration
@@ -80,6 +82,7 @@ def main():
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
+    use_chat_format(tokenizer, CHAT_TEMPLATE)
     actor = load_causal_lm(SFT_MODEL, "SFT_MODEL")
     if PEFT == "none":
         ref = copy.deepcopy(actor)
@@ -91,9 +94,10 @@ def main():
     reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if REWARD == "rm" else None
     if REWARD not in ("rm", "gold"):
         raise SystemExit(f"error: REWARD={REWARD!r}: expected 'rm' or 'gold'")
-    prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN)
-    eval_prompts = PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT).items if EVAL_PROMPTS != "none" else None
-    ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS) if PTX_COEF > 0 else None
+    prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN, chat_template=CHAT_TEMPLATE)
+    eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
+                    if EVAL_PROMPTS != "none" else None)
+    ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS, chat_template=CHAT_TEMPLATE) if PTX_COEF > 0 else None
     trainer = PPOTrainer(
         actor, ref, critic, reward_model, tokenizer, prompts, ptx, gold_reward if REWARD == "gold" else None,
         actor_lr=ACTOR_LR, critic_lr=CRITIC_LR, rollout_batch=ROLLOUT_BATCH, mini_batch=MINI_BATCH, ppo_epochs=PPO_EPOCHS,

@@ -15,6 +15,7 @@ import os
 import time
 
 import torch
+from dataset.chat import use_chat_format
 from dataset.rm import RMDataset, flatten_groups
 from model.load import load_tokenizer
 from model.peft import apply_peft, save_peft
@@ -33,7 +34,7 @@ TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and
 # by L2-regularised logistic regression on them (the pairwise loss with a linear score); MAX_STEPS..GRAD_CLIP unused
 HEAD_L2 = "0.01,0.03,0.1,0.3,1,3"  # head only: L2 strengths tried on standardised features; CV on the training pairs picks one
 CV_FOLDS = 5  # head only: cross-validation folds over the training groups
-CHAT_TEMPLATE = False  # format prompt and response with the tokenizer's chat template (chat models, e.g. SmolLM2-Instruct)
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (chat models, e.g. SmolLM2-Instruct); saved with the model
 STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip them with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
 EVAL_LIMIT = None  # use only the first N held-out rows (None: all)
@@ -105,6 +106,7 @@ def main():
     tokenizer = load_tokenizer(MODEL)
     if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token_id is not None:
         tokenizer.pad_token = tokenizer.unk_token  # e.g. SmolLM2 pads with EOS: the score would skip the final EOS
+    use_chat_format(tokenizer, CHAT_TEMPLATE)
     model = load_reward_model(MODEL, tokenizer.pad_token_id)
     train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE)
     eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,

@@ -67,9 +67,11 @@ def row_messages(row: dict) -> list[dict]:
     return chat_messages(row["prompt"])
 
 
-def check_messages(messages, where: str, field: str = "messages", last: str = None) -> list[dict]:
-    """Validate a list of turns; `last`: the role the final turn must have ('assistant' for SFT and
-    comparisons, 'user' for prompts). Raises DataError naming file:line, the field and the turn."""
+def check_messages(messages, where: str, field: str = "messages", need_assistant: bool = False,
+                   last: str = None) -> list[dict]:
+    """Validate a list of turns. need_assistant: at least one assistant turn (SFT); last: the role the
+    final turn must have ('user' for prompts, 'assistant' for a reply). Raises DataError naming file:line,
+    the field and the turn."""
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: field {field!r} must be a non-empty list of {{'role', 'content'}} turns")
     for i, m in enumerate(messages):
@@ -81,12 +83,17 @@ def check_messages(messages, where: str, field: str = "messages", last: str = No
             raise DataError(f"{where}: {field}[{i}] has role {m['role']!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(m.get("content"), str) or not m["content"].strip():
             raise DataError(f"{where}: {field}[{i}] ({m['role']}) has no text in 'content'")
-    if last == "assistant" and not any(m["role"] == "assistant" for m in messages):
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: field {field!r} has no assistant turn (nothing to learn from)")
     if last is not None and messages[-1]["role"] != last:
         raise DataError(f"{where}: field {field!r} must end with a{'n' if last == 'assistant' else ''} {last} turn, "
                         f"not {messages[-1]['role']}")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def last_user_text(messages: list[dict]) -> str:
+    """What the gold judge reads of a conversation: its last user turn."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:

@@ -1,8 +1,7 @@
 """Generation helpers: batched sampling from left-padded prompts, and the gold-score evaluation."""
 import torch
 
-from dataset.chat import chat_prompt_ids, row_messages
-from dataset.sft import encode_prompt, fit_lengths, pad, render_prompt
+from dataset.sft import fit_lengths, pad, prompt_ids, render_prompt
 
 
 @torch.no_grad()
@@ -33,14 +32,6 @@ def decode_responses(tokenizer, sequences: torch.Tensor, prompt_len: int) -> lis
             row = row[: row.index(tokenizer.eos_token_id)]
         texts.append(tokenizer.decode([t for t in row if t != tokenizer.pad_token_id], skip_special_tokens=True))
     return texts
-
-
-def prompt_ids(tokenizer, row: dict, chat_template: bool = False) -> list[int]:
-    """A row's prompt tokens: `messages` rows, and every row under CHAT_TEMPLATE=True, through the
-    tokenizer's chat template; Alpaca and raw-prompt rows otherwise as text (dataset/chat.py)."""
-    if chat_template or "messages" in row:
-        return chat_prompt_ids(tokenizer, row_messages(row))
-    return encode_prompt(tokenizer, render_prompt(row))
 
 
 def answer(model, tokenizer, rows: list[dict], max_prompt_len: int, max_new_tokens: int, batch_size: int = 64,
