@@ -67,6 +67,7 @@ LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at the end)
 EVAL_LIMIT = 300  # held-out prompts (None: all)
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
+LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 0  # iterations between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 
@@ -106,7 +107,7 @@ def main():
         value_clip=VALUE_CLIP, ptx_coef=PTX_COEF, ptx_batch=PTX_BATCH, missing_eos_penalty=MISSING_EOS_PENALTY,
         normalize_scores=NORMALIZE_SCORES, eval_prompts=eval_prompts, out_dir=OUT_DIR, run_config=config,
         max_steps=ITERATIONS, grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL,
-        save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME)
+        save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME, log_with=LOG_WITH)
     print(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
 
     before = {}

@@ -52,6 +52,7 @@ SEED = 0  # seeds the head's init and the data order
 EVAL_INTERVAL = 50  # steps between evaluations (0: only at the end); the best is kept in out_dir/best
 EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
+LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 # parameter-efficient fine-tuning (model/peft/); the new score head is always trained in full
@@ -120,7 +121,7 @@ def main():
                         run_config=config, lr=LR, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM,
                         warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP,
                         eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED,
-                        bf16=BF16, resume=RESUME, best_metric="eval/accuracy")
+                        bf16=BF16, resume=RESUME, log_with=LOG_WITH, best_metric="eval/accuracy")
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")

@@ -43,6 +43,7 @@ SEED = 0  # seeds weights' init order, data order and sampling
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
+LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 MAX_NEW_TOKENS = 24  # generation length for the gold-score evaluation
@@ -71,7 +72,7 @@ def main():
                          max_prompt_len=MAX_LEN - MAX_NEW_TOKENS, max_new_tokens=MAX_NEW_TOKENS, lr=LR,
                          max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS,
                          weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL,
-                         log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME)
+                         log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME, log_with=LOG_WITH)
     trainable, num_params = count_parameters(model)
     print(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
     print(format_counts(trainable, num_params))
