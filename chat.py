@@ -15,9 +15,10 @@ import sys
 
 import torch
 
+from dataset.io import DataError
 from dataset.task import score_if_known
 from model.generate import respond
-from model.load import load_checkpoint
+from model.load import ModelError, load_checkpoint
 from model.reward import load_scorer, score_replies
 from utils import configure, quiet_transformers, seed_everything
 
@@ -98,4 +99,7 @@ def main():
 
 if __name__ == "__main__":
     configure(globals())
-    main()
+    try:
+        main()
+    except (DataError, ModelError) as e:  # a bad path or prompt file: one line naming the setting or file:line
+        sys.exit(f"error: {e}")

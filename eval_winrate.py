@@ -13,14 +13,16 @@ Prompt files: instruction/input, prompt, or messages rows (dataset/sft.py read_p
 """
 import json
 import os
+import sys
 
 import torch
 
 from dataset.chat import row_messages
 from dataset.sft import read_prompts, render_prompt
+from dataset.io import DataError
 from dataset.task import score_if_known
 from model.generate import respond
-from model.load import load_checkpoint
+from model.load import ModelError, load_checkpoint
 from model.reward import load_scorer, score_replies
 from utils import configure, quiet_transformers, seed_everything, write_json
 
@@ -111,4 +113,7 @@ def report(summary: dict) -> None:
 
 if __name__ == "__main__":
     configure(globals())
-    main()
+    try:
+        main()
+    except (DataError, ModelError) as e:  # a bad path or prompt file: one line naming the setting or file:line
+        sys.exit(f"error: {e}")
