@@ -74,3 +74,5 @@ def test_train_script_replays_its_saved_run_config(tmp_path):
     out = run_script("train_sft.py", "--config", str(first / "run_config.json"), "--out_dir", str(tmp_path / "second"))
     replayed = json.load(open(tmp_path / "second" / "run_config.json"))
     assert replayed == {**saved, "OUT_DIR": str(tmp_path / "second")} and "config: " in out
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "second" / "metrics.jsonl")]
+    assert steps[-1] == 2  # MAX_STEPS=2 came from the file, not the script's default
