@@ -130,3 +130,37 @@ def test_winrate_prefers_the_trained_model_by_gold(sft_dir, tmp_path):
     s = json.load(open(tmp_path / "summary.json"))["gold"]
     assert s["win_rate"] > 0.6 and s["ci95"][0] > 0.5 and s["a_wins"] == 0
     assert "gold judge" in out and len(open(tmp_path / "pairs.jsonl").readlines()) == 30
+
+
+def test_chat_in_a_terminal_prompts_resets_and_quits(tmp_path):
+    """Run interactively in a pseudo-terminal: chat.py shows its banner and a '> ' prompt, answers a
+    typed line, takes /reset, and /quit ends it with exit status 0."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: chat.py with the terminal as stdin and stdout
+        os.chdir(ROOT)
+        os.environ.update(HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+        os.execv(sys.executable, [sys.executable, "chat.py", "--model", "embedded", "--max_new_tokens", "3",
+                                  "--multi_turn", "True"])
+    output = b""
+
+    def read_until(marker: bytes, count: int) -> None:
+        nonlocal output
+        while output.count(marker) < count:
+            ready, _, _ = select.select([fd], [], [], 300)
+            assert ready, f"chat.py stopped answering; output so far: {output!r}"
+            output += os.read(fd, 4096)
+
+    read_until(b"> ", 1)
+    os.write(fd, b"Add the two numbers.\\n1 and 2\n")
+    read_until(b"> ", 2)
+    os.write(fd, b"/reset\n")
+    read_until(b"> ", 3)
+    os.write(fd, b"/quit\n")
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert "chatting with embedded" in text and os.waitstatus_to_exitcode(status) == 0
+    reply = text.split("> ", 2)[1].split("\r\n")[1]  # the line after the echoed prompt
+    assert reply.endswith("[gold 0.0]")  # the untrained model's answer, judged
