@@ -19,7 +19,7 @@ from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts, save_peft
 from model.reward import load_reward_model
 from trainer.ppo import PPOTrainer
-from utils import configure, peak_rss_mb, plot_metrics, quiet_transformers, seed_everything, write_json
+from utils import ConfigError, configure, peak_rss_mb, plot_metrics, quiet_transformers, run_main, seed_everything, write_json
 
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
@@ -65,7 +65,7 @@ LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at the end)
 EVAL_LIMIT = 300  # held-out prompts (None: all)
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
-SAVE_INTERVAL = 0  # iterations between resumable checkpoints (0: none)
+SAVE_INTERVAL = 10  # iterations between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 
 config = configure(globals())
@@ -86,11 +86,11 @@ def main():
     elif PEFT == "lora":
         actor, ref = apply_peft(actor, "lora", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(","))), None
     else:
-        raise SystemExit(f"error: PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
+        raise ConfigError(f"PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
     critic = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL")
     reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if REWARD == "rm" else None
     if REWARD not in ("rm", "gold"):
-        raise SystemExit(f"error: REWARD={REWARD!r}: expected 'rm' or 'gold'")
+        raise ConfigError(f"REWARD={REWARD!r}: expected 'rm' or 'gold'")
     prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN)
     eval_prompts = PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT).items if EVAL_PROMPTS != "none" else None
     ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS) if PTX_COEF > 0 else None
@@ -111,7 +111,7 @@ def main():
                   "sampled": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=True)}
         print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
               f"RM score {before['greedy']['reward']:.3f}")
-        if not (RESUME and os.path.exists(trainer.ckpt_dir)):  # step 0 of the curves: the SFT policy
+        if not trainer.resuming:  # step 0 of the curves: the SFT policy
             trainer.write_metrics({f"eval/{k}": v for k, v in before["greedy"].items() if k != "rows" and "/" not in k})
     start = time.time()
     trainer.fit()
@@ -170,4 +170,4 @@ def report(before: dict, after: dict, eval_prompts: list) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,7 +20,7 @@ not fit is it cut from the right. Rows are never dropped; truncated rows are cou
 """
 import torch
 
-from dataset.io import read_rows
+from dataset.io import DataError, read_rows
 
 SFT_FORMATS = [["instruction", "input", "output"], ["prompt", "completion"]]
 PROMPT_FORMATS = [["instruction", "input"], ["prompt"]]
@@ -35,6 +35,24 @@ def render_prompt(row: dict) -> str:
             body += f"### Input:\n{row['input']}\n\n"
         return body + "### Response:\n"
     return row["prompt"]
+
+
+def check_task_row(row: dict) -> str:
+    """The prompt of a row; a row with a 'type' (the shipped task's rows) must be one the gold judge can
+    score, since evaluation and pair kinds ask it. Raises DataError naming the row otherwise."""
+    prompt = render_prompt(row)
+    if row.get("type") is not None:
+        from dataset.task import reference_answer
+
+        try:
+            if not isinstance(row["type"], str):
+                raise TypeError(f"'type' must be a string, got {type(row['type']).__name__}")
+            reference_answer(prompt)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise DataError(f"{row['_where']}: the row has a 'type', so the shipped task's gold judge scores it, but "
+                            f"the judge cannot read it ({type(e).__name__}: {e}) (fix the row, or drop 'type' from "
+                            "rows of another task)") from None
+    return prompt
 
 
 def response_of(row: dict) -> str:
@@ -124,4 +142,7 @@ def sft_collate(items: list, pad_id: int) -> dict:
 
 def read_prompts(source: str, limit: int = None) -> list[dict]:
     """Rows with a prompt (Alpaca `instruction`/`input` or `prompt`), for generation and PPO."""
-    return read_rows(source, PROMPT_FORMATS, optional=("input",))[:limit]
+    rows = read_rows(source, PROMPT_FORMATS, optional=("input",))[:limit]
+    for row in rows:
+        check_task_row(row)
+    return rows
