@@ -132,6 +132,7 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
                 skipped.append(where)
                 return None
             prompt, chosen, rejected = split_hh_common(row["chosen"], row["rejected"])
+        check_task_row(row, prompt)
     if chosen == rejected:
         raise DataError(f"{where}: 'chosen' and 'rejected' are the same response (a comparison needs two different "
                         "ones; remove the row)")

@@ -37,10 +37,10 @@ def render_prompt(row: dict) -> str:
     return row["prompt"]
 
 
-def check_task_row(row: dict) -> str:
-    """The prompt of a row; a row with a 'type' (the shipped task's rows) must be one the gold judge can
-    score, since evaluation and pair kinds ask it. Raises DataError naming the row otherwise."""
-    prompt = render_prompt(row)
+def check_task_row(row: dict, prompt: str = None) -> str:
+    """The prompt of a row (rendered unless given); a row with a 'type' (the shipped task's rows) must be
+    one the gold judge can score, since evaluation and pair kinds ask it. Raises DataError naming the row otherwise."""
+    prompt = render_prompt(row) if prompt is None else prompt
     if row.get("type") is not None:
         from dataset.task import reference_answer
 
