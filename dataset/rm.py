@@ -29,6 +29,7 @@ import torch
 
 from dataset.io import DataError, read_rows
 from dataset.sft import TruncationCounter, check_task_row, encode_prompt, encode_response, fit_lengths, pad
+from utils import ConfigError
 
 RANKED_FORMATS = [["instruction", "input", "responses"], ["prompt", "responses"]]
 PAIR_FORMATS = [["instruction", "input", "chosen", "rejected"], ["prompt", "chosen", "rejected"], ["chosen", "rejected"]]
@@ -75,15 +76,15 @@ def encode_chat(tokenizer, messages: list[dict], responses: list[str]) -> tuple[
     """Prompt ids (the template up to the assistant's turn) and each response's ids (its text and the
     template's end-of-turn, trailing newlines dropped so the last token is the end-of-turn)."""
     if not tokenizer.chat_template:
-        raise ValueError("CHAT_TEMPLATE=True needs a tokenizer with a chat template (this one has none)")
+        raise ConfigError("CHAT_TEMPLATE=True: the tokenizer has no chat template (set CHAT_TEMPLATE=False)")
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     replies = []
     for response in responses:
         full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response.strip()}],
                                              tokenize=False)
         if not full.startswith(prompt):
-            raise ValueError("the chat template renders the prompt differently once a reply follows; "
-                             "set CHAT_TEMPLATE=False")
+            raise ConfigError("CHAT_TEMPLATE=True: the chat template renders the prompt differently once a reply follows "
+                              "(set CHAT_TEMPLATE=False)")
         replies.append(tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"])
     return tokenizer(prompt, add_special_tokens=False)["input_ids"], replies
 

@@ -54,8 +54,8 @@ class Boom(OSError):
 @pytest.mark.parametrize("where", ["tensors", "swap"])
 def test_save_failing_halfway_leaves_a_checkpoint_that_resumes_exactly(tok, data, tmp_path, monkeypatch, uninterrupted, where):
     """The save at step 4 dies while writing the tensors, or between its two renames (the old code then
-    left only checkpoint.old, which resume ignored). A complete checkpoint is still there, and the resumed
-    run ends bitwise equal to the uninterrupted one."""
+    left only checkpoint.old, which resume ignored). A complete checkpoint is still there, the resumed
+    run ends bitwise equal to the uninterrupted one, and metrics.jsonl holds each step once."""
     run = make_trainer(tok, data, tmp_path, save_interval=2)
     real_save, real_replace = ckpt.save_file, os.replace
 
@@ -81,6 +81,8 @@ def test_save_failing_halfway_leaves_a_checkpoint_that_resumes_exactly(tok, data
     resumed.fit()
     assert resumed.step == 6
     assert_same(uninterrupted, resumed.model)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # rows logged after the checkpoint by the crashed run are not repeated
     resumed.save_checkpoint()  # the next save first completes the interrupted swap: one checkpoint again
     assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == ["checkpoint"]
     assert sorted(os.listdir(tmp_path / "checkpoint")) == ["run_config.json", "state.json", "state.safetensors"]

@@ -22,8 +22,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from trainer.checkpoint import (Preempted, StopOnSignal, candidates, load_newest, lock_out_dir, resume_command,
-                                save_checkpoint)
+from trainer.checkpoint import (Preempted, StopOnSignal, candidates, drop_rows_after, load_newest, lock_out_dir,
+                                resume_command, save_checkpoint)
 from utils import UserError, append_jsonl, rng_state, set_rng_state, write_json
 
 
@@ -172,6 +172,8 @@ class Trainer:
         self.load_state_dict(state["trainer"])
         self.best_value = state["best_value"]
         set_rng_state(state["rng"])
+        if self.accelerator.is_main_process:  # lines a killed run logged after its checkpoint are redone
+            drop_rows_after(os.path.join(self.out_dir, "metrics.jsonl"), self.step)
         self.log(f"resumed from {path} at step {self.step}")
 
     def stop_requested(self, stop: StopOnSignal) -> int:

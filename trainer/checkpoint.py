@@ -204,6 +204,16 @@ def load_newest(ckpt_dir: str) -> tuple[int, dict, str]:
     raise CheckpointError(f"{ckpt_dir}: no loadable checkpoint ({'; '.join(errors) or 'none found'})")
 
 
+def drop_rows_after(metrics_path: str, step: int) -> None:
+    """Keep only the metrics.jsonl rows of steps <= step (a resumed run logs the later ones again)."""
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(metrics_path + ".part", "w") as f:
+            f.writelines(rows)
+        os.replace(metrics_path + ".part", metrics_path)
+
+
 # ------------------------------------------------------------------ one run per output directory
 _held = {}  # realpath of a lock file -> open file object, for locks this process holds
 

@@ -22,6 +22,7 @@ from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, 
                         policy_loss, token_logprobs, value_loss)
 from model.reward import position_ids_for, reward_scores, token_values
 from trainer.base import Trainer
+from utils import ConfigError
 
 
 @dataclass
@@ -70,7 +71,7 @@ class PPOTrainer(Trainer):
                  eval_prompts=None, eval_rows_shown: int = 4, **kwargs):
         super().__init__(None, prompts, lambda items: {"items": items}, lr=actor_lr, batch_size=rollout_batch, **kwargs)
         if rollout_batch % mini_batch:
-            raise ValueError(f"ROLLOUT_BATCH={rollout_batch} must be a multiple of MINI_BATCH={mini_batch}")
+            raise ConfigError(f"ROLLOUT_BATCH={rollout_batch}: must be a multiple of MINI_BATCH={mini_batch} (change one of them)")
         actor_opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=actor_lr)
         critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=critic_lr)
         self.actor, self.actor_opt, self.critic, self.critic_opt = self.accelerator.prepare(actor, actor_opt, critic, critic_opt)
