@@ -18,10 +18,11 @@ from dataset.rm import RMDataset
 from dataset.sft import SFTDataset
 from model.load import load_tokenizer
 from trainer.checkpoint import CheckpointError, OutDirLocked, Preempted, candidates, load_state
-from trainer.ppo import PPOTrainer
+from trainer.ppo import PPOConfig, PPOTrainer
 from trainer.rm import RMTrainer
 
 from conftest import ROOT
+from test_ppo import PPO_SETTINGS
 from test_trainer import make_trainer, tiny_model
 
 
@@ -197,12 +198,11 @@ def test_ppo_stops_on_sigterm_after_the_iteration_and_resumes_bitwise(tok, tmp_p
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 24, limit=32, verbose=False)
 
     def ppo_trainer(out, seed=0, **kw):
-        torch.manual_seed(seed)
-        actor = tiny_model(seed)
-        return PPOTrainer(actor, tiny_model(0), tiny_rm(seed + 1), None, tok, prompts, None,
-                          lambda rows, responses: [float(len(r)) for r in responses], actor_lr=1e-2, critic_lr=1e-2,
-                          rollout_batch=8, mini_batch=4, ppo_epochs=2, max_new_tokens=6, target_kl=1.0,
-                          out_dir=str(tmp_path / out), run_config={}, max_steps=3, seed=0, log_interval=1, **kw)
+        cfg = PPOConfig(**{**PPO_SETTINGS, "actor_lr": 1e-2, "critic_lr": 1e-2, "rollout_batch": 8, "mini_batch": 4,
+                           "max_new_tokens": 6, "target_kl": 1.0})
+        return PPOTrainer(tiny_model(seed), tiny_model(0), tiny_rm(seed + 1), None, tok, prompts, cfg, None,
+                          lambda rows, responses: [float(len(r)) for r in responses], out_dir=str(tmp_path / out),
+                          run_config={}, max_steps=3, seed=0, log_interval=1, **kw)
 
     full = ppo_trainer("full")
     full.fit()
