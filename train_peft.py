@@ -36,7 +36,7 @@ from model.peft.p_tuning import p_tuning_parameter_count
 from model.peft.prefix_tuning import prefix_tuning_parameter_count
 from model.peft.prompt_tuning import prompt_tuning_parameter_count
 from trainer.peft_compare import OPT125M_ARCH, comparison_table, counts_table, plot_comparison, summary_line
-from utils import configure, quiet_transformers, write_json
+from utils import configure, quiet_transformers, run_main, write_json
 
 # parameter counts
 COUNTS = True  # print the parameter counts on opt-125m first
@@ -163,4 +163,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

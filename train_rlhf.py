@@ -22,7 +22,7 @@ from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts, save_peft
 from model.reward import load_reward_model
 from trainer.ppo import PPOConfig, PPOTrainer
-from utils import configure, peak_rss_mb, plot_metrics, quiet_transformers, seed_everything, write_json
+from utils import ConfigError, configure, peak_rss_mb, plot_metrics, quiet_transformers, run_main, seed_everything, write_json
 
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
@@ -74,7 +74,7 @@ EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at t
 EVAL_LIMIT = 300  # held-out prompts (None: all)
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 0  # iterations between resumable checkpoints (0: none)
+SAVE_INTERVAL = 10  # iterations between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 
 config = configure(globals())
@@ -86,10 +86,7 @@ def gold_reward(rows, responses):
 
 
 def main():
-    try:
-        ppo_config = PPOConfig.from_settings(config)  # checked before any model loads
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    ppo_config = PPOConfig.from_settings(config)  # checked before any model loads (a ConfigError)
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
@@ -100,15 +97,15 @@ def main():
     elif PEFT == "lora":
         actor, ref = apply_peft(actor, "lora", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(","))), None
     else:
-        raise SystemExit(f"error: PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
+        raise ConfigError(f"PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
     critic = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL")
     if CRITIC_INIT == "zero_head":  # returns are in normalised-score units; the RM head speaks raw scores
         torch.nn.init.zeros_(critic.score.weight)
     elif CRITIC_INIT != "rm":
-        raise SystemExit(f"error: CRITIC_INIT={CRITIC_INIT!r}: expected 'rm' or 'zero_head'")
+        raise ConfigError(f"CRITIC_INIT={CRITIC_INIT!r}: expected 'rm' or 'zero_head'")
     reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if REWARD == "rm" else None
     if REWARD not in ("rm", "gold"):
-        raise SystemExit(f"error: REWARD={REWARD!r}: expected 'rm' or 'gold'")
+        raise ConfigError(f"REWARD={REWARD!r}: expected 'rm' or 'gold'")
     prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN, chat_template=CHAT_TEMPLATE)
     eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
                     if EVAL_PROMPTS != "none" else None)
@@ -126,7 +123,7 @@ def main():
                   "sampled": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=True)}
         print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
               f"RM score {before['greedy']['reward']:.3f}")
-        if not (RESUME and os.path.exists(trainer.ckpt_dir)):  # step 0 of the curves: the SFT policy
+        if not trainer.resuming:  # step 0 of the curves: the SFT policy
             trainer.write_metrics({f"eval/{k}": v for k, v in before["greedy"].items() if k != "rows" and "/" not in k})
     start = time.time()
     trainer.fit()
@@ -185,4 +182,4 @@ def report(before: dict, after: dict, eval_prompts: list) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

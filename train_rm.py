@@ -20,8 +20,9 @@ from dataset.rm import RMDataset, flatten_groups
 from model.load import load_tokenizer
 from model.peft import apply_peft, save_peft
 from model.reward import load_reward_model
+from trainer.checkpoint import lock_out_dir
 from trainer.rm import RMTrainer, fit_linear_head, last_token_features, pairwise_metrics
-from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json
+from utils import ConfigError, configure, peak_rss_mb, quiet_transformers, run_main, seed_everything, write_json
 
 # model and data
 MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a local dir or a .gguf file; a fresh scalar head is added
@@ -53,7 +54,7 @@ EVAL_INTERVAL = 50  # steps between evaluations (0: only at the end); the best i
 EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
+SAVE_INTERVAL = 100  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 # parameter-efficient fine-tuning (model/peft/); the new score head is always trained in full
 PEFT = "none"  # 'none' (full fine-tuning), 'lora' or 'bitfit'
@@ -77,17 +78,17 @@ def freeze_lower_layers(model, train_layers: int) -> None:
 def check_settings() -> list[float]:
     """Fail on bad settings before anything is loaded; returns the HEAD_L2 strengths."""
     if TRAIN_LAYERS is not None and TRAIN_LAYERS < 0:
-        raise SystemExit(f"error: TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, 0 (head only) or None (all)")
+        raise ConfigError(f"TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, 0 (head only) or None (all)")
     if PEFT not in ("none", "lora", "bitfit"):
-        raise SystemExit(f"error: PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
+        raise ConfigError(f"PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
     if TRAIN_LAYERS == 0 and PEFT != "none":
-        raise SystemExit("error: TRAIN_LAYERS=0 fits the head only; it cannot be combined with PEFT")
+        raise ConfigError("TRAIN_LAYERS=0 fits the head only; it cannot be combined with PEFT")
     if TRAIN_LAYERS == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit("error: TRAIN_LAYERS=0 (head only) runs in one process: start it with python, not torchrun/accelerate")
+        raise ConfigError("TRAIN_LAYERS=0 (head only) runs in one process: start it with python, not torchrun/accelerate")
     try:
         return [float(v) for v in HEAD_L2.split(",")]
     except ValueError:
-        raise SystemExit(f"error: HEAD_L2={HEAD_L2!r}: expected comma-separated numbers, e.g. '0.1,1'") from None
+        raise ConfigError(f"HEAD_L2={HEAD_L2!r}: expected comma-separated numbers, e.g. '0.1,1'") from None
 
 
 def rm_summary(ev: dict, accuracy_base, **extra) -> dict:
@@ -123,7 +124,7 @@ def main():
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
-    before = trainer.run_evaluation() if eval_data is not None and not (RESUME and os.path.exists(trainer.ckpt_dir)) else {}
+    before = trainer.run_evaluation() if eval_data is not None and not trainer.resuming else {}
     if before:
         trainer.write_metrics(before)  # step 0: the reward model before training (fresh head)
     start = time.time()
@@ -150,6 +151,7 @@ def main():
 
 def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
     """TRAIN_LAYERS=0: features of the frozen backbone once, the head by logistic regression (trainer/rm.py)."""
+    lock_out_dir(OUT_DIR)  # one run per output directory, as the Trainer does
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.eval().requires_grad_(False).to(device)
     pad_id, bf16 = tokenizer.pad_token_id, torch.autocast(device.type, dtype=torch.bfloat16, enabled=BF16)
@@ -189,4 +191,4 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,7 +20,7 @@ from model.generate import gold_eval
 from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts, save_peft
 from trainer.sft import SFTTrainer
-from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json
+from utils import configure, peak_rss_mb, quiet_transformers, run_main, seed_everything, write_json
 
 # model and data
 MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id like 'facebook/opt-125m', a local dir or a .gguf file
@@ -44,7 +44,7 @@ SEED = 0  # seeds weights' init order, data order and sampling
 EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none)
+SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 MAX_NEW_TOKENS = 24  # generation length for the gold-score evaluation
 EVAL_LIMIT = 300  # held-out prompts to score (None: all)
@@ -76,9 +76,9 @@ def main():
     trainable, num_params = count_parameters(model)
     print(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
     print(format_counts(trainable, num_params))
-    before = trainer.run_evaluation() if not (RESUME and os.path.exists(trainer.ckpt_dir)) else {}
-    if before:
-        trainer.write_metrics(before)  # step 0: the model before SFT
+    before = trainer.run_evaluation()  # the model before SFT (a resumed run loads its checkpoint in fit())
+    if not trainer.resuming:
+        trainer.write_metrics(before)  # step 0 of metrics.jsonl
     start = time.time()
     final = trainer.fit()
     if PEFT == "none":
@@ -99,4 +99,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,8 +13,27 @@ import sys
 import torch
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user fixes (data, model, settings, output directory): `run_main` reports it as one
+    line, `error: <where>: <what> (<how to fix>)`, and exits with `exit_code`, without a traceback."""
+    exit_code = 1
+
+
+class ConfigError(UserError, ValueError):
     """An unknown setting or a value of the wrong type."""
+    exit_code = 2
+
+
+def run_main(main) -> None:
+    """Run a script's main(); a UserError becomes one line on stderr and its exit code.
+    INSTRUCT_DEBUG=1 shows the traceback instead."""
+    try:
+        main()
+    except UserError as e:
+        if os.environ.get("INSTRUCT_DEBUG", "0") not in ("", "0"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 def _is_setting(name: str, value) -> bool:
@@ -48,7 +67,8 @@ def _check_type(name: str, value, default, raw=None):
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ConfigError(f"--{name.lower()}: expected {type(default).__name__} (default {default!r}), got {raw!r}")
+        raise ConfigError(f"--{name.lower()}: expected {type(default).__name__}, got {raw!r} "
+                          f"(give a {type(default).__name__} like the default, {default!r})")
     return value
 
 
@@ -71,7 +91,7 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
         while i < len(argv):
             arg = argv[i]
             if not arg.startswith("--"):
-                raise ConfigError(f"unexpected argument {arg!r}; settings are given as --name value or --name=value")
+                raise ConfigError(f"{arg}: unexpected argument (give settings as --name value or --name=value)")
             if "=" in arg:
                 key, raw = arg[2:].split("=", 1)
                 i += 1
@@ -79,18 +99,19 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
                 key, raw = arg[2:], argv[i + 1]
                 i += 2
             else:
-                raise ConfigError(f"{arg}: missing value")
+                raise ConfigError(f"{arg}: missing value (give it as {arg} <value> or {arg}=<value>)")
             name = key.upper().replace("-", "_")
             if name not in settings:
                 close = difflib.get_close_matches(name, settings, n=3, cutoff=0.5)
-                hint = f"; did you mean {', '.join('--' + c.lower() for c in close)}?" if close else ""
-                raise ConfigError(f"unknown setting --{key}{hint} (valid: {', '.join('--' + s.lower() for s in settings)})")
+                hint = f"did you mean {', '.join('--' + c.lower() for c in close)}? " if close else ""
+                raise ConfigError(f"--{key}: unknown setting ({hint}valid: {', '.join('--' + s.lower() for s in settings)})")
             value = _parse_value(name, raw, namespace[name])
             print(f"override: {name} = {value!r}")
             namespace[name] = settings[name] = value
     except ConfigError as e:
-        if from_cli:
-            sys.exit(f"error: {e}")
+        if from_cli and os.environ.get("INSTRUCT_DEBUG", "0") in ("", "0"):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
         raise
     return settings
 

@@ -33,7 +33,8 @@ import torch
 
 from dataset.chat import check_messages, encode_text, last_user_text, reply_text
 from dataset.io import DataError, read_rows
-from dataset.sft import TruncationCounter, encode_prompt, encode_response, fit_lengths, pad, render_prompt
+from dataset.sft import TruncationCounter, check_task_row, encode_prompt, encode_response, fit_lengths, pad
+from utils import ConfigError
 
 RANKED_FORMATS = [["instruction", "input", "responses"], ["prompt", "responses"]]
 PAIR_FORMATS = [["instruction", "input", "chosen", "rejected"], ["prompt", "chosen", "rejected"], ["chosen", "rejected"]]
@@ -80,7 +81,7 @@ def encode_chat(tokenizer, messages: list[dict], responses: list[str]) -> tuple[
     """Prompt ids (the template up to the assistant's turn) and each response's ids (its text and the
     template's end-of-turn, nothing after it, so the last token is the end-of-turn)."""
     if not tokenizer.chat_template:
-        raise ValueError("chat-format comparisons need a tokenizer with a chat template (this one has none)")
+        raise ConfigError("CHAT_TEMPLATE=True: the tokenizer has no chat template (set CHAT_TEMPLATE=False)")
     replies = []
     for response in responses:
         prompt, turn = reply_text(tokenizer, messages, response.strip())
@@ -124,20 +125,22 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
     where = row["_where"]
     if "responses" in row:
         responses = row["responses"]
-        if not isinstance(responses, list) or len(responses) < 2:
-            raise DataError(f"{where}: field 'responses' must be a list of at least 2 responses, best first")
+        if len(responses) < 2:
+            raise DataError(f"{where}: field 'responses' must be a list of at least 2 responses (best first; "
+                            "a single comparison can also be given as chosen/rejected)")
         if not all(isinstance(r, str) and r.strip() for r in responses):
-            raise DataError(f"{where}: field 'responses' must hold non-empty strings")
+            raise DataError(f"{where}: field 'responses' must hold non-empty strings (fix the row)")
         if len(set(responses)) < len(responses):
-            raise DataError(f"{where}: field 'responses' holds the same response twice (a ranking needs distinct ones)")
-        return {"prompt": render_prompt(row), "responses": responses, "type": row.get("type"), "where": where}
+            raise DataError(f"{where}: field 'responses' holds the same response twice (a ranking needs distinct ones; "
+                            "remove the duplicate)")
+        return {"prompt": check_task_row(row), "responses": responses, "type": row.get("type"), "where": where}
     chosen, rejected = row["chosen"], row["rejected"]
     if isinstance(chosen, list) or isinstance(row.get("prompt"), list):
         return conversational_group(row)
     if not isinstance(chosen, str) or not isinstance(rejected, str):
-        raise DataError(f"{where}: fields 'chosen' and 'rejected' must be strings")
+        raise DataError(f"{where}: fields 'chosen' and 'rejected' must be strings (fix the row)")
     if "instruction" in row or "prompt" in row:
-        prompt = render_prompt(row)
+        prompt = check_task_row(row)
     else:
         try:
             (prompt, chosen), (other, rejected) = split_hh(chosen), split_hh(rejected)
@@ -146,13 +149,16 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
                             "'\\n\\nAssistant:' turns (or add 'prompt' or 'instruction')") from None
         if prompt != other:
             if on_mismatch == "error":
-                raise DataError(f"{where}: chosen and rejected dialogues differ before their last Assistant turn")
+                raise DataError(f"{where}: chosen and rejected dialogues differ before their last Assistant turn "
+                                "(fix the row, or set STRICT=False to skip such rows)")
             if on_mismatch == "skip":
                 skipped.append(where)
                 return None
             prompt, chosen, rejected = split_hh_common(row["chosen"], row["rejected"])
+        check_task_row(row, prompt)
     if chosen == rejected:
-        raise DataError(f"{where}: 'chosen' and 'rejected' are the same response")
+        raise DataError(f"{where}: 'chosen' and 'rejected' are the same response (a comparison needs two different "
+                        "ones; remove the row)")
     return {"prompt": prompt, "responses": [chosen, rejected], "type": row.get("type"), "where": where}
 
 
@@ -160,7 +166,7 @@ def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, 
     """Read ranked, pair or HH rows into groups (see the module docstring); warns about skipped HH rows."""
     if on_mismatch not in ("skip", "error", "common_prefix"):
         raise ValueError(f"on_mismatch={on_mismatch!r}: expected 'skip', 'error' or 'common_prefix'")
-    rows = read_rows(source, RANKED_FORMATS + PAIR_FORMATS, optional=("input",), split=split)[:limit]
+    rows = read_rows(source, RANKED_FORMATS + PAIR_FORMATS, optional=("input",), split=split, lists=("responses",))[:limit]
     skipped = []
     groups = [g for g in (to_group(r, on_mismatch, skipped) for r in rows) if g is not None]
     if skipped:

@@ -23,7 +23,7 @@ not fit is it cut from the right. Rows are never dropped; truncated rows are cou
 import torch
 
 from dataset.chat import chat_prompt_ids, check_messages, encode_conversation, last_user_text, row_messages
-from dataset.io import read_rows
+from dataset.io import DataError, read_rows
 
 SFT_FORMATS = [["instruction", "input", "output"], ["prompt", "completion"], ["messages"]]
 PROMPT_FORMATS = [["instruction", "input"], ["prompt"], ["messages"]]
@@ -41,6 +41,24 @@ def render_prompt(row: dict) -> str:
             body += f"### Input:\n{row['input']}\n\n"
         return body + "### Response:\n"
     return row["prompt"]
+
+
+def check_task_row(row: dict, prompt: str = None) -> str:
+    """The prompt of a row (rendered unless given); a row with a 'type' (the shipped task's rows) must be
+    one the gold judge can score, since evaluation and pair kinds ask it. Raises DataError naming the row otherwise."""
+    prompt = render_prompt(row) if prompt is None else prompt
+    if row.get("type") is not None:
+        from dataset.task import reference_answer
+
+        try:
+            if not isinstance(row["type"], str):
+                raise TypeError(f"'type' must be a string, got {type(row['type']).__name__}")
+            reference_answer(prompt)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise DataError(f"{row['_where']}: the row has a 'type', so the shipped task's gold judge scores it, but "
+                            f"the judge cannot read it ({type(e).__name__}: {e}) (fix the row, or drop 'type' from "
+                            "rows of another task)") from None
+    return prompt
 
 
 def response_of(row: dict) -> str:
@@ -162,4 +180,6 @@ def read_prompts(source: str, limit: int = None) -> list[dict]:
     for row in rows:
         if "messages" in row:
             row["messages"] = check_messages(row["messages"], row["_where"], last="user")
+        else:
+            check_task_row(row)
     return rows

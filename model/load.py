@@ -16,14 +16,17 @@ import socket
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
+from utils import UserError
+
 EMBEDDED = "embedded"
 EMBEDDED_DIR = os.path.join("out", "embedded")
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_opt.json")
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3, as in OPT's tokenizer
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model setting that cannot be loaded; the message says which setting to change."""
+    exit_code = 4
 
 
 def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -62,7 +65,7 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
         config = json.load(f)
     files = sorted(glob.glob(os.path.join(data_dir, "*.jsonl")))
     if not files:
-        raise ModelError(f"MODEL='embedded' needs the shipped data in {data_dir}/; run `python -m dataset.task`")
+        raise ModelError(f"MODEL='embedded': needs the shipped data in {data_dir}/ (run `python -m dataset.task` to write it)")
     from dataset.chat import EMBEDDED_TEMPLATE
 
     digest = hashlib.sha256(json.dumps([config, seed, EMBEDDED_TEMPLATE]).encode())
@@ -102,30 +105,40 @@ def resolve(name: str, setting: str = "MODEL") -> tuple[str, dict]:
         return build_embedded(), {}
     if name.endswith(".gguf"):
         if not os.path.isfile(name):
-            raise ModelError(f"{setting}={name!r}: no such GGUF file")
+            raise ModelError(f"{setting}={name!r}: no such GGUF file (check the path)")
         return os.path.dirname(name) or ".", {"gguf_file": os.path.basename(name)}
     if os.path.isdir(name):
         if not os.path.exists(os.path.join(name, "config.json")):
-            raise ModelError(f"{setting}={name!r}: the directory has no config.json (not a saved model)")
+            raise ModelError(f"{setting}={name!r}: the directory has no config.json, so it is not a saved model "
+                             "(give a directory written by save_pretrained, e.g. out/sft)")
         return name, {}
     looks_local = (name.startswith((".", "/", "~")) or name.count("/") != 1
                    or os.path.isdir(name.split("/")[0]))  # 'out/sft' with no out/sft/ is a mistyped path
     if looks_local:
         raise ModelError(f"{setting}={name!r}: no such directory, and not a hub id of the form 'org/name' "
-                         "(e.g. 'facebook/opt-125m'); use 'embedded' for the built-in model")
+                         "(check the path, give a hub id such as 'facebook/opt-125m', or 'embedded' for the built-in model)")
     from huggingface_hub import try_to_load_from_cache
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()):
         raise ModelError(f"{setting}={name!r} is not in the local Hugging Face cache and the hub cannot be "
-                         "reached (offline). Go online once, or set "
-                         f"{setting}='embedded' (the built-in tiny OPT) or a local directory.")
+                         f"reached (go online once, or set {setting}='embedded', the built-in tiny OPT, or a local directory)")
     return name, ({"local_files_only": True} if cached else {})
+
+
+def from_pretrained(load, name: str, setting: str, **kw):
+    """load(path, **kw) for a model setting; a checkpoint that fails to load is a ModelError naming the setting."""
+    path, extra = resolve(name, setting)
+    try:
+        return load(path, **extra, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"{setting}={name!r}: cannot be loaded ({type(e).__name__}: {first}) "
+                         "(check that it is a complete save_pretrained directory, hub id or GGUF file)") from e
 
 
 def load_tokenizer(name: str, setting: str = "MODEL"):
     """The tokenizer of a model setting, with the one pad rule every stage uses (see set_pad_token)."""
-    path, kw = resolve(name, setting)
-    return set_pad_token(AutoTokenizer.from_pretrained(path, **kw), f"{setting}={name!r}")
+    return set_pad_token(from_pretrained(AutoTokenizer.from_pretrained, name, setting), f"{setting}={name!r}")
 
 
 def set_pad_token(tok, where: str = "the tokenizer"):
@@ -143,8 +156,7 @@ def set_pad_token(tok, where: str = "the tokenizer"):
 
 
 def load_causal_lm(name: str, setting: str = "MODEL", dtype=torch.float32):
-    path, kw = resolve(name, setting)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+    return from_pretrained(AutoModelForCausalLM.from_pretrained, name, setting, dtype=dtype)
 
 
 def load_checkpoint(path: str, setting: str = "MODEL"):

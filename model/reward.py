@@ -10,13 +10,12 @@ num_labels=1), so a saved reward model loads in any tool with
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from model.load import resolve
+from model.load import from_pretrained
 
 
 def load_reward_model(name: str, pad_token_id: int, setting: str = "MODEL", dtype=torch.float32):
     """A reward model from a saved RM, or a fresh scalar head on a causal LM (e.g. the SFT checkpoint)."""
-    path, kw = resolve(name, setting)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **kw)
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, setting, num_labels=1, dtype=dtype)
     model.config.pad_token_id = pad_token_id  # Llama configs have none; the last-token lookup needs it
     if getattr(model, "hf_quantizer", None) is not None:  # a GGUF backbone arrives dequantized to float but
         model.hf_quantizer.remove_quantization_config(model)  # still flagged quantized, which blocks save_pretrained

@@ -78,5 +78,5 @@ def test_optional_input_may_be_missing(tmp_path):
 
 def test_unreachable_hub_dataset_is_one_clear_error():
     """A datasets hub name that is neither cached nor reachable fails at once, naming the setting to check."""
-    with pytest.raises(DataError, match="nobody/no-such-dataset: could not load it .* Check the data path setting"):
+    with pytest.raises(DataError, match="nobody/no-such-dataset: could not load it .*check the data path setting"):
         read_rows("nobody/no-such-dataset", SFT_FORMATS)

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 from dataset.sft import SFTDataset
 from model.load import ModelError, load_causal_lm, load_tokenizer, resolve
 from trainer.base import NonFiniteLossError
+from trainer.checkpoint import load_state
 from trainer.sft import SFTTrainer
 
 from conftest import run_script
@@ -91,9 +92,9 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tok, data, tmp_path):
     trainer.compute_loss = nan_at_step_3
     with pytest.raises(NonFiniteLossError, match="step 3: the loss is nan"):
         trainer.fit()
-    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
-    assert state["step"] == 2 and not os.path.exists(tmp_path / "checkpoint.tmp")
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    step, state = load_state(str(tmp_path / "checkpoint"))
+    assert step == 2 and not os.path.exists(tmp_path / "checkpoint.tmp")
+    assert all(torch.isfinite(v).all() for v in state["trainer"]["model"].values())
 
 
 def test_saved_checkpoint_reloads_to_identical_logits(tok, data, tmp_path):

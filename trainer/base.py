@@ -2,8 +2,9 @@
 
 Owns: device placement, mixed precision and multi-process (through `accelerate`, so `accelerate launch`
 or `torchrun` need no new code), AdamW with linear warmup and cosine decay, gradient accumulation and
-clipping, evaluation cadence, a tqdm bar with the live loss, `metrics.jsonl`, and atomic, exactly
-resumable checkpoints.
+clipping, evaluation cadence, a tqdm bar with the live loss, `metrics.jsonl`, and exactly resumable
+checkpoints (crash-safe, no pickle; `trainer/checkpoint.py`). SIGTERM / SIGINT finish the current step,
+write a checkpoint and exit with 128 + the signal number; one run at a time holds `out_dir` (a lock file).
 
 Subclasses fill in `compute_loss(batch) -> (loss, metrics)` and, if needed, `evaluate()`; PPO replaces
 `training_step` and extends `state_dict` / `load_state_dict`.
@@ -15,7 +16,6 @@ dataloader skipping, and a resumed run sees exactly the batches the uninterrupte
 import contextlib
 import math
 import os
-import shutil
 import time
 
 import torch
@@ -23,11 +23,14 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from trainer.tracking import end_trackers, start_trackers
-from utils import append_jsonl, rng_state, set_rng_state, write_json
+from trainer.checkpoint import (Preempted, StopOnSignal, candidates, drop_rows_after, load_newest, lock_out_dir,
+                                resume_command, save_checkpoint)
+from utils import UserError, append_jsonl, rng_state, set_rng_state, write_json
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or inf; the run stopped and the last good checkpoint is untouched."""
+    exit_code = 7
 
 
 class Trainer:
@@ -44,9 +47,13 @@ class Trainer:
         self.save_interval, self.seed, self.resume, self.best_metric = save_interval, seed, resume, best_metric
         self.step, self.best_value, self._perms = 0, None, {}
         self.ckpt_dir = os.path.join(out_dir, "checkpoint")
-        os.makedirs(out_dir, exist_ok=True)
+        if self.accelerator.is_main_process:
+            lock_out_dir(out_dir)  # before touching anything in it: a second run on out_dir stops here
+        self.resuming = resume and bool(candidates(self.ckpt_dir))  # candidates refuses pickle checkpoints
+        if resume and not self.resuming:
+            self.log(f"--resume True: no checkpoint in {self.ckpt_dir}; starting from step 0")
         metrics_path = os.path.join(out_dir, "metrics.jsonl")
-        if not (resume and os.path.exists(self.ckpt_dir)) and self.accelerator.is_main_process and os.path.exists(metrics_path):
+        if not self.resuming and self.accelerator.is_main_process and os.path.exists(metrics_path):
             os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
         self.warmup_steps = warmup_steps
         start_trackers(self.accelerator, log_with, out_dir, run_config)
@@ -96,22 +103,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        if self.resume and os.path.exists(self.ckpt_dir):
+        if self.resuming:
             self.load_checkpoint()
-            self.log(f"resumed from {self.ckpt_dir} at step {self.step}")
         start, metrics = time.time(), {}
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.accelerator.is_main_process or bool(os.environ.get("TQDM_DISABLE")), dynamic_ncols=True)
-        while self.step < self.max_steps:
-            metrics = self.training_step()
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(metrics.items())[:4]})
-            if self.step == self.max_steps or (self.eval_interval and self.step % self.eval_interval == 0):
-                metrics.update(self.run_evaluation())
-            if self.step % self.log_interval == 0 or self.step == self.max_steps or any(k.startswith("eval/") for k in metrics):
-                self.write_metrics(metrics)
-            if self.save_interval and self.step % self.save_interval == 0 and self.step < self.max_steps:
-                self.save_checkpoint()
+        with StopOnSignal() as stop:
+            while self.step < self.max_steps:
+                metrics = self.training_step()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(metrics.items())[:4]})
+                if self.step == self.max_steps or (self.eval_interval and self.step % self.eval_interval == 0):
+                    metrics.update(self.run_evaluation())
+                if self.step % self.log_interval == 0 or self.step == self.max_steps or any(k.startswith("eval/") for k in metrics):
+                    self.write_metrics(metrics)
+                signum = self.stop_requested(stop)
+                if signum or (self.save_interval and self.step % self.save_interval == 0 and self.step < self.max_steps):
+                    self.save_checkpoint()
+                if signum:
+                    bar.close()
+                    self.stop_after_signal(signum)
         bar.close()
         end_trackers(self.accelerator)
         metrics["train_seconds"] = time.time() - start
@@ -153,27 +164,34 @@ class Trainer:
                 "Lower LR or raise GRAD_CLIP's strictness, then resume with --resume True.")
 
     def save_checkpoint(self) -> None:
-        """Write the full training state to checkpoint.tmp, then swap it in: a crash mid-write never
-        leaves a half-written checkpoint under the real name."""
+        """The full training state (safetensors + JSON, crash-safe swap: trainer/checkpoint.py), main process only."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            tmp, old = self.ckpt_dir + ".tmp", self.ckpt_dir + ".old"
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-            torch.save({**self.state_dict(), "step": self.step, "rng": rng_state(), "best_value": self.best_value},
-                       os.path.join(tmp, "trainer_state.pt"))
-            write_json(os.path.join(tmp, "run_config.json"), self.run_config)
-            if os.path.exists(self.ckpt_dir):
-                os.replace(self.ckpt_dir, old)
-            os.replace(tmp, self.ckpt_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            save_checkpoint(self.ckpt_dir, {"trainer": self.state_dict(), "rng": rng_state(), "best_value": self.best_value},
+                            self.step, self.run_config)
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
-        state = torch.load(os.path.join(self.ckpt_dir, "trainer_state.pt"), weights_only=False, map_location="cpu")
-        self.load_state_dict(state)
-        self.step, self.best_value = state["step"], state["best_value"]
+        self.step, state, path = load_newest(self.ckpt_dir)
+        self.load_state_dict(state["trainer"])
+        self.best_value = state["best_value"]
         set_rng_state(state["rng"])
+        if self.accelerator.is_main_process:  # lines a killed run logged after its checkpoint are redone
+            drop_rows_after(os.path.join(self.out_dir, "metrics.jsonl"), self.step)
+        self.log(f"resumed from {path} at step {self.step}")
+
+    def stop_requested(self, stop: StopOnSignal) -> int:
+        """The signal number if any process received SIGTERM / SIGINT (all processes stop at the same step), else 0."""
+        signum = stop.signum or 0
+        if self.accelerator.num_processes > 1:
+            signum = int(self.accelerator.gather(torch.tensor([signum], device=self.device)).max())
+        return signum
+
+    def stop_after_signal(self, signum: int) -> None:
+        """After the checkpoint: say how to resume, then exit with 128 + signum (no step lost)."""
+        self.log(f"stopped by signal {signum} after step {self.step}; checkpoint written to {self.ckpt_dir}. "
+                 f"Resume with: {resume_command()}")
+        raise Preempted(128 + signum)
 
     def save_model(self, out_dir: str, tokenizer=None) -> None:
         """An HF-format checkpoint (save_pretrained) plus the resolved run config."""

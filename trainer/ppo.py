@@ -24,6 +24,7 @@ from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, 
 from model.reward import position_ids_for, reward_scores, token_values
 from trainer.base import Trainer, adamw
 from trainer.tracking import markdown_table
+from utils import ConfigError
 
 
 @dataclass
@@ -54,16 +55,17 @@ class PPOConfig:
 
     def __post_init__(self):
         if self.rollout_batch % self.mini_batch:
-            raise ValueError(f"ROLLOUT_BATCH={self.rollout_batch} must be a multiple of MINI_BATCH={self.mini_batch}")
+            raise ConfigError(f"ROLLOUT_BATCH={self.rollout_batch}: must be a multiple of MINI_BATCH={self.mini_batch} "
+                              "(change one of them)")
         if self.top_k != 0 or self.top_p != 1.0:
             # The PPO ratio and the KL penalty need log-probs of the distribution that sampled. Under top-k /
             # top-p the reference gives probability 0 to tokens outside its own nucleus (an infinite KL),
             # so PPO here (as in lm-human-preferences) samples the full distribution at TEMPERATURE.
-            raise ValueError(f"TOP_K={self.top_k}, TOP_P={self.top_p}: PPO samples from the full distribution "
-                             "(TOP_K=0, TOP_P=1.0), because the KL to the reference is infinite for tokens outside "
-                             "the reference's top-k/top-p; use TEMPERATURE to sharpen sampling instead")
+            raise ConfigError(f"TOP_K={self.top_k}, TOP_P={self.top_p}: PPO samples from the full distribution "
+                              "(TOP_K=0, TOP_P=1.0), because the KL to the reference is infinite for tokens outside "
+                              "the reference's top-k/top-p (set TOP_K=0 and TOP_P=1.0; use TEMPERATURE to sharpen sampling)")
         if self.temperature <= 0:
-            raise ValueError(f"TEMPERATURE={self.temperature} must be > 0")
+            raise ConfigError(f"TEMPERATURE={self.temperature}: must be > 0 (use 1.0 for plain sampling)")
 
     @classmethod
     def from_settings(cls, settings: dict) -> "PPOConfig":

@@ -28,6 +28,7 @@ from model.peft.lora import lora_config, merge_lora
 from model.peft.p_tuning import p_tuning_config
 from model.peft.prefix_tuning import prefix_tuning_config
 from model.peft.prompt_tuning import prompt_tuning_config
+from utils import ConfigError
 
 PEFT_CONFIGS = {"lora": lora_config, "prompt_tuning": prompt_tuning_config, "p_tuning": p_tuning_config,
                 "prefix_tuning": prefix_tuning_config}
@@ -43,7 +44,7 @@ def apply_peft(model, method: str, task: str = "causal", **settings):
     A script may pass all its PEFT settings whatever the method: those that do not apply to `method`
     are ignored (LoRA's rank for prompt tuning), names no method knows raise."""
     if method not in METHODS:
-        raise ValueError(f"PEFT={method!r}: expected one of {', '.join(METHODS)}")
+        raise ConfigError(f"PEFT={method!r}: unknown method (expected one of {', '.join(METHODS)})")
     unknown = set(settings) - {k for names in SETTINGS.values() for k in names}
     if unknown:
         raise ValueError(f"unknown PEFT settings {sorted(unknown)}; known: {SETTINGS}")

@@ -1,0 +1,301 @@
+"""What lets a run survive a cluster: checkpoints that a crash cannot break and that cannot run code,
+one run per output directory, and a clean stop on SIGTERM / SIGINT.
+
+A checkpoint is a directory (out_dir/checkpoint/) of three files:
+
+    state.safetensors   every tensor of the training state: weights, optimizer moments, RNG states
+    state.json          everything else (step, scheduler, hyperparameters, Python's RNG), with
+                        {"__tensor__": key} where a tensor was; written last, so it marks the checkpoint complete
+    run_config.json     the resolved settings
+
+Loading reads them with safetensors and json only. A pickle (what `torch.load` reads by default) can
+execute code from whoever wrote the file; a checkpoint directory holding one is refused.
+
+Saving writes checkpoint.tmp/ (each file flushed to disk with fsync), renames checkpoint -> checkpoint.old
+and checkpoint.tmp -> checkpoint, then deletes checkpoint.old. A crash at any moment leaves at least one
+complete checkpoint among the three names; resume takes the newest complete one, and the next save
+first finishes an interrupted swap.
+"""
+import atexit
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from utils import UserError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be loaded safely; the message names the file."""
+    exit_code = 5
+
+
+class OutDirLocked(UserError):
+    """Another live run holds the output directory."""
+    exit_code = 6
+
+
+class Preempted(SystemExit):
+    """Raised after a SIGTERM / SIGINT once the checkpoint is written; exits with 128 + the signal number."""
+
+
+# ------------------------------------------------------------------ state <-> (tensors, JSON)
+def flatten(obj, tensors: dict, seen: dict):
+    """A nest of dicts, lists, tuples, tensors and plain values -> JSON-able structure; tensors go to
+    `tensors` under fresh keys (one key per distinct tensor: tied weights are stored once)."""
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous()
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if ident not in seen:
+            shares = any(k[0] == ident[0] for k in seen)  # a view of a stored tensor: safetensors needs a copy
+            seen[ident] = key = str(len(tensors))
+            tensors[key] = t.clone() if shares else t
+        return {"__tensor__": seen[ident]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten(x, tensors, seen) for x in obj]}
+    if isinstance(obj, list):
+        return [flatten(x, tensors, seen) for x in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: flatten(v, tensors, seen) for k, v in obj.items()}
+        return {"__dict__": [[flatten(k, tensors, seen), flatten(v, tensors, seen)] for k, v in obj.items()]}
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (tensors and plain values only)")
+
+
+def unflatten(obj, tensors: dict):
+    """The inverse of `flatten`."""
+    if isinstance(obj, list):
+        return [unflatten(x, tensors) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__tuple__" in obj:
+        return tuple(unflatten(x, tensors) for x in obj["__tuple__"])
+    if "__dict__" in obj:
+        return {unflatten(k, tensors): unflatten(v, tensors) for k, v in obj["__dict__"]}
+    return {k: unflatten(v, tensors) for k, v in obj.items()}
+
+
+# ------------------------------------------------------------------ crash-safe save, newest complete load
+def fsync_path(path: str) -> None:
+    """Flush a file's (or a directory's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_synced(path: str, obj) -> None:
+    with open(path + ".part", "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".part", path)
+
+
+def checkpoint_step(path: str):
+    """The step of a complete checkpoint directory, or None (missing, incomplete or unreadable)."""
+    try:
+        with open(os.path.join(path, "state.json")) as f:
+            return int(json.load(f)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def refuse_pickles(path: str) -> None:
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            if name.endswith(PICKLE_SUFFIXES):
+                raise CheckpointError(
+                    f"{os.path.join(path, name)}: a pickle file in a checkpoint is never loaded, because loading a pickle "
+                    "can run any code its author put in it (checkpoints of this version are state.safetensors + "
+                    "state.json; delete the directory, or train without --resume True)")
+
+
+def candidates(ckpt_dir: str, refuse: bool = True) -> list[tuple[int, str]]:
+    """Complete checkpoints among ckpt_dir, ckpt_dir.tmp and ckpt_dir.old as (step, path), newest first.
+    refuse: raise CheckpointError on a directory holding a pickle (else it counts as incomplete)."""
+    found = []
+    for rank, path in enumerate((ckpt_dir, ckpt_dir + ".tmp", ckpt_dir + ".old")):
+        if refuse:
+            refuse_pickles(path)
+        step = checkpoint_step(path)
+        if step is not None:
+            found.append((step, -rank, path))
+    return [(step, path) for step, _, path in sorted(found, reverse=True)]
+
+
+def finish_interrupted_swap(ckpt_dir: str) -> None:
+    """Bring the three names back to one complete `ckpt_dir` (the newest), never deleting the only
+    complete copy: a save that crashed between its renames is completed here."""
+    tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"
+    found = candidates(ckpt_dir, refuse=False)
+    if found and found[0][1] != ckpt_dir:
+        newest = found[0][1]
+        if os.path.exists(ckpt_dir):  # an older complete checkpoint (or an incomplete one) moves aside
+            shutil.rmtree(old if newest != old else tmp, ignore_errors=True)
+            os.replace(ckpt_dir, old if newest != old else tmp)
+        os.replace(newest, ckpt_dir)
+        fsync_path(os.path.dirname(ckpt_dir) or ".")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if checkpoint_step(ckpt_dir) is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(ckpt_dir: str, state: dict, step: int, run_config: dict) -> None:
+    """Write `state` (tensors and plain values) as the checkpoint of `step`; see the module docstring."""
+    finish_interrupted_swap(ckpt_dir)
+    tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"
+    os.makedirs(tmp)
+    tensors = {}
+    meta = {"step": step, "state": flatten(state, tensors, {})}
+    save_file(tensors, os.path.join(tmp, "state.safetensors"))
+    fsync_path(os.path.join(tmp, "state.safetensors"))
+    write_json_synced(os.path.join(tmp, "run_config.json"), json.loads(json.dumps(run_config, default=str)))
+    write_json_synced(os.path.join(tmp, "state.json"), meta)  # last: the checkpoint is complete from here on
+    fsync_path(tmp)
+    if os.path.exists(ckpt_dir):
+        shutil.rmtree(old, ignore_errors=True)  # never the only complete copy: finish_interrupted_swap saw to it
+        os.replace(ckpt_dir, old)
+    os.replace(tmp, ckpt_dir)
+    fsync_path(os.path.dirname(ckpt_dir) or ".")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(path: str) -> tuple[int, dict]:
+    """(step, state) of one checkpoint directory, read with safetensors and json only."""
+    refuse_pickles(path)
+    try:
+        with open(os.path.join(path, "state.json")) as f:
+            meta = json.load(f)
+        tensors = load_file(os.path.join(path, "state.safetensors"))
+        return int(meta["step"]), unflatten(meta["state"], tensors)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}; delete it to start "
+                              "fresh)") from None
+
+
+def load_newest(ckpt_dir: str) -> tuple[int, dict, str]:
+    """(step, state, path) of the newest complete checkpoint that loads; an unreadable one is skipped
+    with a warning. Raises CheckpointError when none loads."""
+    errors = []
+    for _, path in candidates(ckpt_dir):
+        try:
+            return (*load_state(path), path)
+        except CheckpointError as e:
+            print(f"warning: {e}; trying an older checkpoint", file=sys.stderr)
+            errors.append(str(e))
+    raise CheckpointError(f"{ckpt_dir}: no loadable checkpoint ({'; '.join(errors) or 'none found'})")
+
+
+def drop_rows_after(metrics_path: str, step: int) -> None:
+    """Keep only the metrics.jsonl rows of steps <= step (a resumed run logs the later ones again)."""
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(metrics_path + ".part", "w") as f:
+            f.writelines(rows)
+        os.replace(metrics_path + ".part", metrics_path)
+
+
+# ------------------------------------------------------------------ one run per output directory
+_held = {}  # realpath of a lock file -> open file object, for locks this process holds
+
+
+def lock_out_dir(out_dir: str) -> str:
+    """Take out_dir/.lock (an flock held until the process ends; the file names the holder's PID).
+
+    A second run on the same directory raises OutDirLocked naming the holder. The kernel drops the
+    flock when its process dies, so a lock file left by a killed run is taken over (with a note).
+    Taking a lock this process already holds does nothing. Returns the lock file's path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.realpath(os.path.join(out_dir, ".lock"))
+    if path in _held:
+        return path
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown process"
+            f.close()
+            raise OutDirLocked(f"{out_dir}: in use by another run ({holder}) (wait for it to finish, stop it, or "
+                               "give this run another --out_dir)") from None
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+            break  # locked the file that is still at `path` (not one a finishing run just deleted)
+        f.close()
+    f.seek(0)
+    previous = f.read().strip()
+    if previous:
+        print(f"note: {out_dir}/.lock was left by a run that is no longer running ({previous}); taking it over")
+    f.seek(0)
+    f.truncate()
+    f.write(f"PID {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join([os.path.basename(sys.executable)] + sys.argv)}\n")
+    f.flush()
+    _held[path] = f
+    atexit.register(release_lock, path)
+    return path
+
+
+def release_lock(path: str) -> None:
+    """Release a lock this process holds (done at exit; the kernel drops it however the process ends)."""
+    f = _held.pop(path, None)
+    if f is not None:
+        os.remove(path)  # removed while still locked: a run waiting on the old file notices (see above)
+        f.close()
+
+
+# ------------------------------------------------------------------ SIGTERM / SIGINT
+def resume_command() -> str:
+    """This process's command line with --resume True (any earlier --resume setting dropped)."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a == "--resume":
+            skip = not skip
+            continue
+        if not a.startswith("--resume="):
+            args.append(a)
+    return shlex.join(["python", sys.argv[0], *args, "--resume", "True"])
+
+
+class StopOnSignal:
+    """Inside `with`, SIGTERM and SIGINT only record that a stop was asked for (`signum`); the loop
+    checks it after each step. A second signal stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self):
+        self.signum, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
