@@ -121,7 +121,7 @@ def main():
                         bf16=BF16, resume=RESUME, best_metric="eval/accuracy")
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
+    trainer.log(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
     before = trainer.run_evaluation() if eval_data is not None and not (RESUME and os.path.exists(trainer.ckpt_dir)) else {}
     if before:
         trainer.write_metrics(before)  # step 0: the reward model before training (fresh head)
@@ -132,7 +132,7 @@ def main():
     if PEFT == "none" and trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0):
         trainer.unwrap(trainer.model).load_state_dict(load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
         final.update(trainer.run_evaluation())
-        print(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
+        trainer.log(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
     if PEFT == "none":
         trainer.save_model(OUT_DIR, tokenizer)
     elif trainer.accelerator.is_main_process:  # adapter in OUT_DIR/adapter, merged reward model in OUT_DIR

@@ -70,8 +70,8 @@ def main():
                          weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL,
                          log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME)
     trainable, num_params = count_parameters(model)
-    print(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
-    print(format_counts(trainable, num_params))
+    trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
+    trainer.log(format_counts(trainable, num_params))
     before = trainer.run_evaluation() if not (RESUME and os.path.exists(trainer.ckpt_dir)) else {}
     if before:
         trainer.write_metrics(before)  # step 0: the model before SFT

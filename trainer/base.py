@@ -1,12 +1,17 @@
 """The training loop every stage uses. Nothing here knows about RLHF.
 
 Owns: device placement, mixed precision and multi-process (through `accelerate`, so `accelerate launch`
-or `torchrun` need no new code), AdamW with linear warmup and cosine decay, gradient accumulation and
+or `torchrun` need no new code; trainer/dist.py makes sure the processes really form one group), AdamW with linear warmup and cosine decay, gradient accumulation and
 clipping, evaluation cadence, a tqdm bar with the live loss, `metrics.jsonl`, and atomic, exactly
 resumable checkpoints.
 
-Subclasses fill in `compute_loss(batch) -> (loss, metrics)` and, if needed, `evaluate()`; PPO replaces
-`training_step` and extends `state_dict` / `load_state_dict`.
+Subclasses fill in `compute_loss(batch) -> (loss, metrics)`, `loss_weight(batch)` (how many terms the
+loss averages over: supervised tokens, pairs) and, if needed, `evaluate()`; PPO replaces `training_step`
+and extends `state_dict` / `load_state_dict`.
+
+Several processes equal one: each step's loss is the mean over the terms of the whole global batch
+(all micro-batches of all ranks), so 2 processes x batch b take the step 1 process x batch 2b takes,
+and the logged train metrics are the same global means.
 
 Data order is a pure function of (seed, sample index): sample k of the run is item perm_e[k % N] of the
 dataset, with perm_e a seeded permutation for epoch e = k // N. Resuming at step s therefore needs no
@@ -19,10 +24,10 @@ import shutil
 import time
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from utils import append_jsonl, rng_state, set_rng_state, write_json
+from trainer.dist import all_ranks, make_accelerator, reduce_sum
+from utils import append_jsonl, rng_state, seed_everything, set_rng_state, write_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,7 +39,7 @@ class Trainer:
                  batch_size: int, grad_accum: int = 1, warmup_steps: int = 0, weight_decay: float = 0.0,
                  grad_clip: float = 1.0, eval_interval: int = 0, log_interval: int = 10, save_interval: int = 0,
                  seed: int = 0, bf16: bool = False, resume: bool = False, best_metric: str = None):
-        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
+        self.accelerator = make_accelerator("bf16" if bf16 else "no")
         self.device = self.accelerator.device
         self.train_data, self.collate, self.out_dir, self.run_config = train_data, collate, out_dir, run_config
         self.max_steps, self.batch_size, self.grad_accum = max_steps, batch_size, grad_accum
@@ -42,10 +47,11 @@ class Trainer:
         self.save_interval, self.seed, self.resume, self.best_metric = save_interval, seed, resume, best_metric
         self.step, self.best_value, self._perms = 0, None, {}
         self.ckpt_dir = os.path.join(out_dir, "checkpoint")
-        os.makedirs(out_dir, exist_ok=True)
-        metrics_path = os.path.join(out_dir, "metrics.jsonl")
-        if not (resume and os.path.exists(self.ckpt_dir)) and self.accelerator.is_main_process and os.path.exists(metrics_path):
-            os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
+        if self.accelerator.is_main_process:  # only the main process writes files
+            os.makedirs(out_dir, exist_ok=True)
+            metrics_path = os.path.join(out_dir, "metrics.jsonl")
+            if not (resume and os.path.exists(self.ckpt_dir)) and os.path.exists(metrics_path):
+                os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
         if model is not None:
             decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
             no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
@@ -53,6 +59,8 @@ class Trainer:
                                            {"params": no_decay, "weight_decay": 0.0}], lr=lr)
             self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup_steps, max_steps))
+        if self.accelerator.process_index > 0:  # own random numbers per rank (dropout, sampling); rank 0 keeps
+            seed_everything(seed + 1000003 * self.accelerator.process_index)  # the single-process stream
 
     # ------------------------------------------------------------------ hooks for subclasses
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -61,20 +69,31 @@ class Trainer:
     def evaluate(self) -> dict:
         return {}
 
+    def loss_weight(self, batch: dict) -> float:
+        """How many terms compute_loss(batch) averages over (1: every micro-batch counts the same)."""
+        return 1.0
+
     def training_step(self) -> dict:
-        """One optimizer step over `grad_accum` micro-batches; returns the step's metrics."""
+        """One optimizer step over `grad_accum` micro-batches; returns the step's metrics.
+
+        The step's loss is sum over all terms of the global batch / their total count W (all-reduced):
+        micro-batch j of rank r, with mean loss L_rj over its w_rj terms, back-propagates
+        L_rj * w_rj * world / W, and DDP's gradient average over ranks divides the world back out."""
         self.model.train()
-        totals = {}
-        for micro in range(self.grad_accum):
-            batch = self.get_batch(self.step * self.grad_accum + micro)
+        batches = [self.get_batch(self.step * self.grad_accum + micro) for micro in range(self.grad_accum)]
+        weights = [float(self.loss_weight(b)) for b in batches]
+        total = max(reduce_sum(self.accelerator, {"w": sum(weights)})["w"], 1e-12)  # W
+        sums = {}
+        for micro, (batch, weight) in enumerate(zip(batches, weights)):
             sync = micro == self.grad_accum - 1
             with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
                 with self.accelerator.autocast():
                     loss, metrics = self.compute_loss(batch)
                 self.check_finite(loss)
-                self.accelerator.backward(loss / self.grad_accum)
+                self.accelerator.backward(loss * (weight * self.accelerator.num_processes / total))
             for k, v in {"train/loss": loss.item(), **metrics}.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / self.grad_accum
+                sums[k] = sums.get(k, 0.0) + float(v) * weight
+        totals = {k: v / total for k, v in reduce_sum(self.accelerator, sums).items()}  # global means
         totals["train/grad_norm"] = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip))
         self.optimizer.step()
         self.scheduler.step()
@@ -142,7 +161,8 @@ class Trainer:
         return self.accelerator.unwrap_model(model)
 
     def check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():
+        """Stop on a NaN/inf loss; every rank stops together (a rank left alone would wait forever)."""
+        if reduce_sum(self.accelerator, {"bad": not bool(torch.isfinite(loss).all())})["bad"]:
             raise NonFiniteLossError(
                 f"step {self.step}: the loss is {loss.item()}; training stopped. The last good checkpoint "
                 f"({self.ckpt_dir if os.path.exists(self.ckpt_dir) else 'none saved yet'}) is untouched. "
@@ -152,11 +172,12 @@ class Trainer:
         """Write the full training state to checkpoint.tmp, then swap it in: a crash mid-write never
         leaves a half-written checkpoint under the real name."""
         self.accelerator.wait_for_everyone()
+        rng = all_ranks(self.accelerator, rng_state())  # every rank's generators: dropout and sampling differ per rank
         if self.accelerator.is_main_process:
             tmp, old = self.ckpt_dir + ".tmp", self.ckpt_dir + ".old"
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
-            torch.save({**self.state_dict(), "step": self.step, "rng": rng_state(), "best_value": self.best_value},
+            torch.save({**self.state_dict(), "step": self.step, "rng": rng, "best_value": self.best_value},
                        os.path.join(tmp, "trainer_state.pt"))
             write_json(os.path.join(tmp, "run_config.json"), self.run_config)
             if os.path.exists(self.ckpt_dir):
@@ -169,7 +190,16 @@ class Trainer:
         state = torch.load(os.path.join(self.ckpt_dir, "trainer_state.pt"), weights_only=False, map_location="cpu")
         self.load_state_dict(state)
         self.step, self.best_value = state["step"], state["best_value"]
-        set_rng_state(state["rng"])
+        set_rng_state(self.rank_rng_state(state["rng"]))
+
+    def rank_rng_state(self, saved) -> dict:
+        """This rank's RNG state from a checkpoint's list of per-rank states (a single state: older format)."""
+        if isinstance(saved, dict):
+            return saved
+        if len(saved) != self.accelerator.num_processes:  # sample k of the run is placed by rank and world size too
+            raise RuntimeError(f"{self.ckpt_dir} was written by {len(saved)} process(es); resume it with the same "
+                               f"number (torchrun --nproc_per_node {len(saved)}), not {self.accelerator.num_processes}")
+        return saved[self.accelerator.process_index]
 
     def save_model(self, out_dir: str, tokenizer=None) -> None:
         """An HF-format checkpoint (save_pretrained) plus the resolved run config."""

@@ -22,6 +22,7 @@ from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, 
                         policy_loss, token_logprobs, value_loss)
 from model.reward import position_ids_for, reward_scores, token_values
 from trainer.base import Trainer
+from trainer.dist import gather_shards, mean_over_ranks, shard, tensor_sum
 
 
 @dataclass
@@ -147,14 +148,14 @@ class PPOTrainer(Trainer):
         raw_scores = self.score(items, sequences, attention_mask, P)  # (B,)
         scores = raw_scores
         if self.normalize_scores:
-            self.score_moments.update(raw_scores)
+            self.score_moments.update(self.accelerator.gather(raw_scores))  # every rank's scores: same moments everywhere
             scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
         scores = scores - self.missing_eos_penalty * (~has_eos).float()
         # 7. per-token reward: -beta * KL everywhere, + score on the last response token
         rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, action_mask, self.beta)
         # 8. GAE advantages and returns; whiten advantages over the batch's response tokens
         advantages, returns = compute_gae(rewards, values, action_mask, self.gamma, self.lam)
-        advantages = masked_whiten(advantages, action_mask)
+        advantages = masked_whiten(advantages, action_mask, all_reduce=lambda t: tensor_sum(self.accelerator, t))
         return Experience(sequences, attention_mask, action_mask, logprobs, ref_logprobs, values * action_mask,
                           rewards, advantages, returns, scores, raw_scores, kl, P)
 
@@ -189,7 +190,7 @@ class PPOTrainer(Trainer):
                 entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
                 stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx.item(),
                               "entropy": entropy, **pg_stats, **vf_stats})
-        self.first_minibatch_stats = stats[0]
+        self.first_minibatch_stats = stats[0]  # this rank's
         return {f"ppo/{k}": sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
     def ptx_loss(self, epoch: int, start: int) -> torch.Tensor:
@@ -215,9 +216,10 @@ class PPOTrainer(Trainer):
         gold = self.gold_of(items, exp)
         if gold is not None:
             metrics["ppo/gold_score"] = gold
+        metrics = mean_over_ranks(self.accelerator, metrics)  # ranks hold equal shares: the global batch's means
         if self.target_kl:  # adaptive controller: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * B / horizon
-            error = min(max(kl_per_seq / self.target_kl - 1, -0.2), 0.2)
-            self.beta *= 1 + error * exp.sequences.size(0) / self.kl_horizon
+            error = min(max(metrics["ppo/kl"] / self.target_kl - 1, -0.2), 0.2)  # global KL: one beta on every rank
+            self.beta *= 1 + error * exp.sequences.size(0) * self.accelerator.num_processes / self.kl_horizon
         return metrics
 
     def gold_of(self, items, exp):
@@ -243,9 +245,9 @@ class PPOTrainer(Trainer):
         type) and the summed KL to the reference over the response tokens."""
         was_training = policy.training
         policy.eval()
-        rows = []
-        for i in range(0, len(items), batch_size):
-            chunk = items[i: i + batch_size]
+        rows, mine = [], shard(self.accelerator, items)  # each rank answers its share of the prompts
+        for i in range(0, len(mine), batch_size):
+            chunk = mine[i: i + batch_size]
             sampling = self.sampling if do_sample else {"do_sample": False}
             sequences, attention_mask, action_mask, _, P = self.sample(policy, chunk, sampling)
             logprobs = self.policy_forward(policy, sequences, attention_mask, P)[1]
@@ -258,6 +260,7 @@ class PPOTrainer(Trainer):
                 rows.append({"type": it["row"].get("type"), "input": it["row"].get("input", ""), "response": resp,
                              "reward": r, "gold": j["score"], "correct": j["correct"], "format": j["format"], "kl": k})
         policy.train(was_training)
+        rows = gather_shards(self.accelerator, rows)  # every rank gets all rows, in prompt order
         out = {"rows": rows}
         for key, name in (("reward", "reward"), ("gold", "gold_score"), ("correct", "correct"), ("format", "format"), ("kl", "kl")):
             out[name] = sum(r[key] for r in rows) / len(rows)
