@@ -1,8 +1,9 @@
 """Runs under `python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py MODE OUT_DIR` for
 tests/test_multiproc.py; the same functions run in the test process for the 1-process reference.
 
-Modes: 'train' (SFT, RM and PPO checks in one launch), 'cut' (a run killed at step 4 after its step-3
-checkpoint), 'resume' (the uninterrupted run, then the resumed one). Rank 0 writes OUT_DIR/MODE.pt.
+Modes: 'cut' (a run killed at step 4, after its step-3 checkpoint), then 'train' (SFT, RM and PPO checks,
+the uninterrupted run and the resumed one, in one launch: each launch costs seconds of imports).
+Rank 0 writes OUT_DIR/train.pt.
 """
 import copy
 import json
@@ -118,19 +119,16 @@ def main():
         SFTTrainer.compute_loss = killed_at_step_4
         sft_run(os.path.join(out_dir, "run"), batch_size=4, steps=6, dropout=0.1, save_interval=3)
         raise AssertionError("the run was to be killed at step 4")
-    if mode == "train":
-        sft = sft_run(os.path.join(out_dir, "sft"), batch_size=8)
-        acc = sft.accelerator
-        result = {"launch": all_ranks(acc, (acc.num_processes, acc.process_index, str(acc.distributed_type))),
-                  "sft": flat(sft.model), "rm": flat(rm_run(os.path.join(out_dir, "rm"), batch_size=4).model),
-                  "ppo": all_ranks(acc, ppo_checks(os.path.join(out_dir, "ppo")))}
-    elif mode == "resume":
-        full = sft_run(os.path.join(out_dir, "full"), batch_size=4, steps=6, dropout=0.1)
-        resumed = sft_run(os.path.join(out_dir, "run"), batch_size=4, steps=6, dropout=0.1, resume=True)
-        acc = resumed.accelerator
-        result = {"full": flat(full.model), "resumed": flat(resumed.model), "step": resumed.step}
+    sft = sft_run(os.path.join(out_dir, "sft"), batch_size=8)
+    acc = sft.accelerator
+    result = {"launch": all_ranks(acc, (acc.num_processes, acc.process_index, str(acc.distributed_type))),
+              "sft": flat(sft.model), "rm": flat(rm_run(os.path.join(out_dir, "rm"), batch_size=4).model),
+              "ppo": all_ranks(acc, ppo_checks(os.path.join(out_dir, "ppo")))}
+    full = sft_run(os.path.join(out_dir, "full"), batch_size=4, steps=6, dropout=0.1)
+    resumed = sft_run(os.path.join(out_dir, "run"), batch_size=4, steps=6, dropout=0.1, resume=True)
+    result.update(full=flat(full.model), resumed=flat(resumed.model), resumed_step=resumed.step)
     if acc.is_main_process:
-        torch.save(result, os.path.join(out_dir, f"{mode}.pt"))
+        torch.save(result, os.path.join(out_dir, "train.pt"))
 
 
 if __name__ == "__main__":

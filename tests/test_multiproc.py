@@ -1,8 +1,8 @@
 """Two processes (torch.distributed.run, gloo on CPU) are one run: one process group, the same weights as
 one process with the double batch, PPO statistics over the global batch, and exact resume of every rank.
 
-The 2-process side runs tests/dist_worker.py in a subprocess (one launch for SFT + RM + PPO); the
-1-process reference runs the same functions here.
+The 2-process side runs tests/dist_worker.py in subprocesses (a run killed mid-way, then one launch for
+SFT + RM + PPO + the resume); the 1-process reference runs the same functions here.
 """
 import json
 import os
@@ -40,6 +40,8 @@ def launch(mode: str, out_dir, expect_success: bool = True) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def two_procs(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_procs")
+    cut = launch("cut", out, expect_success=False)
+    assert cut.returncode != 0 and "exitcode  : 3" in cut.stderr, cut.stderr[-3000:]  # killed at step 4
     launch("train", out)
     return out, torch.load(out / "train.pt", weights_only=False)
 
@@ -104,15 +106,12 @@ def test_ppo_two_processes(two_procs):
     assert r0["eval"] == r1["eval"] and [row["input"] for row in r0["eval"]] == r0["eval_inputs"]
 
 
-def test_kill_and_resume_two_processes_equals_uninterrupted(tmp_path):
+def test_kill_and_resume_two_processes_equals_uninterrupted(two_procs):
     """A 2-process run with dropout, killed at step 4 (checkpoint at step 3) and resumed, ends with the
     weights of the uninterrupted 2-process run: every rank's RNG state is saved and restored."""
-    cut = launch("cut", tmp_path, expect_success=False)
-    assert cut.returncode != 0 and os.path.exists(tmp_path / "run" / "checkpoint" / "trainer_state.pt")
-    assert len(torch.load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=False)["rng"]) == 2
-    launch("resume", tmp_path)
-    result = torch.load(tmp_path / "resume.pt", weights_only=False)
-    assert result["step"] == 6 and torch.equal(result["full"], result["resumed"])
+    out, result = two_procs
+    assert len(torch.load(out / "run" / "checkpoint" / "trainer_state.pt", weights_only=False)["rng"]) == 2
+    assert result["resumed_step"] == 6 and torch.equal(result["full"], result["resumed"])
 
 
 def test_launch_without_a_process_group_refuses(monkeypatch):
