@@ -117,8 +117,10 @@ def test_kill_and_resume_two_processes_equals_uninterrupted(two_procs):
 def test_launch_without_a_process_group_refuses(monkeypatch):
     """WORLD_SIZE=2 from the launcher but a 1-process accelerator (what accelerate 1.15 does on CPU
     without cpu=True): stop with a clear error instead of running two copies of the job."""
+    from accelerate.utils import DistributedType
+
     class OneProcess:
-        num_processes, process_index, distributed_type = 1, 0, "DistributedType.NO"
+        num_processes, process_index, distributed_type = 1, 0, DistributedType.NO
 
         def __init__(self, **kwargs):
             pass
@@ -127,3 +129,33 @@ def test_launch_without_a_process_group_refuses(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(dist.LaunchError, match="WORLD_SIZE=2.*refusing"):
         dist.make_accelerator()
+
+
+def test_sharded_engine_requests_that_cannot_run_are_refused(monkeypatch):
+    """An FSDP accelerate config on a CPU machine (accelerate falls back to plain DDP), PPO under DeepSpeed
+    (one engine per Accelerator, two trained models) and a resumable checkpoint under a sharded engine
+    each stop with an error that names the setting, instead of running something other than asked."""
+    from accelerate.utils import DistributedType
+
+    from trainer.base import check_sharded_settings
+
+    class TwoProcesses:
+        num_processes, process_index, distributed_type = 2, 0, DistributedType.MULTI_CPU
+
+        def __init__(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(dist, "Accelerator", TwoProcesses)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(dist.LaunchError, match="asks for FSDP.*got DistributedType.MULTI_CPU"):
+        dist.make_accelerator()
+    deepspeed, fsdp = TwoProcesses(), TwoProcesses()
+    deepspeed.distributed_type, fsdp.distributed_type = DistributedType.DEEPSPEED, DistributedType.FSDP
+    with pytest.raises(dist.LaunchError, match="PPO under DeepSpeed"):
+        dist.check_two_models(deepspeed)
+    with pytest.raises(SystemExit, match="SAVE_INTERVAL / RESUME under FSDP"):
+        check_sharded_settings(fsdp, save_interval=100, resume=False, grad_accum=1)
+    with pytest.raises(SystemExit, match="GRAD_ACCUM > 1 under DeepSpeed"):
+        check_sharded_settings(deepspeed, save_interval=0, resume=False, grad_accum=2)
+    check_sharded_settings(fsdp, save_interval=0, resume=False, grad_accum=2)  # allowed

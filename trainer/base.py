@@ -26,7 +26,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from trainer.dist import all_ranks, make_accelerator, reduce_sum
+from trainer.dist import all_ranks, is_sharded, make_accelerator, reduce_sum
 from utils import append_jsonl, rng_state, seed_everything, set_rng_state, write_json
 
 
@@ -46,6 +46,7 @@ class Trainer:
         self.grad_clip, self.eval_interval, self.log_interval = grad_clip, eval_interval, log_interval
         self.save_interval, self.seed, self.resume, self.best_metric = save_interval, seed, resume, best_metric
         self.step, self.best_value, self._perms = 0, None, {}
+        check_sharded_settings(self.accelerator, save_interval, resume, grad_accum)
         self.ckpt_dir = os.path.join(out_dir, "checkpoint")
         if self.accelerator.is_main_process:  # only the main process writes files
             os.makedirs(out_dir, exist_ok=True)
@@ -94,7 +95,9 @@ class Trainer:
             for k, v in {"train/loss": loss.item(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * weight
         totals = {k: v / total for k, v in reduce_sum(self.accelerator, sums).items()}  # global means
-        totals["train/grad_norm"] = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if grad_norm is not None:  # DeepSpeed clips inside its engine (gradient_clipping in the config) and returns None
+            totals["train/grad_norm"] = float(grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -203,12 +206,13 @@ class Trainer:
 
     def save_model(self, out_dir: str, tokenizer=None) -> None:
         """An HF-format checkpoint (save_pretrained) plus the resolved run config."""
-        self.accelerator.wait_for_everyone()
+        state = self.accelerator.get_state_dict(self.model)  # a collective under FSDP / ZeRO-3: gathers the shards
         if self.accelerator.is_main_process:
-            self.unwrap(self.model).save_pretrained(out_dir)
+            self.unwrap(self.model).save_pretrained(out_dir, state_dict=state)
             if tokenizer is not None:
                 tokenizer.save_pretrained(out_dir)
             write_json(os.path.join(out_dir, "run_config.json"), self.run_config)
+        self.accelerator.wait_for_everyone()  # other ranks may read it next (train_rm.py reloads out_dir/best)
 
     def write_metrics(self, metrics: dict) -> None:
         if self.accelerator.is_main_process:
@@ -219,6 +223,16 @@ class Trainer:
     def log(self, text: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(text)
+
+
+def check_sharded_settings(accelerator, save_interval: int, resume: bool, grad_accum: int) -> None:
+    """Settings that FSDP / DeepSpeed runs do not support yet, refused before any work."""
+    if is_sharded(accelerator) and (save_interval or resume):
+        raise SystemExit(f"error: SAVE_INTERVAL / RESUME under {accelerator.distributed_type.name}: the resumable checkpoint "
+                         "holds full (unsharded) states and is not written for sharded runs; set --save_interval 0")
+    if accelerator.distributed_type.name == "DEEPSPEED" and grad_accum > 1:
+        raise SystemExit("error: GRAD_ACCUM > 1 under DeepSpeed: its engine divides by its own gradient_accumulation_steps; "
+                         "keep GRAD_ACCUM=1 and raise BATCH_SIZE or the number of processes")
 
 
 def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:

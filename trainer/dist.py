@@ -31,7 +31,26 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
             f"process(es) ({accelerator.distributed_type}); refusing to run {world} independent copies. "
             "Launch with `torchrun --nproc_per_node N script.py` or `accelerate launch --num_processes N script.py`"
             " (on CPU add ACCELERATE_USE_CPU=1 if you build your own Accelerator).")
+    for engine, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(flag, "false").lower() == "true" and accelerator.distributed_type.name != engine:
+            raise LaunchError(  # accelerate 1.15 silently falls back to plain DDP (MULTI_CPU) on CPU
+                f"the accelerate config asks for {engine} ({flag}=true) but the run got {accelerator.distributed_type}: "
+                f"{engine} needs GPUs (accelerate 1.15 has no {engine} on CPU{'' if engine == 'FSDP' else ', and needs the deepspeed package'}). "
+                "Use `torchrun --nproc_per_node N` (DDP) on CPU.")
     return accelerator
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """FSDP or DeepSpeed: weights, gradients or optimizer state split over ranks (ZeRO-2 splits the last two)."""
+    return accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+
+
+def check_two_models(accelerator: Accelerator) -> None:
+    """PPO trains two models with two optimizers; accelerate's DeepSpeed path drives one engine per
+    Accelerator (its backward() steps the last engine prepared), so it cannot train actor and critic."""
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        raise LaunchError("PPO under DeepSpeed is not supported: accelerate 1.15 runs one DeepSpeed engine per "
+                          "Accelerator and PPO trains two models (actor and critic). Use configs/fsdp.yaml or torchrun (DDP).")
 
 
 def reduce_sum(accelerator: Accelerator, values: dict) -> dict:
@@ -58,9 +77,15 @@ def tensor_sum(accelerator: Accelerator, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def shard(accelerator: Accelerator, items: list) -> list:
-    """This rank's share of `items`: items[rank::world] (shares differ by at most one)."""
-    return items[accelerator.process_index:: accelerator.num_processes]
+def shard(accelerator: Accelerator, items: list) -> tuple[list, int]:
+    """This rank's share of `items`, items[rank::world], and how many of them are real.
+
+    Every rank gets the same count: a shorter share is topped up with copies of items[0], whose results
+    the caller drops (keep the first `real`). Under FSDP and ZeRO-3 every forward pass is a collective,
+    so a rank with one batch fewer would leave the others waiting forever."""
+    mine = items[accelerator.process_index:: accelerator.num_processes]
+    size = -(-len(items) // accelerator.num_processes)  # ceil
+    return mine + items[:1] * (size - len(mine)), len(mine)
 
 
 def gather_shards(accelerator: Accelerator, mine: list) -> list:

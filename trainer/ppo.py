@@ -22,7 +22,7 @@ from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, 
                         policy_loss, token_logprobs, value_loss)
 from model.reward import position_ids_for, reward_scores, token_values
 from trainer.base import Trainer
-from trainer.dist import gather_shards, mean_over_ranks, shard, tensor_sum
+from trainer.dist import check_two_models, gather_shards, mean_over_ranks, shard, tensor_sum
 
 
 @dataclass
@@ -74,7 +74,9 @@ class PPOTrainer(Trainer):
             raise ValueError(f"ROLLOUT_BATCH={rollout_batch} must be a multiple of MINI_BATCH={mini_batch}")
         actor_opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=actor_lr)
         critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=critic_lr)
-        self.actor, self.actor_opt, self.critic, self.critic_opt = self.accelerator.prepare(actor, actor_opt, critic, critic_opt)
+        check_two_models(self.accelerator)
+        self.actor, self.actor_opt = self.accelerator.prepare(actor, actor_opt)  # one model per call: FSDP2 wraps
+        self.critic, self.critic_opt = self.accelerator.prepare(critic, critic_opt)  # one model per prepare()
         self.model = self.actor  # what the base class evaluates and saves
         self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
         self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
@@ -245,7 +247,7 @@ class PPOTrainer(Trainer):
         type) and the summed KL to the reference over the response tokens."""
         was_training = policy.training
         policy.eval()
-        rows, mine = [], shard(self.accelerator, items)  # each rank answers its share of the prompts
+        rows, (mine, real) = [], shard(self.accelerator, items)  # each rank answers its share of the prompts
         for i in range(0, len(mine), batch_size):
             chunk = mine[i: i + batch_size]
             sampling = self.sampling if do_sample else {"do_sample": False}
@@ -260,7 +262,7 @@ class PPOTrainer(Trainer):
                 rows.append({"type": it["row"].get("type"), "input": it["row"].get("input", ""), "response": resp,
                              "reward": r, "gold": j["score"], "correct": j["correct"], "format": j["format"], "kl": k})
         policy.train(was_training)
-        rows = gather_shards(self.accelerator, rows)  # every rank gets all rows, in prompt order
+        rows = gather_shards(self.accelerator, rows[:real])  # every rank gets all rows, in prompt order
         out = {"rows": rows}
         for key, name in (("reward", "reward"), ("gold", "gold_score"), ("correct", "correct"), ("format", "format"), ("kl", "kl")):
             out[name] = sum(r[key] for r in rows) / len(rows)
