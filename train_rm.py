@@ -19,6 +19,7 @@ from dataset.rm import RMDataset, flatten_groups
 from model.load import load_tokenizer
 from model.peft import apply_peft, save_peft
 from model.reward import load_reward_model
+from trainer.dist import is_sharded
 from trainer.rm import RMTrainer, fit_linear_head, last_token_features, pairwise_metrics
 from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json
 
@@ -129,7 +130,8 @@ def main():
     final = trainer.fit()
     train_seconds = time.time() - start
     best_dir = os.path.join(OUT_DIR, "best")
-    if PEFT == "none" and trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0):
+    if (PEFT == "none" and trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0)
+            and not is_sharded(trainer.accelerator)):  # a sharded model takes no plain state dict; out_dir/best stays
         trainer.unwrap(trainer.model).load_state_dict(load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
         final.update(trainer.run_evaluation())
         trainer.log(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
