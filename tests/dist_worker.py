@@ -22,7 +22,7 @@ from dataset.rm import RMDataset  # noqa: E402
 from dataset.sft import SFTDataset  # noqa: E402
 from model.load import load_tokenizer  # noqa: E402
 from trainer.dist import all_ranks  # noqa: E402
-from trainer.ppo import PPOTrainer  # noqa: E402
+from trainer.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from trainer.rm import RMTrainer  # noqa: E402
 from trainer.sft import SFTTrainer  # noqa: E402
 
@@ -86,9 +86,12 @@ def ppo_checks(out_dir: str) -> dict:
     def length_reward(rows, responses):  # varies across responses, so scores and advantages have a spread
         return [len(r) / 10 for r in responses]
 
-    trainer = PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, None, length_reward, actor_lr=1e-3,
-                         critic_lr=1e-3, rollout_batch=8, mini_batch=4, ppo_epochs=2, max_new_tokens=8, beta=0.1,
-                         target_kl=0.01, kl_horizon=100, out_dir=out_dir, run_config={}, max_steps=2, seed=0)
+    cfg = PPOConfig(actor_lr=1e-3, critic_lr=1e-3, weight_decay=0.0, rollout_batch=8, mini_batch=4, ppo_epochs=2,
+                    stop_approx_kl=0.0, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0, beta=0.1, target_kl=0.01,
+                    kl_horizon=100, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
+                    missing_eos_penalty=1.0, normalize_scores=True)
+    trainer = PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, cfg, None, length_reward,
+                         out_dir=out_dir, run_config={}, max_steps=2, seed=0)
     acc = trainer.accelerator
     exp = trainer.make_experience(trainer.get_batch(0)["items"])
     out = {"rank": acc.process_index, "world": acc.num_processes, "type": str(acc.distributed_type),
