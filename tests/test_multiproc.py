@@ -68,6 +68,7 @@ def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_pa
     assert relative_gap(result["sft"], flat(one.model), start) < 2e-3
     two_log = [json.loads(line) for line in open(out / "sft" / "metrics.jsonl")]
     one_log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [line["step"] for line in two_log] == [1, 2, 3]  # one writer: the main process
     # step 1's loss is computed before any update: the all-reduced global token mean equals one process's
     assert two_log[0]["train/loss"] == pytest.approx(one_log[0]["train/loss"], rel=1e-5)
 
@@ -159,3 +160,24 @@ def test_sharded_engine_requests_that_cannot_run_are_refused(monkeypatch):
     with pytest.raises(SystemExit, match="GRAD_ACCUM > 1 under DeepSpeed"):
         check_sharded_settings(deepspeed, save_interval=0, resume=False, grad_accum=2)
     check_sharded_settings(fsdp, save_interval=0, resume=False, grad_accum=2)  # allowed
+
+
+def test_get_batch_splits_the_global_batch_across_ranks(tmp_path):
+    """Rank r of W takes the r-th block of each step's W x B samples: the two ranks' batches together are
+    the 1-process batch of 2B at every step, in order, across epoch boundaries too, and the first epoch
+    visits every item once."""
+    from types import SimpleNamespace
+
+    from trainer.base import Trainer
+
+    trainer = Trainer(None, list(range(10)), lambda items: {"items": items}, str(tmp_path), {}, lr=0.1, max_steps=1,
+                      batch_size=6, seed=5)
+    one = [trainer.get_batch(step)["items"] for step in range(4)]  # 1 process, batch 6
+    assert sorted(one[0] + one[1][:4]) == list(range(10))
+    trainer.batch_size = 3
+    for step in range(4):
+        two = []
+        for rank in range(2):
+            trainer.accelerator = SimpleNamespace(num_processes=2, process_index=rank)
+            two += trainer.get_batch(step)["items"]
+        assert two == one[step]

@@ -1,9 +1,9 @@
 """The training loop every stage uses. Nothing here knows about RLHF.
 
 Owns: device placement, mixed precision and multi-process (through `accelerate`, so `accelerate launch`
-or `torchrun` need no new code; trainer/dist.py makes sure the processes really form one group), AdamW with linear warmup and cosine decay, gradient accumulation and
-clipping, evaluation cadence, a tqdm bar with the live loss, `metrics.jsonl`, and atomic, exactly
-resumable checkpoints.
+or `torchrun` need no new code; trainer/dist.py makes sure the processes really form one group), AdamW
+with linear warmup and cosine decay, gradient accumulation and clipping, evaluation cadence, a tqdm
+bar with the live loss, `metrics.jsonl`, and atomic, exactly resumable checkpoints.
 
 Subclasses fill in `compute_loss(batch) -> (loss, metrics)`, `loss_weight(batch)` (how many terms the
 loss averages over: supervised tokens, pairs) and, if needed, `evaluate()`; PPO replaces `training_step`

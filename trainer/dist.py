@@ -35,8 +35,8 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
         if os.environ.get(flag, "false").lower() == "true" and accelerator.distributed_type.name != engine:
             raise LaunchError(  # accelerate 1.15 silently falls back to plain DDP (MULTI_CPU) on CPU
                 f"the accelerate config asks for {engine} ({flag}=true) but the run got {accelerator.distributed_type}: "
-                f"{engine} needs GPUs (accelerate 1.15 has no {engine} on CPU{'' if engine == 'FSDP' else ', and needs the deepspeed package'}). "
-                "Use `torchrun --nproc_per_node N` (DDP) on CPU.")
+                f"{engine} needs GPUs (accelerate 1.15 has no {engine} on CPU; DeepSpeed also needs the deepspeed "
+                "package). Use `torchrun --nproc_per_node N` (DDP) on CPU.")
     return accelerator
 
 

@@ -273,7 +273,7 @@ class PPOTrainer(Trainer):
         if gold is not None:
             metrics["ppo/gold_score"] = gold
         metrics = mean_over_ranks(self.accelerator, metrics)  # ranks hold equal shares: the global batch's means
-        if metrics["ppo/truncated_frac"] > 0.25 and not self.warned_truncation:
+        if metrics["ppo/truncated_frac"] > 0.25 and not self.warned_truncation and self.accelerator.is_main_process:
             self.warned_truncation = True
             warnings.warn(f"{metrics['ppo/truncated_frac']:.0%} of the responses reached MAX_NEW_TOKENS="
                           f"{self.cfg.max_new_tokens} without EOS: the reward model scores them at a token it was "
