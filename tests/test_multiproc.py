@@ -46,6 +46,13 @@ def two_procs(tmp_path_factory):
     return out, torch.load(out / "train.pt", weights_only=False)
 
 
+@pytest.fixture
+def fresh_accelerator():
+    """accelerate keeps one state per process; earlier tests may have set bf16."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+
+
 def relative_gap(a: torch.Tensor, b: torch.Tensor, start: torch.Tensor) -> float:
     """|a - b| relative to how far training moved the weights from `start`."""
     return ((a - b).norm() / (b - start).norm()).item()
@@ -57,7 +64,7 @@ def test_two_processes_form_one_group(two_procs):
     assert result["launch"] == [(2, 0, "DistributedType.MULTI_CPU"), (2, 1, "DistributedType.MULTI_CPU")]
 
 
-def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_path):
+def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_path, fresh_accelerator):
     """2 processes x batch 8 end 3 steps with the weights of 1 process x batch 16 (same samples): the
     loss is the mean over the global batch's supervised tokens. Per-rank token means averaged over the
     ranks put the weights about 0.17 apart (../shared/FACTS.md); float noise gives about 2e-4."""
@@ -73,7 +80,7 @@ def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_pa
     assert two_log[0]["train/loss"] == pytest.approx(one_log[0]["train/loss"], rel=1e-5)
 
 
-def test_rm_two_processes_equal_one_process_with_double_batch(two_procs, tmp_path):
+def test_rm_two_processes_equal_one_process_with_double_batch(two_procs, tmp_path, fresh_accelerator):
     """The reward model likewise: ranked groups of 2-4 responses give the ranks different pair counts,
     and the loss is the mean over the global batch's pairs."""
     _, result = two_procs
@@ -162,7 +169,7 @@ def test_sharded_engine_requests_that_cannot_run_are_refused(monkeypatch):
     check_sharded_settings(fsdp, save_interval=0, resume=False, grad_accum=2)  # allowed
 
 
-def test_get_batch_splits_the_global_batch_across_ranks(tmp_path):
+def test_get_batch_splits_the_global_batch_across_ranks(tmp_path, fresh_accelerator):
     """Rank r of W takes the r-th block of each step's W x B samples: the two ranks' batches together are
     the 1-process batch of 2B at every step, in order, across epoch boundaries too, and the first epoch
     visits every item once."""
