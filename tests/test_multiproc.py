@@ -61,7 +61,8 @@ def relative_gap(a: torch.Tensor, b: torch.Tensor, start: torch.Tensor) -> float
 def test_two_processes_form_one_group(two_procs):
     """torchrun's two processes are ranks 0 and 1 of one MULTI_CPU group, not two 1-process copies."""
     _, result = two_procs
-    assert result["launch"] == [(2, 0, "DistributedType.MULTI_CPU"), (2, 1, "DistributedType.MULTI_CPU")]
+    kind = "DistributedType.MULTI_GPU" if torch.cuda.is_available() else "DistributedType.MULTI_CPU"  # NCCL / gloo
+    assert result["launch"] == [(2, 0, kind), (2, 1, kind)]
 
 
 def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_path, fresh_accelerator):
