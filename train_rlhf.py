@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from dataset.chat import use_chat_format
 from dataset.prompt import PromptDataset
 from dataset.sft import SFTDataset, render_prompt
 from model.load import load_causal_lm, load_tokenizer
@@ -28,11 +29,12 @@ SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
 CRITIC_INIT = "rm"  # 'rm' (the critic starts as the reward model) or 'zero_head' (RM backbone, head zeroed: values start at 0, the mean of normalised scores)
 REWARD = "rm"  # 'rm' (the learned reward model) or 'gold' (the task's gold judge: an upper bound, not RLHF)
-PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input or prompt rows)
+PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows ending with a user turn)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
 EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts: SFT vs RLHF, RM score and gold score
 OUT_DIR = "out/rlhf"  # checkpoint, metrics, summary, samples, plot
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's own chat template (dataset/chat.py); saved with the model
 # rollout
 ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early, then the policy over-optimises the RM
 ROLLOUT_BATCH = 64  # prompts sampled per iteration
@@ -71,6 +73,7 @@ LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at the end)
 EVAL_LIMIT = 300  # held-out prompts (None: all)
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
+LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 0  # iterations between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 
@@ -90,6 +93,7 @@ def main():
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
+    use_chat_format(tokenizer, CHAT_TEMPLATE)
     actor = load_causal_lm(SFT_MODEL, "SFT_MODEL")
     if PEFT == "none":
         ref = copy.deepcopy(actor)
@@ -105,14 +109,15 @@ def main():
     reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if REWARD == "rm" else None
     if REWARD not in ("rm", "gold"):
         raise SystemExit(f"error: REWARD={REWARD!r}: expected 'rm' or 'gold'")
-    prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN)
-    eval_prompts = PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT).items if EVAL_PROMPTS != "none" else None
-    ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS) if PTX_COEF > 0 else None
+    prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN, chat_template=CHAT_TEMPLATE)
+    eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
+                    if EVAL_PROMPTS != "none" else None)
+    ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS, chat_template=CHAT_TEMPLATE) if PTX_COEF > 0 else None
     trainer = PPOTrainer(
         actor, ref, critic, reward_model, tokenizer, prompts, ppo_config, ptx, gold_reward if REWARD == "gold" else None,
         eval_prompts, out_dir=OUT_DIR, run_config=config, max_steps=ITERATIONS, warmup_steps=WARMUP_STEPS,
         grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL,
-        seed=SEED, bf16=BF16, resume=RESUME)
+        seed=SEED, bf16=BF16, resume=RESUME, log_with=LOG_WITH)
     trainer.log(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
 
     before = {}

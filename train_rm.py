@@ -15,6 +15,7 @@ import os
 import time
 
 import torch
+from dataset.chat import use_chat_format
 from dataset.rm import RMDataset, flatten_groups
 from model.load import load_tokenizer
 from model.peft import apply_peft, save_peft
@@ -34,7 +35,7 @@ TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and
 # by L2-regularised logistic regression on them (the pairwise loss with a linear score); MAX_STEPS..GRAD_CLIP unused
 HEAD_L2 = "0.01,0.03,0.1,0.3,1,3"  # head only: L2 strengths tried on standardised features; CV on the training pairs picks one
 CV_FOLDS = 5  # head only: cross-validation folds over the training groups
-CHAT_TEMPLATE = False  # format prompt and response with the tokenizer's chat template (chat models, e.g. SmolLM2-Instruct)
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (chat models, e.g. SmolLM2-Instruct); saved with the model
 STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip them with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
 EVAL_LIMIT = None  # use only the first N held-out rows (None: all)
@@ -52,6 +53,7 @@ SEED = 0  # seeds the head's init and the data order
 EVAL_INTERVAL = 50  # steps between evaluations (0: only at the end); the best is kept in out_dir/best
 EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
+LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 # parameter-efficient fine-tuning (model/peft/); the new score head is always trained in full
@@ -104,6 +106,7 @@ def main():
     seed_everything(SEED)
     on_mismatch = "error" if STRICT else "skip"
     tokenizer = load_tokenizer(MODEL)  # pads with a token that is not EOS (model/load.py set_pad_token)
+    use_chat_format(tokenizer, CHAT_TEMPLATE)
     model = load_reward_model(MODEL, tokenizer.pad_token_id)
     train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE)
     eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,
@@ -117,7 +120,7 @@ def main():
                         run_config=config, lr=LR, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM,
                         warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP,
                         eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED,
-                        bf16=BF16, resume=RESUME, best_metric="eval/accuracy")
+                        bf16=BF16, resume=RESUME, log_with=LOG_WITH, best_metric="eval/accuracy")
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer.log(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")

@@ -14,6 +14,7 @@ With PEFT the adapter goes to out_dir/adapter/; LoRA and BitFit also write the m
 import os
 import time
 
+from dataset.chat import use_chat_format
 from dataset.sft import SFTDataset, read_prompts
 from model.generate import gold_eval
 from model.load import load_causal_lm, load_tokenizer
@@ -23,11 +24,12 @@ from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, w
 
 # model and data
 MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id like 'facebook/opt-125m', a local dir or a .gguf file
-TRAIN_DATA = "ds/sft_train.jsonl"  # JSON/JSONL file or datasets hub name ('tatsu-lab/alpaca'); instruction/input/output or prompt/completion
+TRAIN_DATA = "ds/sft_train.jsonl"  # JSON/JSONL file or datasets hub name ('tatsu-lab/alpaca'); instruction/input/output, prompt/completion or messages
 EVAL_DATA = "ds/sft_eval.jsonl"  # held-out demonstrations for the eval loss ('none' to skip)
 EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts scored by the gold judge ('none' for data without a judge)
 OUT_DIR = "out/sft"  # where the checkpoint, metrics.jsonl and summary.json go
 MAX_LEN = 96  # tokens per example; longer ones are cut (prompt from the left, see dataset/sft.py)
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (dataset/chat.py); saved with the model
 # optimisation
 MAX_STEPS = 900  # optimizer steps
 BATCH_SIZE = 64  # examples per micro-batch (per process)
@@ -41,6 +43,7 @@ SEED = 0  # seeds weights' init order, data order and sampling
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
+LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 MAX_NEW_TOKENS = 24  # generation length for the gold-score evaluation
@@ -59,16 +62,17 @@ def main():
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(MODEL)
+    use_chat_format(tokenizer, CHAT_TEMPLATE)
     model = apply_peft(load_causal_lm(MODEL), PEFT, task="causal", r=LORA_R, alpha=LORA_ALPHA,
                        targets=tuple(LORA_TARGETS.split(",")), num_virtual_tokens=NUM_VIRTUAL_TOKENS)
-    train = SFTDataset(TRAIN_DATA, tokenizer, MAX_LEN)
-    eval_data = None if EVAL_DATA == "none" else SFTDataset(EVAL_DATA, tokenizer, MAX_LEN)
+    train = SFTDataset(TRAIN_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
+    eval_data = None if EVAL_DATA == "none" else SFTDataset(EVAL_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
     prompts = None if EVAL_PROMPTS == "none" else read_prompts(EVAL_PROMPTS, EVAL_LIMIT)
-    trainer = SFTTrainer(model, tokenizer, train, eval_data, prompts, out_dir=OUT_DIR, run_config=config,
+    trainer = SFTTrainer(model, tokenizer, train, eval_data, prompts, chat_template=CHAT_TEMPLATE, out_dir=OUT_DIR, run_config=config,
                          max_prompt_len=MAX_LEN - MAX_NEW_TOKENS, max_new_tokens=MAX_NEW_TOKENS, lr=LR,
                          max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS,
                          weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL,
-                         log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME)
+                         log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME, log_with=LOG_WITH)
     trainable, num_params = count_parameters(model)
     trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
     trainer.log(format_counts(trainable, num_params))

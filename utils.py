@@ -28,6 +28,12 @@ def _parse_value(name: str, raw: str, default):
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
+    return _check_type(name, value, default, raw)
+
+
+def _check_type(name: str, value, default, raw=None):
+    """The value if its type matches the default's (an int is accepted for a float), else ConfigError."""
+    raw = value if raw is None else raw
     if default is None:
         return value
     if isinstance(default, bool):
@@ -51,13 +57,16 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
 
     Values are parsed with ast.literal_eval (a string setting takes the raw text); the type must match
     the default (an int is accepted for a float). Unknown names raise with the closest valid names.
-    Every override is printed. Returns the resolved settings {NAME: value}, for logging and checkpoints.
-    From the command line (argv=None) an error exits with its message instead of a traceback.
+    `--config run_config.json` first loads every setting a saved run recorded (replay); flags given
+    beside it win, wherever they stand. Every override is printed. Returns the resolved settings
+    {NAME: value}, for logging and checkpoints. From the command line (argv=None) an error exits with
+    its message instead of a traceback.
     """
     from_cli = argv is None
     argv = sys.argv[1:] if from_cli else argv
     settings = {k: v for k, v in namespace.items() if _is_setting(k, v)}
     try:
+        argv = _apply_config_file(namespace, settings, argv)
         i = 0
         while i < len(argv):
             arg = argv[i]
@@ -84,6 +93,36 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
             sys.exit(f"error: {e}")
         raise
     return settings
+
+
+def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list[str]:
+    """Apply `--config PATH` (a run_config.json every stage saves) and return argv without it."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" or arg.startswith("--config="):
+            if "=" in arg:
+                path, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1:]
+            elif i + 1 < len(argv):
+                path, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+            else:
+                raise ConfigError("--config: missing value (a run_config.json, e.g. out/sft/run_config.json)")
+            break
+    else:
+        return argv
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--config {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of settings (a run_config.json)")
+    unknown = [k for k in saved if k not in settings]
+    if unknown:
+        raise ConfigError(f"--config {path}: settings this script does not have: {', '.join(unknown)} "
+                          "(a run_config.json of another script?)")
+    for name, value in saved.items():
+        namespace[name] = settings[name] = _check_type(name, value, namespace[name])
+    print(f"config: {len(saved)} settings from {path}")
+    return rest
 
 
 def seed_everything(seed: int) -> None:

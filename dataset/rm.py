@@ -17,16 +17,21 @@ scored once per step, and the pairs index into them. Over-length sequences follo
 of `dataset.sft.fit_lengths` (prompt cut from the left, then the response from the right); they are
 counted and reported, never dropped. Bad rows raise DataError with file:line.
 
+* conversational (TRL's preference format): `chosen` / `rejected` are message lists, either whole
+  conversations sharing their prompt turns (implicit prompt) or one assistant turn each after a
+  `prompt` message list (explicit prompt).
+
 With `chat_template=True` the text goes through the tokenizer's chat template instead (for a chat model
 such as SmolLM2-Instruct): HH turns become user/assistant messages (any other prompt is one user
 message), and each response is the assistant's turn, closed by the template's end-of-turn token, which
-is then the token the reward is read at.
+is then the token the reward is read at. Conversational rows always go through the chat template.
 """
 import os
 import re
 
 import torch
 
+from dataset.chat import check_messages, encode_text, last_user_text, reply_text
 from dataset.io import DataError, read_rows
 from dataset.sft import TruncationCounter, encode_prompt, encode_response, fit_lengths, pad, render_prompt
 
@@ -73,19 +78,34 @@ def chat_messages(prompt: str) -> list[dict]:
 
 def encode_chat(tokenizer, messages: list[dict], responses: list[str]) -> tuple[list, list[list]]:
     """Prompt ids (the template up to the assistant's turn) and each response's ids (its text and the
-    template's end-of-turn, trailing newlines dropped so the last token is the end-of-turn)."""
+    template's end-of-turn, nothing after it, so the last token is the end-of-turn)."""
     if not tokenizer.chat_template:
-        raise ValueError("CHAT_TEMPLATE=True needs a tokenizer with a chat template (this one has none)")
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        raise ValueError("chat-format comparisons need a tokenizer with a chat template (this one has none)")
     replies = []
     for response in responses:
-        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response.strip()}],
-                                             tokenize=False)
-        if not full.startswith(prompt):
-            raise ValueError("the chat template renders the prompt differently once a reply follows; "
-                             "set CHAT_TEMPLATE=False")
-        replies.append(tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"])
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"], replies
+        prompt, turn = reply_text(tokenizer, messages, response.strip())
+        replies.append(encode_text(tokenizer, turn))
+    return encode_text(tokenizer, prompt), replies
+
+
+def conversational_group(row: dict) -> dict:
+    """A conversational comparison row -> a group with its prompt `messages` (see the module docstring)."""
+    where = row["_where"]
+    if isinstance(row.get("prompt"), list):  # explicit prompt; chosen/rejected: one assistant turn each
+        prompt = check_messages(row["prompt"], where, "prompt", last="user")
+        replies = [check_messages(row[k], where, k, last="assistant") for k in ("chosen", "rejected")]
+    else:  # implicit prompt: the turns both conversations share
+        chosen, rejected = (check_messages(row[k], where, k, last="assistant") for k in ("chosen", "rejected"))
+        n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+        prompt, replies = chosen[:n], [chosen[n:], rejected[n:]]
+    if not prompt or any(len(r) != 1 for r in replies):
+        raise DataError(f"{where}: 'chosen' and 'rejected' must differ only in their final assistant turn, "
+                        "after shared prompt turns (or give the prompt turns in 'prompt')")
+    responses = [r[0]["content"] for r in replies]
+    if responses[0] == responses[1]:
+        raise DataError(f"{where}: 'chosen' and 'rejected' are the same response")
+    return {"prompt": last_user_text(prompt), "messages": prompt, "responses": responses, "type": row.get("type"),
+            "where": where}
 
 
 def pair_kind(prompt: str, better: str, worse: str) -> str:
@@ -112,6 +132,8 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
             raise DataError(f"{where}: field 'responses' holds the same response twice (a ranking needs distinct ones)")
         return {"prompt": render_prompt(row), "responses": responses, "type": row.get("type"), "where": where}
     chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, list) or isinstance(row.get("prompt"), list):
+        return conversational_group(row)
     if not isinstance(chosen, str) or not isinstance(rejected, str):
         raise DataError(f"{where}: fields 'chosen' and 'rejected' must be strings")
     if "instruction" in row or "prompt" in row:
@@ -157,8 +179,9 @@ class RMDataset(torch.utils.data.Dataset):
         self.groups = read_comparisons(source, on_mismatch, limit)
         self.items, self.counter = [], TruncationCounter()
         for g in self.groups:
-            if chat_template:
-                prompt_ids, response_ids = encode_chat(tokenizer, chat_messages(g["prompt"]), g["responses"])
+            if chat_template or "messages" in g:
+                prompt_ids, response_ids = encode_chat(tokenizer, g.get("messages") or chat_messages(g["prompt"]),
+                                                       g["responses"])
             else:
                 prompt_ids = encode_prompt(tokenizer, g["prompt"])
                 response_ids = [encode_response(tokenizer, response) for response in g["responses"]]

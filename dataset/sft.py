@@ -11,7 +11,9 @@ Template (Alpaca style; the Input block is left out when a row has no input):
     ### Response:
     {response}</s>
 
-`prompt`/`completion` rows use their prompt text as is. Only response tokens and the final EOS are
+`prompt`/`completion` rows use their prompt text as is. `messages` rows (system/user/assistant turns), and
+every row under CHAT_TEMPLATE=True, go through the tokenizer's chat template instead (dataset/chat.py);
+then every assistant turn is supervised and nothing else. Only response tokens and the final EOS are
 supervised (label = token id); prompt and padding tokens get label -100, which cross-entropy ignores.
 
 Truncation policy, shared by every stage (`fit_lengths`): when prompt + response exceed the limit,
@@ -20,15 +22,19 @@ not fit is it cut from the right. Rows are never dropped; truncated rows are cou
 """
 import torch
 
+from dataset.chat import chat_prompt_ids, check_messages, encode_conversation, last_user_text, row_messages
 from dataset.io import read_rows
 
-SFT_FORMATS = [["instruction", "input", "output"], ["prompt", "completion"]]
-PROMPT_FORMATS = [["instruction", "input"], ["prompt"]]
+SFT_FORMATS = [["instruction", "input", "output"], ["prompt", "completion"], ["messages"]]
+PROMPT_FORMATS = [["instruction", "input"], ["prompt"], ["messages"]]
 MIN_PROMPT_TOKENS = 8  # the prompt keeps at least this many tokens when the response is long
 
 
 def render_prompt(row: dict) -> str:
-    """The prompt text of a row (Alpaca `instruction`/`input`, or a raw `prompt`)."""
+    """The prompt text of a row (Alpaca `instruction`/`input`, or a raw `prompt`). For a `messages` row,
+    the last user turn: what the gold judge reads (its tokens come from the chat template, `prompt_ids`)."""
+    if "messages" in row:
+        return last_user_text(row["messages"])
     if "instruction" in row:
         body = f"### Instruction:\n{row['instruction']}\n\n"
         if row.get("input"):
@@ -79,6 +85,26 @@ def encode_response(tokenizer, response: str) -> list:
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def prompt_ids(tokenizer, row: dict, chat_template: bool = False) -> list[int]:
+    """A row's prompt tokens: `messages` rows, and every row under CHAT_TEMPLATE=True, through the
+    tokenizer's chat template; Alpaca and raw-prompt rows otherwise as text."""
+    if chat_template or "messages" in row:
+        return chat_prompt_ids(tokenizer, row_messages(row))
+    return encode_prompt(tokenizer, render_prompt(row))
+
+
+def fit_conversation(ids: list, labels: list, max_len: int, counter: TruncationCounter = None):
+    """`fit_lengths` for a whole conversation: the last assistant turn is the response, everything
+    before it (earlier turns keep their labels) the prompt. Returns (ids, labels)."""
+    start = len(labels)
+    while start > 0 and labels[start - 1] != -100:
+        start -= 1
+    p, r = fit_lengths(ids[:start], ids[start:], max_len, counter)
+    cut = start - len(p)  # tokens removed after the BOS
+    p_labels = labels[:start] if cut == 0 else labels[:1] + labels[1 + cut: start]
+    return p + r, p_labels + r
+
+
 class ItemsDataset(torch.utils.data.Dataset):
     """A dataset whose tokenized items are built once, in __init__, into the list self.items."""
 
@@ -94,10 +120,17 @@ class ItemsDataset(torch.utils.data.Dataset):
 class SFTDataset(ItemsDataset):
     """Tokenized demonstrations: each item is {'input_ids', 'labels'} as lists of ints."""
 
-    def __init__(self, source: str, tokenizer, max_len: int, limit: int = None, verbose: bool = True):
+    def __init__(self, source: str, tokenizer, max_len: int, limit: int = None, verbose: bool = True,
+                 chat_template: bool = False):
         rows = read_rows(source, SFT_FORMATS, optional=("input",))[:limit]
         self.rows, self.items, counter = rows, [], TruncationCounter()
         for row in rows:
+            if "messages" in row or chat_template:
+                messages = (check_messages(row["messages"], row["_where"], need_assistant=True) if "messages" in row
+                            else row_messages(row) + [{"role": "assistant", "content": response_of(row)}])
+                ids, labels = fit_conversation(*encode_conversation(tokenizer, messages), max_len, counter)
+                self.items.append({"input_ids": ids, "labels": labels})
+                continue
             p, r = fit_lengths(encode_prompt(tokenizer, render_prompt(row)),
                                encode_response(tokenizer, response_of(row)), max_len, counter)
             self.items.append({"input_ids": p + r, "labels": [-100] * len(p) + r})
@@ -123,5 +156,10 @@ def sft_collate(items: list, pad_id: int) -> dict:
 
 
 def read_prompts(source: str, limit: int = None) -> list[dict]:
-    """Rows with a prompt (Alpaca `instruction`/`input` or `prompt`), for generation and PPO."""
-    return read_rows(source, PROMPT_FORMATS, optional=("input",))[:limit]
+    """Rows with a prompt (Alpaca `instruction`/`input`, `prompt`, or `messages` ending with a user turn),
+    for generation and PPO."""
+    rows = read_rows(source, PROMPT_FORMATS, optional=("input",))[:limit]
+    for row in rows:
+        if "messages" in row:
+            row["messages"] = check_messages(row["messages"], row["_where"], last="user")
+    return rows

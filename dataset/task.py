@@ -166,6 +166,15 @@ def score(prompt: str, response: str) -> float:
     return judge(prompt, response)["score"]
 
 
+def score_if_known(prompt: str, response: str):
+    """The gold score where the judge applies (one of the task's instructions with a valid input), else None:
+    for free-form prompts typed into chat.py or any prompt file."""
+    try:
+        return score(prompt, response)
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The generator
 DEMO_STYLES = {"preferred": 0.25, "bare": 0.55, "hedged": 0.20}  # demonstrators' habits

@@ -2,7 +2,7 @@
 import torch
 from transformers import GenerationConfig
 
-from dataset.sft import encode_prompt, fit_lengths, pad, render_prompt
+from dataset.sft import fit_lengths, pad, prompt_ids, render_prompt
 
 
 @torch.no_grad()
@@ -49,14 +49,21 @@ def decode_responses(tokenizer, sequences: torch.Tensor, prompt_len: int) -> lis
 
 
 def answer(model, tokenizer, rows: list[dict], max_prompt_len: int, max_new_tokens: int, batch_size: int = 64,
-           **sampling) -> list[str]:
+           chat_template: bool = False, **sampling) -> list[str]:
     """Answer each prompt row (greedy unless do_sample=True is passed)."""
     responses = []
     for i in range(0, len(rows), batch_size):
-        ids = [fit_lengths(encode_prompt(tokenizer, render_prompt(r)), [], max_prompt_len)[0] for r in rows[i: i + batch_size]]
+        ids = [fit_lengths(prompt_ids(tokenizer, r, chat_template), [], max_prompt_len)[0] for r in rows[i: i + batch_size]]
         seqs = generate(model, tokenizer, ids, max_new_tokens, **sampling)
         responses += decode_responses(tokenizer, seqs, max(len(p) for p in ids))
     return responses
+
+
+def respond(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16,
+            **sampling) -> list[str]:
+    """The assistant's next turn in each conversation, rendered with the tokenizer's chat template."""
+    return answer(model, tokenizer, [{"messages": c} for c in conversations], 10 ** 9, max_new_tokens, batch_size,
+                  **sampling)
 
 
 def gold_eval(model, tokenizer, rows: list[dict], max_prompt_len: int, max_new_tokens: int, **sampling) -> dict:

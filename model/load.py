@@ -63,7 +63,9 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     files = sorted(glob.glob(os.path.join(data_dir, "*.jsonl")))
     if not files:
         raise ModelError(f"MODEL='embedded' needs the shipped data in {data_dir}/; run `python -m dataset.task`")
-    digest = hashlib.sha256(json.dumps([config, seed]).encode())
+    from dataset.chat import EMBEDDED_TEMPLATE
+
+    digest = hashlib.sha256(json.dumps([config, seed, EMBEDDED_TEMPLATE]).encode())
     for path in files:
         with open(path, "rb") as f:
             digest.update(f.read())
@@ -71,6 +73,7 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     if os.path.exists(stamp) and open(stamp).read() == digest.hexdigest():
         return out_dir
     tokenizer = build_tokenizer(_shipped_texts(data_dir), config["vocab_size"])
+    tokenizer.chat_template = EMBEDDED_TEMPLATE  # its own small chat format (CHAT_TEMPLATE=True uses it)
     torch.manual_seed(seed)
     model = OPTForCausalLM(OPTConfig(**config))
     tmp = out_dir + ".tmp"
@@ -142,6 +145,35 @@ def set_pad_token(tok, where: str = "the tokenizer"):
 def load_causal_lm(name: str, setting: str = "MODEL", dtype=torch.float32):
     path, kw = resolve(name, setting)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+
+
+def load_checkpoint(path: str, setting: str = "MODEL"):
+    """(model in eval mode, tokenizer) of any checkpoint the project writes: a full or merged model dir,
+    an adapter dir (peft's adapter_config.json or BitFit's bitfit_config.json, on the base model it
+    names), or a stage's out_dir holding only adapter/ (prompt tuning, p-tuning, prefix tuning).
+    A tokenizer without a chat template gets the Alpaca one: the project's format before templates."""
+    from dataset.chat import use_chat_format
+    from model.peft import load_adapter
+
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")) \
+            and os.path.isdir(os.path.join(path, "adapter")):
+        return load_checkpoint(os.path.join(path, "adapter"), setting)
+    adapter = next((f for f in ("adapter_config.json", "bitfit_config.json") if os.path.exists(os.path.join(path, f))), None)
+    if adapter is None:
+        model, tok_dir = load_causal_lm(path, setting), path
+    else:
+        if adapter == "bitfit_config.json":  # BitFit records no base: the merged model sits one level up
+            base = os.path.dirname(os.path.abspath(path))
+        else:
+            with open(os.path.join(path, adapter)) as f:
+                base = json.load(f)["base_model_name_or_path"]
+        model = load_adapter(load_causal_lm(base, setting), path)
+        tok_dir = next((d for d in (path, os.path.dirname(os.path.abspath(path)), base)
+                        if os.path.exists(os.path.join(d, "tokenizer_config.json"))), base)
+    tokenizer = load_tokenizer(tok_dir, setting)
+    if not tokenizer.chat_template:
+        use_chat_format(tokenizer, False)
+    return model.eval(), tokenizer
 
 
 def opt125m_config(vocab_size: int = 50272) -> OPTConfig:

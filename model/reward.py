@@ -51,3 +51,35 @@ def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     finally:
         handle.remove()
     return outputs[0].squeeze(-1).float()  # (B, T)
+
+
+def load_scorer(path: str, setting: str = "RM"):
+    """(reward model in eval mode, its tokenizer with the chat format it was trained on) for score_replies;
+    a tokenizer saved without a chat template gets the Alpaca one (the project's format before templates)."""
+    from dataset.chat import use_chat_format
+    from model.load import load_tokenizer
+
+    tokenizer = load_tokenizer(path, setting)
+    if not tokenizer.chat_template:
+        use_chat_format(tokenizer, False)
+    return load_reward_model(path, tokenizer.pad_token_id, setting).eval(), tokenizer
+
+
+@torch.no_grad()
+def score_replies(model, tokenizer, conversations: list[list[dict]], replies: list[str], batch_size: int = 16) -> list[float]:
+    """Reward of each reply to its conversation, both rendered with the reward model's own chat template
+    (its tokenizer's: the format it was trained on), read at the reply's end-of-turn token."""
+    from dataset.chat import encode_text, reply_text
+    from dataset.sft import pad
+
+    seqs = []
+    for messages, reply in zip(conversations, replies):
+        prompt, turn = reply_text(tokenizer, messages, reply)
+        seqs.append(encode_text(tokenizer, prompt) + encode_text(tokenizer, turn))
+    scores = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i: i + batch_size]
+        input_ids = pad(chunk, tokenizer.pad_token_id).to(model.device)  # (B, T)
+        attention_mask = pad([[1] * len(s) for s in chunk], 0).to(model.device)  # (B, T)
+        scores += reward_scores(model, input_ids, attention_mask).tolist()
+    return scores

@@ -1,4 +1,6 @@
 """Command-line overrides of a script's constants (utils.configure)."""
+import json
+
 import pytest
 
 from utils import ConfigError, configure
@@ -33,3 +35,44 @@ def test_wrong_type_raises(args):
 def test_missing_value_raises():
     with pytest.raises(ConfigError, match="missing value"):
         configure(settings(), ["--lr"])
+
+
+def test_config_file_replays_a_run_and_flags_win(tmp_path):
+    """--config loads every setting a saved run_config.json holds; a flag given beside it wins, whether it
+    comes before or after --config."""
+    path = tmp_path / "run_config.json"
+    path.write_text(json.dumps({"LR": 3e-5, "MAX_STEPS": 77, "MODEL": "out/sft", "BF16": True, "EVAL_LIMIT": None}))
+    for argv in (["--config", str(path), "--max_steps", "5"], ["--max_steps=5", f"--config={path}"]):
+        ns = settings()
+        cfg = configure(ns, argv)
+        assert (ns["LR"], ns["MAX_STEPS"], ns["MODEL"], ns["BF16"]) == (3e-5, 5, "out/sft", True)
+        assert cfg["MAX_STEPS"] == 5 and cfg["LR"] == 3e-5
+
+
+def test_config_file_of_another_script_or_wrong_type_raises(tmp_path):
+    """A run_config with a setting this script lacks, or a value of the wrong type, is an error naming it."""
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"LR": 1e-3, "TRAIN_LAYERS": 0}))
+    with pytest.raises(ConfigError, match="does not have: TRAIN_LAYERS"):
+        configure(settings(), ["--config", str(other)])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"MAX_STEPS": "ten"}))
+    with pytest.raises(ConfigError, match="--max_steps: expected int"):
+        configure(settings(), ["--config", str(bad)])
+
+
+def test_train_script_replays_its_saved_run_config(tmp_path):
+    """A stage run with --config <a saved run_config.json> runs with that run's settings (its run_config
+    equals the saved one except for the flags given beside --config)."""
+    from conftest import run_script
+
+    first = tmp_path / "first"
+    run_script("train_sft.py", "--out_dir", str(first), "--max_steps", "2", "--batch_size", "4", "--eval_data", "none",
+               "--train_data", "ds/sft_eval.jsonl",
+               "--eval_prompts", "none", "--lr", "1e-4", "--warmup_steps", "0", "--save_interval", "0")
+    saved = json.load(open(first / "run_config.json"))
+    out = run_script("train_sft.py", "--config", str(first / "run_config.json"), "--out_dir", str(tmp_path / "second"))
+    replayed = json.load(open(tmp_path / "second" / "run_config.json"))
+    assert replayed == {**saved, "OUT_DIR": str(tmp_path / "second")} and "config: " in out
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "second" / "metrics.jsonl")]
+    assert steps[-1] == 2  # MAX_STEPS=2 came from the file, not the script's default

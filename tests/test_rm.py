@@ -209,9 +209,10 @@ def test_chat_template_turns_hh_dialogue_into_messages_and_closes_each_reply(tok
                                    {"role": "user", "content": "Help me?"}]
     assert chat_messages("### Instruction:\nAdd.") == [{"role": "user", "content": "### Instruction:\nAdd."}]
     path = write_rows(tmp_path, "hh.jsonl", [{"chosen": head + " Sure.", "rejected": head + " No."}])
-    with pytest.raises(ValueError, match="chat template"):
-        RMDataset(path, tok, 64, verbose=False, chat_template=True)  # the embedded tokenizer has none
     chat_tok = load_tokenizer("embedded")
+    chat_tok.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        RMDataset(path, chat_tok, 64, verbose=False, chat_template=True)  # a tokenizer without a template
     chat_tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}\n{% endfor %}"
                               "{% if add_generation_prompt %}[assistant] {% endif %}")
     prompt_ids, replies = encode_chat(chat_tok, chat_messages(head), [" Sure.", " No."])

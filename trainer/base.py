@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.dist import all_ranks, is_sharded, make_accelerator, reduce_sum
+from trainer.tracking import end_trackers, start_trackers
 from utils import append_jsonl, rng_state, seed_everything, set_rng_state, write_json
 
 
@@ -38,7 +39,8 @@ class Trainer:
     def __init__(self, model, train_data, collate, out_dir: str, run_config: dict, *, lr: float, max_steps: int,
                  batch_size: int, grad_accum: int = 1, warmup_steps: int = 0, weight_decay: float = 0.0,
                  grad_clip: float = 1.0, eval_interval: int = 0, log_interval: int = 10, save_interval: int = 0,
-                 seed: int = 0, bf16: bool = False, resume: bool = False, best_metric: str = None):
+                 seed: int = 0, bf16: bool = False, resume: bool = False, best_metric: str = None,
+                 log_with: str = "none"):
         self.accelerator = make_accelerator("bf16" if bf16 else "no")
         self.device = self.accelerator.device
         self.train_data, self.collate, self.out_dir, self.run_config = train_data, collate, out_dir, run_config
@@ -54,6 +56,7 @@ class Trainer:
             if not (resume and os.path.exists(self.ckpt_dir)) and os.path.exists(metrics_path):
                 os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
         self.warmup_steps = warmup_steps
+        start_trackers(self.accelerator, log_with, out_dir, run_config)
         if model is not None:
             self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, lr, weight_decay))
             self.scheduler = self.lr_schedule(self.optimizer)
@@ -132,6 +135,7 @@ class Trainer:
             if self.save_interval and self.step % self.save_interval == 0 and self.step < self.max_steps:
                 self.save_checkpoint()
         bar.close()
+        end_trackers(self.accelerator)
         metrics["train_seconds"] = time.time() - start
         return metrics
 
@@ -217,12 +221,19 @@ class Trainer:
     def write_metrics(self, metrics: dict) -> None:
         if self.accelerator.is_main_process:
             append_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), {"step": self.step, "time": time.time(), **metrics})
+            if self.accelerator.trackers:  # the same keys and values, x = step
+                self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
             if any(k.startswith("eval/") for k in metrics):
                 self.log(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("eval/")))
 
     def log(self, text: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(text)
+
+    def log_text(self, key: str, text: str) -> None:
+        """Text (e.g. a markdown table of sample completions) to the experiment trackers, at this step."""
+        if self.accelerator.trackers:
+            self.accelerator.log({key: text}, step=self.step)
 
 
 def check_sharded_settings(accelerator, save_interval: int, resume: bool, grad_accum: int) -> None:

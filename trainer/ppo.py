@@ -24,6 +24,7 @@ from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, 
 from model.reward import position_ids_for, reward_scores, token_values
 from trainer.base import Trainer, adamw
 from trainer.dist import check_two_models, gather_shards, mean_over_ranks, shard, tensor_sum
+from trainer.tracking import markdown_table
 
 
 @dataclass
@@ -298,6 +299,7 @@ class PPOTrainer(Trainer):
         self.last_rows = result.pop("rows")
         for row in self.last_rows[: self.eval_rows_shown]:
             self.log(f"  {row['input']!r:24} -> {row['response']!r:32} rm={row['reward']:+.2f} gold={row['gold']:.1f} kl={row['kl']:.2f}")
+        self.log_text("eval/samples", markdown_table(self.last_rows[: self.eval_rows_shown]))  # sample completions to the trackers
         return {k: v for k, v in result.items() if "/" not in k}
 
     @torch.no_grad()

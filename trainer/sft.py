@@ -15,10 +15,11 @@ from trainer.dist import reduce_sum, shard
 
 class SFTTrainer(Trainer):
     def __init__(self, model, tokenizer, train_data, eval_data=None, eval_prompts=None, *, max_prompt_len: int = 64,
-                 max_new_tokens: int = 32, eval_batch_size: int = 64, **kwargs):
+                 max_new_tokens: int = 32, eval_batch_size: int = 64, chat_template: bool = False, **kwargs):
         super().__init__(model, train_data, lambda items: sft_collate(items, tokenizer.pad_token_id), **kwargs)
         self.tokenizer, self.eval_data, self.eval_prompts = tokenizer, eval_data, eval_prompts
         self.max_prompt_len, self.max_new_tokens, self.eval_batch_size = max_prompt_len, max_new_tokens, eval_batch_size
+        self.chat_template = chat_template  # prompts through the tokenizer's chat template (dataset/chat.py)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
@@ -49,6 +50,6 @@ class SFTTrainer(Trainer):
             out["loss"] = self.eval_loss()
         if self.eval_prompts:
             gold = gold_eval(self.unwrap(self.model), self.tokenizer, self.eval_prompts, self.max_prompt_len,
-                             self.max_new_tokens, batch_size=self.eval_batch_size)
+                             self.max_new_tokens, batch_size=self.eval_batch_size, chat_template=self.chat_template)
             out.update(gold_score=gold["score"], correct=gold["correct"], format=gold["format"])
         return out
