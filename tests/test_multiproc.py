@@ -28,10 +28,13 @@ def free_port() -> int:
 def launch(mode: str, out_dir, expect_success: bool = True) -> subprocess.CompletedProcess:
     """tests/dist_worker.py MODE OUT_DIR under `python -m torch.distributed.run --nproc_per_node 2`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                           "tests/dist_worker.py", mode, str(out_dir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    for _ in range(2):  # a second try only if another program took the free port before the launcher bound it
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                               "tests/dist_worker.py", mode, str(out_dir)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        if "address already in use" not in proc.stderr.lower() and "EADDRINUSE" not in proc.stderr:
+            break
     if expect_success:
         assert proc.returncode == 0, f"{mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
