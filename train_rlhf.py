@@ -115,31 +115,32 @@ def main():
         eval_prompts, out_dir=OUT_DIR, run_config=config, max_steps=ITERATIONS, warmup_steps=WARMUP_STEPS,
         grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL,
         seed=SEED, bf16=BF16, resume=RESUME, log_with=LOG_WITH)
-    print(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
+    trainer.log(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
 
     before = {}
     if eval_prompts:  # the SFT policy (the actor before any update) on the held-out prompts
         before = {"greedy": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=False),
                   "sampled": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=True)}
-        print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
-              f"RM score {before['greedy']['reward']:.3f}")
+        trainer.log(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
+                    f"RM score {before['greedy']['reward']:.3f}")
         if not trainer.resuming:  # step 0 of the curves: the SFT policy
             trainer.write_metrics({f"eval/{k}": v for k, v in before["greedy"].items() if k != "rows" and "/" not in k})
     start = time.time()
     trainer.fit()
     train_seconds = time.time() - start
-    if PEFT == "lora":
+    if PEFT != "lora":
+        trainer.save_model(OUT_DIR, tokenizer)
+    elif trainer.accelerator.is_main_process:  # only the main process writes files
         print(save_peft(trainer.unwrap(trainer.actor), OUT_DIR, tokenizer))
         write_json(os.path.join(OUT_DIR, "run_config.json"), config)
-    else:
-        trainer.save_model(OUT_DIR, tokenizer)
+    if eval_prompts:  # every rank answers its share of the prompts (trainer/ppo.py evaluate_policy)
+        policy = trainer.unwrap(trainer.actor)
+        after = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
+                 "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
     if not trainer.accelerator.is_main_process:
         return
     summary = {"iterations": ITERATIONS, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(), "peft": PEFT, "reward": REWARD}
     if eval_prompts:
-        policy = trainer.unwrap(trainer.actor)
-        after = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
-                 "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
         report(before, after, eval_prompts)
         summary.update(gold_score_sft=before["greedy"]["gold_score"], gold_score=after["greedy"]["gold_score"],
                        gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],

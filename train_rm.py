@@ -21,6 +21,7 @@ from model.load import load_tokenizer
 from model.peft import apply_peft, save_peft
 from model.reward import load_reward_model
 from trainer.checkpoint import lock_out_dir
+from trainer.dist import is_sharded
 from trainer.rm import RMTrainer, fit_linear_head, last_token_features, pairwise_metrics
 from utils import ConfigError, configure, peak_rss_mb, quiet_transformers, run_main, seed_everything, write_json
 
@@ -123,7 +124,7 @@ def main():
                         bf16=BF16, resume=RESUME, log_with=LOG_WITH, best_metric="eval/accuracy")
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
+    trainer.log(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
     before = trainer.run_evaluation() if eval_data is not None and not trainer.resuming else {}
     if before:
         trainer.write_metrics(before)  # step 0: the reward model before training (fresh head)
@@ -131,10 +132,11 @@ def main():
     final = trainer.fit()
     train_seconds = time.time() - start
     best_dir = os.path.join(OUT_DIR, "best")
-    if PEFT == "none" and trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0):
+    if (PEFT == "none" and trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0)
+            and not is_sharded(trainer.accelerator)):  # a sharded model takes no plain state dict; out_dir/best stays
         trainer.unwrap(trainer.model).load_state_dict(load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
         final.update(trainer.run_evaluation())
-        print(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
+        trainer.log(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
     if PEFT == "none":
         trainer.save_model(OUT_DIR, tokenizer)
     elif trainer.accelerator.is_main_process:  # adapter in OUT_DIR/adapter, merged reward model in OUT_DIR

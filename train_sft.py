@@ -74,11 +74,11 @@ def main():
                          weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL,
                          log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME, log_with=LOG_WITH)
     trainable, num_params = count_parameters(model)
-    print(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
-    print(format_counts(trainable, num_params))
+    trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
+    trainer.log(format_counts(trainable, num_params))
     before = trainer.run_evaluation()  # the model before SFT (a resumed run loads its checkpoint in fit())
     if not trainer.resuming:
-        trainer.write_metrics(before)  # step 0 of metrics.jsonl
+        trainer.write_metrics(before)  # step 0: the model before SFT
     start = time.time()
     final = trainer.fit()
     if PEFT == "none":

@@ -40,10 +40,16 @@ def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) ->
     return -F.logsigmoid(chosen_scores.float() - rejected_scores.float()).mean()
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked positions; masked-out positions come back as 0.  x, mask: (B, T)"""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, all_reduce=None) -> torch.Tensor:
+    """(x - mean) / std over the masked positions; masked-out positions come back as 0.  x, mask: (B, T)
+
+    all_reduce: a function that sums a tensor over processes; with it, mean and std are those of the
+    global batch (every process's masked positions), not of this process's share."""
+    total = all_reduce or (lambda t: t)
+    mask = mask.to(x.dtype)
+    count, sum_x = total(torch.stack([mask.sum(), (x * mask).sum()])).unbind()
+    mean = sum_x / count.clamp(min=1)
+    var = total(((x - mean) ** 2 * mask).sum()) / count.clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
 

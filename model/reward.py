@@ -36,11 +36,20 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 
 def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head at every position (PPO's critic).  (B, T) -> (B, T); values[:, t] estimates
-    the return after token t."""
-    backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_for(attention_mask)).last_hidden_state  # (B, T, H)
-    return model.score(hidden).squeeze(-1).float()  # (B, T)
+    the return after token t.
+
+    The model's own forward runs (a sequence classifier applies its head at every position, then keeps
+    the last token's score); a hook on the head keeps all positions. Going through the forward, not the
+    backbone submodule, matters under several processes: a DDP / FSDP / DeepSpeed wrapper only
+    synchronises gradients (and gathers sharded weights) for calls that go through the wrapper."""
+    head = getattr(model, "module", model).score  # the wrapper's module, or the model itself
+    outputs = []
+    handle = head.register_forward_hook(lambda module, args, out: outputs.append(out))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask))
+    finally:
+        handle.remove()
+    return outputs[0].squeeze(-1).float()  # (B, T)
 
 
 def load_scorer(path: str, setting: str = "RM"):

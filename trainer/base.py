@@ -1,13 +1,19 @@
 """The training loop every stage uses. Nothing here knows about RLHF.
 
 Owns: device placement, mixed precision and multi-process (through `accelerate`, so `accelerate launch`
-or `torchrun` need no new code), AdamW with linear warmup and cosine decay, gradient accumulation and
-clipping, evaluation cadence, a tqdm bar with the live loss, `metrics.jsonl`, and exactly resumable
-checkpoints (crash-safe, no pickle; `trainer/checkpoint.py`). SIGTERM / SIGINT finish the current step,
-write a checkpoint and exit with 128 + the signal number; one run at a time holds `out_dir` (a lock file).
+or `torchrun` need no new code; trainer/dist.py makes sure the processes really form one group), AdamW
+with linear warmup and cosine decay, gradient accumulation and clipping, evaluation cadence, a tqdm
+bar with the live loss, `metrics.jsonl`, and exactly resumable checkpoints (crash-safe, no pickle;
+`trainer/checkpoint.py`). SIGTERM / SIGINT finish the current step, write a checkpoint and exit with
+128 + the signal number; one run at a time holds `out_dir` (a lock file).
 
-Subclasses fill in `compute_loss(batch) -> (loss, metrics)` and, if needed, `evaluate()`; PPO replaces
-`training_step` and extends `state_dict` / `load_state_dict`.
+Subclasses fill in `compute_loss(batch) -> (loss, metrics)`, `loss_weight(batch)` (how many terms the
+loss averages over: supervised tokens, pairs) and, if needed, `evaluate()`; PPO replaces `training_step`
+and extends `state_dict` / `load_state_dict`.
+
+Several processes equal one: each step's loss is the mean over the terms of the whole global batch
+(all micro-batches of all ranks), so 2 processes x batch b take the step 1 process x batch 2b takes,
+and the logged train metrics are the same global means.
 
 Data order is a pure function of (seed, sample index): sample k of the run is item perm_e[k % N] of the
 dataset, with perm_e a seeded permutation for epoch e = k // N. Resuming at step s therefore needs no
@@ -19,13 +25,13 @@ import os
 import time
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from trainer.dist import all_ranks, is_sharded, make_accelerator, reduce_sum
 from trainer.tracking import end_trackers, start_trackers
-from trainer.checkpoint import (Preempted, StopOnSignal, candidates, drop_rows_after, load_newest, lock_out_dir,
+from trainer.checkpoint import (CheckpointError, Preempted, StopOnSignal, candidates, drop_rows_after, load_newest, lock_out_dir,
                                 resume_command, save_checkpoint)
-from utils import UserError, append_jsonl, rng_state, set_rng_state, write_json
+from utils import UserError, append_jsonl, rng_state, seed_everything, set_rng_state, write_json
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -39,13 +45,14 @@ class Trainer:
                  grad_clip: float = 1.0, eval_interval: int = 0, log_interval: int = 10, save_interval: int = 0,
                  seed: int = 0, bf16: bool = False, resume: bool = False, best_metric: str = None,
                  log_with: str = "none"):
-        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
+        self.accelerator = make_accelerator("bf16" if bf16 else "no")
         self.device = self.accelerator.device
         self.train_data, self.collate, self.out_dir, self.run_config = train_data, collate, out_dir, run_config
         self.max_steps, self.batch_size, self.grad_accum = max_steps, batch_size, grad_accum
         self.grad_clip, self.eval_interval, self.log_interval = grad_clip, eval_interval, log_interval
         self.save_interval, self.seed, self.resume, self.best_metric = save_interval, seed, resume, best_metric
         self.step, self.best_value, self._perms = 0, None, {}
+        check_sharded_settings(self.accelerator, save_interval, resume, grad_accum)
         self.ckpt_dir = os.path.join(out_dir, "checkpoint")
         if self.accelerator.is_main_process:
             lock_out_dir(out_dir)  # before touching anything in it: a second run on out_dir stops here
@@ -60,6 +67,8 @@ class Trainer:
         if model is not None:
             self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, lr, weight_decay))
             self.scheduler = self.lr_schedule(self.optimizer)
+        if self.accelerator.process_index > 0:  # own random numbers per rank (dropout, sampling); rank 0 keeps
+            seed_everything(seed + 1000003 * self.accelerator.process_index)  # the single-process stream
 
     def lr_schedule(self, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.warmup_steps, self.max_steps))
@@ -71,21 +80,34 @@ class Trainer:
     def evaluate(self) -> dict:
         return {}
 
+    def loss_weight(self, batch: dict) -> float:
+        """How many terms compute_loss(batch) averages over (1: every micro-batch counts the same)."""
+        return 1.0
+
     def training_step(self) -> dict:
-        """One optimizer step over `grad_accum` micro-batches; returns the step's metrics."""
+        """One optimizer step over `grad_accum` micro-batches; returns the step's metrics.
+
+        The step's loss is sum over all terms of the global batch / their total count W (all-reduced):
+        micro-batch j of rank r, with mean loss L_rj over its w_rj terms, back-propagates
+        L_rj * w_rj * world / W, and DDP's gradient average over ranks divides the world back out."""
         self.model.train()
-        totals = {}
-        for micro in range(self.grad_accum):
-            batch = self.get_batch(self.step * self.grad_accum + micro)
+        batches = [self.get_batch(self.step * self.grad_accum + micro) for micro in range(self.grad_accum)]
+        weights = [float(self.loss_weight(b)) for b in batches]
+        total = max(reduce_sum(self.accelerator, {"w": sum(weights)})["w"], 1e-12)  # W
+        sums = {}
+        for micro, (batch, weight) in enumerate(zip(batches, weights)):
             sync = micro == self.grad_accum - 1
             with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
                 with self.accelerator.autocast():
                     loss, metrics = self.compute_loss(batch)
                 self.check_finite(loss)
-                self.accelerator.backward(loss / self.grad_accum)
+                self.accelerator.backward(loss * (weight * self.accelerator.num_processes / total))
             for k, v in {"train/loss": loss.item(), **metrics}.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / self.grad_accum
-        totals["train/grad_norm"] = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+                sums[k] = sums.get(k, 0.0) + float(v) * weight
+        totals = {k: v / total for k, v in reduce_sum(self.accelerator, sums).items()}  # global means
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if grad_norm is not None:  # DeepSpeed clips inside its engine (gradient_clipping in the config) and returns None
+            totals["train/grad_norm"] = float(grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -157,7 +179,8 @@ class Trainer:
         return self.accelerator.unwrap_model(model)
 
     def check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():
+        """Stop on a NaN/inf loss; every rank stops together (a rank left alone would wait forever)."""
+        if reduce_sum(self.accelerator, {"bad": not bool(torch.isfinite(loss).all())})["bad"]:
             raise NonFiniteLossError(
                 f"step {self.step}: the loss is {loss.item()}; training stopped. The last good checkpoint "
                 f"({self.ckpt_dir if os.path.exists(self.ckpt_dir) else 'none saved yet'}) is untouched. "
@@ -166,8 +189,9 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """The full training state (safetensors + JSON, crash-safe swap: trainer/checkpoint.py), main process only."""
         self.accelerator.wait_for_everyone()
+        rng = all_ranks(self.accelerator, rng_state())  # every rank's generators: dropout and sampling differ per rank
         if self.accelerator.is_main_process:
-            save_checkpoint(self.ckpt_dir, {"trainer": self.state_dict(), "rng": rng_state(), "best_value": self.best_value},
+            save_checkpoint(self.ckpt_dir, {"trainer": self.state_dict(), "rng": rng, "best_value": self.best_value},
                             self.step, self.run_config)
         self.accelerator.wait_for_everyone()
 
@@ -175,7 +199,7 @@ class Trainer:
         self.step, state, path = load_newest(self.ckpt_dir)
         self.load_state_dict(state["trainer"])
         self.best_value = state["best_value"]
-        set_rng_state(state["rng"])
+        set_rng_state(self.rank_rng_state(state["rng"]))
         if self.accelerator.is_main_process:  # lines a killed run logged after its checkpoint are redone
             drop_rows_after(os.path.join(self.out_dir, "metrics.jsonl"), self.step)
         self.log(f"resumed from {path} at step {self.step}")
@@ -193,14 +217,24 @@ class Trainer:
                  f"Resume with: {resume_command()}")
         raise Preempted(128 + signum)
 
+    def rank_rng_state(self, saved) -> dict:
+        """This rank's RNG state from a checkpoint's list of per-rank states (a single state: older format)."""
+        if isinstance(saved, dict):
+            return saved
+        if len(saved) != self.accelerator.num_processes:  # sample k of the run is placed by rank and world size too
+            raise CheckpointError(f"{self.ckpt_dir} was written by {len(saved)} process(es); resume it with the same "
+                               f"number (torchrun --nproc_per_node {len(saved)}), not {self.accelerator.num_processes}")
+        return saved[self.accelerator.process_index]
+
     def save_model(self, out_dir: str, tokenizer=None) -> None:
         """An HF-format checkpoint (save_pretrained) plus the resolved run config."""
-        self.accelerator.wait_for_everyone()
+        state = self.accelerator.get_state_dict(self.model)  # a collective under FSDP / ZeRO-3: gathers the shards
         if self.accelerator.is_main_process:
-            self.unwrap(self.model).save_pretrained(out_dir)
+            self.unwrap(self.model).save_pretrained(out_dir, state_dict=state)
             if tokenizer is not None:
                 tokenizer.save_pretrained(out_dir)
             write_json(os.path.join(out_dir, "run_config.json"), self.run_config)
+        self.accelerator.wait_for_everyone()  # other ranks may read it next (train_rm.py reloads out_dir/best)
 
     def write_metrics(self, metrics: dict) -> None:
         if self.accelerator.is_main_process:
@@ -218,6 +252,16 @@ class Trainer:
         """Text (e.g. a markdown table of sample completions) to the experiment trackers, at this step."""
         if self.accelerator.trackers:
             self.accelerator.log({key: text}, step=self.step)
+
+
+def check_sharded_settings(accelerator, save_interval: int, resume: bool, grad_accum: int) -> None:
+    """Settings that FSDP / DeepSpeed runs do not support yet, refused before any work."""
+    if is_sharded(accelerator) and (save_interval or resume):
+        raise SystemExit(f"error: SAVE_INTERVAL / RESUME under {accelerator.distributed_type.name}: the resumable checkpoint "
+                         "holds full (unsharded) states and is not written for sharded runs; set --save_interval 0")
+    if accelerator.distributed_type.name == "DEEPSPEED" and grad_accum > 1:
+        raise SystemExit("error: GRAD_ACCUM > 1 under DeepSpeed: its engine divides by its own gradient_accumulation_steps; "
+                         "keep GRAD_ACCUM=1 and raise BATCH_SIZE or the number of processes")
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

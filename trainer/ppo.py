@@ -23,6 +23,7 @@ from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, 
                         policy_loss, token_logprobs, value_loss)
 from model.reward import position_ids_for, reward_scores, token_values
 from trainer.base import Trainer, adamw
+from trainer.dist import check_two_models, gather_shards, mean_over_ranks, shard, tensor_sum
 from trainer.tracking import markdown_table
 from utils import ConfigError
 
@@ -116,7 +117,9 @@ class PPOTrainer(Trainer):
                          **kwargs)
         self.cfg = cfg
         actor_opt, critic_opt = adamw(actor, cfg.actor_lr, cfg.weight_decay), adamw(critic, cfg.critic_lr, cfg.weight_decay)
-        self.actor, self.actor_opt, self.critic, self.critic_opt = self.accelerator.prepare(actor, actor_opt, critic, critic_opt)
+        check_two_models(self.accelerator)
+        self.actor, self.actor_opt = self.accelerator.prepare(actor, actor_opt)  # one model per call: FSDP2 wraps
+        self.critic, self.critic_opt = self.accelerator.prepare(critic, critic_opt)  # one model per prepare()
         self.actor_sched, self.critic_sched = self.lr_schedule(self.actor_opt), self.lr_schedule(self.critic_opt)
         self.model = self.actor  # what the base class evaluates and saves
         self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
@@ -193,14 +196,14 @@ class PPOTrainer(Trainer):
         #    was read at a token that is not the EOS the reward model was trained on)
         scores = raw_scores
         if self.cfg.normalize_scores:
-            self.score_moments.update(raw_scores)
+            self.score_moments.update(self.accelerator.gather(raw_scores))  # every rank's scores: same moments everywhere
             scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
         scores = scores - self.cfg.missing_eos_penalty * (~has_eos).float()
         # 7. per-token reward: -beta * KL everywhere, + score on the last response token
         rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, action_mask, self.beta)
         # 8. GAE advantages and returns; whiten advantages over the batch's response tokens
         advantages, returns = compute_gae(rewards, values, action_mask, self.cfg.gamma, self.cfg.lam)
-        advantages = masked_whiten(advantages, action_mask)
+        advantages = masked_whiten(advantages, action_mask, all_reduce=lambda t: tensor_sum(self.accelerator, t))
         return Experience(sequences, attention_mask, action_mask, logprobs, ref_logprobs, values * action_mask,
                           rewards, advantages, returns, scores, raw_scores, kl, P)
 
@@ -238,11 +241,12 @@ class PPOTrainer(Trainer):
                 stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx.item(),
                               "entropy": entropy, **pg_stats, **vf_stats})
             epoch_kl = sum(s["approx_kl"] for s in stats[-(B // cfg.mini_batch):]) / (B // cfg.mini_batch)
+            epoch_kl = mean_over_ranks(self.accelerator, {"kl": epoch_kl})["kl"]  # every rank stops at the same epoch
             if cfg.stop_approx_kl and epoch_kl > cfg.stop_approx_kl:  # the policy moved far from the rollout's
                 break
         self.actor_sched.step()
         self.critic_sched.step()
-        self.first_minibatch_stats = stats[0]
+        self.first_minibatch_stats = stats[0]  # this rank's
         out = {f"ppo/{k}": sum(s[k] for s in stats) / len(stats) for k in stats[0]}
         out.update({"ppo/epochs": epoch + 1, "ppo/lr": self.actor_sched.get_last_lr()[0]})
         return out
@@ -268,16 +272,18 @@ class PPOTrainer(Trainer):
             "ppo/truncated_frac": 1 - has_eos.mean().item(),
             "ppo/explained_variance": explained_variance(exp.values, exp.returns, mask),
         })
-        if metrics["ppo/truncated_frac"] > 0.25 and not self.warned_truncation:
+        gold = self.gold_of(items, exp)
+        if gold is not None:
+            metrics["ppo/gold_score"] = gold
+        metrics = mean_over_ranks(self.accelerator, metrics)  # ranks hold equal shares: the global batch's means
+        if metrics["ppo/truncated_frac"] > 0.25 and not self.warned_truncation and self.accelerator.is_main_process:
             self.warned_truncation = True
             warnings.warn(f"{metrics['ppo/truncated_frac']:.0%} of the responses reached MAX_NEW_TOKENS="
                           f"{self.cfg.max_new_tokens} without EOS: the reward model scores them at a token it was "
                           "not trained to score there (they get -MISSING_EOS_PENALTY); raise MAX_NEW_TOKENS")
-        gold = self.gold_of(items, exp)
-        if gold is not None:
-            metrics["ppo/gold_score"] = gold
-        if self.cfg.target_kl:
-            self.beta = adaptive_beta(self.beta, kl_per_seq, self.cfg.target_kl, exp.sequences.size(0), self.cfg.kl_horizon)
+        if self.cfg.target_kl:  # the global KL and batch: one beta on every rank
+            self.beta = adaptive_beta(self.beta, metrics["ppo/kl"], self.cfg.target_kl,
+                                      exp.sequences.size(0) * self.accelerator.num_processes, self.cfg.kl_horizon)
         return metrics
 
     def gold_of(self, items, exp):
@@ -304,11 +310,12 @@ class PPOTrainer(Trainer):
         type) and the summed KL to the reference over the response tokens."""
         was_training = policy.training
         policy.eval()
+        mine, real = shard(self.accelerator, items)  # each rank answers its share of the prompts
         with self.accelerator.autocast():
-            rows = [row for i in range(0, len(items), batch_size)
-                    for row in self.answer_rows(policy, items[i: i + batch_size], do_sample)]
+            rows = [row for i in range(0, len(mine), batch_size)
+                    for row in self.answer_rows(policy, mine[i: i + batch_size], do_sample)]
         policy.train(was_training)
-        return summarize_rows(rows)
+        return summarize_rows(gather_shards(self.accelerator, rows[:real]))  # all rows, in prompt order, on every rank
 
     def answer_rows(self, policy, chunk: list[dict], do_sample: bool) -> list[dict]:
         """One evaluation batch: answers, RM score, gold judgement (shipped-task rows) and summed KL to the reference."""

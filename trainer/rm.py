@@ -68,6 +68,10 @@ class RMTrainer(Trainer):
         metrics = {"train/accuracy": (margin > 0).float().mean().item(), "train/margin": margin.mean().item()}
         return pairwise_loss(chosen, rejected), metrics
 
+    def loss_weight(self, batch: dict) -> float:
+        """pairwise_loss averages over the batch's pairs."""
+        return len(batch["chosen_index"])
+
     def evaluate(self) -> dict:
         if self.eval_data is None:
             return {}

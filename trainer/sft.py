@@ -10,6 +10,7 @@ from model.generate import gold_eval
 from model.loss import lm_loss
 from model.peft.prompt_tuning import text_logits
 from trainer.base import Trainer
+from trainer.dist import reduce_sum, shard
 
 
 class SFTTrainer(Trainer):
@@ -24,17 +25,24 @@ class SFTTrainer(Trainer):
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
         return lm_loss(text_logits(logits, batch["input_ids"]), batch["labels"]), {}
 
+    def loss_weight(self, batch: dict) -> float:
+        """lm_loss averages over the supervised tokens (the ones that predict a label)."""
+        return int((batch["labels"][:, 1:] != -100).sum())
+
     def eval_loss(self) -> float:
-        """Mean loss over supervised tokens of the held-out demonstrations (token-weighted)."""
-        total, count = 0.0, 0
-        for i in range(0, len(self.eval_data), self.eval_batch_size):
+        """Mean loss over supervised tokens of the held-out demonstrations (token-weighted; the
+        batches are shared out over the ranks and the sums all-reduced)."""
+        total, count, model = 0.0, 0, self.unwrap(self.model)
+        starts, real = shard(self.accelerator, list(range(0, len(self.eval_data), self.eval_batch_size)))
+        for j, i in enumerate(starts):  # same count on every rank; the top-up copies (j >= real) do not count
             batch = sft_collate(self.eval_data.items[i: i + self.eval_batch_size], self.tokenizer.pad_token_id)
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits = text_logits(logits, batch["input_ids"])  # (B, T, V)
-            n = int((batch["labels"][:, 1:] != -100).sum())
+            n = int((batch["labels"][:, 1:] != -100).sum()) if j < real else 0
             total, count = total + lm_loss(logits, batch["labels"]).item() * n, count + n
-        return total / count
+        sums = reduce_sum(self.accelerator, {"total": total, "count": count})
+        return sums["total"] / sums["count"]
 
     def evaluate(self) -> dict:
         out = {}

@@ -1,0 +1,109 @@
+"""Multi-process plumbing: one accelerator that really forms the process group, and the few collectives
+the trainers need (sums, means, sharded work gathered back in order, every rank's RNG state).
+
+Every function here is a collective when more than one process runs: all ranks must call it, in the
+same order, with the same keys. With one process each is the identity, so single-process code pays nothing.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+
+
+class LaunchError(RuntimeError):
+    """The launcher started several processes but they did not join one process group."""
+
+
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """An Accelerator whose process count matches the launcher's WORLD_SIZE.
+
+    accelerate 1.15 on a machine without a GPU gives every process of `torchrun --nproc_per_node 2`
+    its own single-process state (DistributedType.NO, each one "main"): two copies of the run racing
+    on the same files. `cpu=True` makes it form a gloo process group instead (DistributedType.MULTI_CPU);
+    with GPUs the default path forms an NCCL group (see ../shared/FACTS.md, "Multi-process on CPU").
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    if accelerator.num_processes != world:
+        raise LaunchError(
+            f"the launcher set WORLD_SIZE={world} but accelerate formed a group of {accelerator.num_processes} "
+            f"process(es) ({accelerator.distributed_type}); refusing to run {world} independent copies. "
+            "Launch with `torchrun --nproc_per_node N script.py` or `accelerate launch --num_processes N script.py`"
+            " (on CPU add ACCELERATE_USE_CPU=1 if you build your own Accelerator).")
+    for engine, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(flag, "false").lower() == "true" and accelerator.distributed_type.name != engine:
+            raise LaunchError(  # accelerate 1.15 silently falls back to plain DDP (MULTI_CPU) on CPU
+                f"the accelerate config asks for {engine} ({flag}=true) but the run got {accelerator.distributed_type}: "
+                f"{engine} needs GPUs (accelerate 1.15 has no {engine} on CPU; DeepSpeed also needs the deepspeed "
+                "package). Use `torchrun --nproc_per_node N` (DDP) on CPU.")
+    return accelerator
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """FSDP or DeepSpeed: weights, gradients or optimizer state split over ranks (ZeRO-2 splits the last two)."""
+    return accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+
+
+def check_two_models(accelerator: Accelerator) -> None:
+    """PPO trains two models with two optimizers; accelerate's DeepSpeed path drives one engine per
+    Accelerator (its backward() steps the last engine prepared), so it cannot train actor and critic."""
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        raise LaunchError("PPO under DeepSpeed is not supported: accelerate 1.15 runs one DeepSpeed engine per "
+                          "Accelerator and PPO trains two models (actor and critic). Use configs/fsdp.yaml or torchrun (DDP).")
+
+
+def reduce_sum(accelerator: Accelerator, values: dict) -> dict:
+    """{name: number} summed over ranks (float64, one all-reduce for the whole dict)."""
+    if accelerator.num_processes == 1:
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)  # the same order on every rank
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    dist.all_reduce(t)
+    summed = dict(zip(keys, t.tolist()))
+    return {k: summed[k] for k in values}
+
+
+def mean_over_ranks(accelerator: Accelerator, values: dict) -> dict:
+    """{name: number} averaged over ranks with equal weights (for ranks that hold equal shares)."""
+    return {k: v / accelerator.num_processes for k, v in reduce_sum(accelerator, values).items()}
+
+
+def tensor_sum(accelerator: Accelerator, x: torch.Tensor) -> torch.Tensor:
+    """A tensor summed over ranks (a copy; x is untouched)."""
+    x = x.detach().clone()
+    if accelerator.num_processes > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def shard(accelerator: Accelerator, items: list) -> tuple[list, int]:
+    """This rank's share of `items`, items[rank::world], and how many of them are real.
+
+    Every rank gets the same count: a shorter share is topped up with copies of items[0], whose results
+    the caller drops (keep the first `real`). Under FSDP and ZeRO-3 every forward pass is a collective,
+    so a rank with one batch fewer would leave the others waiting forever."""
+    mine = items[accelerator.process_index:: accelerator.num_processes]
+    size = -(-len(items) // accelerator.num_processes)  # ceil
+    return mine + items[:1] * (size - len(mine)), len(mine)
+
+
+def gather_shards(accelerator: Accelerator, mine: list) -> list:
+    """Undo `shard`: every rank gets all results back in the original item order."""
+    if accelerator.num_processes == 1:
+        return list(mine)
+    parts = [None] * accelerator.num_processes
+    dist.all_gather_object(parts, list(mine))
+    out = []
+    for i in range(max(len(p) for p in parts)):  # item k came from rank k % world, position k // world
+        out += [p[i] for p in parts if i < len(p)]
+    return out
+
+
+def all_ranks(accelerator: Accelerator, obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (pickled objects, e.g. RNG states)."""
+    if accelerator.num_processes == 1:
+        return [obj]
+    parts = [None] * accelerator.num_processes
+    dist.all_gather_object(parts, obj)
+    return parts
