@@ -68,13 +68,14 @@ def _read_hub(name: str, split: str) -> list[tuple[int, dict]]:
 
 
 def read_rows(source: str, fields: list[list[str]], optional: tuple = (), split: str = "train",
-              lists: tuple = ()) -> list[dict]:
+              lists: tuple = (), lists_or_strings: tuple = ()) -> list[dict]:
     """Read and validate rows.
 
     source: a .json/.jsonl path, or a `datasets` hub name (`name` or `name:split`).
     fields: accepted row formats, each a list of required fields; a row must match one of them.
     optional: fields that may be missing or empty (e.g. Alpaca's 'input').
-    lists: fields whose value is a list (e.g. ranked 'responses'); every other field is a string.
+    lists: fields whose value is a list (e.g. ranked 'responses', chat 'messages'); lists_or_strings: fields
+    that may be either (conversational 'chosen' / 'rejected' / 'prompt'); every other field is a string.
     Returns the rows with a '_where' key ('file:line') for later error messages.
     """
     local = source.endswith((".json", ".jsonl")) or os.path.exists(source)
@@ -100,7 +101,7 @@ def read_rows(source: str, fields: list[list[str]], optional: tuple = (), split:
             v = row.get(k, "")
             if k in optional and v is None:
                 row[k] = v = ""
-            kind = list if k in lists else str
+            kind = list if k in lists or (k in lists_or_strings and isinstance(v, list)) else str
             if not isinstance(v, kind):
                 raise DataError(f"{where}: field {k!r} must be a {'list' if kind is list else 'string'}, "
                                 f"got {type(v).__name__} (fix the row)")

@@ -166,7 +166,8 @@ def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, 
     """Read ranked, pair or HH rows into groups (see the module docstring); warns about skipped HH rows."""
     if on_mismatch not in ("skip", "error", "common_prefix"):
         raise ValueError(f"on_mismatch={on_mismatch!r}: expected 'skip', 'error' or 'common_prefix'")
-    rows = read_rows(source, RANKED_FORMATS + PAIR_FORMATS, optional=("input",), split=split, lists=("responses",))[:limit]
+    rows = read_rows(source, RANKED_FORMATS + PAIR_FORMATS, optional=("input",), split=split, lists=("responses",),
+                     lists_or_strings=("chosen", "rejected", "prompt"))[:limit]
     skipped = []
     groups = [g for g in (to_group(r, on_mismatch, skipped) for r in rows) if g is not None]
     if skipped:

@@ -140,7 +140,7 @@ class SFTDataset(ItemsDataset):
 
     def __init__(self, source: str, tokenizer, max_len: int, limit: int = None, verbose: bool = True,
                  chat_template: bool = False):
-        rows = read_rows(source, SFT_FORMATS, optional=("input",))[:limit]
+        rows = read_rows(source, SFT_FORMATS, optional=("input",), lists=("messages",))[:limit]
         self.rows, self.items, counter = rows, [], TruncationCounter()
         for row in rows:
             if "messages" in row or chat_template:
@@ -176,7 +176,7 @@ def sft_collate(items: list, pad_id: int) -> dict:
 def read_prompts(source: str, limit: int = None) -> list[dict]:
     """Rows with a prompt (Alpaca `instruction`/`input`, `prompt`, or `messages` ending with a user turn),
     for generation and PPO."""
-    rows = read_rows(source, PROMPT_FORMATS, optional=("input",))[:limit]
+    rows = read_rows(source, PROMPT_FORMATS, optional=("input",), lists=("messages",))[:limit]
     for row in rows:
         if "messages" in row:
             row["messages"] = check_messages(row["messages"], row["_where"], last="user")
