@@ -127,3 +127,34 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution at each position.  (B, T, V) -> (B, T)"""
     logp = F.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y|x) = sum over response tokens t of log pi(y_t | x, y_<t): prompt and pad tokens add nothing.
+
+    logits: (B, T, V) of the model on input_ids: (B, T); loss_mask: (B, T), 1 on the response tokens
+    (EOS included). Position t of the logits predicts token t + 1. Returns (B,)."""
+    logprobs = token_logprobs(logits[:, :-1], input_ids[:, 1:])  # (B, T-1): log p(token t+1)
+    return (logprobs * loss_mask[:, 1:].to(logprobs.dtype)).sum(-1)  # (B,)
+
+
+def dpo_loss(chosen_logprobs: torch.Tensor, rejected_logprobs: torch.Tensor, ref_chosen_logprobs: torch.Tensor,
+             ref_rejected_logprobs: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+    """Direct preference optimisation, DPO Eq. 7 (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290):
+
+        loss = -mean over pairs of log sigmoid(beta * ((log pi(y_w|x) - log pi_ref(y_w|x))
+                                                      - (log pi(y_l|x) - log pi_ref(y_l|x))))
+
+    the reward-model loss (InstructGPT Eq. 1) with the implicit reward r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)).
+    It equals log 2 when the policy is the reference. All arguments: (P,) summed sequence log-probs.
+    Also returns the implicit rewards' accuracy (share of pairs with r_w > r_l), their mean margin
+    r_w - r_l, and the mean chosen and rejected rewards.
+    """
+    chosen_rewards = beta * (chosen_logprobs.float() - ref_chosen_logprobs.float())  # (P,)
+    rejected_rewards = beta * (rejected_logprobs.float() - ref_rejected_logprobs.float())  # (P,)
+    margin = chosen_rewards - rejected_rewards  # (P,)
+    loss = -F.logsigmoid(margin).mean()
+    with torch.no_grad():
+        stats = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(),
+                 "chosen_reward": chosen_rewards.mean().item(), "rejected_reward": rejected_rewards.mean().item()}
+    return loss, stats
