@@ -15,6 +15,8 @@ off, which at the start (LoRA B = 0) is the policy itself.
 Evaluation: the implicit reward's pairwise accuracy and margin on held-out comparisons, and the gold
 score and KL of greedy answers to held-out prompts, measured by PPO's own code (`evaluate_policy`).
 """
+import time
+
 import torch
 
 from dataset.rm import flatten_groups, rm_collate
@@ -59,7 +61,9 @@ class DPOTrainer(Trainer):
         self.reward_fn = None if reward_model is not None else (lambda rows, responses: [float("nan")] * len(rows))
         self.tokenizer, self.beta, self.eval_prompts, self.eval_batch_size = tokenizer, beta, eval_prompts, eval_batch_size
         self.max_new_tokens, self.sampling = max_new_tokens, dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+        start = time.time()
         self.train_data = self.with_reference_logprobs(train_data.items)
+        self.reference_seconds = time.time() - start  # part of DPO's training cost
         self.eval_data = self.with_reference_logprobs(eval_data.items) if eval_data is not None else None
 
     @torch.no_grad()

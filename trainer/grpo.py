@@ -1,0 +1,142 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath, https://arxiv.org/abs/2402.03300): PPO without a critic.
+
+Each iteration samples G responses to each of ROLLOUT_BATCH / G prompts from the actor, scores them
+with the same frozen reward model as PPO, and gives every token of response i the advantage
+A_i = (r_i - mean of its group) / std of its group (`model/loss.py: group_advantages`): the other
+samples of the same prompt are the baseline a critic would otherwise learn. Then several epochs of the
+clipped objective over minibatches, with the KL to the reference (the k3 estimator, per token) in the
+loss rather than in the reward (`grpo_loss`, DeepSeekMath Eqs. 3-4).
+
+Sampling, truncation after EOS, reward-model scoring, the log-prob forward pass, the LoRA reference and
+the held-out evaluation are PPOTrainer's own methods, inherited unchanged.
+"""
+from dataclasses import dataclass, fields
+
+import torch
+
+from model.loss import entropy_from_logits, group_advantages, grpo_loss, masked_mean
+from trainer.base import Trainer
+from trainer.ppo import PPOTrainer, RunningMoments
+
+
+@dataclass
+class GroupExperience:
+    """One rollout: B = prompts x G rows, each prompt's G samples next to each other."""
+    sequences: torch.Tensor  # (B, P + N) left-padded prompt, then response (pad after EOS)
+    attention_mask: torch.Tensor  # (B, P + N)
+    action_mask: torch.Tensor  # (B, N) 1 on response tokens up to and including EOS
+    logprobs: torch.Tensor  # (B, N) actor log-probs at rollout ("old")
+    ref_logprobs: torch.Tensor  # (B, N) reference (SFT) log-probs
+    advantages: torch.Tensor  # (B,) group-normalised score, one per response
+    scores: torch.Tensor  # (B,) score as used (normalised, EOS penalty)
+    raw_scores: torch.Tensor  # (B,) reward-model score as the reward model gave it
+    kl: torch.Tensor  # (B, N) logprobs - ref_logprobs on response tokens (for logging, as PPO's)
+    context_length: int  # P
+
+    def select(self, idx: torch.Tensor) -> "GroupExperience":
+        return GroupExperience(**{f.name: getattr(self, f.name)[idx] if f.name != "context_length" else self.context_length
+                                  for f in fields(self)})
+
+
+class GRPOTrainer(PPOTrainer):
+    def __init__(self, actor, ref, reward_model, tokenizer, prompts, reward_fn=None, *, actor_lr: float,
+                 rollout_batch: int, group_size: int, mini_batch: int, ppo_epochs: int = 1, max_new_tokens: int = 16,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beta: float = 0.04,
+                 clip_range: float = 0.2, missing_eos_penalty: float = 1.0, normalize_scores: bool = True,
+                 eval_prompts=None, eval_rows_shown: int = 4, **kwargs):
+        if group_size < 2 or rollout_batch % group_size:
+            raise ValueError(f"GROUP_SIZE={group_size} must be >= 2 and divide ROLLOUT_BATCH={rollout_batch}")
+        if rollout_batch % mini_batch:
+            raise ValueError(f"ROLLOUT_BATCH={rollout_batch} must be a multiple of MINI_BATCH={mini_batch}")
+        # PPOTrainer.__init__ builds a critic and its optimizer; GRPO has none, so the base loop is set up
+        # directly and the attributes the inherited PPO methods read are set here.
+        Trainer.__init__(self, None, prompts, lambda items: {"items": items}, lr=actor_lr,
+                         batch_size=rollout_batch // group_size, **kwargs)  # a batch is rollout_batch / G prompts
+        actor_opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=actor_lr)
+        self.actor, self.actor_opt = self.accelerator.prepare(actor, actor_opt)
+        self.model = self.actor  # what the base class evaluates and saves
+        self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
+        self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
+        self.reward_fn, self.tokenizer, self.eval_prompts = reward_fn, tokenizer, eval_prompts
+        self.group_size, self.mini_batch, self.ppo_epochs, self.max_new_tokens = group_size, mini_batch, ppo_epochs, max_new_tokens
+        self.sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+        self.beta, self.clip_range, self.missing_eos_penalty = beta, clip_range, missing_eos_penalty
+        self.normalize_scores, self.score_moments = normalize_scores, RunningMoments()
+        self.eval_rows_shown, self.last_rows = eval_rows_shown, []
+
+    # ------------------------------------------------------------------ phase 1: rollout
+    @torch.no_grad()
+    def make_experience(self, items: list[dict]) -> GroupExperience:
+        """items: the rollout's prompts, each repeated G times in a row."""
+        actor = self.unwrap(self.actor)
+        actor.eval()
+        # 1-2. sample G responses per prompt, truncate after the first EOS (PPO's sampling)
+        sequences, attention_mask, action_mask, has_eos, P = self.sample(actor, items, self.sampling)
+        # 3. log-probs under actor and reference
+        logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(actor, s, m, P)[1], sequences, attention_mask)
+        with self.reference_context():
+            ref_model = self.ref if self.ref is not None else actor
+            ref_logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(ref_model, s, m, P)[1], sequences, attention_mask)
+        # 4. score; 5. normalise (running, as PPO: the EOS penalty is then in units of the score's spread);
+        # 6. penalise responses that never produced EOS
+        raw_scores = self.score(items, sequences, attention_mask, P)  # (B,)
+        scores = raw_scores
+        if self.normalize_scores:
+            self.score_moments.update(raw_scores)
+            scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
+        scores = scores - self.missing_eos_penalty * (~has_eos).float()
+        # 7. advantages: each score against the other samples of its prompt; no KL here, it is in the loss
+        advantages = group_advantages(scores.view(-1, self.group_size)).view(-1)  # (B,)
+        kl = (logprobs - ref_logprobs) * action_mask  # (B, N)
+        return GroupExperience(sequences, attention_mask, action_mask, logprobs, ref_logprobs, advantages, scores,
+                               raw_scores, kl, P)
+
+    # ------------------------------------------------------------------ phase 2: optimisation
+    def learn(self, exp: GroupExperience) -> dict:
+        self.actor.train()
+        B, P, stats = exp.sequences.size(0), exp.context_length, []
+        for epoch in range(self.ppo_epochs):
+            gen = torch.Generator().manual_seed(self.seed * 7919 + self.step * 31 + epoch)
+            order = torch.arange(B) if epoch == 0 else torch.randperm(B, generator=gen)  # epoch 0 in rollout order
+            for start in range(0, B, self.mini_batch):
+                mb = exp.select(order[start: start + self.mini_batch].to(self.device))
+                with self.accelerator.autocast():
+                    logits, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask, P)
+                    loss, loss_stats = grpo_loss(logprobs, mb.logprobs, mb.ref_logprobs, mb.advantages, mb.action_mask,
+                                                 self.clip_range, self.beta)
+                self.check_finite(loss)
+                self.accelerator.backward(loss)
+                self.accelerator.clip_grad_norm_(self.actor.parameters(), self.grad_clip)
+                self.actor_opt.step()
+                self.actor_opt.zero_grad(set_to_none=True)
+                entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
+                stats.append({"policy_loss": loss.item(), "entropy": entropy, **loss_stats})
+        self.first_minibatch_stats = stats[0]
+        return {f"grpo/{k}": sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+    def training_step(self) -> dict:
+        prompts = self.get_batch(self.step)["items"]
+        items = [it for it in prompts for _ in range(self.group_size)]  # G copies of each prompt, side by side
+        exp = self.make_experience(items)
+        metrics = self.learn(exp)
+        mask = exp.action_mask.float()
+        no_signal = (exp.advantages.view(-1, self.group_size) == 0).all(1).float().mean().item()
+        metrics.update({
+            "grpo/score": exp.raw_scores.mean().item(), "grpo/kl": exp.kl.sum(1).mean().item(),
+            "grpo/response_length": mask.sum(1).mean().item(), "grpo/no_signal_groups": no_signal,
+            "grpo/eos_frac": (exp.sequences[:, exp.context_length:] == self.tokenizer.eos_token_id).any(1).float().mean().item(),
+        })
+        gold = self.gold_of(items, exp)
+        if gold is not None:
+            metrics["grpo/gold_score"] = gold
+        return metrics
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"actor": self.unwrap(self.actor).state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                "score_moments": vars(self.score_moments)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.unwrap(self.actor).load_state_dict(state["actor"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        vars(self.score_moments).update(state["score_moments"])
