@@ -15,19 +15,22 @@ import copy
 import os
 import time
 
+import torch
+
 from dataset.prompt import PromptDataset
 from dataset.sft import SFTDataset, render_prompt
 from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts, save_peft
 from model.reward import load_reward_model
-from trainer.grpo import GRPOTrainer
-from trainer.ppo import PPOTrainer
+from trainer.grpo import GRPOConfig, GRPOTrainer
+from trainer.ppo import PPOConfig, PPOTrainer
 from utils import configure, peak_rss_mb, plot_metrics, quiet_transformers, seed_everything, write_json
 
 ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, no critic, KL in the loss)
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
+CRITIC_INIT = "rm"  # 'rm' (the critic starts as the reward model) or 'zero_head' (RM backbone, head zeroed: values start at 0, the mean of normalised scores)
 REWARD = "rm"  # 'rm' (the learned reward model) or 'gold' (the task's gold judge: an upper bound, not RLHF)
 PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input or prompt rows)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
@@ -39,14 +42,17 @@ ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early
 ROLLOUT_BATCH = 64  # responses sampled per iteration (PPO: one per prompt; GRPO: GROUP_SIZE per prompt)
 GROUP_SIZE = 4  # GRPO: samples per prompt whose scores are normalised together (ROLLOUT_BATCH / GROUP_SIZE prompts)
 MAX_NEW_TOKENS = 20  # response length limit (no minimum length is forced)
-TEMPERATURE = 1.0  # sampling temperature of rollouts
-TOP_K = 0  # 0 = no top-k filtering
-TOP_P = 1.0  # 1.0 = no nucleus filtering
+TEMPERATURE = 1.0  # sampling temperature of rollouts; actor and reference log-probs use the same one
+TOP_K = 0  # must stay 0: PPO samples the full distribution (the KL to the reference needs it)
+TOP_P = 1.0  # must stay 1.0, for the same reason
 # PPO
 PPO_EPOCHS = 4  # passes over each rollout batch
+STOP_APPROX_KL = 0.0  # > 0: stop an iteration's epochs once an epoch's mean approx KL (old || new) exceeds it
 MINI_BATCH = 16  # rows per gradient step
 ACTOR_LR = 5e-5  # AdamW learning rate of the actor
 CRITIC_LR = 1e-4  # AdamW learning rate of the critic
+WEIGHT_DECAY = 0.0  # AdamW weight decay of actor and critic (matrices only)
+WARMUP_STEPS = 0  # iterations of linear LR warmup; then cosine decay to 0.1x at ITERATIONS
 CLIP_RANGE = 0.2  # epsilon of the clipped policy objective
 VALUE_CLIP = 0.2  # clip of the value loss around rollout values
 GAMMA = 1.0  # discount
@@ -54,7 +60,7 @@ LAM = 0.95  # GAE lambda
 BETA = 0.2  # KL penalty coefficient (initial value when TARGET_KL is set); 0.05 let the policy hack the RM
 GRPO_BETA = 0.04  # GRPO: weight of the k3 KL-to-reference term in the loss (DeepSeekMath used 0.04)
 TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
-KL_HORIZON = 10000  # adaptive controller horizon (rollouts)
+KL_HORIZON = 1000  # adaptive controller horizon (rollouts): beta moves by up to 20% * ROLLOUT_BATCH / KL_HORIZON per iteration
 PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
 PTX_BATCH = 16  # SFT rows per ptx loss
 MISSING_EOS_PENALTY = 1.0  # subtracted from the (normalised) score of a response that never emitted EOS
@@ -83,6 +89,14 @@ def gold_reward(rows, responses):
 
 
 def main():
+    if ALGO not in ("ppo", "grpo"):
+        raise SystemExit(f"error: ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
+    if ALGO == "grpo" and (PTX_COEF > 0 or TARGET_KL > 0):
+        raise SystemExit("error: ALGO='grpo' has no ptx loss and a fixed GRPO_BETA: set PTX_COEF=0 and TARGET_KL=0")
+    try:  # checked before any model loads
+        algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
@@ -94,32 +108,26 @@ def main():
     else:
         raise SystemExit(f"error: PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
     critic = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if ALGO == "ppo" else None
+    if CRITIC_INIT not in ("rm", "zero_head"):
+        raise SystemExit(f"error: CRITIC_INIT={CRITIC_INIT!r}: expected 'rm' or 'zero_head'")
+    if critic is not None and CRITIC_INIT == "zero_head":  # returns are in normalised-score units; the RM head speaks raw scores
+        torch.nn.init.zeros_(critic.score.weight)
     reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if REWARD == "rm" else None
     if REWARD not in ("rm", "gold"):
         raise SystemExit(f"error: REWARD={REWARD!r}: expected 'rm' or 'gold'")
-    if ALGO not in ("ppo", "grpo"):
-        raise SystemExit(f"error: ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
-    if ALGO == "grpo" and (PTX_COEF > 0 or TARGET_KL > 0):
-        raise SystemExit("error: ALGO='grpo' has no ptx loss and a fixed GRPO_BETA: set PTX_COEF=0 and TARGET_KL=0")
     prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN)
     eval_prompts = PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT).items if EVAL_PROMPTS != "none" else None
     ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS) if PTX_COEF > 0 else None
-    common = dict(actor_lr=ACTOR_LR, rollout_batch=ROLLOUT_BATCH, mini_batch=MINI_BATCH, ppo_epochs=PPO_EPOCHS,
-                  max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, clip_range=CLIP_RANGE,
-                  missing_eos_penalty=MISSING_EOS_PENALTY, normalize_scores=NORMALIZE_SCORES, eval_prompts=eval_prompts,
-                  out_dir=OUT_DIR, run_config=config, max_steps=ITERATIONS, grad_clip=GRAD_CLIP,
-                  eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED,
-                  bf16=BF16, resume=RESUME)
     reward_fn = gold_reward if REWARD == "gold" else None
+    loop = dict(out_dir=OUT_DIR, run_config=config, max_steps=ITERATIONS, warmup_steps=WARMUP_STEPS, grad_clip=GRAD_CLIP,
+                eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16,
+                resume=RESUME)
     if ALGO == "grpo":
-        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, reward_fn, group_size=GROUP_SIZE,
-                              beta=GRPO_BETA, **common)
+        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, algo_config, reward_fn, eval_prompts, **loop)
         print(f"actor: {format_counts(*count_parameters(actor))}; no critic")
     else:
-        trainer = PPOTrainer(
-            actor, ref, critic, reward_model, tokenizer, prompts, ptx, reward_fn, critic_lr=CRITIC_LR, beta=BETA,
-            target_kl=TARGET_KL or None, kl_horizon=KL_HORIZON, gamma=GAMMA, lam=LAM, value_clip=VALUE_CLIP,
-            ptx_coef=PTX_COEF, ptx_batch=PTX_BATCH, **common)
+        trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, algo_config, ptx, reward_fn,
+                             eval_prompts, **loop)
         print(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
 
     before = {}

@@ -102,9 +102,7 @@ def main():
     quiet_transformers()
     seed_everything(SEED)
     on_mismatch = "error" if STRICT else "skip"
-    tokenizer = load_tokenizer(MODEL)
-    if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token_id is not None:
-        tokenizer.pad_token = tokenizer.unk_token  # e.g. SmolLM2 pads with EOS: the score would skip the final EOS
+    tokenizer = load_tokenizer(MODEL)  # pads with a token that is not EOS (model/load.py set_pad_token)
     model = load_reward_model(MODEL, tokenizer.pad_token_id)
     train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE)
     eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,

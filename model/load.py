@@ -120,10 +120,22 @@ def resolve(name: str, setting: str = "MODEL") -> tuple[str, dict]:
 
 
 def load_tokenizer(name: str, setting: str = "MODEL"):
+    """The tokenizer of a model setting, with the one pad rule every stage uses (see set_pad_token)."""
     path, kw = resolve(name, setting)
-    tok = AutoTokenizer.from_pretrained(path, **kw)
-    if tok.pad_token_id is None:  # e.g. Llama tokenizers; never pad with EOS (it would be masked out)
-        tok.pad_token = tok.unk_token or tok.eos_token
+    return set_pad_token(AutoTokenizer.from_pretrained(path, **kw), f"{setting}={name!r}")
+
+
+def set_pad_token(tok, where: str = "the tokenizer"):
+    """Make the pad id differ from EOS. Many tokenizers (SmolLM2, GPT-2 style) pad with EOS or have no
+    pad; then every EOS looks like padding: the reward model's last-non-pad-token score lands one token
+    before the EOS it was trained on, and masks built from the pad id drop the EOS. The unknown token
+    (never produced by byte-level BPE) takes the pad's place."""
+    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
+        return tok
+    if tok.unk_token_id is None or tok.unk_token_id == tok.eos_token_id:
+        raise ModelError(f"{where}: the tokenizer pads with EOS (or has no pad token) and has no separate unknown "
+                         "token to pad with; add a pad token to the tokenizer (and resize the model's embeddings)")
+    tok.pad_token = tok.unk_token
     return tok
 
 

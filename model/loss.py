@@ -104,7 +104,8 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
     with torch.no_grad():
         clipfrac = masked_mean(((values - returns) ** 2 < (clipped - returns) ** 2).float(), mask)
-    return loss, {"value_clipfrac": clipfrac.item()}
+        drift = masked_mean((values - old_values).abs(), mask)  # how far the critic moved from the rollout's values
+    return loss, {"value_clipfrac": clipfrac.item(), "value_drift": drift.item()}
 
 
 def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,

@@ -9,7 +9,7 @@ from conftest import run_script
 from dataset.prompt import PromptDataset
 from model.load import load_causal_lm, load_tokenizer
 from model.loss import group_advantages, grpo_loss
-from trainer.grpo import GRPOTrainer
+from trainer.grpo import GRPOConfig, GRPOTrainer
 
 
 def starts_in_format(rows, responses):
@@ -17,14 +17,16 @@ def starts_in_format(rows, responses):
     return [float(r.startswith("The answer is")) for r in responses]
 
 
-def make_trainer(sft_dir, tmp_path, **kw):
+def make_trainer(sft_dir, tmp_path, max_steps=1, **kw):
     tok = load_tokenizer(sft_dir)
     actor = load_causal_lm(sft_dir)
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 72, limit=256, verbose=False)
-    args = dict(actor_lr=1e-4, rollout_batch=16, group_size=4, mini_batch=8, ppo_epochs=2, max_new_tokens=12,
-                beta=0.04, out_dir=str(tmp_path), run_config={}, max_steps=1, seed=0, log_interval=1)
-    args.update(kw)
-    return GRPOTrainer(actor, copy.deepcopy(actor), None, tok, prompts, starts_in_format, **args)
+    settings = dict(actor_lr=1e-4, weight_decay=0.0, rollout_batch=16, group_size=4, mini_batch=8, ppo_epochs=2,
+                    max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, grpo_beta=0.04, clip_range=0.2,
+                    missing_eos_penalty=1.0, normalize_scores=True)
+    settings.update(kw)
+    return GRPOTrainer(actor, copy.deepcopy(actor), None, tok, prompts, GRPOConfig(**settings), starts_in_format,
+                       out_dir=str(tmp_path), run_config={}, max_steps=max_steps, seed=0, log_interval=1)
 
 
 def test_group_advantages_zero_mean_per_group_and_zero_for_equal_rewards():

@@ -1,16 +1,25 @@
 """PPO invariants: KL and ratio at the start, log-prob alignment, GAE, reward placement, learning."""
 import copy
 import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from dataset.prompt import PromptDataset
-from model.load import load_causal_lm, load_tokenizer
+from accelerate.state import AcceleratorState
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from model.generate import generate
+from model.load import ModelError, load_tokenizer, set_pad_token
 from model.loss import compute_gae, kl_penalized_rewards, masked_mean, masked_whiten
 from model.peft import apply_peft
-from model.reward import load_reward_model, position_ids_for
-from trainer.ppo import PPOTrainer
+from model.reward import load_reward_model, position_ids_for, token_values
+from trainer.ppo import PPOConfig, PPOTrainer, adaptive_beta
 
 from conftest import run_script
 
@@ -20,18 +29,28 @@ def starts_in_format(rows, responses):
     return [float(r.startswith("The answer is")) for r in responses]
 
 
-def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, **kw):
-    tok = load_tokenizer(sft_dir)
-    actor = load_causal_lm(sft_dir)
+PPO_SETTINGS = dict(actor_lr=1e-4, critic_lr=1e-4, weight_decay=0.0, rollout_batch=16, mini_batch=8, ppo_epochs=2,
+                    stop_approx_kl=0.0, max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, beta=0.05, target_kl=0.0,
+                    kl_horizon=1000, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
+                    missing_eos_penalty=1.0, normalize_scores=True)
+
+
+def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, dropout=0.0, bf16=False, tokenizer_dir=None,
+                 reward_model=False, max_steps=1, **kw):
+    """A PPOTrainer on the SFT fixture; `dropout` sets opt-125m-style dropout in the actor's config."""
+    AcceleratorState._reset_state(True)  # accelerate keeps one mixed-precision setting per process; tests change it
+    tok = load_tokenizer(tokenizer_dir or sft_dir)
+    drop = dict(dropout=dropout, attention_dropout=dropout, activation_dropout=dropout)
+    actor = AutoModelForCausalLM.from_pretrained(sft_dir, **drop)
     ref = None if lora else copy.deepcopy(actor)
     if lora:
         actor = apply_peft(actor, "lora", r=4, alpha=8, targets=("q_proj", "v_proj"))
     critic = load_reward_model(sft_dir, tok.pad_token_id)
+    rm = load_reward_model(sft_dir, tok.pad_token_id) if reward_model else None
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 72, limit=256, verbose=False)
-    args = dict(actor_lr=1e-4, critic_lr=1e-4, rollout_batch=16, mini_batch=8, ppo_epochs=2, max_new_tokens=12,
-                beta=0.05, out_dir=str(tmp_path), run_config={}, max_steps=1, seed=0, log_interval=1)
-    args.update(kw)
-    return PPOTrainer(actor, ref, critic, None, tok, prompts, None, reward_fn, **args)
+    cfg = PPOConfig(**{**PPO_SETTINGS, **kw})
+    return PPOTrainer(actor, ref, critic, rm, tok, prompts, cfg, None, None if reward_model else reward_fn,
+                      out_dir=str(tmp_path), run_config={}, max_steps=max_steps, seed=0, log_interval=1, bf16=bf16)
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +60,113 @@ def rollout(sft_dir, tmp_path_factory):
     return trainer, trainer.make_experience(trainer.get_batch(0)["items"])
 
 
-def test_kl_zero_and_ratio_one_before_any_update(rollout):
+# The configurations users run, beside the embedded model's easy one (dropout 0, fp32, temperature 1,
+# pad id != EOS): each breaks "the policy that sampled is the policy that is scored" if any forward
+# pass of the rollout differs from learn()'s.
+USER_CONFIGS = {
+    "embedded": {},
+    "dropout_0.1": dict(dropout=0.1),  # facebook/opt-125m's own config: dropout and attention dropout 0.1
+    "temperature_0.7": dict(temperature=0.7),
+    "bf16": dict(bf16=True),
+    "all_with_eos_pad": dict(dropout=0.1, temperature=0.7, bf16=True, eos_pad=True),
+}
+
+
+@pytest.fixture(scope="module")
+def eos_pad_dir(sft_dir, tmp_path_factory) -> str:
+    """The SFT tokenizer saved the way SmolLM2's is: padding with EOS."""
+    tok = AutoTokenizer.from_pretrained(sft_dir)
+    tok.pad_token = tok.eos_token
+    out = str(tmp_path_factory.mktemp("eos_pad"))
+    tok.save_pretrained(out)
+    shutil.copy(os.path.join(sft_dir, "config.json"), out)  # a model directory, as load_tokenizer expects
+    return out
+
+
+@pytest.mark.parametrize("setting", USER_CONFIGS)
+def test_kl_zero_and_ratio_one_before_any_update(sft_dir, eos_pad_dir, tmp_path, setting):
     """With the actor a copy of the reference, KL is exactly 0; on the first minibatch, before any
-    update, the ratio is exactly 1, nothing is clipped and approx KL is 0."""
-    trainer, exp = rollout
+    update, the ratio is 1 (to 1e-6), nothing is clipped, approx KL is 0 and the critic's values equal
+    the rollout's, in every configuration users run."""
+    kw = dict(USER_CONFIGS[setting])
+    if kw.pop("eos_pad", False):
+        kw["tokenizer_dir"] = eos_pad_dir
+    trainer = make_trainer(sft_dir, tmp_path, ppo_epochs=1, **kw)
+    torch.manual_seed(0)
+    exp = trainer.make_experience(trainer.get_batch(0)["items"])
     assert torch.equal(exp.kl, torch.zeros_like(exp.kl))
     assert torch.equal(exp.logprobs, exp.ref_logprobs)
     trainer.learn(exp)
     first = trainer.first_minibatch_stats
-    assert first["ratio"] == 1.0 and first["clipfrac"] == 0.0 and first["approx_kl"] == 0.0
+    assert abs(first["ratio"] - 1) < 1e-6 and first["clipfrac"] == 0.0 and abs(first["approx_kl"]) < 1e-6, first
+    assert first["value_drift"] < 1e-6, first
+
+
+def test_rollout_logprobs_are_the_samplers_distribution(sft_dir, tmp_path):
+    """The log-probs PPO scores are those of the distribution the sampler drew from: generate()'s own
+    processed scores at temperature 0.7, with a checkpoint generation_config (repetition penalty,
+    top_k=5) that must not leak into sampling."""
+    trainer = make_trainer(sft_dir, tmp_path, temperature=0.7)
+    actor, tok = trainer.unwrap(trainer.actor).eval(), trainer.tokenizer
+    actor.generation_config.repetition_penalty, actor.generation_config.top_k = 1.5, 5
+    items = trainer.get_batch(0)["items"]
+    torch.manual_seed(3)
+    sequences, scores = generate(actor, tok, [it["prompt_ids"] for it in items], 12, do_sample=True, temperature=0.7,
+                                 return_scores=True)  # (B, P + N), (B, N, V)
+    P = max(len(it["prompt_ids"]) for it in items)
+    response = sequences[:, P:]
+    sampler = torch.log_softmax(scores.float(), -1).gather(-1, response[..., None]).squeeze(-1)  # (B, N)
+    is_eos = response == tok.eos_token_id
+    action_mask = ((is_eos.cumsum(1) - is_eos.long()) == 0).long()  # up to and including the first EOS
+    prompt_mask = torch.tensor([[0] * (P - len(it["prompt_ids"])) + [1] * len(it["prompt_ids"]) for it in items])
+    with torch.no_grad():
+        _, logprobs = trainer.policy_forward(actor, sequences, torch.cat([prompt_mask, action_mask], 1), P)
+    m = action_mask.bool()
+    assert torch.allclose(logprobs[m], sampler[m], atol=1e-5), (logprobs[m] - sampler[m]).abs().max()
+
+
+def test_pad_equal_to_eos_is_replaced_and_the_score_is_read_at_eos(sft_dir, eos_pad_dir, tmp_path):
+    """A tokenizer that pads with EOS gets another pad id (one rule, in load_tokenizer, for every
+    stage), so the score PPO uses is the reward model's own output at the EOS token, not the token before."""
+    assert AutoTokenizer.from_pretrained(eos_pad_dir).pad_token_id == AutoTokenizer.from_pretrained(eos_pad_dir).eos_token_id
+    trainer = make_trainer(sft_dir, tmp_path, tokenizer_dir=eos_pad_dir, reward_model=True)
+    tok = trainer.tokenizer
+    assert tok.pad_token_id != tok.eos_token_id
+    torch.manual_seed(0)
+    exp = trainer.make_experience(trainer.get_batch(0)["items"])
+    with torch.no_grad():
+        per_token = token_values(trainer.reward_model, exp.sequences, exp.attention_mask)  # (B, T): the head everywhere
+    P, checked = exp.context_length, 0
+    for i, row in enumerate(exp.sequences[:, P:]):
+        eos = (row == tok.eos_token_id).nonzero()
+        if len(eos):
+            assert torch.allclose(per_token[i, P + int(eos[0])], exp.raw_scores[i], atol=1e-5)
+            checked += 1
+    assert checked > 0
+
+
+def test_pad_rule_refuses_a_tokenizer_with_nothing_to_pad_with(sft_dir):
+    """No pad, or pad == EOS, and no separate unknown token: a clear error instead of padding with EOS."""
+    tok = AutoTokenizer.from_pretrained(sft_dir)
+    tok.pad_token, tok.unk_token = tok.eos_token, tok.eos_token
+    with pytest.raises(ModelError, match="pads with EOS"):
+        set_pad_token(tok, "MODEL='x'")
+
+
+def test_top_k_and_top_p_are_refused_with_the_reason():
+    """PPO samples the full distribution: top-k / top-p would make the KL to the reference infinite."""
+    for bad in (dict(top_k=20), dict(top_p=0.9)):
+        with pytest.raises(ValueError, match="KL to the reference"):
+            PPOConfig(**{**PPO_SETTINGS, **bad})
+    out = subprocess.run([sys.executable, "train_rlhf.py", "--top_k", "20"], capture_output=True, text=True)
+    assert out.returncode != 0 and "TOP_K=20" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_adaptive_kl_controller():
+    """beta rises when the KL is above target, falls below it, and one step moves it by at most 20% * batch / horizon."""
+    assert adaptive_beta(0.1, kl=1.1, target_kl=1.0, batch=64, horizon=1000) == pytest.approx(0.1 * (1 + 0.1 * 0.064))
+    assert adaptive_beta(0.1, kl=9.0, target_kl=1.0, batch=64, horizon=1000) == pytest.approx(0.1 * (1 + 0.2 * 0.064))
+    assert adaptive_beta(0.1, kl=0.0, target_kl=1.0, batch=64, horizon=1000) == pytest.approx(0.1 * (1 - 0.2 * 0.064))
 
 
 def test_lora_actor_reference_is_the_adapter_free_model(sft_dir, tmp_path):
@@ -156,5 +273,5 @@ def test_opt125m_architecture_two_ppo_iterations(opt125m_dir, tmp_path):
                "--rollout_batch", "2", "--mini_batch", "1", "--ppo_epochs", "1", "--max_new_tokens", "4",
                "--eval_limit", "2", "--eval_interval", "0", "--out_dir", str(tmp_path))
     metrics = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if "ppo/kl" in m]
-    assert [m["step"] for m in metrics] == [1, 2] and all(m["ppo/kl"] == m["ppo/kl"] for m in metrics)  # no NaN
+    assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["ppo/kl"]) for m in metrics)
     assert json.load(open(tmp_path / "summary.json"))["eval_prompts"] == 2

@@ -46,13 +46,13 @@ class Trainer:
         metrics_path = os.path.join(out_dir, "metrics.jsonl")
         if not (resume and os.path.exists(self.ckpt_dir)) and self.accelerator.is_main_process and os.path.exists(metrics_path):
             os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
+        self.warmup_steps = warmup_steps
         if model is not None:
-            decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-            no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-            optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                           {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup_steps, max_steps))
+            self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, lr, weight_decay))
+            self.scheduler = self.lr_schedule(self.optimizer)
+
+    def lr_schedule(self, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.warmup_steps, self.max_steps))
 
     # ------------------------------------------------------------------ hooks for subclasses
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -189,6 +189,14 @@ class Trainer:
     def log(self, text: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(text)
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on matrices only (never LayerNorm weights or biases)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
 def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:

@@ -16,6 +16,7 @@ Evaluation: the implicit reward's pairwise accuracy and margin on held-out compa
 score and KL of greedy answers to held-out prompts, measured by PPO's own code (`evaluate_policy`).
 """
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -49,18 +50,20 @@ class DPOTrainer(Trainer):
     policy_forward = PPOTrainer.policy_forward
     reference_context = PPOTrainer.reference_context
     score = PPOTrainer.score
+    answer_rows = PPOTrainer.answer_rows
     evaluate_policy = PPOTrainer.evaluate_policy
 
     def __init__(self, model, ref, tokenizer, train_data, eval_data=None, eval_prompts=None, reward_model=None, *,
-                 beta: float, max_new_tokens: int = 20, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 eval_batch_size: int = 64, **kwargs):
+                 beta: float, max_new_tokens: int = 20, temperature: float = 1.0, eval_batch_size: int = 64, **kwargs):
         super().__init__(model, None, lambda items: dpo_collate(items, tokenizer.pad_token_id), **kwargs)
         self.actor = self.model  # the name PPO's evaluation methods use
         self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
         self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
         self.reward_fn = None if reward_model is not None else (lambda rows, responses: [float("nan")] * len(rows))
         self.tokenizer, self.beta, self.eval_prompts, self.eval_batch_size = tokenizer, beta, eval_prompts, eval_batch_size
-        self.max_new_tokens, self.sampling = max_new_tokens, dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+        # the PPOConfig fields PPO's evaluation methods read; sampled answers use the full distribution, as PPO's
+        self.cfg = SimpleNamespace(max_new_tokens=max_new_tokens, temperature=temperature, mini_batch=eval_batch_size)
+        self.sampling = dict(do_sample=True, temperature=temperature)
         start = time.time()
         self.train_data = self.with_reference_logprobs(train_data.items)
         self.reference_seconds = time.time() - start  # part of DPO's training cost

@@ -11,6 +11,7 @@ al. 2017, https://arxiv.org/abs/1707.06347) Eqs. 7, 11-12; the adaptive KL contr
 2019 (https://arxiv.org/abs/1909.08593) Sec. 2.2.
 """
 import contextlib
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -21,7 +22,52 @@ from model.generate import decode_responses, generate
 from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, lm_loss, masked_mean, masked_whiten,
                         policy_loss, token_logprobs, value_loss)
 from model.reward import position_ids_for, reward_scores, token_values
-from trainer.base import Trainer
+from trainer.base import Trainer, adamw
+
+
+@dataclass
+class PPOConfig:
+    """PPO's settings, each documented once; train_rlhf.py builds it from its constants (no defaults here)."""
+    actor_lr: float  # AdamW learning rate of the actor (warmup + cosine schedule of the base trainer)
+    critic_lr: float  # AdamW learning rate of the critic
+    weight_decay: float  # AdamW weight decay on weight matrices (never on LayerNorm weights or biases)
+    rollout_batch: int  # prompts sampled per iteration (per process)
+    mini_batch: int  # rows per gradient step; divides rollout_batch
+    ppo_epochs: int  # passes over each rollout batch
+    stop_approx_kl: float  # > 0: skip the iteration's remaining epochs once an epoch's mean approx KL exceeds it
+    max_new_tokens: int  # response length limit
+    temperature: float  # sampling temperature; the log-probs of actor and reference use the same one
+    top_k: int  # must be 0: see __post_init__
+    top_p: float  # must be 1.0: see __post_init__
+    beta: float  # KL penalty coefficient (initial value when target_kl > 0)
+    target_kl: float  # > 0: adapt beta toward this summed KL per response (nats); 0: fixed beta
+    kl_horizon: int  # adaptive controller horizon, in rollouts (Ziegler et al. 2019 use 10,000 with far longer runs)
+    gamma: float  # discount
+    lam: float  # GAE lambda
+    clip_range: float  # epsilon of the clipped policy objective
+    value_clip: float  # clip of the value loss around rollout values
+    ptx_coef: float  # weight of the LM loss on SFT data (InstructGPT's PPO-ptx); 0 = plain PPO
+    ptx_batch: int  # SFT rows per ptx loss
+    missing_eos_penalty: float  # subtracted from the (normalised) score of a response that never emitted EOS
+    normalize_scores: bool  # running mean/std normalisation of reward-model scores
+
+    def __post_init__(self):
+        if self.rollout_batch % self.mini_batch:
+            raise ValueError(f"ROLLOUT_BATCH={self.rollout_batch} must be a multiple of MINI_BATCH={self.mini_batch}")
+        if self.top_k != 0 or self.top_p != 1.0:
+            # The PPO ratio and the KL penalty need log-probs of the distribution that sampled. Under top-k /
+            # top-p the reference gives probability 0 to tokens outside its own nucleus (an infinite KL),
+            # so PPO here (as in lm-human-preferences) samples the full distribution at TEMPERATURE.
+            raise ValueError(f"TOP_K={self.top_k}, TOP_P={self.top_p}: PPO samples from the full distribution "
+                             "(TOP_K=0, TOP_P=1.0), because the KL to the reference is infinite for tokens outside "
+                             "the reference's top-k/top-p; use TEMPERATURE to sharpen sampling instead")
+        if self.temperature <= 0:
+            raise ValueError(f"TEMPERATURE={self.temperature} must be > 0")
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "PPOConfig":
+        """Build from a script's resolved settings {NAME: value} (utils.configure)."""
+        return cls(**{f.name: settings[f.name.upper()] for f in fields(cls)})
 
 
 @dataclass
@@ -61,43 +107,37 @@ class RunningMoments:
 
 
 class PPOTrainer(Trainer):
-    def __init__(self, actor, ref, critic, reward_model, tokenizer, prompts, ptx_data=None, reward_fn=None, *,
-                 actor_lr: float, critic_lr: float, rollout_batch: int, mini_batch: int, ppo_epochs: int = 4,
-                 max_new_tokens: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 beta: float = 0.05, target_kl: float = None, kl_horizon: int = 10000, gamma: float = 1.0,
-                 lam: float = 0.95, clip_range: float = 0.2, value_clip: float = 0.2, ptx_coef: float = 0.0,
-                 ptx_batch: int = 16, missing_eos_penalty: float = 1.0, normalize_scores: bool = True,
-                 eval_prompts=None, eval_rows_shown: int = 4, **kwargs):
-        super().__init__(None, prompts, lambda items: {"items": items}, lr=actor_lr, batch_size=rollout_batch, **kwargs)
-        if rollout_batch % mini_batch:
-            raise ValueError(f"ROLLOUT_BATCH={rollout_batch} must be a multiple of MINI_BATCH={mini_batch}")
-        actor_opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=actor_lr)
-        critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=critic_lr)
+    def __init__(self, actor, ref, critic, reward_model, tokenizer, prompts, cfg: PPOConfig, ptx_data=None,
+                 reward_fn=None, eval_prompts=None, eval_rows_shown: int = 4, **kwargs):
+        super().__init__(None, prompts, lambda items: {"items": items}, lr=cfg.actor_lr, batch_size=cfg.rollout_batch,
+                         **kwargs)
+        self.cfg = cfg
+        actor_opt, critic_opt = adamw(actor, cfg.actor_lr, cfg.weight_decay), adamw(critic, cfg.critic_lr, cfg.weight_decay)
         self.actor, self.actor_opt, self.critic, self.critic_opt = self.accelerator.prepare(actor, actor_opt, critic, critic_opt)
+        self.actor_sched, self.critic_sched = self.lr_schedule(self.actor_opt), self.lr_schedule(self.critic_opt)
         self.model = self.actor  # what the base class evaluates and saves
         self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
         self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
         self.reward_fn, self.tokenizer, self.ptx_data, self.eval_prompts = reward_fn, tokenizer, ptx_data, eval_prompts
-        self.mini_batch, self.ppo_epochs, self.max_new_tokens = mini_batch, ppo_epochs, max_new_tokens
-        self.sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
-        self.beta, self.target_kl, self.kl_horizon = beta, target_kl, kl_horizon
-        self.gamma, self.lam, self.clip_range, self.value_clip = gamma, lam, clip_range, value_clip
-        self.ptx_coef, self.ptx_batch, self.missing_eos_penalty = ptx_coef, ptx_batch, missing_eos_penalty
-        self.normalize_scores, self.score_moments = normalize_scores, RunningMoments()
-        self.eval_rows_shown, self.last_rows = eval_rows_shown, []
+        self.sampling = dict(do_sample=True, temperature=cfg.temperature)  # top_k=0, top_p=1: the full distribution
+        self.beta, self.score_moments = cfg.beta, RunningMoments()
+        self.eval_rows_shown, self.last_rows, self.warned_truncation = eval_rows_shown, [], False
 
     # ------------------------------------------------------------------ forward passes
     def forward_in_chunks(self, fn, sequences, attention_mask) -> torch.Tensor:
         """Apply fn(sequences, attention_mask) in chunks of MINI_BATCH rows: the rollout sees the same
         shapes as learn()'s first, unshuffled epoch, so before any update the ratio is exactly 1."""
-        return torch.cat([fn(sequences[i: i + self.mini_batch], attention_mask[i: i + self.mini_batch])
-                          for i in range(0, sequences.size(0), self.mini_batch)])
+        return torch.cat([fn(sequences[i: i + self.cfg.mini_batch], attention_mask[i: i + self.cfg.mini_batch])
+                          for i in range(0, sequences.size(0), self.cfg.mini_batch)])
 
     def policy_forward(self, model, sequences, attention_mask, context_length):
-        """Logits that predict each response token (aligned one position left) and their log-probs.
+        """Logits of the sampling distribution (divided by TEMPERATURE, as the sampler did) that predict
+        each response token (aligned one position left), and their log-probs. Actor and reference are
+        both scored this way, so ratio and KL refer to the policy that produced the samples.
         Returns (logits (B, N, V), logprobs (B, N))."""
         logits = model(input_ids=sequences, attention_mask=attention_mask,
                        position_ids=position_ids_for(attention_mask)).logits[:, context_length - 1: -1]  # (B, N, V)
+        logits = logits.float() / self.cfg.temperature
         return logits, token_logprobs(logits, sequences[:, context_length:])
 
     def reference_context(self):
@@ -117,7 +157,7 @@ class PPOTrainer(Trainer):
         every mask. Returns sequences (B, P + N), attention_mask (B, P + N), action_mask (B, N; 1 up to
         and including EOS), has_eos (B,) and the padded prompt length P."""
         # 1. sample: left-padded prompts, KV cache, stop at EOS, no minimum length
-        sequences = generate(policy, self.tokenizer, [it["prompt_ids"] for it in items], self.max_new_tokens, **sampling)
+        sequences = generate(policy, self.tokenizer, [it["prompt_ids"] for it in items], self.cfg.max_new_tokens, **sampling)
         P = max(len(it["prompt_ids"]) for it in items)
         # 2. truncate after the first EOS
         response = sequences[:, P:]  # (B, N)
@@ -131,48 +171,53 @@ class PPOTrainer(Trainer):
 
     @torch.no_grad()
     def make_experience(self, items: list[dict]) -> Experience:
-        actor = self.unwrap(self.actor)
-        actor.eval()
-        # 1-2. sample, then truncate after the first EOS
-        sequences, attention_mask, action_mask, has_eos, P = self.sample(actor, items, self.sampling)
-        # 3. log-probs under actor and reference, values from the critic
-        logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(actor, s, m, P)[1], sequences, attention_mask)
-        with self.reference_context():
-            ref_model = self.ref if self.ref is not None else actor
-            ref_logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(ref_model, s, m, P)[1], sequences, attention_mask)
-        critic = self.unwrap(self.critic)
-        critic.eval()
-        values = self.forward_in_chunks(lambda s, m: token_values(critic, s, m)[:, P - 1: -1], sequences, attention_mask)
-        # 4. score the whole response; 5. normalise; 6. penalise responses that never produced EOS
-        raw_scores = self.score(items, sequences, attention_mask, P)  # (B,)
+        # Every forward pass (sampling, actor, reference, critic, reward model) runs in eval mode (no
+        # dropout) under the same autocast as learn(): the numbers learn() recomputes before its first
+        # update are then bit-identical, so the ratio is exactly 1 and the KL to a copied reference 0.
+        actor, critic = self.unwrap(self.actor).eval(), self.unwrap(self.critic).eval()
+        with self.accelerator.autocast():
+            # 1-2. sample, then truncate after the first EOS
+            sequences, attention_mask, action_mask, has_eos, P = self.sample(actor, items, self.sampling)
+            # 3. log-probs under actor and reference, values from the critic
+            logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(actor, s, m, P)[1], sequences, attention_mask)
+            with self.reference_context():
+                ref_model = self.ref if self.ref is not None else actor
+                ref_logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(ref_model, s, m, P)[1], sequences, attention_mask)
+            values = self.forward_in_chunks(lambda s, m: token_values(critic, s, m)[:, P - 1: -1], sequences, attention_mask)
+            # 4. score the whole response
+            raw_scores = self.score(items, sequences, attention_mask, P)  # (B,)
+        # 5. normalise; 6. penalise responses that never produced EOS (cut by MAX_NEW_TOKENS: the score
+        #    was read at a token that is not the EOS the reward model was trained on)
         scores = raw_scores
-        if self.normalize_scores:
+        if self.cfg.normalize_scores:
             self.score_moments.update(raw_scores)
             scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
-        scores = scores - self.missing_eos_penalty * (~has_eos).float()
+        scores = scores - self.cfg.missing_eos_penalty * (~has_eos).float()
         # 7. per-token reward: -beta * KL everywhere, + score on the last response token
         rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, action_mask, self.beta)
         # 8. GAE advantages and returns; whiten advantages over the batch's response tokens
-        advantages, returns = compute_gae(rewards, values, action_mask, self.gamma, self.lam)
+        advantages, returns = compute_gae(rewards, values, action_mask, self.cfg.gamma, self.cfg.lam)
         advantages = masked_whiten(advantages, action_mask)
         return Experience(sequences, attention_mask, action_mask, logprobs, ref_logprobs, values * action_mask,
                           rewards, advantages, returns, scores, raw_scores, kl, P)
 
     # ------------------------------------------------------------------ phase 2: optimisation
     def learn(self, exp: Experience) -> dict:
-        self.actor.train()
-        self.critic.train()
-        B, P, stats = exp.sequences.size(0), exp.context_length, []
-        for epoch in range(self.ppo_epochs):
+        # eval mode: dropout off, as in the rollout (opt-125m's config has dropout 0.1; with it on, the
+        # ratio is not 1 before any update and clipping fires on dropout noise)
+        self.actor.eval()
+        self.critic.eval()
+        B, P, stats, cfg = exp.sequences.size(0), exp.context_length, [], self.cfg
+        for epoch in range(cfg.ppo_epochs):
             gen = torch.Generator().manual_seed(self.seed * 7919 + self.step * 31 + epoch)
             order = torch.arange(B) if epoch == 0 else torch.randperm(B, generator=gen)  # epoch 0 in rollout order
-            for start in range(0, B, self.mini_batch):
-                mb = exp.select(order[start: start + self.mini_batch].to(self.device))
+            for start in range(0, B, cfg.mini_batch):
+                mb = exp.select(order[start: start + cfg.mini_batch].to(self.device))
                 with self.accelerator.autocast():
                     logits, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask, P)
-                    pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.action_mask, self.clip_range)
-                    ptx = self.ptx_loss(epoch, start) if self.ptx_coef > 0 else torch.zeros((), device=self.device)
-                    actor_loss = pg_loss + self.ptx_coef * ptx  # InstructGPT Eq. 2: RL objective + gamma * pretraining LM
+                    pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.action_mask, cfg.clip_range)
+                    ptx = self.ptx_loss(epoch, start) if cfg.ptx_coef > 0 else torch.zeros((), device=self.device)
+                    actor_loss = pg_loss + cfg.ptx_coef * ptx  # InstructGPT Eq. 2: RL objective + gamma * pretraining LM
                 self.check_finite(actor_loss)
                 self.accelerator.backward(actor_loss)
                 self.accelerator.clip_grad_norm_(self.actor.parameters(), self.grad_clip)
@@ -180,7 +225,7 @@ class PPOTrainer(Trainer):
                 self.actor_opt.zero_grad(set_to_none=True)
                 with self.accelerator.autocast():
                     values = token_values(self.critic, mb.sequences, mb.attention_mask)[:, P - 1: -1]  # (mb, N)
-                    vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mb.action_mask, self.value_clip)
+                    vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip)
                 self.check_finite(vf_loss)
                 self.accelerator.backward(vf_loss)
                 self.accelerator.clip_grad_norm_(self.critic.parameters(), self.grad_clip)
@@ -189,13 +234,20 @@ class PPOTrainer(Trainer):
                 entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
                 stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx.item(),
                               "entropy": entropy, **pg_stats, **vf_stats})
+            epoch_kl = sum(s["approx_kl"] for s in stats[-(B // cfg.mini_batch):]) / (B // cfg.mini_batch)
+            if cfg.stop_approx_kl and epoch_kl > cfg.stop_approx_kl:  # the policy moved far from the rollout's
+                break
+        self.actor_sched.step()
+        self.critic_sched.step()
         self.first_minibatch_stats = stats[0]
-        return {f"ppo/{k}": sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        out = {f"ppo/{k}": sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        out.update({"ppo/epochs": epoch + 1, "ppo/lr": self.actor_sched.get_last_lr()[0]})
+        return out
 
     def ptx_loss(self, epoch: int, start: int) -> torch.Tensor:
         """LM loss on an SFT batch (InstructGPT's PPO-ptx), drawn deterministically from (step, epoch, start)."""
         gen = torch.Generator().manual_seed(self.seed * 104729 + self.step * 977 + epoch * 13 + start)
-        idx = torch.randint(len(self.ptx_data), (self.ptx_batch,), generator=gen).tolist()
+        idx = torch.randint(len(self.ptx_data), (self.cfg.ptx_batch,), generator=gen).tolist()
         batch = {k: v.to(self.device) for k, v in sft_collate([self.ptx_data[i] for i in idx], self.tokenizer.pad_token_id).items()}
         logits = self.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return lm_loss(logits, batch["labels"])
@@ -206,18 +258,23 @@ class PPOTrainer(Trainer):
         metrics = self.learn(exp)
         mask = exp.action_mask.float()
         kl_per_seq = exp.kl.sum(1).mean().item()
+        has_eos = (exp.sequences[:, exp.context_length:] == self.tokenizer.eos_token_id).any(1).float()
         metrics.update({
             "ppo/score": exp.raw_scores.mean().item(), "ppo/kl": kl_per_seq, "ppo/kl_per_token": masked_mean(exp.kl, mask).item(),
             "ppo/beta": self.beta, "ppo/response_length": mask.sum(1).mean().item(),
-            "ppo/eos_frac": (exp.sequences[:, exp.context_length:] == self.tokenizer.eos_token_id).any(1).float().mean().item(),
+            "ppo/truncated_frac": 1 - has_eos.mean().item(),
             "ppo/explained_variance": explained_variance(exp.values, exp.returns, mask),
         })
+        if metrics["ppo/truncated_frac"] > 0.25 and not self.warned_truncation:
+            self.warned_truncation = True
+            warnings.warn(f"{metrics['ppo/truncated_frac']:.0%} of the responses reached MAX_NEW_TOKENS="
+                          f"{self.cfg.max_new_tokens} without EOS: the reward model scores them at a token it was "
+                          "not trained to score there (they get -MISSING_EOS_PENALTY); raise MAX_NEW_TOKENS")
         gold = self.gold_of(items, exp)
         if gold is not None:
             metrics["ppo/gold_score"] = gold
-        if self.target_kl:  # adaptive controller: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * B / horizon
-            error = min(max(kl_per_seq / self.target_kl - 1, -0.2), 0.2)
-            self.beta *= 1 + error * exp.sequences.size(0) / self.kl_horizon
+        if self.cfg.target_kl:
+            self.beta = adaptive_beta(self.beta, kl_per_seq, self.cfg.target_kl, exp.sequences.size(0), self.cfg.kl_horizon)
         return metrics
 
     def gold_of(self, items, exp):
@@ -243,42 +300,55 @@ class PPOTrainer(Trainer):
         type) and the summed KL to the reference over the response tokens."""
         was_training = policy.training
         policy.eval()
-        rows = []
-        for i in range(0, len(items), batch_size):
-            chunk = items[i: i + batch_size]
-            sampling = self.sampling if do_sample else {"do_sample": False}
-            sequences, attention_mask, action_mask, _, P = self.sample(policy, chunk, sampling)
-            logprobs = self.policy_forward(policy, sequences, attention_mask, P)[1]
-            with self.reference_context():
-                ref_logprobs = self.policy_forward(self.ref if self.ref is not None else policy, sequences, attention_mask, P)[1]
-            kl = ((logprobs - ref_logprobs) * action_mask).sum(1)
-            rewards = self.score(chunk, sequences, attention_mask, P)
-            for it, resp, r, k in zip(chunk, decode_responses(self.tokenizer, sequences, P), rewards.tolist(), kl.tolist()):
-                j = judge(render_prompt(it["row"]), resp) if "type" in it["row"] else {"score": float("nan"), "correct": float("nan"), "format": float("nan")}
-                rows.append({"type": it["row"].get("type"), "input": it["row"].get("input", ""), "response": resp,
-                             "reward": r, "gold": j["score"], "correct": j["correct"], "format": j["format"], "kl": k})
+        with self.accelerator.autocast():
+            rows = [row for i in range(0, len(items), batch_size)
+                    for row in self.answer_rows(policy, items[i: i + batch_size], do_sample)]
         policy.train(was_training)
-        out = {"rows": rows}
-        for key, name in (("reward", "reward"), ("gold", "gold_score"), ("correct", "correct"), ("format", "format"), ("kl", "kl")):
-            out[name] = sum(r[key] for r in rows) / len(rows)
-        for kind in sorted({r["type"] for r in rows if r["type"]}):
-            sel = [r for r in rows if r["type"] == kind]
-            for key in ("gold", "correct", "format"):
-                out[f"{kind}/{key}"] = sum(r[key] for r in sel) / len(sel)
-        return out
+        return summarize_rows(rows)
+
+    def answer_rows(self, policy, chunk: list[dict], do_sample: bool) -> list[dict]:
+        """One evaluation batch: answers, RM score, gold judgement (shipped-task rows) and summed KL to the reference."""
+        sampling = self.sampling if do_sample else {"do_sample": False}
+        sequences, attention_mask, action_mask, _, P = self.sample(policy, chunk, sampling)
+        logprobs = self.policy_forward(policy, sequences, attention_mask, P)[1]
+        with self.reference_context():
+            ref_logprobs = self.policy_forward(self.ref if self.ref is not None else policy, sequences, attention_mask, P)[1]
+        kl = ((logprobs - ref_logprobs) * action_mask).sum(1)  # (B,)
+        rewards = self.score(chunk, sequences, attention_mask, P)
+        rows, nan = [], float("nan")
+        for it, resp, r, k in zip(chunk, decode_responses(self.tokenizer, sequences, P), rewards.tolist(), kl.tolist()):
+            j = judge(render_prompt(it["row"]), resp) if "type" in it["row"] else {"score": nan, "correct": nan, "format": nan}
+            rows.append({"type": it["row"].get("type"), "input": it["row"].get("input", ""), "response": resp,
+                         "reward": r, "gold": j["score"], "correct": j["correct"], "format": j["format"], "kl": k})
+        return rows
 
     def state_dict(self) -> dict:
         return {"actor": self.unwrap(self.actor).state_dict(), "critic": self.unwrap(self.critic).state_dict(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(), "beta": self.beta,
-                "score_moments": vars(self.score_moments)}
+                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "actor_sched": self.actor_sched.state_dict(), "critic_sched": self.critic_sched.state_dict(),
+                "beta": self.beta, "score_moments": vars(self.score_moments)}
 
     def load_state_dict(self, state: dict) -> None:
         self.unwrap(self.actor).load_state_dict(state["actor"])
         self.unwrap(self.critic).load_state_dict(state["critic"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
+        self.actor_sched.load_state_dict(state["actor_sched"])
+        self.critic_sched.load_state_dict(state["critic_sched"])
         self.beta = state["beta"]
         vars(self.score_moments).update(state["score_moments"])
+
+
+def summarize_rows(rows: list[dict]) -> dict:
+    """Means over evaluation rows, overall and per instruction type ('<type>/gold', ...), plus the rows."""
+    out = {"rows": rows}
+    for key, name in (("reward", "reward"), ("gold", "gold_score"), ("correct", "correct"), ("format", "format"), ("kl", "kl")):
+        out[name] = sum(r[key] for r in rows) / len(rows)
+    for kind in sorted({r["type"] for r in rows if r["type"]}):
+        sel = [r for r in rows if r["type"] == kind]
+        for key in ("gold", "correct", "format"):
+            out[f"{kind}/{key}"] = sum(r[key] for r in sel) / len(sel)
+    return out
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -287,3 +357,10 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     residual = returns - values
     var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
     return (1 - var_residual / var_returns.clamp(min=1e-8)).item()
+
+
+def adaptive_beta(beta: float, kl: float, target_kl: float, batch: int, horizon: int) -> float:
+    """Adaptive KL controller (Ziegler et al. 2019, Sec. 2.2): beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * batch / horizon.
+    KL above the target raises beta, below lowers it; one call moves it by at most 20% * batch / horizon."""
+    error = min(max(kl / target_kl - 1, -0.2), 0.2)
+    return beta * (1 + error * batch / horizon)

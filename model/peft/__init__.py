@@ -58,7 +58,10 @@ def apply_peft(model, method: str, task: str = "causal", **settings):
 def _fix_generate(model):
     """Route generate() of prompt-learning causal LMs through model/peft/generation.py (see its docstring)."""
     if model.active_peft_config.is_prompt_learning and model.active_peft_config.task_type == "CAUSAL_LM":
-        model.generate = lambda **kwargs: generate_with_virtual_tokens(model, **kwargs)
+        model.generate = lambda input_ids, attention_mask, generation_config: generate_with_virtual_tokens(
+            model, input_ids, attention_mask, generation_config.max_new_tokens, generation_config.eos_token_id,
+            generation_config.pad_token_id, generation_config.do_sample, generation_config.temperature or 1.0,
+            generation_config.top_k or 0, generation_config.top_p or 1.0)
     return model
 
 
