@@ -103,13 +103,14 @@ def test_one_dpo_step_raises_the_chosen_minus_rejected_log_ratio_margin(tok, ran
 
 def test_train_dpo_smoke_writes_checkpoint_and_summary(sft_dir, tmp_path):
     """train_dpo.py runs 3 steps from the SFT checkpoint and writes a loadable policy, metrics.jsonl with
-    the implicit-reward accuracy and margin, and the summary keys the comparison reads."""
+    the implicit-reward accuracy and margin, and the summary keys the comparison reads (RM score included)."""
     out = str(tmp_path / "dpo")
     run_script("train_dpo.py", "--sft_model", sft_dir, "--out_dir", out, "--max_steps", "3", "--batch_size", "4",
-               "--train_limit", "40", "--eval_limit", "12", "--eval_interval", "0", "--log_interval", "1")
+               "--train_limit", "40", "--eval_limit", "12", "--eval_interval", "0", "--log_interval", "1",
+               "--eval_rm", sft_dir)  # a fresh scalar head on the SFT model: an RM to score answers with
     summary = json.load(open(os.path.join(out, "summary.json")))
     for key in ("gold_score_sft", "gold_score", "correct", "format", "kl", "train_seconds", "peak_rss_mb",
-                "dpo_accuracy", "dpo_margin"):
+                "dpo_accuracy", "dpo_margin", "reward"):
         assert summary[key] is not None and summary[key] == summary[key], key
     assert summary["eval_prompts"] == 12 and summary["kl"] != 0.0
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]

@@ -49,6 +49,7 @@ class DPOTrainer(Trainer):
     sample = PPOTrainer.sample
     policy_forward = PPOTrainer.policy_forward
     reference_context = PPOTrainer.reference_context
+    forward_in_chunks = PPOTrainer.forward_in_chunks
     score = PPOTrainer.score
     answer_rows = PPOTrainer.answer_rows
     evaluate_policy = PPOTrainer.evaluate_policy
