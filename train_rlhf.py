@@ -4,10 +4,12 @@
     python train_rlhf.py --iterations 2 --rollout_batch 8 --mini_batch 4 --out_dir out/t   # smoke run
     python train_rlhf.py --peft lora --actor_lr 1e-3          # LoRA actor; reference = actor with adapters off
     python train_rlhf.py --reward gold                        # the gold judge as reward: an upper bound
+    python train_rlhf.py --algo grpo                          # GRPO: G samples per prompt, no critic (trainer/grpo.py)
 
 Four models: actor (from SFT_MODEL, trained), reference (SFT_MODEL, frozen), critic (from RM_MODEL,
 trained; a value per token) and reward model (RM_MODEL, frozen). Writes out_dir/: the actor as an HF
 checkpoint, metrics.jsonl, summary.json, side_by_side.jsonl (SFT vs RLHF answers), ppo_curves.png.
+GRPO (--algo grpo) drops the critic: the other samples of the same prompt are the baseline.
 """
 import copy
 import os
@@ -21,9 +23,11 @@ from dataset.sft import SFTDataset, render_prompt
 from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts, save_peft
 from model.reward import load_reward_model
+from trainer.grpo import GRPOConfig, GRPOTrainer
 from trainer.ppo import PPOConfig, PPOTrainer
 from utils import ConfigError, configure, peak_rss_mb, plot_metrics, quiet_transformers, run_main, seed_everything, write_json
 
+ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, no critic, KL in the loss)
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
@@ -37,7 +41,8 @@ MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
 CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's own chat template (dataset/chat.py); saved with the model
 # rollout
 ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early, then the policy over-optimises the RM
-ROLLOUT_BATCH = 64  # prompts sampled per iteration
+ROLLOUT_BATCH = 64  # responses sampled per iteration (PPO: one per prompt; GRPO: GROUP_SIZE per prompt)
+GROUP_SIZE = 4  # GRPO: samples per prompt whose scores are normalised together (ROLLOUT_BATCH / GROUP_SIZE prompts)
 MAX_NEW_TOKENS = 20  # response length limit (no minimum length is forced)
 TEMPERATURE = 1.0  # sampling temperature of rollouts; actor and reference log-probs use the same one
 TOP_K = 0  # must stay 0: PPO samples the full distribution (the KL to the reference needs it)
@@ -55,6 +60,7 @@ VALUE_CLIP = 0.2  # clip of the value loss around rollout values
 GAMMA = 1.0  # discount
 LAM = 0.95  # GAE lambda
 BETA = 0.2  # KL penalty coefficient (initial value when TARGET_KL is set); 0.05 let the policy hack the RM
+GRPO_BETA = 0.04  # GRPO: weight of the k3 KL-to-reference term in the loss (DeepSeekMath used 0.04)
 TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
 KL_HORIZON = 1000  # adaptive controller horizon (rollouts): beta moves by up to 20% * ROLLOUT_BATCH / KL_HORIZON per iteration
 PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
@@ -86,7 +92,11 @@ def gold_reward(rows, responses):
 
 
 def main():
-    ppo_config = PPOConfig.from_settings(config)  # checked before any model loads (a ConfigError)
+    if ALGO not in ("ppo", "grpo"):
+        raise ConfigError(f"ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
+    if ALGO == "grpo" and (PTX_COEF > 0 or TARGET_KL > 0):
+        raise ConfigError("ALGO='grpo' has no ptx loss and a fixed GRPO_BETA: set PTX_COEF=0 and TARGET_KL=0")
+    algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)  # checked before any model loads
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
@@ -98,11 +108,11 @@ def main():
         actor, ref = apply_peft(actor, "lora", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(","))), None
     else:
         raise ConfigError(f"PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
-    critic = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL")
-    if CRITIC_INIT == "zero_head":  # returns are in normalised-score units; the RM head speaks raw scores
-        torch.nn.init.zeros_(critic.score.weight)
-    elif CRITIC_INIT != "rm":
+    critic = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if ALGO == "ppo" else None
+    if CRITIC_INIT not in ("rm", "zero_head"):
         raise ConfigError(f"CRITIC_INIT={CRITIC_INIT!r}: expected 'rm' or 'zero_head'")
+    if critic is not None and CRITIC_INIT == "zero_head":  # returns are in normalised-score units; the RM head speaks raw scores
+        torch.nn.init.zeros_(critic.score.weight)
     reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if REWARD == "rm" else None
     if REWARD not in ("rm", "gold"):
         raise ConfigError(f"REWARD={REWARD!r}: expected 'rm' or 'gold'")
@@ -110,12 +120,17 @@ def main():
     eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
                     if EVAL_PROMPTS != "none" else None)
     ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS, chat_template=CHAT_TEMPLATE) if PTX_COEF > 0 else None
-    trainer = PPOTrainer(
-        actor, ref, critic, reward_model, tokenizer, prompts, ppo_config, ptx, gold_reward if REWARD == "gold" else None,
-        eval_prompts, out_dir=OUT_DIR, run_config=config, max_steps=ITERATIONS, warmup_steps=WARMUP_STEPS,
-        grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL,
-        seed=SEED, bf16=BF16, resume=RESUME, log_with=LOG_WITH)
-    trainer.log(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
+    reward_fn = gold_reward if REWARD == "gold" else None
+    loop = dict(out_dir=OUT_DIR, run_config=config, max_steps=ITERATIONS, warmup_steps=WARMUP_STEPS, grad_clip=GRAD_CLIP,
+                eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16,
+                resume=RESUME, log_with=LOG_WITH)
+    if ALGO == "grpo":
+        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, algo_config, reward_fn, eval_prompts, **loop)
+        trainer.log(f"actor: {format_counts(*count_parameters(actor))}; no critic")
+    else:
+        trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, algo_config, ptx, reward_fn,
+                             eval_prompts, **loop)
+        trainer.log(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
 
     before = {}
     if eval_prompts:  # the SFT policy (the actor before any update) on the held-out prompts
@@ -139,7 +154,7 @@ def main():
                  "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
     if not trainer.accelerator.is_main_process:
         return
-    summary = {"iterations": ITERATIONS, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(), "peft": PEFT, "reward": REWARD}
+    summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(), "peft": PEFT, "reward": REWARD}
     if eval_prompts:
         report(before, after, eval_prompts)
         summary.update(gold_score_sft=before["greedy"]["gold_score"], gold_score=after["greedy"]["gold_score"],
@@ -151,10 +166,10 @@ def main():
         for key in ("correct", "format"):
             summary[f"{key}_sft"], summary[key] = before["greedy"][key], after["greedy"][key]
     write_json(os.path.join(OUT_DIR, "summary.json"), summary)
-    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "ppo_curves.png"),
-                 [("ppo/score", "RM score (rollouts)"), ("ppo/gold_score", "gold score (rollouts)"),
-                  ("eval/gold_score", "gold score (held-out, greedy)"), ("ppo/kl", "KL to SFT (nats / response)")])
-    print(f"wrote {OUT_DIR}/ (HF checkpoint, summary.json, side_by_side.jsonl, ppo_curves.png)")
+    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, f"{ALGO}_curves.png"),
+                 [(f"{ALGO}/score", "RM score (rollouts)"), (f"{ALGO}/gold_score", "gold score (rollouts)"),
+                  ("eval/gold_score", "gold score (held-out, greedy)"), (f"{ALGO}/kl", "KL to SFT (nats / response)")])
+    print(f"wrote {OUT_DIR}/ (HF checkpoint, summary.json, side_by_side.jsonl, {ALGO}_curves.png)")
 
 
 def report(before: dict, after: dict, eval_prompts: list) -> None:

@@ -177,7 +177,8 @@ def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, 
 
 
 class RMDataset(torch.utils.data.Dataset):
-    """Tokenized groups: {'sequences': K lists of ids, 'pairs': [(better, worse)], 'kinds': pair kinds or None}.
+    """Tokenized groups: {'sequences': K lists of ids, 'prompt_lengths': K ints (the prompt tokens that start
+    each sequence), 'pairs': [(better, worse)], 'kinds': pair kinds or None}.
 
     kinds come from the gold judge and exist only for rows of the shipped task (rows with a 'type')."""
 
@@ -192,13 +193,14 @@ class RMDataset(torch.utils.data.Dataset):
             else:
                 prompt_ids = encode_prompt(tokenizer, g["prompt"])
                 response_ids = [encode_response(tokenizer, response) for response in g["responses"]]
-            sequences = []
+            sequences, prompt_lengths = [], []
             for ids in response_ids:
                 p, r = fit_lengths(prompt_ids, ids, max_len, self.counter)
                 sequences.append(p + r)
+                prompt_lengths.append(len(p))
             pairs = ranked_pairs(len(sequences))
             kinds = [pair_kind(g["prompt"], g["responses"][i], g["responses"][j]) for i, j in pairs] if g["type"] else None
-            self.items.append({"sequences": sequences, "pairs": pairs, "kinds": kinds})
+            self.items.append({"sequences": sequences, "prompt_lengths": prompt_lengths, "pairs": pairs, "kinds": kinds})
         if verbose:
             print(self.report(source))
 
@@ -222,12 +224,13 @@ class RMDataset(torch.utils.data.Dataset):
 def flatten_groups(items: list) -> dict:
     """The groups' responses as one list of N sequences, and their P pairs as indices into it.
 
-    sequences: N id lists; chosen, rejected: P row indices; group: P group indices; kinds: P pair
-    kinds (None where unknown)."""
-    flat = {"sequences": [], "chosen": [], "rejected": [], "group": [], "kinds": []}
+    sequences: N id lists; prompt_lengths: N ints; chosen, rejected: P row indices; group: P group
+    indices; kinds: P pair kinds (None where unknown)."""
+    flat = {"sequences": [], "prompt_lengths": [], "chosen": [], "rejected": [], "group": [], "kinds": []}
     for g, it in enumerate(items):
         offset = len(flat["sequences"])
         flat["sequences"] += it["sequences"]
+        flat["prompt_lengths"] += it["prompt_lengths"]
         flat["chosen"] += [offset + i for i, _ in it["pairs"]]
         flat["rejected"] += [offset + j for _, j in it["pairs"]]
         flat["group"] += [g] * len(it["pairs"])
@@ -238,13 +241,15 @@ def flatten_groups(items: list) -> dict:
 def rm_collate(items: list, pad_id: int) -> dict:
     """Flatten the groups' responses into one right-padded batch of N sequences, and index the P pairs.
 
-    input_ids, attention_mask: (N, T); chosen_index, rejected_index: (P,) rows of input_ids;
+    input_ids, attention_mask: (N, T); loss_mask: (N, T), 1 on response tokens (EOS included), which
+    DPO's sequence log-probs sum over; chosen_index, rejected_index: (P,) rows of input_ids;
     kinds: P pair kinds (None where unknown)."""
     flat = flatten_groups(items)
     seqs = flat["sequences"]
     return {
         "input_ids": pad(seqs, pad_id),  # (N, T)
         "attention_mask": pad([[1] * len(s) for s in seqs], 0),  # (N, T)
+        "loss_mask": pad([[0] * n + [1] * (len(s) - n) for s, n in zip(seqs, flat["prompt_lengths"])], 0),  # (N, T)
         "chosen_index": torch.tensor(flat["chosen"], dtype=torch.long),  # (P,)
         "rejected_index": torch.tensor(flat["rejected"], dtype=torch.long),  # (P,)
         "kinds": flat["kinds"],

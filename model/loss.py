@@ -134,3 +134,76 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution at each position.  (B, T, V) -> (B, T)"""
     logp = F.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y|x) = sum over response tokens t of log pi(y_t | x, y_<t): prompt and pad tokens add nothing.
+
+    logits: (B, T, V) of the model on input_ids: (B, T); loss_mask: (B, T), 1 on the response tokens
+    (EOS included). Position t of the logits predicts token t + 1. Returns (B,)."""
+    logprobs = token_logprobs(logits[:, :-1], input_ids[:, 1:])  # (B, T-1): log p(token t+1)
+    return (logprobs * loss_mask[:, 1:].to(logprobs.dtype)).sum(-1)  # (B,)
+
+
+def dpo_loss(chosen_logprobs: torch.Tensor, rejected_logprobs: torch.Tensor, ref_chosen_logprobs: torch.Tensor,
+             ref_rejected_logprobs: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+    """Direct preference optimisation, DPO Eq. 7 (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290):
+
+        loss = -mean over pairs of log sigmoid(beta * ((log pi(y_w|x) - log pi_ref(y_w|x))
+                                                      - (log pi(y_l|x) - log pi_ref(y_l|x))))
+
+    the reward-model loss (InstructGPT Eq. 1) with the implicit reward r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)).
+    It equals log 2 when the policy is the reference. All arguments: (P,) summed sequence log-probs.
+    Also returns the implicit rewards' accuracy (share of pairs with r_w > r_l), their mean margin
+    r_w - r_l, and the mean chosen and rejected rewards.
+    """
+    chosen_rewards = beta * (chosen_logprobs.float() - ref_chosen_logprobs.float())  # (P,)
+    rejected_rewards = beta * (rejected_logprobs.float() - ref_rejected_logprobs.float())  # (P,)
+    margin = chosen_rewards - rejected_rewards  # (P,)
+    loss = -F.logsigmoid(margin).mean()
+    with torch.no_grad():
+        stats = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(),
+                 "chosen_reward": chosen_rewards.mean().item(), "rejected_reward": rejected_rewards.mean().item()}
+    return loss, stats
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's outcome advantages, DeepSeekMath Sec. 4.1.2 (Shao et al. 2024, https://arxiv.org/abs/2402.03300):
+
+        A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)      within each group of G samples of one prompt
+
+    the group mean is the baseline a critic would otherwise learn. std is the population std, so a group's
+    advantages have mean 0 and variance 1; a group whose rewards are all equal (std < eps) carries no
+    signal and gets exactly 0 rather than rounding noise divided by eps.  rewards: (B, G) -> (B, G)
+    """
+    rewards = rewards.float()
+    std = rewards.std(dim=1, unbiased=False, keepdim=True)  # (B, 1)
+    advantages = (rewards - rewards.mean(dim=1, keepdim=True)) / std.clamp(min=eps)  # (B, G)
+    return advantages.masked_fill(std < eps, 0.0)
+
+
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, advantages: torch.Tensor,
+              mask: torch.Tensor, clip_range: float, beta: float) -> tuple[torch.Tensor, dict]:
+    """GRPO objective, DeepSeekMath Eq. 3, as a loss to minimise:
+
+        rho_t = pi(o_t) / pi_old(o_t)
+        kl_t  = pi_ref(o_t) / pi(o_t) - log(pi_ref(o_t) / pi(o_t)) - 1       (Eq. 4: the k3 estimator)
+        loss  = -mean_i 1/|o_i| sum_t [ min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps) A_i) - beta * kl_t ]
+
+    The KL to the reference enters the loss, per token, not the reward as in PPO. k3 is unbiased for
+    KL(pi || pi_ref) on samples of pi and never negative (http://joschu.net/blog/kl-approx.html).
+    logprobs, old_logprobs, ref_logprobs, mask: (B, N); advantages: (B,), one per sampled response.
+    """
+    log_ratio = logprobs - old_logprobs  # (B, N)
+    ratio = torch.exp(log_ratio)
+    adv = advantages[:, None]  # (B, 1): every token of response i gets A_i
+    unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * adv  # (B, N)
+    surrogate = torch.min(unclipped, clipped)
+    ref_log_ratio = ref_logprobs - logprobs  # log(pi_ref / pi)
+    kl = torch.expm1(ref_log_ratio) - ref_log_ratio  # (B, N), k3 >= 0
+    loss = -masked_mean(surrogate - beta * kl, mask, dim=1).mean()  # mean over each response's tokens, then responses
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped < unclipped).float(), mask)  # share of tokens where the clip is active
+        stats = {"clipfrac": clipfrac.item(), "kl_k3": masked_mean(kl, mask).item(), "ratio": masked_mean(ratio, mask).item(),
+                 "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask).item()}
+    return loss, stats

@@ -1,0 +1,143 @@
+"""DPO (Rafailov et al. 2023): align the SFT model on comparisons directly, without a reward model or PPO.
+
+    python train_sft.py && python train_dpo.py       # embedded default: out/sft + the shipped rankings -> out/dpo
+    python train_dpo.py --max_steps 5 --eval_limit 20 --out_dir out/t_dpo   # smoke run
+    python train_dpo.py --peft lora --lr 3e-3        # LoRA policy; the reference is the policy with adapters off
+    python train_dpo.py --eval_rm out/rm             # also report the reward model's score of the answers
+
+Reads the comparison files train_rm.py reads (dataset/rm.py): ranked rows give all K(K-1)/2 pairs, pair
+rows one pair, Anthropic HH rows their dialogue split. Writes out_dir/: the policy as an HF checkpoint,
+metrics.jsonl, summary.json (gold score before/after, correct, format, KL to SFT, time, memory) and
+dpo_curves.png.
+"""
+import copy
+import os
+import time
+
+from dataset.prompt import PromptDataset
+from dataset.rm import RMDataset
+from model.load import load_causal_lm, load_tokenizer
+from model.peft import apply_peft, count_parameters, format_counts, save_peft
+from model.reward import load_reward_model
+from trainer.dpo import DPOTrainer
+from utils import configure, peak_rss_mb, plot_metrics, quiet_transformers, seed_everything, write_json
+
+# models and data
+SFT_MODEL = "out/sft"  # the policy and the frozen reference start here
+TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # comparisons: ranked, chosen/rejected pairs, HH dialogues, or a hub name
+EVAL_DATA = "ds/rm_eval_ranked.jsonl"  # held-out comparisons for the implicit reward's accuracy ('none' to skip)
+EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts: gold score and KL of the answers ('none' to skip)
+EVAL_RM = "none"  # a reward model to score the held-out answers with (e.g. out/rm), or 'none'; DPO never trains on it
+OUT_DIR = "out/dpo"  # checkpoint, metrics.jsonl, summary.json, dpo_curves.png
+MAX_LEN = 96  # tokens per prompt + response of a comparison (cut as in train_rm.py)
+MAX_PROMPT_LEN = 72  # held-out prompt tokens (as in train_rlhf.py)
+MAX_NEW_TOKENS = 20  # answer length limit of the held-out evaluation (as in train_rlhf.py)
+TEMPERATURE = 1.0  # sampling temperature of the held-out sampled answers (the KL figure)
+STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip with a warning, True = error
+TRAIN_LIMIT = None  # use only the first N training rows (None: all)
+# DPO
+BETA = 0.1  # strength of the implicit KL constraint: r(x, y) = BETA * log(pi(y|x) / pi_ref(y|x))
+MAX_STEPS = 150  # optimizer steps (150 x 16 ranked groups = 2,400 of the 3,000 groups, 14,400 pairs)
+BATCH_SIZE = 16  # ranked groups per micro-batch; each brings its K responses and K(K-1)/2 pairs
+GRAD_ACCUM = 1  # micro-batches per optimizer step
+LR = 3e-4  # peak learning rate (AdamW); 1e-3 broke answers ("The answer is cThe answer is c"), correct 0.62 -> 0.36
+WARMUP_STEPS = 10  # linear warmup, then cosine decay to 10% of LR
+WEIGHT_DECAY = 0.0  # AdamW weight decay on matrices
+GRAD_CLIP = 1.0  # max global gradient norm
+BF16 = False  # bfloat16 autocast
+SEED = 0  # data order and sampling
+# PEFT (model/peft/): a LoRA policy shares its weights with the reference (adapters off)
+PEFT = "none"  # 'none' or 'lora'
+LORA_R = 8  # LoRA rank
+LORA_ALPHA = 16  # LoRA scale alpha
+LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
+# evaluation, logging, checkpoints
+EVAL_INTERVAL = 50  # steps between held-out evaluations (0: only at the end)
+EVAL_LIMIT = 300  # held-out prompts (None: all)
+EVAL_BATCH_SIZE = 64  # groups per forward pass of the reference and held-out passes
+LOG_INTERVAL = 10  # steps between metrics.jsonl lines
+SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
+RESUME = False  # continue from OUT_DIR/checkpoint if present
+
+config = configure(globals())
+
+
+def main():
+    if PEFT not in ("none", "lora"):
+        raise SystemExit(f"error: PEFT={PEFT!r}: DPO supports 'none' and 'lora'")
+    quiet_transformers()
+    seed_everything(SEED)
+    tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
+    policy = load_causal_lm(SFT_MODEL, "SFT_MODEL")
+    ref = copy.deepcopy(policy) if PEFT == "none" else None
+    policy = apply_peft(policy, PEFT, r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
+    on_mismatch = "error" if STRICT else "skip"
+    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT)
+    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch)
+    eval_prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, EVAL_LIMIT).items
+    reward_model = None if EVAL_RM == "none" else load_reward_model(EVAL_RM, tokenizer.pad_token_id, "EVAL_RM")
+    trainer = DPOTrainer(policy, ref, tokenizer, train, eval_data, eval_prompts, reward_model, beta=BETA,
+                         max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, eval_batch_size=EVAL_BATCH_SIZE,
+                         out_dir=OUT_DIR, run_config=config, lr=LR, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
+                         grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY,
+                         grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL,
+                         save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME)
+    print(f"policy: {format_counts(*count_parameters(policy))}; {len(train)} training groups, {train.num_pairs} pairs")
+
+    before = {}
+    if eval_prompts:  # the SFT policy on the held-out prompts: greedy for the gold score, sampled for the KL
+        sft = trainer.unwrap(trainer.model)
+        before = {"greedy": trainer.evaluate_policy(sft, eval_prompts, do_sample=False),
+                  "sampled": trainer.evaluate_policy(sft, eval_prompts, do_sample=True)}
+        print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f})")
+    if not (RESUME and os.path.exists(trainer.ckpt_dir)):  # step 0 of the curves: the SFT policy
+        trainer.write_metrics(trainer.run_evaluation())
+    start = time.time()
+    final = trainer.fit()
+    train_seconds = trainer.reference_seconds + time.time() - start  # the reference pass is part of the cost
+    if PEFT == "lora":
+        print(save_peft(trainer.unwrap(trainer.model), OUT_DIR, tokenizer))
+        write_json(os.path.join(OUT_DIR, "run_config.json"), config)
+    else:
+        trainer.save_model(OUT_DIR, tokenizer)
+    if not trainer.accelerator.is_main_process:
+        return
+    summary = {"steps": MAX_STEPS, "beta": BETA, "lr": LR, "train_pairs": train.num_pairs,
+               "train_loss": final.get("train/loss"), "train_seconds": train_seconds,
+               "reference_seconds": trainer.reference_seconds, "peak_rss_mb": peak_rss_mb(),
+               "peft": PEFT, **{k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/dpo_")}}
+    if eval_prompts:
+        policy = trainer.unwrap(trainer.model)
+        after = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
+                 "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
+        b, a = before["greedy"], after["greedy"]
+        summary.update(gold_score_sft=b["gold_score"], gold_score=a["gold_score"], correct_sft=b["correct"],
+                       correct=a["correct"], format_sft=b["format"], format=a["format"],
+                       gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
+                       kl=after["sampled"]["kl"], kl_greedy=a["kl"], reward_sft=b["reward"], reward=a["reward"],
+                       eval_prompts=len(eval_prompts),
+                       per_type={k: {"sft": b[k], "dpo": a[k]} for k in a if "/" in k})
+        report(b, a, before["sampled"], after["sampled"])
+    write_json(os.path.join(OUT_DIR, "summary.json"), summary)
+    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "dpo_curves.png"),
+                 [("dpo/loss", "DPO loss (train)"), ("eval/dpo_accuracy", "implicit-reward accuracy (held-out)"),
+                  ("eval/gold_score", "gold score (held-out, greedy)"), ("eval/kl", "KL to SFT (greedy, nats / response)")])
+    print(f"train {train_seconds:.0f} s, peak RSS {summary['peak_rss_mb']:.0f} MiB; wrote {OUT_DIR}/ "
+          "(HF checkpoint, summary.json, metrics.jsonl, dpo_curves.png)")
+
+
+def report(b: dict, a: dict, b_sampled: dict, a_sampled: dict) -> None:
+    """SFT vs DPO on the held-out prompts: overall (greedy; sampled in brackets) and per instruction type."""
+    print(f"\n{'':6}{'gold':>16}{'correct':>9}{'format':>8}{'KL':>7}")
+    for name, r, s in (("SFT", b, b_sampled), ("DPO", a, a_sampled)):
+        print(f"{name:6}{r['gold_score']:8.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}{r['format']:8.3f}{s['kl']:7.2f}")
+    print(f"\n{'type':10}{'correct SFT->DPO':>18}{'format SFT->DPO':>18}{'gold SFT->DPO':>16}")
+    for kind in sorted({k.split("/")[0] for k in a if "/" in k}):
+        print(f"{kind:10}{b[kind + '/correct']:9.2f} -> {a[kind + '/correct']:.2f}{b[kind + '/format']:10.2f} -> "
+              f"{a[kind + '/format']:.2f}{b[kind + '/gold']:8.2f} -> {a[kind + '/gold']:.2f}")
+    for rb, ra in list(zip(b["rows"], a["rows"]))[:6]:
+        print(f"{rb['input']!r:26} SFT: {rb['response']!r:28} (gold {rb['gold']:.1f})   DPO: {ra['response']!r:28} (gold {ra['gold']:.1f})")
+
+
+if __name__ == "__main__":
+    main()
