@@ -84,7 +84,7 @@ def test_rollout_groups_and_first_minibatch_ratio_one(sft_dir, tmp_path):
 
 def test_short_grpo_run_on_toy_reward_raises_reward(sft_dir, tmp_path):
     """A few GRPO iterations against a toy reward (answer in the preferred form) raise the mean reward."""
-    trainer = make_trainer(sft_dir, tmp_path, max_steps=12, rollout_batch=32, actor_lr=3e-4, ppo_epochs=2)
+    trainer = make_trainer(sft_dir, tmp_path, max_steps=12, rollout_batch=8, actor_lr=3e-4, ppo_epochs=2)  # 32 samples / iteration
     trainer.fit()
     scores = [json.loads(line)["grpo/score"] for line in open(tmp_path / "metrics.jsonl")]
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.2, scores
