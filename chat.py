@@ -15,12 +15,11 @@ import sys
 
 import torch
 
-from dataset.io import DataError
 from dataset.task import score_if_known
 from model.generate import respond
-from model.load import ModelError, load_checkpoint
+from model.load import load_checkpoint
 from model.reward import load_scorer, score_replies
-from utils import configure, quiet_transformers, seed_everything
+from utils import configure, quiet_transformers, run_main, seed_everything
 
 MODEL = "out/rlhf"  # the checkpoint to talk to
 COMPARE = ""  # comma-separated checkpoints that all answer each prompt, side by side (replaces MODEL)
@@ -99,7 +98,4 @@ def main():
 
 if __name__ == "__main__":
     configure(globals())
-    try:
-        main()
-    except (DataError, ModelError) as e:  # a bad path or prompt file: one line naming the setting or file:line
-        sys.exit(f"error: {e}")
+    run_main(main)  # a bad path or prompt file: one line naming the setting or file:line

@@ -13,18 +13,16 @@ Prompt files: instruction/input, prompt, or messages rows (dataset/sft.py read_p
 """
 import json
 import os
-import sys
 
 import torch
 
 from dataset.chat import row_messages
 from dataset.sft import read_prompts, render_prompt
-from dataset.io import DataError
 from dataset.task import score_if_known
 from model.generate import respond
-from model.load import ModelError, load_checkpoint
+from model.load import load_checkpoint
 from model.reward import load_scorer, score_replies
-from utils import configure, quiet_transformers, seed_everything, write_json
+from utils import configure, quiet_transformers, run_main, seed_everything, write_json
 
 MODEL_A = "out/sft"  # the baseline (any checkpoint the project writes: full, merged or adapter dir)
 MODEL_B = "out/rlhf"  # the challenger: the win rate is B's
@@ -113,7 +111,4 @@ def report(summary: dict) -> None:
 
 if __name__ == "__main__":
     configure(globals())
-    try:
-        main()
-    except (DataError, ModelError) as e:  # a bad path or prompt file: one line naming the setting or file:line
-        sys.exit(f"error: {e}")
+    run_main(main)  # a bad path or prompt file: one line naming the setting or file:line

@@ -16,7 +16,8 @@ import torch
 
 from model.loss import entropy_from_logits, group_advantages, grpo_loss, masked_mean
 from trainer.base import Trainer, adamw
-from trainer.ppo import PPOTrainer, RunningMoments
+from trainer.ppo import PPOConfig, PPOTrainer, RunningMoments, check_rollout_settings
+from utils import ConfigError
 
 
 @dataclass
@@ -40,19 +41,10 @@ class GRPOConfig:
 
     def __post_init__(self):
         if self.group_size < 2 or self.rollout_batch % self.group_size:
-            raise ValueError(f"GROUP_SIZE={self.group_size} must be >= 2 and divide ROLLOUT_BATCH={self.rollout_batch}")
-        if self.rollout_batch % self.mini_batch:
-            raise ValueError(f"ROLLOUT_BATCH={self.rollout_batch} must be a multiple of MINI_BATCH={self.mini_batch}")
-        if self.top_k != 0 or self.top_p != 1.0:
-            raise ValueError(f"TOP_K={self.top_k}, TOP_P={self.top_p}: GRPO samples from the full distribution "
-                             "(TOP_K=0, TOP_P=1.0), as PPO does; use TEMPERATURE to sharpen sampling instead")
-        if self.temperature <= 0:
-            raise ValueError(f"TEMPERATURE={self.temperature} must be > 0")
+            raise ConfigError(f"GROUP_SIZE={self.group_size}: must be >= 2 and divide ROLLOUT_BATCH={self.rollout_batch}")
+        check_rollout_settings(self)
 
-    @classmethod
-    def from_settings(cls, settings: dict) -> "GRPOConfig":
-        """Build from a script's resolved settings {NAME: value} (utils.configure)."""
-        return cls(**{f.name: settings[f.name.upper()] for f in fields(cls)})
+    from_settings = classmethod(PPOConfig.from_settings.__func__)
 
 
 @dataclass

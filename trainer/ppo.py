@@ -55,23 +55,29 @@ class PPOConfig:
     normalize_scores: bool  # running mean/std normalisation of reward-model scores
 
     def __post_init__(self):
-        if self.rollout_batch % self.mini_batch:
-            raise ConfigError(f"ROLLOUT_BATCH={self.rollout_batch}: must be a multiple of MINI_BATCH={self.mini_batch} "
-                              "(change one of them)")
-        if self.top_k != 0 or self.top_p != 1.0:
-            # The PPO ratio and the KL penalty need log-probs of the distribution that sampled. Under top-k /
-            # top-p the reference gives probability 0 to tokens outside its own nucleus (an infinite KL),
-            # so PPO here (as in lm-human-preferences) samples the full distribution at TEMPERATURE.
-            raise ConfigError(f"TOP_K={self.top_k}, TOP_P={self.top_p}: PPO samples from the full distribution "
-                              "(TOP_K=0, TOP_P=1.0), because the KL to the reference is infinite for tokens outside "
-                              "the reference's top-k/top-p (set TOP_K=0 and TOP_P=1.0; use TEMPERATURE to sharpen sampling)")
-        if self.temperature <= 0:
-            raise ConfigError(f"TEMPERATURE={self.temperature}: must be > 0 (use 1.0 for plain sampling)")
+        check_rollout_settings(self)
 
     @classmethod
     def from_settings(cls, settings: dict) -> "PPOConfig":
         """Build from a script's resolved settings {NAME: value} (utils.configure)."""
         return cls(**{f.name: settings[f.name.upper()] for f in fields(cls)})
+
+
+def check_rollout_settings(cfg) -> None:
+    """Checks every on-policy config (PPO, GRPO) shares: minibatches divide the rollout, the full
+    distribution is sampled, the temperature is positive. Raises ConfigError naming the setting."""
+    if cfg.rollout_batch % cfg.mini_batch:
+        raise ConfigError(f"ROLLOUT_BATCH={cfg.rollout_batch}: must be a multiple of MINI_BATCH={cfg.mini_batch} "
+                          "(change one of them)")
+    if cfg.top_k != 0 or cfg.top_p != 1.0:
+        # The PPO ratio and the KL penalty need log-probs of the distribution that sampled. Under top-k /
+        # top-p the reference gives probability 0 to tokens outside its own nucleus (an infinite KL),
+        # so PPO here (as in lm-human-preferences) samples the full distribution at TEMPERATURE.
+        raise ConfigError(f"TOP_K={cfg.top_k}, TOP_P={cfg.top_p}: PPO samples from the full distribution "
+                          "(TOP_K=0, TOP_P=1.0), because the KL to the reference is infinite for tokens outside "
+                          "the reference's top-k/top-p (set TOP_K=0 and TOP_P=1.0; use TEMPERATURE to sharpen sampling)")
+    if cfg.temperature <= 0:
+        raise ConfigError(f"TEMPERATURE={cfg.temperature}: must be > 0 (use 1.0 for plain sampling)")
 
 
 @dataclass
