@@ -1,7 +1,7 @@
 """Simulated labelling: rank the SFT policy's own samples with the gold judge (InstructGPT's labellers
 ranked K = 4-9 samples of their current models; here the judge of dataset/task.py stands in for them).
 
-    python -m dataset.label                    # out/label/{train,eval}.jsonl: K=4 samples of out/sft per prompt
+    python label_samples.py                    # out/label/{train,eval}.jsonl: K=4 samples of out/sft per prompt
     python train_rm.py --train_data out/label/train.jsonl --eval_data out/label/eval.jsonl --out_dir out/rm_label
 
 For each prompt, K responses are sampled (temperature T) and judged. Responses with equal gold scores
@@ -14,23 +14,15 @@ import json
 import os
 
 from dataset.sft import read_prompts, render_prompt
-from dataset.task import score
-
-
-def rank_responses(prompt: str, responses: list[str]) -> list[str]:
-    """Distinct non-empty responses with distinct gold scores, best first (first sample kept on a tie)."""
-    by_score = {}
-    for response in responses:
-        if response.strip():
-            by_score.setdefault(score(prompt, response), response)
-    return [by_score[s] for s in sorted(by_score, reverse=True)]
+from dataset.task import rank_responses
+from model.generate import answer
+from model.load import load_causal_lm, load_tokenizer
+from utils import quiet_transformers, seed_everything
 
 
 def label(model, tokenizer, rows: list[dict], k: int, temperature: float, max_prompt_len: int,
           max_new_tokens: int) -> tuple[list[dict], int]:
     """Sample k responses per prompt row and rank them -> (ranked rows, number of prompts left out)."""
-    from model.generate import answer
-
     samples = answer(model, tokenizer, [r for r in rows for _ in range(k)], max_prompt_len, max_new_tokens,
                      do_sample=True, temperature=temperature)
     ranked, left_out = [], 0
@@ -57,10 +49,6 @@ def main():
     parser.add_argument("--max_new_tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-
-    from model.load import load_causal_lm, load_tokenizer
-    from utils import quiet_transformers, seed_everything
-
     quiet_transformers()
     seed_everything(args.seed)
     tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)

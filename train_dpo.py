@@ -16,11 +16,13 @@ import time
 
 from dataset.prompt import PromptDataset
 from dataset.rm import RMDataset
+from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
-from model.peft import apply_peft, count_parameters, format_counts, save_peft
+from model.peft import apply_peft, count_parameters, format_counts
 from model.reward import load_reward_model
-from trainer.dpo import DPOTrainer
-from utils import configure, peak_rss_mb, plot_metrics, quiet_transformers, seed_everything, write_json
+from trainer.base import LoopConfig, OptimConfig
+from trainer.dpo import DPOConfig, DPOTrainer
+from utils import ConfigError, configure, plot_metrics, quiet_transformers, run_main, seed_everything
 
 # models and data
 SFT_MODEL = "out/sft"  # the policy and the frozen reference start here
@@ -56,6 +58,7 @@ EVAL_INTERVAL = 50  # steps between held-out evaluations (0: only at the end)
 EVAL_LIMIT = 300  # held-out prompts (None: all)
 EVAL_BATCH_SIZE = 64  # groups per forward pass of the reference and held-out passes
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
+LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 
@@ -64,7 +67,7 @@ config = configure(globals())
 
 def main():
     if PEFT not in ("none", "lora"):
-        raise SystemExit(f"error: PEFT={PEFT!r}: DPO supports 'none' and 'lora'")
+        raise ConfigError(f"PEFT={PEFT!r}: DPO supports 'none' and 'lora'")
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
@@ -72,16 +75,13 @@ def main():
     ref = copy.deepcopy(policy) if PEFT == "none" else None
     policy = apply_peft(policy, PEFT, r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
     on_mismatch = "error" if STRICT else "skip"
-    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT)
-    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch)
+    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, judge=gold_judge)
+    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, judge=gold_judge)
     eval_prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, EVAL_LIMIT).items
     reward_model = None if EVAL_RM == "none" else load_reward_model(EVAL_RM, tokenizer.pad_token_id, "EVAL_RM")
-    trainer = DPOTrainer(policy, ref, tokenizer, train, eval_data, eval_prompts, reward_model, beta=BETA,
-                         max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, eval_batch_size=EVAL_BATCH_SIZE,
-                         out_dir=OUT_DIR, run_config=config, lr=LR, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
-                         grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY,
-                         grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL,
-                         save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME)
+    trainer = DPOTrainer(policy, ref, tokenizer, train, eval_data, eval_prompts, reward_model,
+                         cfg=DPOConfig.from_settings(config), loop=LoopConfig.from_settings(config),
+                         optim=OptimConfig.from_settings(config), run_config=config, judge=gold_judge)
     print(f"policy: {format_counts(*count_parameters(policy))}; {len(train)} training groups, {train.num_pairs} pairs")
 
     before = {}
@@ -90,23 +90,16 @@ def main():
         before = {"greedy": trainer.evaluate_policy(sft, eval_prompts, do_sample=False),
                   "sampled": trainer.evaluate_policy(sft, eval_prompts, do_sample=True)}
         print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f})")
-    if not (RESUME and os.path.exists(trainer.ckpt_dir)):  # step 0 of the curves: the SFT policy
-        trainer.write_metrics(trainer.run_evaluation())
+    if not trainer.resuming:  # step 0 of the curves: the SFT policy
+        trainer.log_start(trainer.run_evaluation())
     start = time.time()
     final = trainer.fit()
     train_seconds = trainer.reference_seconds + time.time() - start  # the reference pass is part of the cost
-    if PEFT == "lora":
-        print(save_peft(trainer.unwrap(trainer.model), OUT_DIR, tokenizer))
-        write_json(os.path.join(OUT_DIR, "run_config.json"), config)
-    else:
-        trainer.save_model(OUT_DIR, tokenizer)
-    if not trainer.accelerator.is_main_process:
-        return
     summary = {"steps": MAX_STEPS, "beta": BETA, "lr": LR, "train_pairs": train.num_pairs,
                "train_loss": final.get("train/loss"), "train_seconds": train_seconds,
-               "reference_seconds": trainer.reference_seconds, "peak_rss_mb": peak_rss_mb(),
+               "reference_seconds": trainer.reference_seconds,
                "peft": PEFT, **{k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/dpo_")}}
-    if eval_prompts:
+    if eval_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
         policy = trainer.unwrap(trainer.model)
         after = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
                  "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
@@ -117,13 +110,15 @@ def main():
                        kl=after["sampled"]["kl"], kl_greedy=a["kl"], reward_sft=b["reward"], reward=a["reward"],
                        eval_prompts=len(eval_prompts),
                        per_type={k: {"sft": b[k], "dpo": a[k]} for k in a if "/" in k})
+    trainer.finish(tokenizer, PEFT, summary)
+    if not trainer.accelerator.is_main_process:
+        return
+    if eval_prompts:
         report(b, a, before["sampled"], after["sampled"])
-    write_json(os.path.join(OUT_DIR, "summary.json"), summary)
     plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "dpo_curves.png"),
                  [("dpo/loss", "DPO loss (train)"), ("eval/dpo_accuracy", "implicit-reward accuracy (held-out)"),
                   ("eval/gold_score", "gold score (held-out, greedy)"), ("eval/kl", "KL to SFT (greedy, nats / response)")])
-    print(f"train {train_seconds:.0f} s, peak RSS {summary['peak_rss_mb']:.0f} MiB; wrote {OUT_DIR}/ "
-          "(HF checkpoint, summary.json, metrics.jsonl, dpo_curves.png)")
+    print(f"train {train_seconds:.0f} s; wrote {OUT_DIR}/dpo_curves.png")
 
 
 def report(b: dict, a: dict, b_sampled: dict, a_sampled: dict) -> None:
@@ -140,4 +135,4 @@ def report(b: dict, a: dict, b_sampled: dict, a_sampled: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,12 +20,14 @@ import torch
 from dataset.chat import use_chat_format
 from dataset.prompt import PromptDataset
 from dataset.sft import SFTDataset, render_prompt
+from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
-from model.peft import apply_peft, count_parameters, format_counts, save_peft
+from model.peft import apply_peft, count_parameters, format_counts
 from model.reward import load_reward_model
+from trainer.base import LoopConfig
 from trainer.grpo import GRPOConfig, GRPOTrainer
 from trainer.ppo import PPOConfig, PPOTrainer
-from utils import ConfigError, configure, peak_rss_mb, plot_metrics, quiet_transformers, run_main, seed_everything, write_json
+from utils import ConfigError, append_jsonl, configure, plot_metrics, quiet_transformers, run_main, seed_everything
 
 ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, no critic, KL in the loss)
 # models and data
@@ -87,8 +89,8 @@ config = configure(globals())
 
 
 def gold_reward(rows, responses):
-    from dataset.task import score
-    return [score(render_prompt(r), resp) for r, resp in zip(rows, responses)]
+    """REWARD='gold': the task's gold score as the reward (an upper bound on what RLHF can reach, not RLHF)."""
+    return [gold_judge(r, resp)["score"] for r, resp in zip(rows, responses)]
 
 
 def main():
@@ -120,16 +122,13 @@ def main():
     eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
                     if EVAL_PROMPTS != "none" else None)
     ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS, chat_template=CHAT_TEMPLATE) if PTX_COEF > 0 else None
-    reward_fn = gold_reward if REWARD == "gold" else None
-    loop = dict(out_dir=OUT_DIR, run_config=config, max_steps=ITERATIONS, warmup_steps=WARMUP_STEPS, grad_clip=GRAD_CLIP,
-                eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16,
-                resume=RESUME, log_with=LOG_WITH)
+    wiring = dict(loop=LoopConfig.from_settings(config, max_steps="ITERATIONS"), run_config=config,
+                  reward_fn=gold_reward if REWARD == "gold" else None, judge=gold_judge, eval_prompts=eval_prompts)
     if ALGO == "grpo":
-        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, algo_config, reward_fn, eval_prompts, **loop)
+        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, cfg=algo_config, **wiring)
         trainer.log(f"actor: {format_counts(*count_parameters(actor))}; no critic")
     else:
-        trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, algo_config, ptx, reward_fn,
-                             eval_prompts, **loop)
+        trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, cfg=algo_config, ptx_data=ptx, **wiring)
         trainer.log(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
 
     before = {}
@@ -138,25 +137,16 @@ def main():
                   "sampled": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=True)}
         trainer.log(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
                     f"RM score {before['greedy']['reward']:.3f}")
-        if not trainer.resuming:  # step 0 of the curves: the SFT policy
-            trainer.write_metrics({f"eval/{k}": v for k, v in before["greedy"].items() if k != "rows" and "/" not in k})
+        trainer.log_start({f"eval/{k}": v for k, v in before["greedy"].items() if k != "rows" and "/" not in k})  # step 0: SFT
     start = time.time()
     trainer.fit()
     train_seconds = time.time() - start
-    if PEFT != "lora":
-        trainer.save_model(OUT_DIR, tokenizer)
-    elif trainer.accelerator.is_main_process:  # only the main process writes files
-        print(save_peft(trainer.unwrap(trainer.actor), OUT_DIR, tokenizer))
-        write_json(os.path.join(OUT_DIR, "run_config.json"), config)
-    if eval_prompts:  # every rank answers its share of the prompts (trainer/ppo.py evaluate_policy)
+    if eval_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
         policy = trainer.unwrap(trainer.actor)
         after = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
                  "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
-    if not trainer.accelerator.is_main_process:
-        return
-    summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(), "peft": PEFT, "reward": REWARD}
+    summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peft": PEFT, "reward": REWARD}
     if eval_prompts:
-        report(before, after, eval_prompts)
         summary.update(gold_score_sft=before["greedy"]["gold_score"], gold_score=after["greedy"]["gold_score"],
                        gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
                        reward_sft=before["greedy"]["reward"], reward=after["greedy"]["reward"],
@@ -165,17 +155,19 @@ def main():
                                  for k in after["greedy"] if "/" in k})
         for key in ("correct", "format"):
             summary[f"{key}_sft"], summary[key] = before["greedy"][key], after["greedy"][key]
-    write_json(os.path.join(OUT_DIR, "summary.json"), summary)
+    trainer.finish(tokenizer, PEFT, summary)
+    if not trainer.accelerator.is_main_process:
+        return
+    if eval_prompts:
+        report(before, after, eval_prompts)
     plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, f"{ALGO}_curves.png"),
                  [(f"{ALGO}/score", "RM score (rollouts)"), (f"{ALGO}/gold_score", "gold score (rollouts)"),
                   ("eval/gold_score", "gold score (held-out, greedy)"), (f"{ALGO}/kl", "KL to SFT (nats / response)")])
-    print(f"wrote {OUT_DIR}/ (HF checkpoint, summary.json, side_by_side.jsonl, {ALGO}_curves.png)")
+    print(f"wrote {OUT_DIR}/side_by_side.jsonl (SFT and RLHF answers) and {OUT_DIR}/{ALGO}_curves.png")
 
 
 def report(before: dict, after: dict, eval_prompts: list) -> None:
     """Print SFT vs RLHF side by side (overall, per instruction type, a few answers) and save all answers."""
-    from utils import append_jsonl
-
     b, a = before["greedy"], after["greedy"]
     print(f"\nheld-out prompts: {len(eval_prompts)} (greedy; sampled in brackets)")
     print(f"{'':14}{'gold':>14}{'correct':>9}{'format':>8}{'RM score':>10}{'KL':>7}")

@@ -2,7 +2,7 @@
 
     python train_sft.py && python train_rm.py            # embedded: SFT backbone + shipped rankings, 400 steps (~4.5 min of one quiet core)
     python train_rm.py --max_steps 5 --out_dir out/t_rm  # a quick smoke run
-    python -m dataset.label && python train_rm.py --train_data out/label/train.jsonl --eval_data out/label/eval.jsonl
+    python label_samples.py && python train_rm.py --train_data out/label/train.jsonl --eval_data out/label/eval.jsonl
                                                          # comparisons of the SFT policy's own samples, ranked by the gold judge
     python train_rm.py --train_layers 0                  # head only: frozen backbone, head by logistic regression (seconds)
     python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~11 min here)
@@ -17,13 +17,15 @@ import time
 import torch
 from dataset.chat import use_chat_format
 from dataset.rm import RMDataset, flatten_groups
+from dataset.task import gold_judge
 from model.load import load_tokenizer
-from model.peft import apply_peft, save_peft
+from model.peft import apply_peft
 from model.reward import load_reward_model
+from trainer.base import LoopConfig, OptimConfig, save_stage
 from trainer.checkpoint import lock_out_dir
 from trainer.dist import is_sharded
 from trainer.rm import RMTrainer, fit_linear_head, last_token_features, pairwise_metrics
-from utils import ConfigError, configure, peak_rss_mb, quiet_transformers, run_main, seed_everything, write_json
+from utils import ConfigError, configure, quiet_transformers, run_main, seed_everything
 
 # model and data
 MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a local dir or a .gguf file; a fresh scalar head is added
@@ -98,7 +100,7 @@ def rm_summary(ev: dict, accuracy_base, **extra) -> dict:
             "accuracy_format": ev.get("accuracy_format"), "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
             "eval_pairs_correctness": ev.get("pairs_correctness"), "score_mean": ev.get("score_mean"),
             "score_std": ev.get("score_std"), "accuracy_base": accuracy_base, **extra,
-            "peak_rss_mb": peak_rss_mb(), "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA}
+            "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA}
 
 
 def main():
@@ -109,25 +111,24 @@ def main():
     tokenizer = load_tokenizer(MODEL)  # pads with a token that is not EOS (model/load.py set_pad_token)
     use_chat_format(tokenizer, CHAT_TEMPLATE)
     model = load_reward_model(MODEL, tokenizer.pad_token_id)
-    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE)
+    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE, judge=gold_judge)
     eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,
-                                                            chat_template=CHAT_TEMPLATE)
+                                                            chat_template=CHAT_TEMPLATE, judge=gold_judge)
     if TRAIN_LAYERS == 0:
         return head_only(model, tokenizer, train, eval_data, l2s)
     if TRAIN_LAYERS is not None:
         freeze_lower_layers(model, TRAIN_LAYERS)
     model = apply_peft(model, PEFT, task="reward", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
-    trainer = RMTrainer(model, tokenizer, train, eval_data, eval_batch_size=EVAL_BATCH_SIZE, out_dir=OUT_DIR,
-                        run_config=config, lr=LR, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM,
-                        warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP,
-                        eval_interval=EVAL_INTERVAL, log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED,
-                        bf16=BF16, resume=RESUME, log_with=LOG_WITH, best_metric="eval/accuracy")
+    trainer = RMTrainer(model, tokenizer, train, eval_data, loop=LoopConfig.from_settings(config),
+                        optim=OptimConfig.from_settings(config), run_config=config, eval_batch_size=EVAL_BATCH_SIZE)
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer.log(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
+    # the reward model before training (fresh head); not when resuming: the step-0 evaluation would
+    # compete for out_dir/best with the resumed run's best before its checkpoint is loaded
     before = trainer.run_evaluation() if eval_data is not None and not trainer.resuming else {}
     if before:
-        trainer.write_metrics(before)  # step 0: the reward model before training (fresh head)
+        trainer.log_start(before)
     start = time.time()
     final = trainer.fit()
     train_seconds = time.time() - start
@@ -137,18 +138,11 @@ def main():
         trainer.unwrap(trainer.model).load_state_dict(load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
         final.update(trainer.run_evaluation())
         trainer.log(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
-    if PEFT == "none":
-        trainer.save_model(OUT_DIR, tokenizer)
-    elif trainer.accelerator.is_main_process:  # adapter in OUT_DIR/adapter, merged reward model in OUT_DIR
-        print(save_peft(trainer.unwrap(trainer.model), OUT_DIR, tokenizer))
-        write_json(os.path.join(OUT_DIR, "run_config.json"), config)
     ev = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
     summary = rm_summary(ev, before.get("eval/accuracy"), train_loss=final.get("train/loss"),
                          steps=MAX_STEPS, train_pairs=train.num_pairs, train_seconds=train_seconds, num_params=num_params)
-    if trainer.accelerator.is_main_process:
-        write_json(os.path.join(OUT_DIR, "summary.json"), summary)
-        print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
-        print(f"wrote {OUT_DIR}/ (reward model, summary.json, metrics.jsonl)")
+    trainer.finish(tokenizer, PEFT, summary)  # PEFT: adapter in OUT_DIR/adapter, merged reward model in OUT_DIR
+    trainer.log(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
 
 
 def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
@@ -163,8 +157,8 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
         features, chosen, rejected, group = last_token_features(model, train, pad_id, EVAL_BATCH_SIZE)
     print(f"features of {len(features)} training sequences: {time.time() - start:.0f} s")
     fit = fit_linear_head(features, chosen, rejected, group, l2s, CV_FOLDS, SEED)
-    print("cross-validated accuracy by L2: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in fit["cv_accuracy"].items())
-          + f"; using {fit['l2']:g} (training accuracy {fit['train_accuracy']:.4f})")
+    cv = ", ".join(f"{k:g}: {v:.4f} / {fit['cv_accuracy'][k]:.4f}" for k, v in fit["cv_log_loss"].items())
+    print(f"cross-validated log-loss / accuracy by L2: {cv}; using {fit['l2']:g} (training accuracy {fit['train_accuracy']:.4f})")
     before, after = {}, {}
     if eval_data is not None:
         with bf16:
@@ -179,17 +173,13 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
         if getattr(model.score, "bias", None) is not None:
             model.score.bias.zero_()
     train_seconds = time.time() - start
-    os.makedirs(OUT_DIR, exist_ok=True)
-    model.cpu().save_pretrained(OUT_DIR)
-    tokenizer.save_pretrained(OUT_DIR)
-    write_json(os.path.join(OUT_DIR, "run_config.json"), config)
     summary = rm_summary(after, before.get("accuracy"), train_loss=fit["train_loss"], train_accuracy=fit["train_accuracy"],
-                         head_l2=fit["l2"], cv_accuracy={f"{k:g}": v for k, v in fit["cv_accuracy"].items()}, steps=0,
+                         head_l2=fit["l2"], cv_accuracy={f"{k:g}": v for k, v in fit["cv_accuracy"].items()},
+                         cv_log_loss={f"{k:g}": v for k, v in fit["cv_log_loss"].items()}, steps=0,
                          train_pairs=train.num_pairs, train_seconds=train_seconds,
                          num_params=sum(p.numel() for p in model.parameters()))
-    write_json(os.path.join(OUT_DIR, "summary.json"), summary)
     print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
-    print(f"wrote {OUT_DIR}/ (reward model, summary.json)")
+    print(save_stage(OUT_DIR, model.cpu(), tokenizer, config, "none", summary))  # what Trainer.finish writes
 
 
 if __name__ == "__main__":

@@ -11,16 +11,17 @@ Writes out_dir/: an HF checkpoint (model, tokenizer, generation config, run_conf
 metrics.jsonl, summary.json; out_dir/checkpoint/ holds the resumable training state (--resume True).
 With PEFT the adapter goes to out_dir/adapter/; LoRA and BitFit also write the merged full model to out_dir/.
 """
-import os
 import time
 
 from dataset.chat import use_chat_format
-from dataset.sft import SFTDataset, read_prompts
-from model.generate import gold_eval
+from dataset.prompt import PromptDataset
+from dataset.sft import SFTDataset
+from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
-from model.peft import apply_peft, count_parameters, format_counts, save_peft
+from model.peft import apply_peft, count_parameters, format_counts
+from trainer.base import LoopConfig, OptimConfig
 from trainer.sft import SFTTrainer
-from utils import configure, peak_rss_mb, quiet_transformers, run_main, seed_everything, write_json
+from utils import configure, quiet_transformers, run_main, seed_everything
 
 # model and data
 MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id like 'facebook/opt-125m', a local dir or a .gguf file
@@ -67,35 +68,25 @@ def main():
                        targets=tuple(LORA_TARGETS.split(",")), num_virtual_tokens=NUM_VIRTUAL_TOKENS)
     train = SFTDataset(TRAIN_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
     eval_data = None if EVAL_DATA == "none" else SFTDataset(EVAL_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
-    prompts = None if EVAL_PROMPTS == "none" else read_prompts(EVAL_PROMPTS, EVAL_LIMIT)
-    trainer = SFTTrainer(model, tokenizer, train, eval_data, prompts, chat_template=CHAT_TEMPLATE, out_dir=OUT_DIR, run_config=config,
-                         max_prompt_len=MAX_LEN - MAX_NEW_TOKENS, max_new_tokens=MAX_NEW_TOKENS, lr=LR,
-                         max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS,
-                         weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP, eval_interval=EVAL_INTERVAL,
-                         log_interval=LOG_INTERVAL, save_interval=SAVE_INTERVAL, seed=SEED, bf16=BF16, resume=RESUME, log_with=LOG_WITH)
+    prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_LEN - MAX_NEW_TOKENS, EVAL_LIMIT,
+                                                                verbose=False, chat_template=CHAT_TEMPLATE).items
+    trainer = SFTTrainer(model, tokenizer, train, eval_data, prompts, loop=LoopConfig.from_settings(config),
+                         optim=OptimConfig.from_settings(config), run_config=config, max_new_tokens=MAX_NEW_TOKENS,
+                         judge=gold_judge)
     trainable, num_params = count_parameters(model)
     trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
     trainer.log(format_counts(trainable, num_params))
     before = trainer.run_evaluation()  # the model before SFT (a resumed run loads its checkpoint in fit())
-    if not trainer.resuming:
-        trainer.write_metrics(before)  # step 0: the model before SFT
+    trainer.log_start(before)
     start = time.time()
     final = trainer.fit()
-    if PEFT == "none":
-        trainer.save_model(OUT_DIR, tokenizer)
-    elif trainer.accelerator.is_main_process:
-        print(save_peft(trainer.unwrap(trainer.model), OUT_DIR, tokenizer))
-        write_json(os.path.join(OUT_DIR, "run_config.json"), config)
     summary = {"gold_score_base": before.get("eval/gold_score"), "gold_score": final.get("eval/gold_score"),
                "correct": final.get("eval/correct"), "format": final.get("eval/format"),
                "eval_loss_base": before.get("eval/loss"), "eval_loss": final.get("eval/loss"),
                "train_loss": final.get("train/loss"), "steps": MAX_STEPS, "train_seconds": time.time() - start,
-               "peak_rss_mb": peak_rss_mb(), "num_params": num_params, "trainable_params": trainable, "peft": PEFT,
-               "model": MODEL}
-    if trainer.accelerator.is_main_process:
-        write_json(os.path.join(OUT_DIR, "summary.json"), summary)
-        print(f"gold score (held-out prompts, greedy): before {summary['gold_score_base']} -> after {summary['gold_score']}")
-        print(f"wrote {OUT_DIR}/ (HF checkpoint, summary.json, metrics.jsonl)")
+               "num_params": num_params, "trainable_params": trainable, "peft": PEFT, "model": MODEL}
+    trainer.finish(tokenizer, PEFT, summary)
+    trainer.log(f"gold score (held-out prompts, greedy): before {summary['gold_score_base']} -> after {summary['gold_score']}")
 
 
 if __name__ == "__main__":

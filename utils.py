@@ -3,11 +3,13 @@
 Nothing algorithmic lives here.
 """
 import ast
+import dataclasses
 import difflib
 import json
 import os
 import random
 import resource
+import socket
 import sys
 
 import torch
@@ -116,6 +118,13 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
     return settings
 
 
+def from_settings(cls, settings: dict, **names):
+    """A config dataclass from a script's resolved settings: field `f` takes settings['F'] (its constant),
+    or settings[names[f]] where the script names it otherwise (PPO: max_steps='ITERATIONS'). The
+    dataclasses have no defaults, so every value comes from the script's one block of constants."""
+    return cls(**{f.name: settings[names.get(f.name, f.name.upper())] for f in dataclasses.fields(cls)})
+
+
 def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list[str]:
     """Apply `--config PATH` (a run_config.json every stage saves) and return argv without it."""
     for i, arg in enumerate(argv):
@@ -144,6 +153,15 @@ def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list
         namespace[name] = settings[name] = _check_type(name, value, namespace[name])
     print(f"config: {len(saved)} settings from {path}")
     return rest
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (one TCP connection, a few seconds at most)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def seed_everything(seed: int) -> None:

@@ -42,14 +42,18 @@ def worker(args) -> None:
 
     from dataset.sft import SFTDataset
     from model.load import load_causal_lm, load_tokenizer
+    from trainer.base import LoopConfig, OptimConfig
     from trainer.dist import reduce_sum
     from trainer.sft import SFTTrainer
 
     torch.set_num_threads(1)
     tok = load_tokenizer(args.model)
     data = SFTDataset("ds/sft_train.jsonl", tok, args.max_len, verbose=False)
-    trainer = SFTTrainer(load_causal_lm(args.model), tok, data, out_dir=args.out, run_config={}, lr=1e-3,
-                         max_steps=args.warmup + args.steps, batch_size=args.batch_size, log_interval=10 ** 9)
+    loop = LoopConfig(out_dir=args.out, max_steps=args.warmup + args.steps, warmup_steps=0, grad_clip=1.0, eval_interval=0,
+                      log_interval=10 ** 9, save_interval=0, seed=0, bf16=False, resume=False, log_with="none")
+    optim = OptimConfig(lr=1e-3, weight_decay=0.0, batch_size=args.batch_size, grad_accum=1)
+    trainer = SFTTrainer(load_causal_lm(args.model), tok, data, None, None, loop=loop, optim=optim, run_config={},
+                         max_new_tokens=1, judge=None)
     for _ in range(args.warmup):  # first steps allocate and warm caches
         trainer.training_step()
         trainer.step += 1

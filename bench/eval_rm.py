@@ -8,6 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset.rm import RMDataset  # noqa: E402
+from dataset.task import gold_judge  # noqa: E402
 from model.load import load_tokenizer  # noqa: E402
 from model.reward import load_reward_model  # noqa: E402
 from trainer.rm import evaluate_pairs  # noqa: E402
@@ -26,7 +27,7 @@ def main():
         tokenizer = load_tokenizer(model_dir)
         model = load_reward_model(model_dir, tokenizer.pad_token_id).eval()
         for source in DATA.split(","):
-            m = evaluate_pairs(model, RMDataset(source, tokenizer, MAX_LEN, verbose=False), tokenizer.pad_token_id)
+            m = evaluate_pairs(model, RMDataset(source, tokenizer, MAX_LEN, verbose=False, judge=gold_judge), tokenizer.pad_token_id)
             extra = "".join(f", {k} {m[k]:.4f} ({m['pairs_' + k.split('_')[1]]} pairs)"
                             for k in ("accuracy_correctness", "accuracy_format") if k in m)
             print(f"{model_dir} on {source}: accuracy {m['accuracy']:.4f} ({m['pairs']} pairs){extra}, "

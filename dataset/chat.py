@@ -19,9 +19,12 @@ the assistant turns only (each turn's text and its end-of-turn token); compariso
 `rejected` message lists (TRL's conversational preference format, implicit or explicit `prompt`); PPO
 prompt rows end with a user turn. A bad turn is a DataError naming file:line.
 """
+import re
+
 from dataset.io import DataError
 
 ROLES = ("system", "user", "assistant")
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")  # Anthropic HH dialogue turns
 # Alpaca (dataset/sft.py's template): system text as a preamble, each user turn as an instruction
 # (first line) with an optional input (further lines), each assistant turn as the response + EOS.
 ALPACA_TEMPLATE = (
@@ -63,8 +66,18 @@ def row_messages(row: dict) -> list[dict]:
     if "instruction" in row:
         text = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
         return [{"role": "user", "content": text}]
-    from dataset.rm import chat_messages  # HH-style prompts become alternating turns
-    return chat_messages(row["prompt"])
+    return chat_messages(row["prompt"])  # HH-style prompts become alternating turns
+
+
+def chat_messages(prompt: str) -> list[dict]:
+    """A prompt as chat messages: HH turns ('\\n\\nHuman: ...\\n\\nAssistant: ...', ending in an open
+    Assistant turn) -> alternating user/assistant messages; any other text -> one user message."""
+    if not prompt.startswith("\n\nHuman:"):
+        return [{"role": "user", "content": prompt}]
+    parts = HH_TURN.split(prompt)  # ['', 'Human', text, 'Assistant', text, ..., 'Assistant', '']
+    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+             for who, text in zip(parts[1::2], parts[2::2])]
+    return turns[:-1] if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] else turns
 
 
 def check_messages(messages, where: str, field: str = "messages", need_assistant: bool = False,

@@ -7,7 +7,7 @@ None silently.
 import json
 import os
 
-from utils import UserError
+from utils import UserError, hub_reachable
 
 
 class DataError(UserError, ValueError):
@@ -52,7 +52,6 @@ def _read_local(path: str) -> list[tuple[int, dict]]:
 
 def _read_hub(name: str, split: str) -> list[tuple[int, dict]]:
     import datasets  # imported here: local files need no `datasets`
-    from model.load import hub_reachable
 
     if not hub_reachable():  # use the local cache only, instead of retrying the network for half a minute
         datasets.config.HF_HUB_OFFLINE = True

@@ -27,11 +27,10 @@ message), and each response is the assistant's turn, closed by the template's en
 is then the token the reward is read at. Conversational rows always go through the chat template.
 """
 import os
-import re
 
 import torch
 
-from dataset.chat import check_messages, encode_text, last_user_text, reply_text
+from dataset.chat import chat_messages, check_messages, encode_text, last_user_text, reply_text
 from dataset.io import DataError, read_rows
 from dataset.sft import TruncationCounter, check_task_row, encode_prompt, encode_response, fit_lengths, pad
 from utils import ConfigError
@@ -39,7 +38,6 @@ from utils import ConfigError
 RANKED_FORMATS = [["instruction", "input", "responses"], ["prompt", "responses"]]
 PAIR_FORMATS = [["instruction", "input", "chosen", "rejected"], ["prompt", "chosen", "rejected"], ["chosen", "rejected"]]
 ASSISTANT = "\n\nAssistant:"
-HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
 
 def ranked_pairs(k: int) -> list[tuple[int, int]]:
@@ -64,17 +62,6 @@ def split_hh_common(chosen: str, rejected: str) -> tuple[str, str, str]:
         raise ValueError("the dialogues share no '\\n\\nAssistant:' turn")
     cut += len(ASSISTANT)
     return chosen[:cut], chosen[cut:], rejected[cut:]
-
-
-def chat_messages(prompt: str) -> list[dict]:
-    """A prompt as chat messages: HH turns ('\\n\\nHuman: ...\\n\\nAssistant: ...', ending in an open
-    Assistant turn) -> alternating user/assistant messages; any other text -> one user message."""
-    if not prompt.startswith("\n\nHuman:"):
-        return [{"role": "user", "content": prompt}]
-    parts = HH_TURN.split(prompt)  # ['', 'Human', text, 'Assistant', text, ..., 'Assistant', '']
-    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
-             for who, text in zip(parts[1::2], parts[2::2])]
-    return turns[:-1] if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] else turns
 
 
 def encode_chat(tokenizer, messages: list[dict], responses: list[str]) -> tuple[list, list[list]]:
@@ -109,12 +96,11 @@ def conversational_group(row: dict) -> dict:
             "where": where}
 
 
-def pair_kind(prompt: str, better: str, worse: str) -> str:
-    """What separates two responses by the gold judge: 'correctness' (same format, correctness differs),
-    'format' (same correctness, format differs), 'both', or 'none'."""
-    from dataset.task import judge
-
-    b, w = judge(prompt, better), judge(prompt, worse)
+def pair_kind(judge, group: dict, better: str, worse: str) -> str:
+    """What separates two responses to a group's prompt by judge(row, response) (the task's gold judge):
+    'correctness' (same format, correctness differs), 'format' (same correctness, format differs), 'both',
+    or 'none'."""
+    b, w = judge(group, better), judge(group, worse)
     same_format, same_correct = b["format"] == w["format"], b["correct"] == w["correct"]
     return {(True, False): "correctness", (False, True): "format", (False, False): "both"}.get(
         (same_format, same_correct), "none")
@@ -180,10 +166,11 @@ class RMDataset(torch.utils.data.Dataset):
     """Tokenized groups: {'sequences': K lists of ids, 'prompt_lengths': K ints (the prompt tokens that start
     each sequence), 'pairs': [(better, worse)], 'kinds': pair kinds or None}.
 
-    kinds come from the gold judge and exist only for rows of the shipped task (rows with a 'type')."""
+    kinds come from judge(row, response) (the scripts pass the task's gold judge) and exist only for rows it
+    judges (the shipped task's rows, which carry a 'type')."""
 
     def __init__(self, source: str, tokenizer, max_len: int, on_mismatch: str = "skip", limit: int = None,
-                 verbose: bool = True, chat_template: bool = False):
+                 verbose: bool = True, chat_template: bool = False, judge=None):
         self.groups = read_comparisons(source, on_mismatch, limit)
         self.items, self.counter = [], TruncationCounter()
         for g in self.groups:
@@ -199,7 +186,8 @@ class RMDataset(torch.utils.data.Dataset):
                 sequences.append(p + r)
                 prompt_lengths.append(len(p))
             pairs = ranked_pairs(len(sequences))
-            kinds = [pair_kind(g["prompt"], g["responses"][i], g["responses"][j]) for i, j in pairs] if g["type"] else None
+            judged = judge is not None and judge(g, g["responses"][0]) is not None
+            kinds = [pair_kind(judge, g, g["responses"][i], g["responses"][j]) for i, j in pairs] if judged else None
             self.items.append({"sequences": sequences, "prompt_lengths": prompt_lengths, "pairs": pairs, "kinds": kinds})
         if verbose:
             print(self.report(source))

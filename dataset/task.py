@@ -166,6 +166,35 @@ def score(prompt: str, response: str) -> float:
     return judge(prompt, response)["score"]
 
 
+def rank_responses(prompt: str, responses: list[str]) -> list[str]:
+    """Distinct non-empty responses with distinct gold scores, best first (first sample kept on a tie):
+    a labeller's ranking of K samples (label_samples.py)."""
+    by_score = {}
+    for response in responses:
+        if response.strip():
+            by_score.setdefault(score(prompt, response), response)
+    return [by_score[s] for s in sorted(by_score, reverse=True)]
+
+
+def row_text(row: dict) -> str:
+    """The prompt text the judge reads from a row: 'instruction' + '\n' + 'input', a 'prompt', or the last
+    user turn of 'messages' (parse_prompt reads the raw and the rendered forms alike)."""
+    if "instruction" in row:
+        return row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
+    if "messages" in row:
+        return next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
+    return row["prompt"]
+
+
+def gold_judge(row: dict, response: str):
+    """The task's judgement of `response` to a prompt row, {'correct', 'format', 'score'}, for rows of the
+    shipped task (they carry a 'type'); None for rows of other data. This is the function the scripts pass
+    to the trainers (judge=gold_judge): nothing below the scripts imports the task."""
+    if row.get("type") is None:
+        return None
+    return judge(row_text(row), response)
+
+
 def score_if_known(prompt: str, response: str):
     """The gold score where the judge applies (one of the task's instructions with a valid input), else None:
     for free-form prompts typed into chat.py or any prompt file."""

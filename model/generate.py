@@ -1,8 +1,13 @@
-"""Generation helpers: batched sampling from left-padded prompts, and the gold-score evaluation."""
+"""Generation helpers: batched sampling from left-padded prompts, responses cut at their first EOS with
+their masks, and the log-probs of those responses under a policy at the sampling temperature."""
+from dataclasses import dataclass
+
 import torch
 from transformers import GenerationConfig
 
-from dataset.sft import fit_lengths, pad, prompt_ids, render_prompt
+from dataset.sft import fit_lengths, pad, prompt_ids
+from model.loss import token_logprobs
+from model.reward import position_ids_for
 
 
 @torch.no_grad()
@@ -66,16 +71,37 @@ def respond(model, tokenizer, conversations: list[list[dict]], max_new_tokens: i
                   **sampling)
 
 
-def gold_eval(model, tokenizer, rows: list[dict], max_prompt_len: int, max_new_tokens: int, **sampling) -> dict:
-    """Mean gold-judge score, correctness and format of the model's answers, overall and per type."""
-    from dataset.task import judge
+@dataclass
+class Responses:
+    """Sampled responses after their left-padded prompts. B = rows, P = padded prompt length, N = response length."""
+    sequences: torch.Tensor  # (B, P + N) prompt, then response; pad after the first EOS
+    attention_mask: torch.Tensor  # (B, P + N)
+    action_mask: torch.Tensor  # (B, N) 1 on response tokens up to and including the first EOS
+    has_eos: torch.Tensor  # (B,) whether the response ended with EOS (False: cut by max_new_tokens)
+    context_length: int  # P
 
-    responses = answer(model, tokenizer, rows, max_prompt_len, max_new_tokens, **sampling)
-    judged = [judge(render_prompt(r), resp) for r, resp in zip(rows, responses)]
-    out = {k: sum(j[k] for j in judged) / len(judged) for k in ("score", "correct", "format")}
-    for kind in sorted({r.get("type", "all") for r in rows}):
-        sel = [j for r, j in zip(rows, judged) if r.get("type", "all") == kind]
-        out[f"{kind}/score"] = sum(j["score"] for j in sel) / len(sel)
-        out[f"{kind}/correct"] = sum(j["correct"] for j in sel) / len(sel)
-        out[f"{kind}/format"] = sum(j["format"] for j in sel) / len(sel)
-    return {"responses": responses, "judged": judged, **out}
+
+def sample_responses(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, **sampling) -> Responses:
+    """Generate a response to each prompt (token ids) and cut it after its first EOS: later tokens become
+    pad and leave every mask, so nothing after EOS is scored or trained on."""
+    sequences = generate(model, tokenizer, prompts, max_new_tokens, **sampling)  # (B, P + N)
+    P = max(len(p) for p in prompts)
+    response = sequences[:, P:]  # (B, N)
+    is_eos = response == tokenizer.eos_token_id
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # (B, N): strictly after the first EOS
+    action_mask = (~after_eos).long()  # (B, N)
+    sequences[:, P:] = response.masked_fill(after_eos, tokenizer.pad_token_id)
+    prompt_mask = pad([[1] * len(p) for p in prompts], 0, side="left").to(sequences.device)  # (B, P)
+    return Responses(sequences, torch.cat([prompt_mask, action_mask], 1), action_mask, is_eos.any(1), P)
+
+
+def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the sampling distribution (divided by `temperature`, as the sampler did) that predict each
+    response token (aligned one position left), and the log-probs of the tokens there. Scoring actor and
+    reference this way makes PPO's ratio and KL refer to the policy that produced the samples.
+    Returns (logits (B, N, V), logprobs (B, N))."""
+    logits = model(input_ids=sequences, attention_mask=attention_mask,
+                   position_ids=position_ids_for(attention_mask)).logits[:, context_length - 1: -1]  # (B, N, V)
+    logits = logits.float() / temperature
+    return logits, token_logprobs(logits, sequences[:, context_length:])

@@ -11,12 +11,11 @@ import glob
 import hashlib
 import json
 import os
-import socket
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
-from utils import UserError
+from utils import UserError, hub_reachable
 
 EMBEDDED = "embedded"
 EMBEDDED_DIR = os.path.join("out", "embedded")
@@ -89,14 +88,6 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
-
-
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def resolve(name: str, setting: str = "MODEL") -> tuple[str, dict]:

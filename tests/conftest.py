@@ -10,6 +10,20 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 
+def trainer_configs(out_dir, **settings) -> dict:
+    """loop= and optim= for a trainer built in a test: the given settings over small test values."""
+    from trainer.base import LoopConfig, OptimConfig
+
+    loop = dict(out_dir=str(out_dir), max_steps=1, warmup_steps=0, grad_clip=1.0, eval_interval=0, log_interval=10,
+                save_interval=0, seed=0, bf16=False, resume=False, log_with="none")
+    optim = dict(lr=1e-3, weight_decay=0.0, batch_size=8, grad_accum=1)
+    for key, value in settings.items():
+        if key not in loop and key not in optim:
+            raise TypeError(f"trainer_configs: unknown setting {key!r}")
+        (loop if key in loop else optim)[key] = value
+    return {"loop": LoopConfig(**loop), "optim": OptimConfig(**optim)}
+
+
 @pytest.fixture(autouse=True)
 def _run_in_repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)

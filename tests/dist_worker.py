@@ -17,9 +17,11 @@ os.chdir(ROOT)
 import torch  # noqa: E402
 from transformers import OPTConfig, OPTForCausalLM, OPTForSequenceClassification  # noqa: E402
 
+from conftest import trainer_configs  # noqa: E402
 from dataset.prompt import PromptDataset  # noqa: E402
 from dataset.rm import RMDataset  # noqa: E402
 from dataset.sft import SFTDataset  # noqa: E402
+from dataset.task import gold_judge  # noqa: E402
 from model.load import load_tokenizer  # noqa: E402
 from trainer.dist import all_ranks  # noqa: E402
 from trainer.ppo import PPOConfig, PPOTrainer  # noqa: E402
@@ -44,8 +46,9 @@ def sft_run(out_dir: str, batch_size: int, steps: int = 3, dropout: float = 0.0,
     data = SFTDataset("ds/sft_eval.jsonl", tok, max_len=64, limit=96, verbose=False)
     torch.manual_seed(0)
     model = OPTForCausalLM(tiny_config(dropout))
-    trainer = SFTTrainer(model, tok, data, out_dir=out_dir, run_config={}, lr=3e-3, max_steps=steps,
-                         batch_size=batch_size, warmup_steps=0, log_interval=1, seed=1, **kw)
+    trainer = SFTTrainer(model, tok, data, None, None, run_config={}, max_new_tokens=8, judge=None,
+                         **trainer_configs(out_dir, lr=3e-3, max_steps=steps, batch_size=batch_size, warmup_steps=0,
+                                           log_interval=1, seed=1, **kw))
     trainer.fit()
     return trainer
 
@@ -68,8 +71,9 @@ def rm_run(out_dir: str, batch_size: int, steps: int = 3) -> RMTrainer:
     data = RMDataset(rm_data(out_dir), tok, 64, verbose=False)
     torch.manual_seed(0)
     model = OPTForSequenceClassification(tiny_config(num_labels=1))
-    trainer = RMTrainer(model, tok, data, out_dir=out_dir, run_config={}, lr=3e-3, max_steps=steps,
-                        batch_size=batch_size, warmup_steps=0, log_interval=1, seed=1)
+    trainer = RMTrainer(model, tok, data, None, run_config={}, eval_batch_size=64,
+                        **trainer_configs(out_dir, lr=3e-3, max_steps=steps, batch_size=batch_size, warmup_steps=0,
+                                          log_interval=1, seed=1))
     trainer.fit()
     return trainer
 
@@ -90,8 +94,9 @@ def ppo_checks(out_dir: str) -> dict:
                     stop_approx_kl=0.0, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0, beta=0.1, target_kl=0.01,
                     kl_horizon=100, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
                     missing_eos_penalty=1.0, normalize_scores=True)
-    trainer = PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, cfg, None, length_reward,
-                         out_dir=out_dir, run_config={}, max_steps=2, seed=0)
+    trainer = PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, cfg=cfg, ptx_data=None,
+                         reward_fn=length_reward, judge=gold_judge, eval_prompts=None, run_config={},
+                         loop=trainer_configs(out_dir, max_steps=2, seed=0)["loop"])
     acc = trainer.accelerator
     exp = trainer.make_experience(trainer.get_batch(0)["items"])
     out = {"rank": acc.process_index, "world": acc.num_processes, "type": str(acc.distributed_type),

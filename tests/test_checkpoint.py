@@ -21,7 +21,7 @@ from trainer.checkpoint import CheckpointError, OutDirLocked, Preempted, candida
 from trainer.ppo import PPOConfig, PPOTrainer
 from trainer.rm import RMTrainer
 
-from conftest import ROOT
+from conftest import ROOT, trainer_configs
 from test_ppo import PPO_SETTINGS
 from test_trainer import make_trainer, tiny_model
 
@@ -176,8 +176,11 @@ def test_rm_stops_on_sigint_after_the_step_and_resumes_bitwise(tok, tmp_path):
     train = RMDataset(str(path), tok, 32, verbose=False)
 
     def rm_trainer(out, seed=0, **kw):
-        return RMTrainer(tiny_rm(seed), tok, train, train, out_dir=str(tmp_path / out), run_config={}, lr=1e-2, max_steps=5,
-                         batch_size=4, eval_interval=2, log_interval=1, best_metric="eval/margin", **kw)
+        trainer = RMTrainer(tiny_rm(seed), tok, train, train, run_config={}, eval_batch_size=64,
+                            **trainer_configs(tmp_path / out, lr=1e-2, max_steps=5, batch_size=4, eval_interval=2,
+                                              log_interval=1, **kw))
+        trainer.best_metric = "eval/margin"
+        return trainer
 
     full = rm_trainer("full")
     full.fit()
@@ -200,9 +203,10 @@ def test_ppo_stops_on_sigterm_after_the_iteration_and_resumes_bitwise(tok, tmp_p
     def ppo_trainer(out, seed=0, **kw):
         cfg = PPOConfig(**{**PPO_SETTINGS, "actor_lr": 1e-2, "critic_lr": 1e-2, "rollout_batch": 8, "mini_batch": 4,
                            "max_new_tokens": 6, "target_kl": 1.0})
-        return PPOTrainer(tiny_model(seed), tiny_model(0), tiny_rm(seed + 1), None, tok, prompts, cfg, None,
-                          lambda rows, responses: [float(len(r)) for r in responses], out_dir=str(tmp_path / out),
-                          run_config={}, max_steps=3, seed=0, log_interval=1, **kw)
+        return PPOTrainer(tiny_model(seed), tiny_model(0), tiny_rm(seed + 1), None, tok, prompts, cfg=cfg, ptx_data=None,
+                          reward_fn=lambda rows, responses: [float(len(r)) for r in responses], judge=None,
+                          eval_prompts=None, run_config={},
+                          loop=trainer_configs(tmp_path / out, max_steps=3, seed=0, log_interval=1, **kw)["loop"])
 
     full = ppo_trainer("full")
     full.fit()

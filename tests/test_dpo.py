@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from conftest import run_script
+from conftest import run_script, trainer_configs
 from dataset.rm import RMDataset, rm_collate
 from model.load import load_causal_lm, load_tokenizer
 from model.loss import dpo_loss, sequence_logprobs, token_logprobs
-from trainer.dpo import DPOTrainer, policy_sequence_logprobs
+from trainer.dpo import DPOConfig, DPOTrainer, policy_sequence_logprobs
 
 ROWS = [{"instruction": "Add the two numbers.", "input": f"{a} and {b}",
          "responses": [f"The answer is {a + b}.", f"{a + b}", f"The answer is {a + b + 1}.", f"{a + b + 1}"]}
@@ -83,8 +83,9 @@ def test_sequence_logprobs_ignore_prompt_and_pad_tokens(tok, ranked):
 def test_one_dpo_step_raises_the_chosen_minus_rejected_log_ratio_margin(tok, ranked, tmp_path):
     """At step 0 the policy is the reference: the loss is log 2 and every margin 0. One optimizer step on
     the batch makes (log pi/pi_ref)(chosen) - (log pi/pi_ref)(rejected) positive on average."""
-    trainer = DPOTrainer(tiny_model(), tiny_model(), tok, ranked, beta=0.1, out_dir=str(tmp_path), run_config={},
-                         lr=1e-2, max_steps=1, batch_size=len(ranked), log_interval=1)
+    cfg = DPOConfig(beta=0.1, max_new_tokens=8, temperature=1.0, eval_batch_size=64)
+    trainer = DPOTrainer(tiny_model(), tiny_model(), tok, ranked, None, None, None, cfg=cfg, run_config={}, judge=None,
+                         **trainer_configs(tmp_path, lr=1e-2, max_steps=1, batch_size=len(ranked), log_interval=1))
     batch = trainer.get_batch(0)
 
     def margins() -> torch.Tensor:

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, trainer_configs
+from dataset.task import gold_judge
 from dataset.prompt import PromptDataset
 from model.load import load_causal_lm, load_tokenizer
 from model.loss import group_advantages, grpo_loss
@@ -25,8 +26,9 @@ def make_trainer(sft_dir, tmp_path, max_steps=1, **kw):
                     max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, grpo_beta=0.04, clip_range=0.2,
                     missing_eos_penalty=1.0, normalize_scores=True)
     settings.update(kw)
-    return GRPOTrainer(actor, copy.deepcopy(actor), None, tok, prompts, GRPOConfig(**settings), starts_in_format,
-                       out_dir=str(tmp_path), run_config={}, max_steps=max_steps, seed=0, log_interval=1)
+    return GRPOTrainer(actor, copy.deepcopy(actor), None, tok, prompts, cfg=GRPOConfig(**settings),
+                       reward_fn=starts_in_format, judge=gold_judge, eval_prompts=None, run_config={},
+                       loop=trainer_configs(tmp_path, max_steps=max_steps, seed=0, log_interval=1)["loop"])
 
 
 def test_group_advantages_zero_mean_per_group_and_zero_for_equal_rewards():

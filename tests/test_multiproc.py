@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, trainer_configs
 from dist_worker import flat, rm_run, sft_run, tiny_config
 from model.loss import masked_mean
 from trainer import dist
@@ -182,8 +182,8 @@ def test_get_batch_splits_the_global_batch_across_ranks(tmp_path, fresh_accelera
 
     from trainer.base import Trainer
 
-    trainer = Trainer(None, list(range(10)), lambda items: {"items": items}, str(tmp_path), {}, lr=0.1, max_steps=1,
-                      batch_size=6, seed=5)
+    trainer = Trainer(None, list(range(10)), lambda items: {"items": items}, run_config={},
+                      **trainer_configs(tmp_path, lr=0.1, max_steps=1, batch_size=6, seed=5))
     one = [trainer.get_batch(step)["items"] for step in range(4)]  # 1 process, batch 6
     assert sorted(one[0] + one[1][:4]) == list(range(10))
     trainer.batch_size = 3

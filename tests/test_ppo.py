@@ -21,7 +21,8 @@ from model.peft import apply_peft
 from model.reward import load_reward_model, position_ids_for, token_values
 from trainer.ppo import PPOConfig, PPOTrainer, adaptive_beta
 
-from conftest import run_script
+from conftest import run_script, trainer_configs
+from dataset.task import gold_judge
 
 
 def starts_in_format(rows, responses):
@@ -49,8 +50,9 @@ def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, drop
     rm = load_reward_model(sft_dir, tok.pad_token_id) if reward_model else None
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 72, limit=256, verbose=False)
     cfg = PPOConfig(**{**PPO_SETTINGS, **kw})
-    return PPOTrainer(actor, ref, critic, rm, tok, prompts, cfg, None, None if reward_model else reward_fn,
-                      out_dir=str(tmp_path), run_config={}, max_steps=max_steps, seed=0, log_interval=1, bf16=bf16)
+    return PPOTrainer(actor, ref, critic, rm, tok, prompts, cfg=cfg, ptx_data=None,
+                      reward_fn=None if reward_model else reward_fn, judge=gold_judge, eval_prompts=None, run_config={},
+                      loop=trainer_configs(tmp_path, max_steps=max_steps, seed=0, log_interval=1, bf16=bf16)["loop"])
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +184,8 @@ def test_lora_actor_reference_is_the_adapter_free_model(sft_dir, tmp_path):
     actor = trainer.unwrap(trainer.actor)
     with torch.no_grad():
         _, new = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
-        with trainer.reference_context():
-            _, ref = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
+        with trainer.reference(actor) as ref_model:
+            _, ref = trainer.policy_forward(ref_model, exp.sequences, exp.attention_mask, exp.context_length)
     m = exp.action_mask.bool()
     assert not torch.allclose(new[m], exp.logprobs[m]) and torch.allclose(ref[m], exp.ref_logprobs[m], atol=1e-6)
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, OPTConfig, OPTForSequenceClassification
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, trainer_configs
 from dataset.io import DataError
-from dataset.label import rank_responses
-from dataset.rm import (RMDataset, chat_messages, encode_chat, pair_kind, ranked_pairs, read_comparisons,
+from dataset.chat import chat_messages
+from dataset.task import gold_judge, rank_responses
+from dataset.rm import (RMDataset, encode_chat, pair_kind, ranked_pairs, read_comparisons,
                         rm_collate, split_hh)
 from model.load import load_tokenizer
 from model.loss import pairwise_loss
@@ -91,7 +92,8 @@ def test_pair_kinds_from_gold_judge():
     [2] vs [3] only in format: the split that evaluation reports separately."""
     prompt = "### Instruction:\nAdd the two numbers.\n\n### Input:\n13 and 18\n\n### Response:\n"
     responses = ["The answer is 31.", "31", "The answer is 33.", "33"]
-    kinds = {(i, j): pair_kind(prompt, responses[i], responses[j]) for i, j in ranked_pairs(4)}
+    group = {"prompt": prompt, "type": "add"}
+    kinds = {(i, j): pair_kind(gold_judge, group, responses[i], responses[j]) for i, j in ranked_pairs(4)}
     assert kinds[0, 2] == kinds[1, 3] == "correctness" and kinds[0, 1] == kinds[2, 3] == "format"
     assert kinds[0, 3] == kinds[1, 2] == "both"
 
@@ -153,8 +155,8 @@ def toy_run(tok, tmp_path_factory):
     held = RMDataset(write_rows(tmp, "eval.jsonl", rows[40:]), tok, 48, verbose=False)
     model = tiny_rm(len(tok))
     before = evaluate_pairs(model, held, tok.pad_token_id)
-    trainer = RMTrainer(model, tok, train, held, out_dir=str(tmp / "rm"), run_config={}, lr=1e-2, max_steps=40,
-                        batch_size=8, warmup_steps=0, log_interval=100, best_metric="eval/accuracy")
+    trainer = RMTrainer(model, tok, train, held, run_config={}, eval_batch_size=64,
+                        **trainer_configs(tmp / "rm", lr=1e-2, max_steps=40, batch_size=8, warmup_steps=0, log_interval=100))
     trainer.fit()
     trainer.save_model(str(tmp / "rm"), tok)
     return before, trainer, held, str(tmp / "rm")
@@ -241,6 +243,49 @@ def test_logistic_head_recovers_a_linear_preference_and_cv_picks_the_l2():
     assert cosine > 0.9
 
 
+def noisy_axis_preference(pairs: int = 120, hidden: int = 8, mislabelled: int = 12, seed: int = 0) -> tuple:
+    """Features (2 * pairs, hidden) where the better response of each pair is high on axis 0 and the
+    worse one low, the other axes noise, and the first `mislabelled` pairs ranked the wrong way round:
+    every sensible head gets exactly those pairs wrong, so the CV accuracy is the same for every L2,
+    while its confidence on them (the log-loss) is not. -> features, chosen, rejected, group."""
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(2 * pairs, hidden, generator=gen)
+    features[0::2, 0] = 1 + 0.2 * torch.randn(pairs, generator=gen)  # better responses
+    features[1::2, 0] = -1 + 0.2 * torch.randn(pairs, generator=gen)  # worse responses
+    better, worse = torch.arange(0, 2 * pairs, 2), torch.arange(1, 2 * pairs, 2)
+    right_way = torch.arange(pairs) >= mislabelled
+    chosen, rejected = torch.where(right_way, better, worse), torch.where(right_way, worse, better)
+    return features, chosen, rejected, torch.arange(pairs)
+
+
+def test_cv_picks_the_l2_by_held_out_log_loss_so_accuracy_ties_and_float_noise_cannot_flip_it():
+    """Issue 16: on HH, three L2 strengths tied exactly in CV accuracy and a float-level change in the
+    bf16 features flipped the pick (test 0.648 -> 0.624). Here all three strengths tie exactly at 0.9 CV
+    accuracy; the pick must be the lowest CV log-loss (0.1: neither the first listed, which the accuracy
+    rule took, nor the strongest), and must stay the same when the features get 1e-6 relative noise."""
+    features, chosen, rejected, group = noisy_axis_preference()
+    l2s = [1e-3, 0.1, 10.0]
+    fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4)
+    assert set(fit["cv_accuracy"].values()) == {0.9}, fit["cv_accuracy"]  # the exact tie this test is about
+    assert set(fit["cv_log_loss"]) == set(l2s) and fit["l2"] == min(l2s, key=fit["cv_log_loss"].get) == 0.1
+    assert fit["cv_log_loss"][0.1] < min(fit["cv_log_loss"][1e-3], fit["cv_log_loss"][10.0]) - 0.01
+    for seed in (1, 2):
+        noise = 1 + 1e-6 * torch.randn(features.shape, generator=torch.Generator().manual_seed(seed))
+        noisy = fit_linear_head(features * noise, chosen, rejected, group, l2s, folds=4)
+        assert noisy["l2"] == 0.1
+        assert noisy["cv_log_loss"] == pytest.approx(fit["cv_log_loss"], abs=1e-4)
+
+
+def test_cv_log_loss_within_the_tolerance_counts_as_a_tie_and_the_stronger_l2_wins():
+    """Two strengths too weak to matter (1e-9, 1e-8) give CV log-losses about 1e-6 apart, which is float
+    noise, not evidence: they tie, and the stronger one is used whichever order they are listed in."""
+    features, chosen, rejected, group = noisy_axis_preference()
+    for l2s in ([1e-9, 1e-8], [1e-8, 1e-9]):
+        fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4)
+        assert abs(fit["cv_log_loss"][1e-9] - fit["cv_log_loss"][1e-8]) < 1e-4
+        assert fit["l2"] == 1e-8
+
+
 def test_last_token_features_are_what_the_score_head_reads(tok, toy_run):
     """Scores from the features times the head weight equal the model's own scores, for every sequence,
     and the pair indices point at each group's chosen and rejected sequences."""
@@ -263,7 +308,8 @@ def test_train_rm_head_only_fits_the_head_and_saves_a_model_that_scores_the_same
                "--eval_limit", "100", "--head_l2", "0.01,0.1")
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    assert summary["head_l2"] in (0.01, 0.1) and set(summary["cv_accuracy"]) == {"0.01", "0.1"}
+    assert summary["head_l2"] in (0.01, 0.1) and set(summary["cv_accuracy"]) == set(summary["cv_log_loss"]) == {"0.01", "0.1"}
+    assert summary["cv_log_loss"][f"{summary['head_l2']:g}"] <= min(summary["cv_log_loss"].values()) + 1e-4  # the pick
     assert summary["accuracy"] > summary["accuracy_base"] and summary["accuracy_format"] >= 0.95, summary
     assert summary["train_loss"] < math.log(2) - 0.05, summary  # a zero head would sit at log 2
     model, base = load_reward_model(out, PAD).eval(), load_reward_model(sft_dir, PAD)

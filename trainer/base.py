@@ -9,7 +9,12 @@ bar with the live loss, `metrics.jsonl`, and exactly resumable checkpoints (cras
 
 Subclasses fill in `compute_loss(batch) -> (loss, metrics)`, `loss_weight(batch)` (how many terms the
 loss averages over: supervised tokens, pairs) and, if needed, `evaluate()`; PPO replaces `training_step`
-and extends `state_dict` / `load_state_dict`.
+and extends `state_dict` / `load_state_dict`. Every stage starts with `log_start` (the model before
+training is step 0 of metrics.jsonl) and ends with `finish` (model, tokenizer, run_config.json and
+summary.json in out_dir), so a stage's script is settings and wiring only.
+
+Settings arrive as two dataclasses built from the script's constants (`LoopConfig`, `OptimConfig`,
+`from_settings`), each field documented once, with no defaults to drift from the script's.
 
 Several processes equal one: each step's loss is the mean over the terms of the whole global batch
 (all micro-batches of all ranks), so 2 processes x batch b take the step 1 process x batch 2b takes,
@@ -23,6 +28,7 @@ import contextlib
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -31,7 +37,8 @@ from trainer.dist import all_ranks, is_sharded, make_accelerator, reduce_sum
 from trainer.tracking import end_trackers, start_trackers
 from trainer.checkpoint import (CheckpointError, Preempted, StopOnSignal, candidates, drop_rows_after, load_newest, lock_out_dir,
                                 resume_command, save_checkpoint)
-from utils import UserError, append_jsonl, rng_state, seed_everything, set_rng_state, write_json
+from model.peft import save_peft
+from utils import UserError, append_jsonl, from_settings, peak_rss_mb, rng_state, seed_everything, set_rng_state, write_json
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -39,39 +46,64 @@ class NonFiniteLossError(UserError, RuntimeError):
     exit_code = 7
 
 
+@dataclass
+class LoopConfig:
+    """The loop's settings; a script builds it with LoopConfig.from_settings(config)."""
+    out_dir: str  # checkpoint, metrics.jsonl, summary.json
+    max_steps: int  # optimizer steps (PPO, GRPO: iterations, each one rollout + update)
+    warmup_steps: int  # linear LR warmup, then cosine decay to 0.1x at max_steps
+    grad_clip: float  # max global gradient norm
+    eval_interval: int  # steps between evaluations (0: only at the end)
+    log_interval: int  # steps between metrics.jsonl lines
+    save_interval: int  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
+    seed: int  # data order (and, in the scripts, weights' init and sampling)
+    bf16: bool  # bfloat16 autocast
+    resume: bool  # continue from out_dir/checkpoint if present
+    log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
+
+    from_settings = classmethod(from_settings)
+
+
+@dataclass
+class OptimConfig:
+    """What one optimizer step of the trained model is (PPO and GRPO derive theirs from their own config)."""
+    lr: float  # peak AdamW learning rate
+    weight_decay: float  # AdamW weight decay on weight matrices (never on LayerNorm weights or biases)
+    batch_size: int  # items per micro-batch, per process (SFT rows, RM groups, PPO prompts)
+    grad_accum: int  # micro-batches per optimizer step
+
+    from_settings = classmethod(from_settings)
+
+
 class Trainer:
-    def __init__(self, model, train_data, collate, out_dir: str, run_config: dict, *, lr: float, max_steps: int,
-                 batch_size: int, grad_accum: int = 1, warmup_steps: int = 0, weight_decay: float = 0.0,
-                 grad_clip: float = 1.0, eval_interval: int = 0, log_interval: int = 10, save_interval: int = 0,
-                 seed: int = 0, bf16: bool = False, resume: bool = False, best_metric: str = None,
-                 log_with: str = "none"):
-        self.accelerator = make_accelerator("bf16" if bf16 else "no")
+    best_metric = None  # an eval metric to maximise: each new best is saved to out_dir/best (the RM sets it)
+
+    def __init__(self, model, train_data, collate, *, loop: LoopConfig, optim: OptimConfig, run_config: dict):
+        self.accelerator = make_accelerator("bf16" if loop.bf16 else "no")
         self.device = self.accelerator.device
-        self.train_data, self.collate, self.out_dir, self.run_config = train_data, collate, out_dir, run_config
-        self.max_steps, self.batch_size, self.grad_accum = max_steps, batch_size, grad_accum
-        self.grad_clip, self.eval_interval, self.log_interval = grad_clip, eval_interval, log_interval
-        self.save_interval, self.seed, self.resume, self.best_metric = save_interval, seed, resume, best_metric
+        self.train_data, self.collate, self.loop, self.run_config = train_data, collate, loop, run_config
+        self.out_dir, self.max_steps, self.seed = loop.out_dir, loop.max_steps, loop.seed
+        self.batch_size, self.grad_accum = optim.batch_size, optim.grad_accum
         self.step, self.best_value, self._perms = 0, None, {}
-        check_sharded_settings(self.accelerator, save_interval, resume, grad_accum)
-        self.ckpt_dir = os.path.join(out_dir, "checkpoint")
+        check_sharded_settings(self.accelerator, loop.save_interval, loop.resume, optim.grad_accum)
+        self.ckpt_dir = os.path.join(self.out_dir, "checkpoint")
         if self.accelerator.is_main_process:
-            lock_out_dir(out_dir)  # before touching anything in it: a second run on out_dir stops here
-        self.resuming = resume and bool(candidates(self.ckpt_dir))  # candidates refuses pickle checkpoints
-        if resume and not self.resuming:
+            lock_out_dir(self.out_dir)  # before touching anything in it: a second run on out_dir stops here
+        self.resuming = loop.resume and bool(candidates(self.ckpt_dir))  # candidates refuses pickle checkpoints
+        if loop.resume and not self.resuming:
             self.log(f"--resume True: no checkpoint in {self.ckpt_dir}; starting from step 0")
-        metrics_path = os.path.join(out_dir, "metrics.jsonl")
+        metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
         if not self.resuming and self.accelerator.is_main_process and os.path.exists(metrics_path):
             os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
-        self.warmup_steps = warmup_steps
-        start_trackers(self.accelerator, log_with, out_dir, run_config)
+        start_trackers(self.accelerator, loop.log_with, self.out_dir, run_config)
         if model is not None:
-            self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, lr, weight_decay))
+            self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, optim.lr, optim.weight_decay))
             self.scheduler = self.lr_schedule(self.optimizer)
         if self.accelerator.process_index > 0:  # own random numbers per rank (dropout, sampling); rank 0 keeps
-            seed_everything(seed + 1000003 * self.accelerator.process_index)  # the single-process stream
+            seed_everything(loop.seed + 1000003 * self.accelerator.process_index)  # the single-process stream
 
     def lr_schedule(self, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.warmup_steps, self.max_steps))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.loop.warmup_steps, self.max_steps))
 
     # ------------------------------------------------------------------ hooks for subclasses
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -105,7 +137,7 @@ class Trainer:
             for k, v in {"train/loss": loss.item(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * weight
         totals = {k: v / total for k, v in reduce_sum(self.accelerator, sums).items()}  # global means
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip)
         if grad_norm is not None:  # DeepSpeed clips inside its engine (gradient_clipping in the config) and returns None
             totals["train/grad_norm"] = float(grad_norm)
         self.optimizer.step()
@@ -135,12 +167,13 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(metrics.items())[:4]})
-                if self.step == self.max_steps or (self.eval_interval and self.step % self.eval_interval == 0):
+                loop = self.loop
+                if self.step == self.max_steps or (loop.eval_interval and self.step % loop.eval_interval == 0):
                     metrics.update(self.run_evaluation())
-                if self.step % self.log_interval == 0 or self.step == self.max_steps or any(k.startswith("eval/") for k in metrics):
+                if self.step % loop.log_interval == 0 or self.step == self.max_steps or any(k.startswith("eval/") for k in metrics):
                     self.write_metrics(metrics)
                 signum = self.stop_requested(stop)
-                if signum or (self.save_interval and self.step % self.save_interval == 0 and self.step < self.max_steps):
+                if signum or (loop.save_interval and self.step % loop.save_interval == 0 and self.step < self.max_steps):
                     self.save_checkpoint()
                 if signum:
                     bar.close()
@@ -236,6 +269,20 @@ class Trainer:
             write_json(os.path.join(out_dir, "run_config.json"), self.run_config)
         self.accelerator.wait_for_everyone()  # other ranks may read it next (train_rm.py reloads out_dir/best)
 
+    def log_start(self, metrics: dict) -> None:
+        """Step 0 of metrics.jsonl (and of the curves): the model before training. A resumed run has it already."""
+        if not self.resuming:
+            self.write_metrics(metrics)
+
+    def finish(self, tokenizer, peft: str, summary: dict) -> None:
+        """The end of every stage: the trained model in out_dir with its tokenizer and run_config.json
+        (full weights, or with PEFT the adapter plus, where it merges, the merged model), then summary.json
+        with the peak memory. A collective under FSDP / ZeRO-3 (the state dict is gathered); the main process writes."""
+        state = self.accelerator.get_state_dict(self.model) if peft == "none" else None
+        if self.accelerator.is_main_process:
+            print(save_stage(self.out_dir, self.unwrap(self.model), tokenizer, self.run_config, peft, summary, state))
+        self.accelerator.wait_for_everyone()
+
     def write_metrics(self, metrics: dict) -> None:
         if self.accelerator.is_main_process:
             append_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), {"step": self.step, "time": time.time(), **metrics})
@@ -252,6 +299,22 @@ class Trainer:
         """Text (e.g. a markdown table of sample completions) to the experiment trackers, at this step."""
         if self.accelerator.trackers:
             self.accelerator.log({key: text}, step=self.step)
+
+
+def save_stage(out_dir: str, model, tokenizer, run_config: dict, peft: str, summary: dict, state_dict=None) -> str:
+    """Write what a stage leaves in out_dir: the model as an HF checkpoint (peft != 'none': model/peft's
+    save_peft, the adapter in out_dir/adapter and the merged model where the method merges), the tokenizer,
+    run_config.json and summary.json (peak_rss_mb added). Returns a line saying what was written.
+    Trainer.finish and the head-only reward model (train_rm.py) both end here."""
+    if peft == "none":
+        model.save_pretrained(out_dir, state_dict=state_dict)
+        tokenizer.save_pretrained(out_dir)
+        what = "HF checkpoint"
+    else:
+        what = save_peft(model, out_dir, tokenizer)
+    write_json(os.path.join(out_dir, "run_config.json"), run_config)
+    write_json(os.path.join(out_dir, "summary.json"), {**summary, "peak_rss_mb": peak_rss_mb()})
+    return f"wrote {out_dir}/ ({what}, run_config.json, summary.json)"
 
 
 def check_sharded_settings(accelerator, save_interval: int, resume: bool, grad_accum: int) -> None:

@@ -13,19 +13,33 @@ training and held-out sequence. With a LoRA policy the reference is the same mod
 off, which at the start (LoRA B = 0) is the policy itself.
 
 Evaluation: the implicit reward's pairwise accuracy and margin on held-out comparisons, and the gold
-score and KL of greedy answers to held-out prompts, measured by PPO's own code (`evaluate_policy`).
+score and KL of greedy answers to held-out prompts, measured by the Evaluator PPO uses (trainer/evaluate.py),
+so DPO's gold score and KL figures measure exactly what PPO's do.
 """
+import math
 import time
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import torch
 
 from dataset.rm import flatten_groups, rm_collate
 from model.loss import dpo_loss, sequence_logprobs
-from model.reward import position_ids_for
-from trainer.base import Trainer
-from trainer.ppo import PPOTrainer
+from model.reward import position_ids_for, reward_scores
+from trainer.base import LoopConfig, OptimConfig, Trainer
+from trainer.evaluate import Evaluator, Judge, reference_for
 from trainer.rm import pairwise_metrics
+from utils import from_settings
+
+
+@dataclass
+class DPOConfig:
+    """DPO's own settings (the loop and optimizer ones are LoopConfig / OptimConfig); train_dpo.py builds it."""
+    beta: float  # strength of the implicit KL constraint: r(x, y) = beta * log(pi(y|x) / pi_ref(y|x))
+    max_new_tokens: int  # answer length limit of the held-out evaluation
+    temperature: float  # sampling temperature of the held-out sampled answers (the KL figure)
+    eval_batch_size: int  # groups per forward pass of the reference and held-out passes
+
+    from_settings = classmethod(from_settings)
 
 
 def dpo_collate(items: list, pad_id: int) -> dict:
@@ -44,27 +58,22 @@ def policy_sequence_logprobs(model, batch: dict) -> torch.Tensor:
 
 
 class DPOTrainer(Trainer):
-    # Held-out answers are sampled, judged and compared with the reference by PPO's own methods, so
-    # DPO's gold score and KL figures measure exactly what PPO's do.
-    sample = PPOTrainer.sample
-    policy_forward = PPOTrainer.policy_forward
-    reference_context = PPOTrainer.reference_context
-    forward_in_chunks = PPOTrainer.forward_in_chunks
-    score = PPOTrainer.score
-    answer_rows = PPOTrainer.answer_rows
-    evaluate_policy = PPOTrainer.evaluate_policy
+    """policy (trained), ref (frozen; None for a LoRA policy: the policy with adapters off). reward_model
+    (optional, never trained on) scores the held-out answers; judge(row, response) is the task's judgement."""
 
-    def __init__(self, model, ref, tokenizer, train_data, eval_data=None, eval_prompts=None, reward_model=None, *,
-                 beta: float, max_new_tokens: int = 20, temperature: float = 1.0, eval_batch_size: int = 64, **kwargs):
-        super().__init__(model, None, lambda items: dpo_collate(items, tokenizer.pad_token_id), **kwargs)
-        self.actor = self.model  # the name PPO's evaluation methods use
+    def __init__(self, model, ref, tokenizer, train_data, eval_data, eval_prompts, reward_model, *, cfg: DPOConfig,
+                 loop: LoopConfig, optim: OptimConfig, run_config: dict, judge: Judge):
+        super().__init__(model, None, lambda items: dpo_collate(items, tokenizer.pad_token_id), loop=loop, optim=optim,
+                         run_config=run_config)
         self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
-        self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
-        self.reward_fn = None if reward_model is not None else (lambda rows, responses: [float("nan")] * len(rows))
-        self.tokenizer, self.beta, self.eval_prompts, self.eval_batch_size = tokenizer, beta, eval_prompts, eval_batch_size
-        # the PPOConfig fields PPO's evaluation methods read; sampled answers use the full distribution, as PPO's
-        self.cfg = SimpleNamespace(max_new_tokens=max_new_tokens, temperature=temperature, mini_batch=eval_batch_size)
-        self.sampling = dict(do_sample=True, temperature=temperature)
+        self.reference = reference_for(self.ref)
+        rm = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
+        self.tokenizer, self.cfg, self.beta, self.eval_prompts, self.eval_batch_size = tokenizer, cfg, cfg.beta, eval_prompts, cfg.eval_batch_size
+        self.evaluate_policy = Evaluator(self.accelerator, tokenizer, max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature, batch_size=100, judge=judge,
+                                         reward=(lambda items, out: reward_scores(rm, out.sequences, out.attention_mask))
+                                         if rm is not None else None,
+                                         reference=self.reference)
         start = time.time()
         self.train_data = self.with_reference_logprobs(train_data.items)
         self.reference_seconds = time.time() - start  # part of DPO's training cost
@@ -74,8 +83,8 @@ class DPOTrainer(Trainer):
     def with_reference_logprobs(self, items: list) -> list:
         """Copies of the groups, each with 'ref_logprobs': log pi_ref(y|x) of its K sequences (one pass, once)."""
         out = []
-        with self.reference_context():
-            ref = self.ref if self.ref is not None else self.unwrap(self.actor).eval()
+        policy = self.unwrap(self.model).eval()
+        with self.reference(policy) as ref:
             for i in range(0, len(items), self.eval_batch_size):
                 chunk = items[i: i + self.eval_batch_size]
                 batch = {k: v.to(self.device) if torch.is_tensor(v) else v
@@ -115,5 +124,5 @@ class DPOTrainer(Trainer):
         out = self.implicit_reward_metrics() if self.eval_data else {}
         if self.eval_prompts:
             result = self.evaluate_policy(self.unwrap(self.model), self.eval_prompts, do_sample=False)
-            out.update({k: v for k, v in result.items() if k != "rows" and "/" not in k and v == v})  # NaN: no RM given
+            out.update({k: v for k, v in result.items() if k != "rows" and "/" not in k and math.isfinite(v)})  # NaN: no RM given
         return out

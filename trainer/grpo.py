@@ -15,9 +15,10 @@ from dataclasses import dataclass, fields
 import torch
 
 from model.loss import entropy_from_logits, group_advantages, grpo_loss, masked_mean
-from trainer.base import Trainer, adamw
-from trainer.ppo import PPOConfig, PPOTrainer, RunningMoments, check_rollout_settings
-from utils import ConfigError
+from trainer.base import LoopConfig, OptimConfig, Trainer, adamw
+from trainer.evaluate import Judge
+from trainer.ppo import PPOTrainer, check_rollout_settings
+from utils import ConfigError, from_settings
 
 
 @dataclass
@@ -44,7 +45,7 @@ class GRPOConfig:
             raise ConfigError(f"GROUP_SIZE={self.group_size}: must be >= 2 and divide ROLLOUT_BATCH={self.rollout_batch}")
         check_rollout_settings(self)
 
-    from_settings = classmethod(PPOConfig.from_settings.__func__)
+    from_settings = classmethod(from_settings)  # from the script's constants: field f <- settings['F']
 
 
 @dataclass
@@ -67,21 +68,18 @@ class GroupExperience:
 
 
 class GRPOTrainer(PPOTrainer):
-    def __init__(self, actor, ref, reward_model, tokenizer, prompts, cfg: GRPOConfig, reward_fn=None, eval_prompts=None,
-                 eval_rows_shown: int = 4, **kwargs):
+    def __init__(self, actor, ref, reward_model, tokenizer, prompts, *, cfg: GRPOConfig, loop: LoopConfig,
+                 run_config: dict, reward_fn, judge: Judge, eval_prompts):
         # PPOTrainer.__init__ builds a critic and its optimizer; GRPO has none, so the base loop is set up
-        # directly and the attributes the inherited PPO methods read are set here.
-        Trainer.__init__(self, None, prompts, lambda items: {"items": items}, lr=cfg.actor_lr,
-                         batch_size=cfg.rollout_batch // cfg.group_size, **kwargs)  # a batch: rollout_batch / G prompts
+        # directly, then PPO's rollout and evaluation (set_up_rollouts). A batch: rollout_batch / G prompts.
+        optim = OptimConfig(lr=cfg.actor_lr, weight_decay=cfg.weight_decay, batch_size=cfg.rollout_batch // cfg.group_size,
+                            grad_accum=1)
+        Trainer.__init__(self, None, prompts, lambda items: {"items": items}, loop=loop, optim=optim, run_config=run_config)
         self.cfg = cfg
         self.actor, self.actor_opt = self.accelerator.prepare(actor, adamw(actor, cfg.actor_lr, cfg.weight_decay))
         self.actor_sched = self.lr_schedule(self.actor_opt)
         self.model = self.actor  # what the base class evaluates and saves
-        self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
-        self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
-        self.reward_fn, self.tokenizer, self.eval_prompts = reward_fn, tokenizer, eval_prompts
-        self.sampling = dict(do_sample=True, temperature=cfg.temperature)  # the full distribution, as PPO
-        self.score_moments, self.eval_rows_shown, self.last_rows = RunningMoments(), eval_rows_shown, []
+        self.set_up_rollouts(ref, reward_model, tokenizer, reward_fn, judge, eval_prompts)
 
     # ------------------------------------------------------------------ phase 1: rollout
     @torch.no_grad()
@@ -89,24 +87,11 @@ class GRPOTrainer(PPOTrainer):
         """items: the rollout's prompts, each repeated G times in a row."""
         # eval mode and learn()'s autocast for every forward pass, as in PPO: before the first update the
         # recomputed log-probs are bit-identical, so the ratio is exactly 1
-        actor = self.unwrap(self.actor).eval()
-        with self.accelerator.autocast():
-            # 1-2. sample G responses per prompt, truncate after the first EOS (PPO's sampling)
-            sequences, attention_mask, action_mask, has_eos, P = self.sample(actor, items, self.sampling)
-            # 3. log-probs under actor and reference
-            logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(actor, s, m, P)[1], sequences, attention_mask)
-            with self.reference_context():
-                ref_model = self.ref if self.ref is not None else actor
-                ref_logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(ref_model, s, m, P)[1], sequences, attention_mask)
-            # 4. score the whole response
-            raw_scores = self.score(items, sequences, attention_mask, P)  # (B,)
-        # 5. normalise (running, as PPO: the EOS penalty is then in units of the score's spread);
-        # 6. penalise responses that never produced EOS
-        scores = raw_scores
-        if self.cfg.normalize_scores:
-            self.score_moments.update(raw_scores)
-            scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
-        scores = scores - self.cfg.missing_eos_penalty * (~has_eos).float()
+        out, logprobs, ref_logprobs, raw_scores = self.sample_and_score(items)  # 1-4: PPO's rollout steps
+        sequences, attention_mask, action_mask, has_eos, P = (out.sequences, out.attention_mask, out.action_mask,
+                                                              out.has_eos, out.context_length)
+        # 5-6. PPO's running normalisation (the EOS penalty is then in units of the score's spread) and missing-EOS penalty
+        scores = self.shape_scores(raw_scores, has_eos)
         # 7. advantages: each score against the other samples of its prompt; no KL here, it is in the loss
         advantages = group_advantages(scores.view(-1, self.cfg.group_size)).view(-1)  # (B,)
         kl = (logprobs - ref_logprobs) * action_mask  # (B, N)
@@ -128,7 +113,7 @@ class GRPOTrainer(PPOTrainer):
                                                  cfg.clip_range, cfg.grpo_beta)
                 self.check_finite(loss)
                 self.accelerator.backward(loss)
-                self.accelerator.clip_grad_norm_(self.actor.parameters(), self.grad_clip)
+                self.accelerator.clip_grad_norm_(self.actor.parameters(), self.loop.grad_clip)
                 self.actor_opt.step()
                 self.actor_opt.zero_grad(set_to_none=True)
                 entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()

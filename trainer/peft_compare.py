@@ -6,7 +6,7 @@ number of steps, then measure it. Each arm runs in its own process, so its peak 
 Measured, per method:
 * trainable parameters (model/peft count_parameters);
 * held-out loss (response tokens of the held-out demonstrations) and gold score (greedy answers to
-  held-out prompts, judged by dataset/task.py) after `max_steps` steps;
+  held-out prompts, judged by the task's judge, which the command line below passes in) after `max_steps` steps;
 * seconds per optimizer step (wall clock over the training loop only, evaluation excluded);
 * peak resident memory of the process (VmHWM: weights, gradients, optimizer state, activations, the
   evaluation's generation, and the Python/torch runtime itself) and its increase over the memory right
@@ -22,9 +22,12 @@ import time
 import torch
 from safetensors.torch import save_model
 
-from dataset.sft import SFTDataset, read_prompts
+from dataset.prompt import PromptDataset
+from dataset.sft import SFTDataset
 from model.load import load_causal_lm, load_tokenizer, opt125m_config
 from model.peft import apply_peft, count_parameters, save_adapter
+from trainer.base import LoopConfig, OptimConfig
+from trainer.evaluate import Judge
 from trainer.sft import SFTTrainer
 from utils import quiet_transformers, seed_everything
 
@@ -52,8 +55,9 @@ def dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def run_method(s: dict) -> dict:
-    """Train `s['method']` ('base' = no training, 'full', or a model/peft method) and measure it."""
+def run_method(s: dict, judge: Judge) -> dict:
+    """Train `s['method']` ('base' = no training, 'full', or a model/peft method) and measure it; judge(row,
+    response) scores the held-out answers."""
     quiet_transformers()
     torch.set_num_threads(s["threads"])
     seed_everything(s["seed"])
@@ -64,14 +68,16 @@ def run_method(s: dict) -> dict:
     trainable, total = count_parameters(model)
     train = SFTDataset(s["train_data"], tokenizer, s["max_len"], verbose=False)
     eval_data = SFTDataset(s["eval_data"], tokenizer, s["max_len"], verbose=False)
-    prompts = read_prompts(s["eval_data"], s["eval_limit"])
+    prompts = PromptDataset(s["eval_data"], tokenizer, s["max_len"] - s["max_new_tokens"], s["eval_limit"], verbose=False).items
     out_dir = os.path.join(s["out_dir"], s["method"])
     shutil.rmtree(out_dir, ignore_errors=True)
     steps = 0 if s["method"] == "base" else s["max_steps"]
-    trainer = SFTTrainer(model, tokenizer, train, None, None, out_dir=out_dir, run_config=s,
-                         max_prompt_len=s["max_len"] - s["max_new_tokens"], max_new_tokens=s["max_new_tokens"],
-                         lr=s["lr"], max_steps=steps, batch_size=s["batch_size"], warmup_steps=min(s["warmup_steps"], steps),
-                         weight_decay=0.0, grad_clip=1.0, log_interval=max(1, steps // 30), seed=s["seed"], bf16=s["bf16"])
+    loop = LoopConfig(out_dir=out_dir, max_steps=steps, warmup_steps=min(s["warmup_steps"], steps), grad_clip=1.0,
+                      eval_interval=0, log_interval=max(1, steps // 30), save_interval=0, seed=s["seed"], bf16=s["bf16"],
+                      resume=False, log_with="none")
+    optim = OptimConfig(lr=s["lr"], weight_decay=0.0, batch_size=s["batch_size"], grad_accum=1)
+    trainer = SFTTrainer(model, tokenizer, train, None, None, loop=loop, optim=optim, run_config=s,
+                         max_new_tokens=s["max_new_tokens"], judge=judge)
     start = time.time()
     trainer.fit()  # no eval data yet: the timed loop is training only
     seconds_per_step = (time.time() - start) / steps if steps else 0.0
@@ -162,7 +168,9 @@ def plot_comparison(results: list[dict], path: str, title: str, memory: list[dic
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=100)
 
-if __name__ == "__main__":
-    result = run_method(json.loads(sys.argv[1]))
+if __name__ == "__main__":  # the command line is a script: it passes the shipped task's judge in
+    from dataset.task import gold_judge
+
+    result = run_method(json.loads(sys.argv[1]), gold_judge)
     with open(sys.argv[2], "w") as f:
         json.dump(result, f, indent=2)

@@ -10,22 +10,21 @@ References: InstructGPT (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155) E
 al. 2017, https://arxiv.org/abs/1707.06347) Eqs. 7, 11-12; the adaptive KL controller of Ziegler et al.
 2019 (https://arxiv.org/abs/1909.08593) Sec. 2.2.
 """
-import contextlib
 import warnings
 from dataclasses import dataclass, fields
 
 import torch
 
-from dataset.sft import pad, render_prompt, sft_collate
-from dataset.task import judge, score
-from model.generate import decode_responses, generate
+from dataset.sft import sft_collate
+from model.generate import Responses, decode_responses, response_logprobs, sample_responses
 from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, lm_loss, masked_mean, masked_whiten,
-                        policy_loss, token_logprobs, value_loss)
-from model.reward import position_ids_for, reward_scores, token_values
-from trainer.base import Trainer, adamw
-from trainer.dist import check_two_models, gather_shards, mean_over_ranks, shard, tensor_sum
+                        policy_loss, value_loss)
+from model.reward import reward_scores, token_values
+from trainer.base import LoopConfig, OptimConfig, Trainer, adamw
+from trainer.dist import check_two_models, mean_over_ranks, tensor_sum
+from trainer.evaluate import Evaluator, Judge, mean_judgement, reference_for
 from trainer.tracking import markdown_table
-from utils import ConfigError
+from utils import ConfigError, from_settings
 
 
 @dataclass
@@ -57,10 +56,7 @@ class PPOConfig:
     def __post_init__(self):
         check_rollout_settings(self)
 
-    @classmethod
-    def from_settings(cls, settings: dict) -> "PPOConfig":
-        """Build from a script's resolved settings {NAME: value} (utils.configure)."""
-        return cls(**{f.name: settings[f.name.upper()] for f in fields(cls)})
+    from_settings = classmethod(from_settings)  # from the script's constants: field f <- settings['F']
 
 
 def check_rollout_settings(cfg) -> None:
@@ -117,23 +113,35 @@ class RunningMoments:
 
 
 class PPOTrainer(Trainer):
-    def __init__(self, actor, ref, critic, reward_model, tokenizer, prompts, cfg: PPOConfig, ptx_data=None,
-                 reward_fn=None, eval_prompts=None, eval_rows_shown: int = 4, **kwargs):
-        super().__init__(None, prompts, lambda items: {"items": items}, lr=cfg.actor_lr, batch_size=cfg.rollout_batch,
-                         **kwargs)
+    """actor (trained), ref (frozen; None for a LoRA actor: the actor with adapters off), critic (trained),
+    reward_model (frozen; unused when reward_fn(rows, responses) -> scores is given). judge(row, response)
+    is the task's judgement (the gold score of rollouts and held-out answers), or None."""
+    eval_rows_shown = 4  # held-out answers printed (and sent to the trackers) at each evaluation
+
+    def __init__(self, actor, ref, critic, reward_model, tokenizer, prompts, *, cfg: PPOConfig, loop: LoopConfig,
+                 run_config: dict, ptx_data, reward_fn, judge: Judge, eval_prompts):
+        optim = OptimConfig(lr=cfg.actor_lr, weight_decay=cfg.weight_decay, batch_size=cfg.rollout_batch, grad_accum=1)
+        super().__init__(None, prompts, lambda items: {"items": items}, loop=loop, optim=optim, run_config=run_config)
         self.cfg = cfg
-        actor_opt, critic_opt = adamw(actor, cfg.actor_lr, cfg.weight_decay), adamw(critic, cfg.critic_lr, cfg.weight_decay)
         check_two_models(self.accelerator)
-        self.actor, self.actor_opt = self.accelerator.prepare(actor, actor_opt)  # one model per call: FSDP2 wraps
-        self.critic, self.critic_opt = self.accelerator.prepare(critic, critic_opt)  # one model per prepare()
+        self.actor, self.actor_opt = self.accelerator.prepare(actor, adamw(actor, cfg.actor_lr, cfg.weight_decay))  # one
+        self.critic, self.critic_opt = self.accelerator.prepare(critic, adamw(critic, cfg.critic_lr, cfg.weight_decay))  # model per prepare(): FSDP2
         self.actor_sched, self.critic_sched = self.lr_schedule(self.actor_opt), self.lr_schedule(self.critic_opt)
         self.model = self.actor  # what the base class evaluates and saves
+        self.set_up_rollouts(ref, reward_model, tokenizer, reward_fn, judge, eval_prompts)
+        self.ptx_data, self.beta = ptx_data, cfg.beta
+
+    def set_up_rollouts(self, ref, reward_model, tokenizer, reward_fn, judge: Judge, eval_prompts) -> None:
+        """What the rollout and the held-out evaluation need (GRPO shares it)."""
         self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
         self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
-        self.reward_fn, self.tokenizer, self.ptx_data, self.eval_prompts = reward_fn, tokenizer, ptx_data, eval_prompts
-        self.sampling = dict(do_sample=True, temperature=cfg.temperature)  # top_k=0, top_p=1: the full distribution
-        self.beta, self.score_moments = cfg.beta, RunningMoments()
-        self.eval_rows_shown, self.last_rows, self.warned_truncation = eval_rows_shown, [], False
+        self.reward_fn, self.judge, self.tokenizer, self.eval_prompts = reward_fn, judge, tokenizer, eval_prompts
+        self.sampling = dict(do_sample=True, temperature=self.cfg.temperature)  # top_k=0, top_p=1: the full distribution
+        self.reference = reference_for(self.ref)  # policy -> context yielding the reference model
+        self.evaluate_policy = Evaluator(self.accelerator, tokenizer, max_new_tokens=self.cfg.max_new_tokens,
+                                         temperature=self.cfg.temperature, batch_size=100, judge=judge,
+                                         reward=self.reward, reference=self.reference)
+        self.score_moments, self.last_rows, self.warned_truncation = RunningMoments(), [], False
 
     # ------------------------------------------------------------------ forward passes
     def forward_in_chunks(self, fn, sequences, attention_mask) -> torch.Tensor:
@@ -143,68 +151,62 @@ class PPOTrainer(Trainer):
                           for i in range(0, sequences.size(0), self.cfg.mini_batch)])
 
     def policy_forward(self, model, sequences, attention_mask, context_length):
-        """Logits of the sampling distribution (divided by TEMPERATURE, as the sampler did) that predict
-        each response token (aligned one position left), and their log-probs. Actor and reference are
-        both scored this way, so ratio and KL refer to the policy that produced the samples.
-        Returns (logits (B, N, V), logprobs (B, N))."""
-        logits = model(input_ids=sequences, attention_mask=attention_mask,
-                       position_ids=position_ids_for(attention_mask)).logits[:, context_length - 1: -1]  # (B, N, V)
-        logits = logits.float() / self.cfg.temperature
-        return logits, token_logprobs(logits, sequences[:, context_length:])
+        """(logits (B, N, V), logprobs (B, N)) of the response tokens at the sampling temperature
+        (model/generate.py: response_logprobs): actor and reference are scored by the policy that sampled."""
+        return response_logprobs(model, sequences, attention_mask, context_length, self.cfg.temperature)
 
-    def reference_context(self):
-        """With a LoRA actor the reference is the actor with its adapters switched off (no second copy)."""
-        return self.unwrap(self.actor).disable_adapter() if self.ref is None else contextlib.nullcontext()
+    def rollout_logprobs(self, model, out: Responses) -> torch.Tensor:
+        """(B, N) log-probs of the rollout's responses, in learn()'s minibatch shapes."""
+        P = out.context_length
+        return self.forward_in_chunks(lambda s, m: self.policy_forward(model, s, m, P)[1], out.sequences, out.attention_mask)
 
-    def score(self, items, sequences, attention_mask, context_length) -> torch.Tensor:
-        """Reward-model score of each (prompt, response), or reward_fn(rows, responses) when given."""
-        if self.reward_fn is not None:  # a programmatic reward (tests, or the gold judge as an upper bound)
-            responses = decode_responses(self.tokenizer, sequences, context_length)
+    def reward(self, items, out: Responses) -> torch.Tensor:
+        """(B,) reward of each (prompt, response): the reward model's score at the last response token, or
+        reward_fn(rows, responses) when one is given (tests; `--reward gold`, an upper bound)."""
+        if self.reward_fn is not None:
+            responses = decode_responses(self.tokenizer, out.sequences, out.context_length)
             return torch.tensor(self.reward_fn([it["row"] for it in items], responses), dtype=torch.float, device=self.device)
-        return self.forward_in_chunks(lambda s, m: reward_scores(self.reward_model, s, m), sequences, attention_mask)
+        return self.forward_in_chunks(lambda s, m: reward_scores(self.reward_model, s, m), out.sequences, out.attention_mask)
 
     # ------------------------------------------------------------------ phase 1: rollout
-    def sample(self, policy, items: list[dict], sampling: dict):
-        """Generate responses and truncate them after the first EOS: later tokens become pad and leave
-        every mask. Returns sequences (B, P + N), attention_mask (B, P + N), action_mask (B, N; 1 up to
-        and including EOS), has_eos (B,) and the padded prompt length P."""
-        # 1. sample: left-padded prompts, KV cache, stop at EOS, no minimum length
-        sequences = generate(policy, self.tokenizer, [it["prompt_ids"] for it in items], self.cfg.max_new_tokens, **sampling)
-        P = max(len(it["prompt_ids"]) for it in items)
-        # 2. truncate after the first EOS
-        response = sequences[:, P:]  # (B, N)
-        is_eos = response == self.tokenizer.eos_token_id
-        after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # (B, N): strictly after the first EOS
-        action_mask = (~after_eos).long()  # (B, N)
-        sequences[:, P:] = response.masked_fill(after_eos, self.tokenizer.pad_token_id)
-        prompt_mask = pad([[1] * len(it["prompt_ids"]) for it in items], 0, side="left").to(self.device)  # (B, P)
-        attention_mask = torch.cat([prompt_mask, action_mask], 1)  # (B, P + N)
-        return sequences, attention_mask, action_mask, is_eos.any(1), P
+    # Every forward pass (sampling, actor, reference, critic, reward model) runs in eval mode (no dropout)
+    # under the same autocast as learn(): the numbers learn() recomputes before its first update are then
+    # bit-identical, so the ratio is exactly 1 and the KL to a copied reference 0.
+    @torch.no_grad()
+    def sample_and_score(self, items: list[dict]) -> tuple[Responses, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1-4 of a rollout, shared with GRPO -> (responses, logprobs (B, N), ref_logprobs (B, N), raw_scores (B,))."""
+        actor = self.unwrap(self.actor).eval()
+        with self.accelerator.autocast():
+            # 1-2. sample (left-padded prompts, KV cache, stop at EOS, no minimum length); truncate after the first EOS
+            out = sample_responses(actor, self.tokenizer, [it["prompt_ids"] for it in items], self.cfg.max_new_tokens,
+                                   **self.sampling)
+            # 3. log-probs under actor and reference
+            logprobs = self.rollout_logprobs(actor, out)
+            with self.reference(actor) as ref_model:
+                ref_logprobs = self.rollout_logprobs(ref_model, out)
+            # 4. score the whole response
+            raw_scores = self.reward(items, out)  # (B,)
+        return out, logprobs, ref_logprobs, raw_scores
+
+    def shape_scores(self, raw_scores: torch.Tensor, has_eos: torch.Tensor) -> torch.Tensor:
+        """5. normalise by the running mean and std of every score seen (on every rank: the same moments
+        everywhere); 6. penalise responses that never produced EOS (cut by MAX_NEW_TOKENS: the score was read
+        at a token that is not the EOS the reward model was trained on). (B,) -> (B,)"""
+        scores = raw_scores
+        if self.cfg.normalize_scores:
+            self.score_moments.update(self.accelerator.gather(raw_scores))
+            scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
+        return scores - self.cfg.missing_eos_penalty * (~has_eos).float()
 
     @torch.no_grad()
     def make_experience(self, items: list[dict]) -> Experience:
-        # Every forward pass (sampling, actor, reference, critic, reward model) runs in eval mode (no
-        # dropout) under the same autocast as learn(): the numbers learn() recomputes before its first
-        # update are then bit-identical, so the ratio is exactly 1 and the KL to a copied reference 0.
-        actor, critic = self.unwrap(self.actor).eval(), self.unwrap(self.critic).eval()
-        with self.accelerator.autocast():
-            # 1-2. sample, then truncate after the first EOS
-            sequences, attention_mask, action_mask, has_eos, P = self.sample(actor, items, self.sampling)
-            # 3. log-probs under actor and reference, values from the critic
-            logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(actor, s, m, P)[1], sequences, attention_mask)
-            with self.reference_context():
-                ref_model = self.ref if self.ref is not None else actor
-                ref_logprobs = self.forward_in_chunks(lambda s, m: self.policy_forward(ref_model, s, m, P)[1], sequences, attention_mask)
+        critic = self.unwrap(self.critic).eval()
+        out, logprobs, ref_logprobs, raw_scores = self.sample_and_score(items)  # 1-4
+        sequences, attention_mask, action_mask, has_eos, P = (out.sequences, out.attention_mask, out.action_mask,
+                                                              out.has_eos, out.context_length)
+        with self.accelerator.autocast():  # 4b. values from the critic
             values = self.forward_in_chunks(lambda s, m: token_values(critic, s, m)[:, P - 1: -1], sequences, attention_mask)
-            # 4. score the whole response
-            raw_scores = self.score(items, sequences, attention_mask, P)  # (B,)
-        # 5. normalise; 6. penalise responses that never produced EOS (cut by MAX_NEW_TOKENS: the score
-        #    was read at a token that is not the EOS the reward model was trained on)
-        scores = raw_scores
-        if self.cfg.normalize_scores:
-            self.score_moments.update(self.accelerator.gather(raw_scores))  # every rank's scores: same moments everywhere
-            scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
-        scores = scores - self.cfg.missing_eos_penalty * (~has_eos).float()
+        scores = self.shape_scores(raw_scores, has_eos)  # 5-6
         # 7. per-token reward: -beta * KL everywhere, + score on the last response token
         rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, action_mask, self.beta)
         # 8. GAE advantages and returns; whiten advantages over the batch's response tokens
@@ -232,7 +234,7 @@ class PPOTrainer(Trainer):
                     actor_loss = pg_loss + cfg.ptx_coef * ptx  # InstructGPT Eq. 2: RL objective + gamma * pretraining LM
                 self.check_finite(actor_loss)
                 self.accelerator.backward(actor_loss)
-                self.accelerator.clip_grad_norm_(self.actor.parameters(), self.grad_clip)
+                self.accelerator.clip_grad_norm_(self.actor.parameters(), self.loop.grad_clip)
                 self.actor_opt.step()
                 self.actor_opt.zero_grad(set_to_none=True)
                 with self.accelerator.autocast():
@@ -240,7 +242,7 @@ class PPOTrainer(Trainer):
                     vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip)
                 self.check_finite(vf_loss)
                 self.accelerator.backward(vf_loss)
-                self.accelerator.clip_grad_norm_(self.critic.parameters(), self.grad_clip)
+                self.accelerator.clip_grad_norm_(self.critic.parameters(), self.loop.grad_clip)
                 self.critic_opt.step()
                 self.critic_opt.zero_grad(set_to_none=True)
                 entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
@@ -293,11 +295,9 @@ class PPOTrainer(Trainer):
         return metrics
 
     def gold_of(self, items, exp):
-        """Mean gold-judge score of the rollout's responses (shipped-task rows only)."""
-        if not all("type" in it["row"] for it in items):
-            return None
+        """Mean judged score of the rollout's responses (None without a judge, or where it does not apply)."""
         responses = decode_responses(self.tokenizer, exp.sequences, exp.context_length)
-        return sum(score(render_prompt(it["row"]), r) for it, r in zip(items, responses)) / len(items)
+        return mean_judgement(self.judge, [it["row"] for it in items], responses)
 
     # ------------------------------------------------------------------ evaluation, state
     def evaluate(self) -> dict:
@@ -309,35 +309,6 @@ class PPOTrainer(Trainer):
             self.log(f"  {row['input']!r:24} -> {row['response']!r:32} rm={row['reward']:+.2f} gold={row['gold']:.1f} kl={row['kl']:.2f}")
         self.log_text("eval/samples", markdown_table(self.last_rows[: self.eval_rows_shown]))  # sample completions to the trackers
         return {k: v for k, v in result.items() if "/" not in k}
-
-    @torch.no_grad()
-    def evaluate_policy(self, policy, items: list[dict], do_sample: bool, batch_size: int = 100) -> dict:
-        """Answer held-out prompts with `policy`; report RM score, gold score (correct / format, per
-        type) and the summed KL to the reference over the response tokens."""
-        was_training = policy.training
-        policy.eval()
-        mine, real = shard(self.accelerator, items)  # each rank answers its share of the prompts
-        with self.accelerator.autocast():
-            rows = [row for i in range(0, len(mine), batch_size)
-                    for row in self.answer_rows(policy, mine[i: i + batch_size], do_sample)]
-        policy.train(was_training)
-        return summarize_rows(gather_shards(self.accelerator, rows[:real]))  # all rows, in prompt order, on every rank
-
-    def answer_rows(self, policy, chunk: list[dict], do_sample: bool) -> list[dict]:
-        """One evaluation batch: answers, RM score, gold judgement (shipped-task rows) and summed KL to the reference."""
-        sampling = self.sampling if do_sample else {"do_sample": False}
-        sequences, attention_mask, action_mask, _, P = self.sample(policy, chunk, sampling)
-        logprobs = self.policy_forward(policy, sequences, attention_mask, P)[1]
-        with self.reference_context():
-            ref_logprobs = self.policy_forward(self.ref if self.ref is not None else policy, sequences, attention_mask, P)[1]
-        kl = ((logprobs - ref_logprobs) * action_mask).sum(1)  # (B,)
-        rewards = self.score(chunk, sequences, attention_mask, P)
-        rows, nan = [], float("nan")
-        for it, resp, r, k in zip(chunk, decode_responses(self.tokenizer, sequences, P), rewards.tolist(), kl.tolist()):
-            j = judge(render_prompt(it["row"]), resp) if "type" in it["row"] else {"score": nan, "correct": nan, "format": nan}
-            rows.append({"type": it["row"].get("type"), "input": it["row"].get("input", ""), "response": resp,
-                         "reward": r, "gold": j["score"], "correct": j["correct"], "format": j["format"], "kl": k})
-        return rows
 
     def state_dict(self) -> dict:
         return {"actor": self.unwrap(self.actor).state_dict(), "critic": self.unwrap(self.critic).state_dict(),
@@ -354,18 +325,6 @@ class PPOTrainer(Trainer):
         self.critic_sched.load_state_dict(state["critic_sched"])
         self.beta = state["beta"]
         vars(self.score_moments).update(state["score_moments"])
-
-
-def summarize_rows(rows: list[dict]) -> dict:
-    """Means over evaluation rows, overall and per instruction type ('<type>/gold', ...), plus the rows."""
-    out = {"rows": rows}
-    for key, name in (("reward", "reward"), ("gold", "gold_score"), ("correct", "correct"), ("format", "format"), ("kl", "kl")):
-        out[name] = sum(r[key] for r in rows) / len(rows)
-    for kind in sorted({r["type"] for r in rows if r["type"]}):
-        sel = [r for r in rows if r["type"] == kind]
-        for key in ("gold", "correct", "format"):
-            out[f"{kind}/{key}"] = sum(r[key] for r in sel) / len(sel)
-    return out
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -15,7 +15,7 @@ from dataset.rm import flatten_groups, rm_collate
 from dataset.sft import pad
 from model.loss import pairwise_loss
 from model.reward import position_ids_for, reward_scores
-from trainer.base import Trainer
+from trainer.base import LoopConfig, OptimConfig, Trainer
 
 
 def pair_scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,8 +57,12 @@ def evaluate_pairs(model, dataset, pad_id: int, batch_size: int = 64) -> dict:
 
 
 class RMTrainer(Trainer):
-    def __init__(self, model, tokenizer, train_data, eval_data=None, *, eval_batch_size: int = 64, **kwargs):
-        super().__init__(model, train_data, lambda items: rm_collate(items, tokenizer.pad_token_id), **kwargs)
+    best_metric = "eval/accuracy"  # out_dir/best keeps the most accurate reward model seen
+
+    def __init__(self, model, tokenizer, train_data, eval_data, *, loop: LoopConfig, optim: OptimConfig,
+                 run_config: dict, eval_batch_size: int):
+        super().__init__(model, train_data, lambda items: rm_collate(items, tokenizer.pad_token_id), loop=loop,
+                         optim=optim, run_config=run_config)
         self.tokenizer, self.eval_data, self.eval_batch_size = tokenizer, eval_data, eval_batch_size
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -126,28 +130,35 @@ def logistic_fit(diff: torch.Tensor, l2: float, max_iter: int = 200) -> torch.Te
     return w.detach().float()
 
 
-def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5, seed: int = 0) -> dict:
-    """Fit the score head w on frozen features; the L2 strength is the one with the best `folds`-fold
-    cross-validated pairwise accuracy (folds split by group: pairs of one ranking stay together).
+def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5, seed: int = 0,
+                    tie_tol: float = 1e-4) -> dict:
+    """Fit the score head w on frozen features. The L2 strength is the one with the lowest `folds`-fold
+    cross-validated log-loss, the mean of -log sigmoid(margin) over held-out pairs (folds split by group:
+    pairs of one ranking stay together); strengths within `tie_tol` of the lowest tie, and the strongest
+    wins. Not accuracy: it moves in steps of one pair, so on HH three strengths tied exactly and float-level
+    noise in the bf16 features flipped the pick (issue 16).
 
     Features are standardised for the fit, so the returned raw-feature weight is w / std. Returns
-    {'weight' (H,), 'l2', 'cv_accuracy' {l2: accuracy}, 'train_accuracy', 'train_loss'}."""
+    {'weight' (H,), 'l2', 'cv_log_loss' {l2: loss}, 'cv_accuracy' {l2: accuracy}, 'train_accuracy', 'train_loss'}."""
     std = features.std(0) + 1e-4  # (H,)
     diff = (features[chosen] - features[rejected]) / std  # (P, H)
     num_groups = int(group.max()) + 1  # groups are numbered 0..G-1
     fold_of = torch.empty(num_groups, dtype=torch.long)  # each group to one fold, in a seeded random order
     fold_of[torch.randperm(num_groups, generator=torch.Generator().manual_seed(seed))] = torch.arange(num_groups) % folds
     pair_fold = fold_of[group]  # (P,)
-    cv = {}
+    cv_loss, cv_accuracy = {}, {}
     for l2 in l2s:
-        right = 0.0
+        loss_sum, right = 0.0, 0.0
         for f in range(folds):
             held = pair_fold == f
-            w = logistic_fit(diff[~held], l2)
-            right += ((diff[held] @ w) > 0).float().sum().item()
-        cv[l2] = right / len(diff)
-    best = max(l2s, key=lambda l2: cv[l2])
+            margin = diff[held].double() @ logistic_fit(diff[~held], l2).double()  # (P_f,)
+            loss_sum += -torch.nn.functional.logsigmoid(margin).sum().item()
+            right += (margin > 0).sum().item()
+        cv_loss[l2], cv_accuracy[l2] = loss_sum / len(diff), right / len(diff)
+    lowest = min(cv_loss.values())
+    best = max(l2 for l2 in l2s if cv_loss[l2] <= lowest + tie_tol)  # ties: the strongest regularisation
     w = logistic_fit(diff, best)
     margin = diff @ w
-    return {"weight": w / std, "l2": best, "cv_accuracy": cv, "train_accuracy": (margin > 0).float().mean().item(),
+    return {"weight": w / std, "l2": best, "cv_log_loss": cv_loss, "cv_accuracy": cv_accuracy,
+            "train_accuracy": (margin > 0).float().mean().item(),
             "train_loss": pairwise_loss(margin, torch.zeros_like(margin)).item()}

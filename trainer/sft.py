@@ -1,25 +1,32 @@
 """SFT: next-token loss on the response tokens (and EOS) of instruction demonstrations.
 
-Evaluation: the held-out loss on demonstrations, and the gold judge's mean score of greedy answers to
-held-out prompts (what a labeller would think of the model, not just how well it imitates).
+Evaluation: the held-out loss on demonstrations, and the task judge's mean score of greedy answers to
+held-out prompts (what a labeller would think of the model, not just how well it imitates), by the
+Evaluator every stage uses (trainer/evaluate.py).
 """
 import torch
 
 from dataset.sft import sft_collate
-from model.generate import gold_eval
 from model.loss import lm_loss
 from model.peft.prompt_tuning import text_logits
-from trainer.base import Trainer
+from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.dist import reduce_sum, shard
+from trainer.evaluate import Evaluator, Judge
+
+EVAL_BATCH_SIZE = 64  # rows per forward pass / generate call of the evaluation (memory, not a result)
 
 
 class SFTTrainer(Trainer):
-    def __init__(self, model, tokenizer, train_data, eval_data=None, eval_prompts=None, *, max_prompt_len: int = 64,
-                 max_new_tokens: int = 32, eval_batch_size: int = 64, chat_template: bool = False, **kwargs):
-        super().__init__(model, train_data, lambda items: sft_collate(items, tokenizer.pad_token_id), **kwargs)
-        self.tokenizer, self.eval_data, self.eval_prompts = tokenizer, eval_data, eval_prompts
-        self.max_prompt_len, self.max_new_tokens, self.eval_batch_size = max_prompt_len, max_new_tokens, eval_batch_size
-        self.chat_template = chat_template  # prompts through the tokenizer's chat template (dataset/chat.py)
+    """eval_data: an SFTDataset (held-out loss) or None; eval_prompts: PromptDataset items answered greedily
+    and judged by judge(row, response) (the task's), or None."""
+
+    def __init__(self, model, tokenizer, train_data, eval_data, eval_prompts, *, loop: LoopConfig, optim: OptimConfig,
+                 run_config: dict, max_new_tokens: int, judge: Judge):
+        super().__init__(model, train_data, lambda items: sft_collate(items, tokenizer.pad_token_id), loop=loop,
+                         optim=optim, run_config=run_config)
+        self.tokenizer, self.eval_data, self.eval_prompts, self.eval_batch_size = tokenizer, eval_data, eval_prompts, EVAL_BATCH_SIZE
+        self.evaluate_answers = Evaluator(self.accelerator, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0,
+                                          batch_size=EVAL_BATCH_SIZE, judge=judge)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
@@ -49,7 +56,6 @@ class SFTTrainer(Trainer):
         if self.eval_data is not None:
             out["loss"] = self.eval_loss()
         if self.eval_prompts:
-            gold = gold_eval(self.unwrap(self.model), self.tokenizer, self.eval_prompts, self.max_prompt_len,
-                             self.max_new_tokens, batch_size=self.eval_batch_size, chat_template=self.chat_template)
-            out.update(gold_score=gold["score"], correct=gold["correct"], format=gold["format"])
+            answers = self.evaluate_answers(self.unwrap(self.model), self.eval_prompts, do_sample=False)  # greedy
+            out.update({k: answers[k] for k in ("gold_score", "correct", "format")})
         return out
