@@ -4,7 +4,8 @@
 
 Writes OUT_DIR/log.txt (the command's output, also echoed) and OUT_DIR/timing.json: wall_seconds,
 cpu_seconds (user + system of the command and its children: on 2 cores up to 2x wall), peak_rss_mb
-(the largest resident set of any one of them) and the command line.
+(the largest resident set of any one of them), the command line, and a matmul probe (bench/probe.py)
+just before and just after, so the time can be read against what the machine gave.
 """
 import json
 import os
@@ -13,12 +14,15 @@ import subprocess
 import sys
 import time
 
+from probe import describe, probe
+
 
 def main() -> None:
     if len(sys.argv) < 4 or sys.argv[2] != "--":
         raise SystemExit("usage: python bench/timed.py OUT_DIR -- COMMAND [ARGS...]")
     out_dir, command = sys.argv[1], sys.argv[3:]
     os.makedirs(out_dir, exist_ok=True)
+    before = probe()
     start = time.time()
     with open(os.path.join(out_dir, "log.txt"), "w") as log:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -26,9 +30,13 @@ def main() -> None:
             sys.stdout.write(line)
             log.write(line)
         code = proc.wait()
+    wall = time.time() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    timing = {"wall_seconds": time.time() - start, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-              "peak_rss_mb": usage.ru_maxrss / 1024, "command": command, "returncode": code}
+    after = probe()
+    timing = {"wall_seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+              "peak_rss_mb": usage.ru_maxrss / 1024, "command": command, "returncode": code,
+              "probe_before": before, "probe_after": after}
+    print(f"{wall:.0f} s wall, peak RSS {timing['peak_rss_mb']:.0f} MiB; before: {describe(before)}; after: {describe(after)}")
     with open(os.path.join(out_dir, "timing.json"), "w") as f:
         json.dump(timing, f, indent=2)
     if code:
