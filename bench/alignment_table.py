@@ -11,6 +11,7 @@ and against CPU-minutes, one small dot per run and a large one per method's mean
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import statistics
@@ -44,7 +45,7 @@ def load_runs(out: str) -> dict:
 
 
 def mean_spread(values: list) -> tuple[float, float]:
-    values = [v for v in values if v is not None and v == v]
+    values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return float("nan"), float("nan")
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0

@@ -20,20 +20,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Float32 n x n matmul throughput of this process (1 thread), best of `repeats`."""
-    import torch
-
-    torch.set_num_threads(1)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+from probe import matmul_gflops  # noqa: E402  (bench/probe.py)
 
 
 def worker(args) -> None:
@@ -96,9 +83,9 @@ def main():
         launcher = [sys.executable] if procs == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
             "--master_port", str(free_port())]
-        before = matmul_gflops()
+        before = matmul_gflops(threads=1)
         proc = subprocess.run(launcher + [os.path.abspath(__file__)] + flags, env=env, capture_output=True, text=True)
-        after = matmul_gflops()
+        after = matmul_gflops(threads=1)
         if proc.returncode != 0:
             sys.exit(f"{procs}-process run failed:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])

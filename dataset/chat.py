@@ -22,6 +22,7 @@ prompt rows end with a user turn. A bad turn is a DataError naming file:line.
 import re
 
 from dataset.io import DataError
+from utils import ConfigError
 
 ROLES = ("system", "user", "assistant")
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")  # Anthropic HH dialogue turns
@@ -55,8 +56,8 @@ def use_chat_format(tokenizer, chat_template: bool, setting: str = "CHAT_TEMPLAT
     if not chat_template:
         tokenizer.chat_template = alpaca_template(tokenizer)
     elif not tokenizer.chat_template:
-        raise ValueError(f"{setting}=True needs a tokenizer with a chat template (this one has none); "
-                         f"set {setting}=False for the Alpaca format")
+        raise ConfigError(f"{setting}=True needs a tokenizer with a chat template (this one has none); "
+                          f"set {setting}=False for the Alpaca format")
 
 
 def row_messages(row: dict) -> list[dict]:

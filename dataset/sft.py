@@ -17,13 +17,17 @@ then every assistant turn is supervised and nothing else. Only response tokens a
 supervised (label = token id); prompt and padding tokens get label -100, which cross-entropy ignores.
 
 Truncation policy, shared by every stage (`fit_lengths`): when prompt + response exceed the limit,
-the prompt is cut from the left (its first token, the BOS, is kept); only if the response alone does
-not fit is it cut from the right. Rows are never dropped; truncated rows are counted and reported.
+the prompt is cut from the left (its first token, the BOS, is kept) down to MIN_PROMPT_TOKENS; only a
+response that does not fit beside those is cut from the right. Rows are never dropped; truncated rows
+are counted and reported.
 """
 import torch
 
+import json
+
 from dataset.chat import chat_prompt_ids, check_messages, encode_conversation, last_user_text, row_messages
 from dataset.io import DataError, read_rows
+from dataset.task import reference_answer
 
 SFT_FORMATS = [["instruction", "input", "output"], ["prompt", "completion"], ["messages"]]
 PROMPT_FORMATS = [["instruction", "input"], ["prompt"], ["messages"]]
@@ -48,8 +52,6 @@ def check_task_row(row: dict, prompt: str = None) -> str:
     one the gold judge can score, since evaluation and pair kinds ask it. Raises DataError naming the row otherwise."""
     prompt = render_prompt(row) if prompt is None else prompt
     if row.get("type") is not None:
-        from dataset.task import reference_answer
-
         try:
             if not isinstance(row["type"], str):
                 raise TypeError(f"'type' must be a string, got {type(row['type']).__name__}")
@@ -183,3 +185,16 @@ def read_prompts(source: str, limit: int = None) -> list[dict]:
         else:
             check_task_row(row)
     return rows
+
+
+def corpus_texts(paths: list[str]) -> list[str]:
+    """Every text of the JSONL files as the stages render it (prompts, responses, comparisons): what the
+    embedded tokenizer is trained on (model/load.py build_embedded)."""
+    texts = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                texts.append(render_prompt(row))
+                texts += [row[k] for k in ("output", "chosen", "rejected") if k in row] + row.get("responses", [])
+    return texts

@@ -15,6 +15,9 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
+from dataset.chat import EMBEDDED_TEMPLATE, use_chat_format
+from dataset.sft import corpus_texts
+from model.peft import load_adapter
 from utils import UserError, hub_reachable
 
 EMBEDDED = "embedded"
@@ -45,19 +48,6 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
                                    unk_token="<unk>")
 
 
-def _shipped_texts(data_dir: str) -> list[str]:
-    from dataset.sft import render_prompt
-
-    texts = []
-    for path in sorted(glob.glob(os.path.join(data_dir, "*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                texts.append(render_prompt(row))
-                texts += [row[k] for k in ("output", "chosen", "rejected") if k in row] + row.get("responses", [])
-    return texts
-
-
 def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int = 0) -> str:
     """Build (once) the untrained embedded OPT and its tokenizer; rebuilt when config or data change."""
     with open(TINY_CONFIG) as f:
@@ -65,8 +55,6 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     files = sorted(glob.glob(os.path.join(data_dir, "*.jsonl")))
     if not files:
         raise ModelError(f"MODEL='embedded': needs the shipped data in {data_dir}/ (run `python -m dataset.task` to write it)")
-    from dataset.chat import EMBEDDED_TEMPLATE
-
     digest = hashlib.sha256(json.dumps([config, seed, EMBEDDED_TEMPLATE]).encode())
     for path in files:
         with open(path, "rb") as f:
@@ -74,7 +62,7 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     stamp = os.path.join(out_dir, "build_id.txt")
     if os.path.exists(stamp) and open(stamp).read() == digest.hexdigest():
         return out_dir
-    tokenizer = build_tokenizer(_shipped_texts(data_dir), config["vocab_size"])
+    tokenizer = build_tokenizer(corpus_texts(files), config["vocab_size"])
     tokenizer.chat_template = EMBEDDED_TEMPLATE  # its own small chat format (CHAT_TEMPLATE=True uses it)
     torch.manual_seed(seed)
     model = OPTForCausalLM(OPTConfig(**config))
@@ -117,10 +105,15 @@ def resolve(name: str, setting: str = "MODEL") -> tuple[str, dict]:
 
 
 def from_pretrained(load, name: str, setting: str, **kw):
-    """load(path, **kw) for a model setting; a checkpoint that fails to load is a ModelError naming the setting."""
+    """load(path, **kw) for a model setting; a checkpoint that fails to load is a ModelError naming the setting.
+    A GGUF model arrives dequantized to float but still flagged as quantized, which would make
+    save_pretrained refuse it at the end of the stage: the flag is cleared here, for every loader."""
     path, extra = resolve(name, setting)
     try:
-        return load(path, **extra, **kw)
+        model = load(path, **extra, **kw)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        return model
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(f"{setting}={name!r}: cannot be loaded ({type(e).__name__}: {first}) "
@@ -155,9 +148,6 @@ def load_checkpoint(path: str, setting: str = "MODEL"):
     an adapter dir (peft's adapter_config.json or BitFit's bitfit_config.json, on the base model it
     names), or a stage's out_dir holding only adapter/ (prompt tuning, p-tuning, prefix tuning).
     A tokenizer without a chat template gets the Alpaca one: the project's format before templates."""
-    from dataset.chat import use_chat_format
-    from model.peft import load_adapter
-
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")) \
             and os.path.isdir(os.path.join(path, "adapter")):
         return load_checkpoint(os.path.join(path, "adapter"), setting)

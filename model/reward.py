@@ -10,15 +10,15 @@ num_labels=1), so a saved reward model loads in any tool with
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from model.load import from_pretrained
+from dataset.chat import encode_text, reply_text, use_chat_format
+from dataset.sft import pad
+from model.load import from_pretrained, load_tokenizer
 
 
 def load_reward_model(name: str, pad_token_id: int, setting: str = "MODEL", dtype=torch.float32):
     """A reward model from a saved RM, or a fresh scalar head on a causal LM (e.g. the SFT checkpoint)."""
     model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, setting, num_labels=1, dtype=dtype)
     model.config.pad_token_id = pad_token_id  # Llama configs have none; the last-token lookup needs it
-    if getattr(model, "hf_quantizer", None) is not None:  # a GGUF backbone arrives dequantized to float but
-        model.hf_quantizer.remove_quantization_config(model)  # still flagged quantized, which blocks save_pretrained
     return model
 
 
@@ -55,9 +55,6 @@ def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
 def load_scorer(path: str, setting: str = "RM"):
     """(reward model in eval mode, its tokenizer with the chat format it was trained on) for score_replies;
     a tokenizer saved without a chat template gets the Alpaca one (the project's format before templates)."""
-    from dataset.chat import use_chat_format
-    from model.load import load_tokenizer
-
     tokenizer = load_tokenizer(path, setting)
     if not tokenizer.chat_template:
         use_chat_format(tokenizer, False)
@@ -68,9 +65,6 @@ def load_scorer(path: str, setting: str = "RM"):
 def score_replies(model, tokenizer, conversations: list[list[dict]], replies: list[str], batch_size: int = 16) -> list[float]:
     """Reward of each reply to its conversation, both rendered with the reward model's own chat template
     (its tokenizer's: the format it was trained on), read at the reply's end-of-turn token."""
-    from dataset.chat import encode_text, reply_text
-    from dataset.sft import pad
-
     seqs = []
     for messages, reply in zip(conversations, replies):
         prompt, turn = reply_text(tokenizer, messages, reply)

@@ -29,11 +29,11 @@ from trainer.rm import RMTrainer  # noqa: E402
 from trainer.sft import SFTTrainer  # noqa: E402
 
 
-def tiny_config(dropout: float = 0.0, **kw) -> OPTConfig:
+def tiny_config(dropout: float = 0.0, attention_dropout: float = 0.0, **kw) -> OPTConfig:
     """A 2-layer, width-32 OPT over the embedded tokenizer's 512 ids."""
     return OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64, num_hidden_layers=2,
-                     num_attention_heads=2, max_position_embeddings=128, dropout=dropout, attention_dropout=0.0,
-                     activation_dropout=0.0, pad_token_id=1, **kw)
+                     num_attention_heads=2, max_position_embeddings=128, dropout=dropout,
+                     attention_dropout=attention_dropout, activation_dropout=0.0, pad_token_id=1, **kw)
 
 
 def flat(model) -> torch.Tensor:
@@ -79,11 +79,13 @@ def rm_run(out_dir: str, batch_size: int, steps: int = 3) -> RMTrainer:
 
 
 def ppo_checks(out_dir: str) -> dict:
-    """One rollout + update, then one full iteration with the adaptive KL controller, then evaluation."""
+    """One rollout + update, then one full iteration with the adaptive KL controller, then evaluation.
+    In the configuration users run, not the embedded one: dropout and attention dropout 0.1 (opt-125m's
+    config) and sampling at temperature 0.7."""
     tok = load_tokenizer("embedded")
     torch.manual_seed(0)
-    actor = OPTForCausalLM(tiny_config())
-    critic = OPTForSequenceClassification(tiny_config(num_labels=1))
+    actor = OPTForCausalLM(tiny_config(dropout=0.1, attention_dropout=0.1))
+    critic = OPTForSequenceClassification(tiny_config(dropout=0.1, attention_dropout=0.1, num_labels=1))
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 48, limit=64, verbose=False)
     eval_prompts = PromptDataset("ds/eval_prompts.jsonl", tok, 48, limit=7, verbose=False).items
 
@@ -91,7 +93,7 @@ def ppo_checks(out_dir: str) -> dict:
         return [len(r) / 10 for r in responses]
 
     cfg = PPOConfig(actor_lr=1e-3, critic_lr=1e-3, weight_decay=0.0, rollout_batch=8, mini_batch=4, ppo_epochs=2,
-                    stop_approx_kl=0.0, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0, beta=0.1, target_kl=0.01,
+                    stop_approx_kl=0.0, max_new_tokens=8, temperature=0.7, top_k=0, top_p=1.0, beta=0.1, target_kl=0.01,
                     kl_horizon=100, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
                     missing_eos_penalty=1.0, normalize_scores=True)
     trainer = PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, cfg=cfg, ptx_data=None,

@@ -96,7 +96,8 @@ def test_rm_two_processes_equal_one_process_with_double_batch(two_procs, tmp_pat
 
 
 def test_ppo_two_processes(two_procs):
-    """PPO on 2 ranks: KL 0 and ratio 1 before any update on each rank; identical weights on both ranks
+    """PPO on 2 ranks, with dropout 0.1 and temperature 0.7 (tests/dist_worker.py ppo_checks): KL 0 and
+    ratio 1 before any update on each rank; identical weights on both ranks
     after an update; score moments, advantage whitening, the adaptive beta and the logged metrics over
     the global batch; evaluation answers every held-out prompt once, in order, on both ranks."""
     _, result = two_procs

@@ -247,10 +247,15 @@ def test_score_on_last_response_token_and_nothing_after_eos(rollout):
             assert n == int(eos[0]) + 1  # mask covers up to and including the first EOS
         assert torch.all(response[i, n:] == tok.pad_token_id) and torch.all(exp.rewards[i, n:] == 0)
         assert torch.all(exp.attention_mask[i, P + n:] == 0)
-    rewards, _ = kl_penalized_rewards(exp.scores, exp.logprobs, exp.ref_logprobs + 0.1, exp.action_mask, beta=0.0)
-    last = exp.action_mask.sum(1).long() - 1
-    assert torch.equal(rewards.gather(1, last[:, None]).squeeze(1), exp.scores)
-    assert int((rewards != 0).sum()) <= response.size(0)
+    # A reference that disagrees by 0.5 nats on every token: each response token pays -beta * 0.5, the last one
+    # also gets the score, and nothing after EOS pays anything (the plain loop of the docstring, written out).
+    rewards, kl = kl_penalized_rewards(exp.scores, exp.logprobs, exp.logprobs - 0.5, exp.action_mask, beta=0.2)
+    expected = torch.zeros_like(rewards)
+    for i in range(response.size(0)):
+        n = int(exp.action_mask[i].sum())
+        expected[i, :n] = -0.2 * 0.5
+        expected[i, n - 1] += exp.scores[i]
+    assert torch.allclose(rewards, expected, atol=1e-6) and torch.allclose(kl, 0.5 * exp.action_mask.float())
 
 
 def test_masked_helpers():

@@ -1,5 +1,6 @@
 """The base trainer and the SFT stage: learning, exact resume, atomic checkpoints, non-finite loss."""
 import json
+import math
 import os
 
 import pytest
@@ -8,7 +9,7 @@ from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
 from dataset.sft import SFTDataset
 from model.load import ModelError, load_causal_lm, load_tokenizer, resolve
-from trainer.base import NonFiniteLossError
+from trainer.base import NonFiniteLossError, lr_factor
 from trainer.checkpoint import load_state
 from trainer.sft import SFTTrainer
 
@@ -121,23 +122,45 @@ def test_sft_raises_gold_score(sft_dir):
 
 def test_opt125m_architecture_switch_takes_a_training_step(opt125m_dir, tmp_path):
     """MODEL=<a local opt-125m-architecture checkpoint> runs through train_sft.py (the switch users
-    flip for facebook/opt-125m) and the model has exactly opt-125m's 125,239,296 parameters."""
+    flip for facebook/opt-125m): the model has exactly opt-125m's 125,239,296 parameters, its first loss is
+    the untrained model's ln(vocab) (random weights predict uniformly), and the saved weights moved."""
+    from safetensors import safe_open
+
     model = load_causal_lm(opt125m_dir)
     assert sum(p.numel() for p in model.parameters()) == 125_239_296
+    vocab = model.config.vocab_size
     del model
-    out = run_script("train_sft.py", "--model", opt125m_dir, "--out_dir", str(tmp_path), "--max_steps", "1",
-                     "--batch_size", "2", "--max_len", "48", "--eval_limit", "2", "--max_new_tokens", "4",
-                     "--eval_data", "none", "--warmup_steps", "0", "--lr", "1e-5")
+    run_script("train_sft.py", "--model", opt125m_dir, "--out_dir", str(tmp_path), "--max_steps", "1",
+               "--batch_size", "2", "--max_len", "48", "--eval_limit", "2", "--max_new_tokens", "4",
+               "--eval_data", "none", "--warmup_steps", "0", "--lr", "1e-3")
     summary = json.load(open(tmp_path / "summary.json"))
-    assert summary["num_params"] == 125_239_296 and summary["train_loss"] > 0
-    assert "gold score" in out
+    assert summary["num_params"] == 125_239_296 and summary["steps"] == 1
+    assert abs(summary["train_loss"] - math.log(vocab)) < 0.5, summary["train_loss"]
+    name = "model.decoder.layers.0.self_attn.q_proj.weight"
+    weights = [safe_open(os.path.join(d, "model.safetensors"), "pt").get_tensor(name) for d in (opt125m_dir, tmp_path)]
+    assert not torch.equal(*weights)
 
 
-def test_model_setting_errors_are_clear(tmp_path):
-    """A mistyped path or an unreachable hub id says which setting to change, without network waits."""
+def test_model_setting_errors_are_clear(tmp_path, monkeypatch):
+    """A mistyped path or an unreachable hub id says which setting to change, without network waits.
+    The Hugging Face cache is an empty directory here, so a machine that has opt-125m cached still
+    sees the offline error."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="MODEL='out/nope': no such directory"):
         resolve("out/nope")
     with pytest.raises(ModelError, match="not in the local Hugging Face cache"):
         resolve("facebook/opt-125m")
     with pytest.raises(ModelError, match="no config.json"):
         resolve(str(tmp_path))
+
+
+def test_lr_factor_warms_up_linearly_then_decays_by_cosine_to_a_tenth():
+    """The schedule every stage uses: (step + 1) / warmup during warmup, then 0.1 + 0.9 * (1 + cos(pi * progress)) / 2,
+    held at 0.1 after max_steps."""
+    assert [lr_factor(s, 4, 20) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(12, 4, 20) == pytest.approx(0.55)  # halfway through the decay
+    assert lr_factor(20, 4, 20) == pytest.approx(0.1) and lr_factor(30, 4, 20) == pytest.approx(0.1)
+    assert lr_factor(0, 0, 10) == 1.0 and lr_factor(5, 0, 10) == pytest.approx(0.55)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole pipeline on a pretrained model: SmolLM2-135M-Instruct (Llama architecture, 135M parameters)
+# on the shipped task, SFT -> reward model -> PPO, with LoRA and bf16 autocast, every prompt and response
+# rendered with the model's own chat template (--chat_template True in all three stages).
+#
+#   bash ../shared/tools/get-smollm2.sh      # once: the GGUF file (transformers reads it with `gguf`)
+#   bash bench/pipeline_smollm2.sh           # out/smollm2/{sft,rm,rlhf}, each with summary.json and timing.json
+#   STEPS_SFT=2 STEPS_RM=2 ITERATIONS=1 EVAL_LIMIT=8 RM_EVAL_LIMIT=8 OUT=out/smollm2_smoke bash bench/pipeline_smollm2.sh
+#
+# Held-out: EVAL_LIMIT prompts of ds/eval_prompts.jsonl (gold judge), RM_EVAL_LIMIT ranked groups of
+# ds/rm_eval_ranked.jsonl. Each stage runs through bench/timed.py (wall time, CPU time, peak memory and a
+# matmul probe before and after); the last line prints the whole run's wall time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+gguf="${GGUF:-$HOME/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}"
+out="${OUT:-out/smollm2}"
+[ -f "$gguf" ] || { echo "error: $gguf not found (run: bash ../shared/tools/get-smollm2.sh, or set GGUF=...)" >&2; exit 4; }
+export TQDM_DISABLE=1
+lora="--peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_proj,o_proj"
+common="--chat_template True --bf16 True --seed ${SEED:-0} --save_interval 0"
+start=$(date +%s)
+python bench/timed.py "$out/sft" -- python train_sft.py --model "$gguf" $common $lora --lr 5e-4 \
+    --max_steps "${STEPS_SFT:-150}" --batch_size 16 --warmup_steps 10 --eval_interval 0 \
+    --eval_limit "${EVAL_LIMIT:-200}" --out_dir "$out/sft" ${SFT_ARGS:-}
+python bench/timed.py "$out/rm" -- python train_rm.py --model "$out/sft" $common $lora --lr 3e-4 \
+    --max_steps "${STEPS_RM:-150}" --batch_size 8 --warmup_steps 10 --eval_interval 50 \
+    --eval_limit "${RM_EVAL_LIMIT:-150}" --out_dir "$out/rm" ${RM_ARGS:-}
+python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$out/sft" --rm_model "$out/rm" $common $lora \
+    --actor_lr 2e-4 --critic_lr 1e-5 --critic_init zero_head --iterations "${ITERATIONS:-20}" --rollout_batch 32 \
+    --mini_batch 8 --ppo_epochs 2 --eval_interval 5 --eval_limit "${EVAL_LIMIT:-200}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
+echo "pipeline_smollm2: $(( $(date +%s) - start )) s wall"
