@@ -20,12 +20,12 @@ lora="--peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_pro
 common="--chat_template True --bf16 True --seed ${SEED:-0} --save_interval 0"
 start=$(date +%s)
 python bench/timed.py "$out/sft" -- python train_sft.py --model "$gguf" $common $lora --lr 5e-4 \
-    --max_steps "${STEPS_SFT:-150}" --batch_size 16 --warmup_steps 10 --eval_interval 0 \
+    --max_steps "${STEPS_SFT:-60}" --batch_size 32 --warmup_steps 6 --eval_interval 0 \
     --eval_limit "${EVAL_LIMIT:-200}" --out_dir "$out/sft" ${SFT_ARGS:-}
 python bench/timed.py "$out/rm" -- python train_rm.py --model "$out/sft" $common $lora --lr 3e-4 \
-    --max_steps "${STEPS_RM:-150}" --batch_size 8 --warmup_steps 10 --eval_interval 50 \
-    --eval_limit "${RM_EVAL_LIMIT:-150}" --out_dir "$out/rm" ${RM_ARGS:-}
+    --max_steps "${STEPS_RM:-60}" --batch_size 8 --warmup_steps 6 --eval_interval 0 \
+    --eval_limit "${RM_EVAL_LIMIT:-100}" --out_dir "$out/rm" ${RM_ARGS:-}
 python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$out/sft" --rm_model "$out/rm" $common $lora \
-    --actor_lr 2e-4 --critic_lr 1e-5 --critic_init zero_head --iterations "${ITERATIONS:-20}" --rollout_batch 32 \
-    --mini_batch 8 --ppo_epochs 2 --eval_interval 5 --eval_limit "${EVAL_LIMIT:-200}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
+    --actor_lr 2e-4 --critic_lr 1e-5 --critic_init zero_head --iterations "${ITERATIONS:-12}" --rollout_batch 32 \
+    --mini_batch 16 --ppo_epochs 2 --eval_interval 0 --eval_limit "${EVAL_LIMIT:-200}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
 echo "pipeline_smollm2: $(( $(date +%s) - start )) s wall"
