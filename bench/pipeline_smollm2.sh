@@ -4,8 +4,8 @@
 # rendered with the model's own chat template (--chat_template True in all three stages).
 #
 #   bash ../shared/tools/get-smollm2.sh      # once: the GGUF file (transformers reads it with `gguf`)
-#   bash bench/pipeline_smollm2.sh           # out/smollm2/{sft,rm,rlhf}, each with summary.json and timing.json
-#   STEPS_SFT=2 STEPS_RM=2 ITERATIONS=1 EVAL_LIMIT=8 RM_EVAL_LIMIT=8 OUT=out/smollm2_smoke bash bench/pipeline_smollm2.sh
+#   bash bench/pipeline_smollm2.sh           # ~29 min on 2 cores: out/smollm2/{sft,rm,rlhf}, each with summary.json, timing.json
+#   STEPS_SFT=2 STEPS_RM=2 ITERATIONS=1 EVAL_LIMIT=4 RM_EVAL_LIMIT=4 OUT=out/smollm2_smoke bash bench/pipeline_smollm2.sh   # smoke, ~10 min
 #
 # Held-out: EVAL_LIMIT prompts of ds/eval_prompts.jsonl (gold judge), RM_EVAL_LIMIT ranked groups of
 # ds/rm_eval_ranked.jsonl. Each stage runs through bench/timed.py (wall time, CPU time, peak memory and a
