@@ -68,7 +68,7 @@ class DPOTrainer(Trainer):
         self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
         self.reference = reference_for(self.ref)
         rm = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
-        self.tokenizer, self.cfg, self.beta, self.eval_prompts, self.eval_batch_size = tokenizer, cfg, cfg.beta, eval_prompts, cfg.eval_batch_size
+        self.tokenizer, self.cfg, self.eval_prompts = tokenizer, cfg, eval_prompts
         self.evaluate_policy = Evaluator(self.accelerator, tokenizer, max_new_tokens=cfg.max_new_tokens,
                                          temperature=cfg.temperature, batch_size=100, judge=judge,
                                          reward=(lambda items, out: reward_scores(rm, out.sequences, out.attention_mask))
@@ -85,8 +85,8 @@ class DPOTrainer(Trainer):
         out = []
         policy = self.unwrap(self.model).eval()
         with self.reference(policy) as ref:
-            for i in range(0, len(items), self.eval_batch_size):
-                chunk = items[i: i + self.eval_batch_size]
+            for i in range(0, len(items), self.cfg.eval_batch_size):
+                chunk = items[i: i + self.cfg.eval_batch_size]
                 batch = {k: v.to(self.device) if torch.is_tensor(v) else v
                          for k, v in rm_collate(chunk, self.tokenizer.pad_token_id).items()}
                 with self.accelerator.autocast():
@@ -103,18 +103,18 @@ class DPOTrainer(Trainer):
         self.model.eval()
         logprobs = policy_sequence_logprobs(self.model, batch)  # (N,)
         ref, c, r = batch["ref_logprobs"], batch["chosen_index"], batch["rejected_index"]
-        loss, stats = dpo_loss(logprobs[c], logprobs[r], ref[c], ref[r], self.beta)
+        loss, stats = dpo_loss(logprobs[c], logprobs[r], ref[c], ref[r], self.cfg.beta)
         return loss, {f"dpo/{k}": v for k, v in stats.items()}
 
     def implicit_reward_metrics(self) -> dict:
         """Pairwise accuracy and margin of r = beta * log(pi / pi_ref) on the held-out comparisons,
         overall and on pairs that differ only in correctness or only in format."""
         rewards = []
-        for i in range(0, len(self.eval_data), self.eval_batch_size):
-            batch = self.collate(self.eval_data[i: i + self.eval_batch_size])
+        for i in range(0, len(self.eval_data), self.cfg.eval_batch_size):
+            batch = self.collate(self.eval_data[i: i + self.cfg.eval_batch_size])
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logprobs = policy_sequence_logprobs(self.model, batch).float()  # (N,)
-            rewards.append((self.beta * (logprobs - batch["ref_logprobs"])).cpu())  # (N,)
+            rewards.append((self.cfg.beta * (logprobs - batch["ref_logprobs"])).cpu())  # (N,)
         rewards, flat = torch.cat(rewards), flatten_groups(self.eval_data)
         chosen, rejected = rewards[torch.tensor(flat["chosen"])], rewards[torch.tensor(flat["rejected"])]  # (P,), (P,)
         metrics = pairwise_metrics(chosen, rejected, flat["kinds"])
