@@ -47,6 +47,7 @@ WARMUP_STEPS = 10  # linear warmup, then cosine decay to 10% of LR
 WEIGHT_DECAY = 0.0  # AdamW weight decay on matrices
 GRAD_CLIP = 1.0  # max global gradient norm
 BF16 = False  # bfloat16 autocast
+GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
 SEED = 0  # data order and sampling
 # PEFT (model/peft/): a LoRA policy shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'

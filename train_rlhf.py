@@ -71,6 +71,8 @@ MISSING_EOS_PENALTY = 1.0  # subtracted from the (normalised) score of a respons
 NORMALIZE_SCORES = True  # running mean/std normalisation of reward-model scores
 GRAD_CLIP = 1.0  # max gradient norm, actor and critic separately
 BF16 = False  # bfloat16 autocast
+FROZEN_BF16 = True  # with BF16: reference and reward model keep bf16 matrices (half the memory, bit-identical results)
+GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
 SEED = 0  # data order and sampling
 # PEFT (model/peft/): a LoRA actor shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'

@@ -51,6 +51,7 @@ WARMUP_STEPS = 20  # linear warmup, then cosine decay to 10% of LR
 WEIGHT_DECAY = 0.01  # AdamW weight decay on matrices
 GRAD_CLIP = 1.0  # max global gradient norm
 BF16 = False  # bfloat16 autocast (about 3x faster for 100M+ models on this CPU; no gain for the tiny model)
+GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
 SEED = 0  # seeds the head's init and the data order
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 50  # steps between evaluations (0: only at the end); the best is kept in out_dir/best

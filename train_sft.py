@@ -40,6 +40,7 @@ WARMUP_STEPS = 50  # linear warmup, then cosine decay to 10% of LR
 WEIGHT_DECAY = 0.01  # AdamW weight decay on matrices
 GRAD_CLIP = 1.0  # max global gradient norm
 BF16 = False  # bfloat16 autocast (2.9x faster for opt-125m on this CPU; no gain for the tiny model)
+GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
 SEED = 0  # seeds weights' init order, data order and sampling
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)

@@ -100,8 +100,11 @@ def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
     """Logits of the sampling distribution (divided by `temperature`, as the sampler did) that predict each
     response token (aligned one position left), and the log-probs of the tokens there. Scoring actor and
     reference this way makes PPO's ratio and KL refer to the policy that produced the samples.
+    Only the last N + 1 positions go through the LM head (`logits_to_keep`): the prompt's logits are never
+    used, and at PPO's shapes (prompts of ~100 tokens, 32 new) they were most of the head's work.
     Returns (logits (B, N, V), logprobs (B, N))."""
-    logits = model(input_ids=sequences, attention_mask=attention_mask,
-                   position_ids=position_ids_for(attention_mask)).logits[:, context_length - 1: -1]  # (B, N, V)
+    n = sequences.size(1) - context_length  # N
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
+                   logits_to_keep=n + 1).logits[:, :-1]  # (B, N, V): positions P-1 .. P+N-2
     logits = logits.float() / temperature
     return logits, token_logprobs(logits, sequences[:, context_length:])

@@ -33,7 +33,7 @@ def starts_in_format(rows, responses):
 PPO_SETTINGS = dict(actor_lr=1e-4, critic_lr=1e-4, weight_decay=0.0, rollout_batch=16, mini_batch=8, ppo_epochs=2,
                     stop_approx_kl=0.0, max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, beta=0.05, target_kl=0.0,
                     kl_horizon=1000, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
-                    missing_eos_penalty=1.0, normalize_scores=True)
+                    missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True)
 
 
 def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, dropout=0.0, bf16=False, tokenizer_dir=None,
@@ -94,6 +94,8 @@ def test_kl_zero_and_ratio_one_before_any_update(sft_dir, eos_pad_dir, tmp_path,
     if kw.pop("eos_pad", False):
         kw["tokenizer_dir"] = eos_pad_dir
     trainer = make_trainer(sft_dir, tmp_path, ppo_epochs=1, **kw)
+    matrices = {p.dtype for n, p in trainer.ref.named_parameters() if p.dim() == 2 and "embed" not in n}
+    assert matrices == ({torch.bfloat16} if kw.get("bf16") else {torch.float32})  # FROZEN_BF16 under bf16
     torch.manual_seed(0)
     exp = trainer.make_experience(trainer.get_batch(0)["items"])
     assert torch.equal(exp.kl, torch.zeros_like(exp.kl))

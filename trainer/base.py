@@ -60,6 +60,7 @@ class LoopConfig:
     bf16: bool  # bfloat16 autocast
     resume: bool  # continue from out_dir/checkpoint if present
     log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
+    group_by_length: bool  # batches of similar lengths (less padding); every item still once per epoch
 
     from_settings = classmethod(from_settings)
 
@@ -203,9 +204,19 @@ class Trainer:
         for k in range(first, first + self.batch_size):
             epoch = k // n
             if epoch not in self._perms:
-                self._perms = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))}
+                self._perms = {epoch: self.epoch_order(epoch)}
             items.append(self.train_data[int(self._perms[epoch][k % n])])
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.collate(items).items()}
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The order of the items in `epoch`: a permutation seeded by (seed, epoch); with GROUP_BY_LENGTH,
+        rearranged so that each batch holds items of similar length (group_by_length)."""
+        gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        order = torch.randperm(len(self.train_data), generator=gen)
+        if self.loop.group_by_length:
+            lengths = [item_length(self.train_data[int(i)]) for i in order]
+            order = group_by_length(order, lengths, self.batch_size * self.accelerator.num_processes, gen)
+        return order
 
     # ------------------------------------------------------------------ checkpoints, logs
     def unwrap(self, model):
@@ -327,12 +338,40 @@ def check_sharded_settings(accelerator, save_interval: int, resume: bool, grad_a
                          "keep GRAD_ACCUM=1 and raise BATCH_SIZE or the number of processes")
 
 
+def item_length(item: dict) -> int:
+    """Tokens an item puts in a batch: an SFT row's ids, a PPO prompt, or all the sequences of an RM group."""
+    if "input_ids" in item:
+        return len(item["input_ids"])
+    if "prompt_ids" in item:
+        return len(item["prompt_ids"])
+    return sum(len(s) for s in item["sequences"])
+
+
+def group_by_length(order: torch.Tensor, lengths: list, batch: int, gen: torch.Generator, chunk_batches: int = 50) -> torch.Tensor:
+    """Rearrange `order` (lengths[i]: the length of order[i]) so that consecutive runs of `batch` items have
+    similar lengths: within each chunk of chunk_batches * batch items (random, as `order` is), sort by length,
+    cut into batches, and shuffle those batches. Padding drops while data order stays random at the chunk
+    scale (as in the length-grouped samplers of common trainers). Returns a permutation of `order`."""
+    out, size = [], chunk_batches * batch
+    for start in range(0, len(order), size):
+        idx = sorted(range(start, min(start + size, len(order))), key=lambda i: -lengths[i])  # stable
+        batches = [idx[i: i + batch] for i in range(0, len(idx), batch)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            out += batches[b]
+    return order[torch.tensor(out, dtype=torch.long)]
+
+
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay on matrices only (never LayerNorm weights or biases)."""
+    """AdamW over the trainable parameters; weight decay on matrices only (never LayerNorm weights or biases).
+
+    The fused implementation (one kernel over all parameters) where torch has it for the parameters' device:
+    on this CPU it takes opt-125m's step from about 0.6 s to 0.06 s (bench/bench_throughput.py)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                for p in decay + no_decay)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=fused or None)
 
 
 def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:

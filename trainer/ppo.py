@@ -52,6 +52,7 @@ class PPOConfig:
     ptx_batch: int  # SFT rows per ptx loss
     missing_eos_penalty: float  # subtracted from the (normalised) score of a response that never emitted EOS
     normalize_scores: bool  # running mean/std normalisation of reward-model scores
+    frozen_bf16: bool  # with bf16 autocast: the frozen reference and reward model keep bf16 matrices (half their memory, same numbers)
 
     def __post_init__(self):
         check_rollout_settings(self)
@@ -133,8 +134,10 @@ class PPOTrainer(Trainer):
 
     def set_up_rollouts(self, ref, reward_model, tokenizer, reward_fn, judge: Judge, eval_prompts) -> None:
         """What the rollout and the held-out evaluation need (GRPO shares it)."""
-        self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
-        self.reward_model = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
+        frozen = frozen_model if self.loop.bf16 and self.cfg.frozen_bf16 else lambda m: m
+        self.ref = frozen(ref.to(self.device).eval().requires_grad_(False)) if ref is not None else None
+        self.reward_model = (frozen(reward_model.to(self.device).eval().requires_grad_(False))
+                             if reward_model is not None else None)
         self.reward_fn, self.judge, self.tokenizer, self.eval_prompts = reward_fn, judge, tokenizer, eval_prompts
         self.sampling = dict(do_sample=True, temperature=self.cfg.temperature)  # top_k=0, top_p=1: the full distribution
         self.reference = reference_for(self.ref)  # policy -> context yielding the reference model
@@ -325,6 +328,21 @@ class PPOTrainer(Trainer):
         self.critic_sched.load_state_dict(state["critic_sched"])
         self.beta = state["beta"]
         vars(self.score_moments).update(state["score_moments"])
+
+
+def frozen_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Store the frozen model's Linear weights (not biases, norms or embeddings) in bfloat16, in place.
+
+    Under bf16 autocast a Linear casts its fp32 weight to bf16 on every call; a weight stored already
+    rounded is the same bf16 tensor, so every output is bit-identical (the reference's KL to a copied actor
+    stays exactly 0) while the matrices take half the memory and skip the cast. Embeddings and a tied LM
+    head stay fp32: an embedding lookup is not autocast, so rounding it would change the numbers. Only valid
+    under autocast (an fp32 input meets a bf16 weight otherwise)."""
+    tied = {id(p) for m in (model.get_input_embeddings(),) if m is not None for p in m.parameters()}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in tied:
+            module.weight = torch.nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+    return model
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

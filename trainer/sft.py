@@ -16,6 +16,15 @@ from trainer.evaluate import Evaluator, Judge
 EVAL_BATCH_SIZE = 64  # rows per forward pass / generate call of the evaluation (memory, not a result)
 
 
+def supervised_span(labels: torch.Tensor) -> int:
+    """How many final positions of a (B, T) label batch the loss needs logits for: from the position before
+    the batch's first supervised label to the end. Prompt tokens before it (in every row) need no logits;
+    with a 50k vocabulary their LM-head product and softmax were a large share of a step."""
+    supervised = (labels != -100).any(0).nonzero()
+    first = int(supervised[0]) if len(supervised) else labels.size(1) - 1
+    return labels.size(1) - max(first - 1, 0)
+
+
 class SFTTrainer(Trainer):
     """eval_data: an SFTDataset (held-out loss) or None; eval_prompts: PromptDataset items answered greedily
     and judged by judge(row, response) (the task's), or None."""
@@ -29,8 +38,11 @@ class SFTTrainer(Trainer):
                                           batch_size=EVAL_BATCH_SIZE, judge=judge)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-        return lm_loss(text_logits(logits, batch["input_ids"]), batch["labels"]), {}
+        labels = batch["labels"]  # (B, T)
+        keep = supervised_span(labels)  # the last `keep` positions hold every logit the loss reads
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            logits_to_keep=keep).logits  # (B, keep, V): the LM head skips the shared prompt span
+        return lm_loss(text_logits(logits, labels[:, -keep:]), labels[:, -keep:]), {}
 
     def loss_weight(self, batch: dict) -> float:
         """lm_loss averages over the supervised tokens (the ones that predict a label)."""

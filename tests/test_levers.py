@@ -1,0 +1,122 @@
+"""The throughput levers change how fast a step runs, never what it computes: length-grouped batches keep
+every item once per epoch, the loss on the supervised span equals the loss on all logits, the response
+log-probs from the last N + 1 positions equal those of the full forward, fused AdamW takes the same step."""
+import copy
+
+import pytest
+import torch
+from transformers import OPTConfig, OPTForCausalLM
+
+from dataset.sft import SFTDataset, sft_collate
+from model.generate import response_logprobs
+from model.loss import lm_loss, token_logprobs
+from model.load import load_tokenizer
+from model.peft import apply_peft
+from model.peft.prompt_tuning import text_logits
+from model.reward import position_ids_for
+from trainer.base import adamw, group_by_length
+from trainer.sft import SFTTrainer, supervised_span
+
+from conftest import trainer_configs
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="module")
+def data(tok):
+    return SFTDataset("ds/sft_train.jsonl", tok, max_len=96, limit=300, verbose=False)
+
+
+def tiny_model(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64, num_hidden_layers=2,
+                                    num_attention_heads=2, max_position_embeddings=128, dropout=dropout,
+                                    attention_dropout=dropout, activation_dropout=0.0))
+
+
+def epoch_batches(trainer, n_batches):
+    return [trainer.get_batch(i) for i in range(n_batches)]
+
+
+@pytest.mark.parametrize("world_batch", [8, 12])
+def test_group_by_length_is_a_permutation_with_similar_lengths_per_batch(world_batch):
+    lengths_all = torch.randint(5, 200, (1000,)).tolist()
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(0))
+    grouped = group_by_length(order, [lengths_all[int(i)] for i in order], world_batch, torch.Generator().manual_seed(1))
+    assert sorted(grouped.tolist()) == list(range(1000))  # every item exactly once
+    spread = lambda o: sum(max(b) - min(b) for b in ([lengths_all[int(i)] for i in o[s: s + world_batch]]
+                                                      for s in range(0, 1000, world_batch)))
+    assert spread(grouped) < 0.2 * spread(order)
+    again = group_by_length(order, [lengths_all[int(i)] for i in order], world_batch, torch.Generator().manual_seed(1))
+    assert torch.equal(grouped, again)  # deterministic in its generator
+
+
+def test_grouped_trainer_sees_every_item_once_per_epoch_with_less_padding(tok, data, tmp_path):
+    per_epoch = len(data) // 10  # batch 10 divides the 300 items
+    counts = {}
+    for group in (False, True):
+        trainer = SFTTrainer(tiny_model(), tok, data, None, None, run_config={}, max_new_tokens=4, judge=None,
+                             **trainer_configs(tmp_path / str(group), batch_size=10, group_by_length=group))
+        batches = epoch_batches(trainer, per_epoch)
+        seen = sorted(tuple(ids) for b in batches for ids, m in zip(b["input_ids"].tolist(), b["attention_mask"].tolist())
+                      for ids in [[t for t, k in zip(ids, m) if k]])
+        assert seen == sorted(tuple(it["input_ids"]) for it in data.items)
+        counts[group] = sum(b["attention_mask"].numel() for b in batches)
+        second = trainer.get_batch(per_epoch)  # the next epoch is a new order
+        assert not torch.equal(second["input_ids"], batches[0]["input_ids"])
+    assert counts[True] < 0.8 * counts[False]  # padded tokens per epoch
+
+
+@pytest.mark.parametrize("peft", ["none", "prompt_tuning"])
+def test_loss_on_the_supervised_span_equals_the_full_loss(tok, data, peft):
+    model = tiny_model()
+    if peft != "none":
+        model = apply_peft(model, peft, num_virtual_tokens=4)
+    model.eval()
+    batch = sft_collate(data.items[:16], tok.pad_token_id)
+    keep = supervised_span(batch["labels"])
+    assert 1 < keep < batch["labels"].size(1)  # the shipped prompts share a span without labels
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = lm_loss(text_logits(full, batch["input_ids"]), batch["labels"])
+        trainer = SFTTrainer.__new__(SFTTrainer)
+        trainer.model = model
+        got, _ = trainer.compute_loss(batch)
+    assert torch.allclose(got, expected, atol=1e-6), (got, expected)
+    assert supervised_span(torch.full((2, 5), -100)) == 2  # no labels at all: a minimal span, loss NaN-free path
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_response_logprobs_from_the_last_positions_equal_the_full_forward(bf16):
+    model = tiny_model(dropout=0.1).eval()
+    sequences = torch.randint(4, 512, (6, 30))
+    mask = torch.ones_like(sequences)
+    mask[:3, :5] = 0  # left padding
+    P = 20
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        full = model(input_ids=sequences, attention_mask=mask, position_ids=position_ids_for(mask)).logits[:, P - 1: -1]
+        expected = token_logprobs(full.float() / 0.7, sequences[:, P:])
+        _, got = response_logprobs(model, sequences, mask, P, temperature=0.7)
+    assert torch.equal(got, expected)
+
+
+def test_fused_adamw_takes_the_plain_step():
+    model = tiny_model()
+    twin = copy.deepcopy(model)
+    fused = adamw(model, 1e-2, 0.01)
+    assert fused.defaults["fused"]
+    plain = torch.optim.AdamW([{"params": [p for p in twin.parameters() if p.dim() >= 2], "weight_decay": 0.01},
+                               {"params": [p for p in twin.parameters() if p.dim() < 2], "weight_decay": 0.0}], lr=1e-2)
+    ids = torch.randint(4, 512, (4, 16))
+    for m, opt in ((model, fused), (twin, plain)):
+        for _ in range(3):
+            m(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        if "k_proj.bias" not in name:  # its true gradient is 0 (softmax ignores a shift): Adam steps on rounding noise
+            assert torch.allclose(a, b, atol=1e-6), name
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), tiny_model().parameters()))  # it moved
