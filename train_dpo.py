@@ -21,6 +21,7 @@ from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts
 from model.reward import load_reward_model
 from trainer.base import LoopConfig, OptimConfig
+from trainer.dist import resolve_bf16
 from trainer.dpo import DPOConfig, DPOTrainer
 from utils import ConfigError, configure, plot_metrics, quiet_transformers, run_main, seed_everything
 
@@ -46,7 +47,7 @@ LR = 3e-4  # peak learning rate (AdamW); 1e-3 broke answers ("The answer is cThe
 WARMUP_STEPS = 10  # linear warmup, then cosine decay to 10% of LR
 WEIGHT_DECAY = 0.0  # AdamW weight decay on matrices
 GRAD_CLIP = 1.0  # max global gradient norm
-BF16 = False  # bfloat16 autocast
+BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
 GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
 SEED = 0  # data order and sampling
 # PEFT (model/peft/): a LoRA policy shares its weights with the reference (adapters off)
@@ -73,6 +74,7 @@ def main():
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     policy = load_causal_lm(SFT_MODEL, "SFT_MODEL")
+    config["BF16"] = resolve_bf16(BF16, policy)
     ref = copy.deepcopy(policy) if PEFT == "none" else None
     policy = apply_peft(policy, PEFT, r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
     on_mismatch = "error" if STRICT else "skip"

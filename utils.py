@@ -66,6 +66,8 @@ def _check_type(name: str, value, default, raw=None):
         value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif default == "auto":  # BF16='auto' also takes True / False (a replayed run_config records the choice)
+        ok = isinstance(value, (bool, str))
     else:
         ok = isinstance(value, type(default))
     if not ok:

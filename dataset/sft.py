@@ -21,16 +21,17 @@ the prompt is cut from the left (its first token, the BOS, is kept) down to MIN_
 response that does not fit beside those is cut from the right. Rows are never dropped; truncated rows
 are counted and reported.
 """
+import json
+import os
+
 import torch
 
-import json
-
-from dataset.chat import chat_prompt_ids, check_messages, encode_conversation, last_user_text, row_messages
+from dataset.chat import chat_messages, chat_prompt_ids, check_messages, encode_conversation, last_user_text, row_messages
 from dataset.io import DataError, read_rows
 from dataset.task import reference_answer
 
 SFT_FORMATS = [["instruction", "input", "output"], ["prompt", "completion"], ["messages"]]
-PROMPT_FORMATS = [["instruction", "input"], ["prompt"], ["messages"]]
+PROMPT_FORMATS = [["instruction", "input"], ["prompt"], ["messages"], ["chosen", "rejected"]]
 MIN_PROMPT_TOKENS = 8  # the prompt keeps at least this many tokens when the response is long
 
 
@@ -175,11 +176,24 @@ def sft_collate(items: list, pad_id: int) -> dict:
     }
 
 
+def hh_prompt_messages(row: dict) -> list[dict]:
+    """An Anthropic HH row's prompt as chat messages: the dialogue both replies share, up to the last
+    '\n\nAssistant:' (the reply PPO samples goes there), its turns as user/assistant messages."""
+    common = os.path.commonprefix([row["chosen"], row["rejected"]])
+    cut = common.rfind("\n\nAssistant:")
+    if cut < 0 or not common.startswith("\n\nHuman:"):
+        raise DataError(f"{row['_where']}: 'chosen' and 'rejected' are not HH dialogues sharing their turns "
+                        "up to an '\\n\\nAssistant:' turn (a prompt file needs instruction/input, prompt or messages)")
+    return chat_messages(common[:cut + len("\n\nAssistant:")])
+
+
 def read_prompts(source: str, limit: int = None) -> list[dict]:
-    """Rows with a prompt (Alpaca `instruction`/`input`, `prompt`, or `messages` ending with a user turn),
-    for generation and PPO."""
+    """Rows with a prompt (Alpaca `instruction`/`input`, `prompt`, `messages` ending with a user turn, or an
+    Anthropic HH `chosen`/`rejected` row, whose shared dialogue becomes `messages`), for generation and PPO."""
     rows = read_rows(source, PROMPT_FORMATS, optional=("input",), lists=("messages",))[:limit]
     for row in rows:
+        if "chosen" in row and not any(k in row for k in ("instruction", "prompt", "messages")):
+            row["messages"] = hh_prompt_messages(row)
         if "messages" in row:
             row["messages"] = check_messages(row["messages"], row["_where"], last="user")
         else:

@@ -62,13 +62,15 @@ def load_scorer(path: str, setting: str = "RM"):
 
 
 @torch.no_grad()
-def score_replies(model, tokenizer, conversations: list[list[dict]], replies: list[str], batch_size: int = 16) -> list[float]:
+def score_replies(model, tokenizer, conversations: list[list[dict]], replies: list[str], batch_size: int = 16,
+                  max_len: int = None) -> list[float]:
     """Reward of each reply to its conversation, both rendered with the reward model's own chat template
-    (its tokenizer's: the format it was trained on), read at the reply's end-of-turn token."""
+    (its tokenizer's: the format it was trained on), read at the reply's end-of-turn token. max_len: keep
+    only the last max_len tokens (the dialogue cut from the left, as the reward model's training data was)."""
     seqs = []
     for messages, reply in zip(conversations, replies):
         prompt, turn = reply_text(tokenizer, messages, reply)
-        seqs.append(encode_text(tokenizer, prompt) + encode_text(tokenizer, turn))
+        seqs.append((encode_text(tokenizer, prompt) + encode_text(tokenizer, turn))[-max_len if max_len else 0:])
     scores = []
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i: i + batch_size]

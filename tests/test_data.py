@@ -80,3 +80,19 @@ def test_unreachable_hub_dataset_is_one_clear_error():
     """A datasets hub name that is neither cached nor reachable fails at once, naming the setting to check."""
     with pytest.raises(DataError, match="nobody/no-such-dataset: could not load it .*check the data path setting"):
         read_rows("nobody/no-such-dataset", SFT_FORMATS)
+
+
+def test_hh_rows_are_prompts_up_to_the_last_assistant_turn(tmp_path):
+    """An Anthropic HH row in a prompt file: the dialogue both replies share, as user/assistant messages
+    ending with the user's turn (the reply PPO samples goes after it); a row that is no HH dialogue names its line."""
+    from dataset.sft import read_prompts
+
+    path = tmp_path / "hh.jsonl"
+    good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help me\n\nAssistant: sure",
+            "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help me\n\nAssistant: no"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"hh.jsonl:2.*HH dialogues"):
+        read_prompts(str(path))
+    path.write_text(json.dumps(good) + "\n")
+    assert read_prompts(str(path))[0]["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                                                      {"role": "user", "content": "help me"}]

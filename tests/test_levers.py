@@ -120,3 +120,22 @@ def test_fused_adamw_takes_the_plain_step():
         if "k_proj.bias" not in name:  # its true gradient is 0 (softmax ignores a shift): Adam steps on rounding noise
             assert torch.allclose(a, b, atol=1e-6), name
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), tiny_model().parameters()))  # it moved
+
+
+def test_bf16_auto_turns_on_only_for_wide_models_on_native_bf16_hardware(monkeypatch, capsys):
+    import trainer.dist as dist
+    from utils import ConfigError, configure
+
+    wide = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=256, word_embed_proj_dim=256, ffn_dim=64, num_hidden_layers=1,
+                                    num_attention_heads=2, max_position_embeddings=16))
+    monkeypatch.setattr(dist, "fast_bf16", lambda: "the CPU has avx512_bf16")
+    assert dist.resolve_bf16("auto", wide) is True
+    assert dist.resolve_bf16("auto", tiny_model()) is False  # 32 wide: bf16 gains nothing there
+    assert "hidden size 32 < 256" in capsys.readouterr().out
+    monkeypatch.setattr(dist, "fast_bf16", lambda: "")
+    assert dist.resolve_bf16("auto", wide) is False
+    assert dist.resolve_bf16("True", wide) is True and dist.resolve_bf16(False, wide) is False
+    with pytest.raises(ConfigError, match="BF16='yes'"):
+        dist.resolve_bf16("yes", wide)
+    namespace = {"BF16": "auto"}  # the CLI's text and a replayed run_config's bool both reach resolve_bf16
+    assert configure(namespace, ["--bf16", "True"])["BF16"] == "True"

@@ -284,3 +284,29 @@ def test_opt125m_architecture_two_ppo_iterations(opt125m_dir, tmp_path):
     metrics = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if "ppo/kl" in m]
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["ppo/kl"]) for m in metrics)
     assert json.load(open(tmp_path / "summary.json"))["eval_prompts"] == 2
+
+
+def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
+    """--judge_rm: a second reward model, never optimised, replaces the gold judge; each held-out answer's
+    'gold' in side_by_side.jsonl is that model's score of the reply, and rollouts get a judge mean."""
+    from model.reward import load_scorer, score_replies
+    from dataset.chat import row_messages
+    from dataset.sft import read_prompts
+
+    judge_dir = str(tmp_path / "judge")
+    tok = load_tokenizer(sft_dir)
+    torch.manual_seed(1)
+    load_reward_model(sft_dir, tok.pad_token_id).save_pretrained(judge_dir)
+    tok.save_pretrained(judge_dir)
+    out = tmp_path / "ppo"
+    run_script("train_rlhf.py", "--sft_model", sft_dir, "--rm_model", sft_dir, "--judge_rm", judge_dir, "--iterations", "1",
+               "--rollout_batch", "8", "--mini_batch", "4", "--max_new_tokens", "8", "--eval_limit", "6",
+               "--eval_interval", "0", "--save_interval", "0", "--out_dir", str(out))
+    rows = [json.loads(l) for l in open(out / "side_by_side.jsonl")]
+    prompts = read_prompts("ds/eval_prompts.jsonl", 6)
+    model, scorer_tok = load_scorer(judge_dir)
+    expected = [score_replies(model, scorer_tok, [row_messages(p)], [r["rlhf"]["response"]], batch_size=1, max_len=80)[0]
+                for p, r in zip(prompts, rows)]
+    assert [r["rlhf"]["gold"] for r in rows] == pytest.approx(expected, abs=1e-4)
+    metrics = [m for m in map(json.loads, open(out / "metrics.jsonl")) if "ppo/gold_score" in m]
+    assert metrics and all(math.isfinite(m["ppo/gold_score"]) for m in metrics)

@@ -10,6 +10,45 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
+from utils import ConfigError
+
+
+BF16_MIN_HIDDEN = 256  # below this width bf16 autocast gave no speed-up here (../shared/FACTS.md: none at 128)
+
+
+def fast_bf16() -> str:
+    """Why this machine runs bf16 matmuls natively ('' when it does not): a GPU that supports bf16, or a
+    CPU with AVX-512 BF16 or AMX instructions (Linux /proc/cpuinfo; elsewhere a CPU counts as without)."""
+    if torch.cuda.is_available():
+        return "the GPU supports bf16" if torch.cuda.is_bf16_supported() else ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"the CPU has {', '.join(found)}" if found else ""
+
+
+def resolve_bf16(setting, model, name: str = "BF16") -> bool:
+    """The BF16 setting as a bool: True / False as given; 'auto' turns bf16 autocast on where it pays, the
+    hardware running bf16 natively (fast_bf16) and the model at least BF16_MIN_HIDDEN wide (opt-125m: 768,
+    SmolLM2-135M: 576; not the embedded model's 128). Prints what 'auto' chose and why."""
+    if isinstance(setting, bool):
+        return setting
+    if str(setting).lower() in ("true", "false"):
+        return str(setting).lower() == "true"
+    if setting != "auto":
+        raise ConfigError(f"{name}={setting!r}: expected True, False or 'auto'")
+    config = getattr(model, "config", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or 0
+    hardware = fast_bf16()
+    on = bool(hardware) and width >= BF16_MIN_HIDDEN
+    reason = (f"{hardware or 'no native bf16 matmuls here'}; hidden size {width}"
+              f"{'' if width >= BF16_MIN_HIDDEN else f' < {BF16_MIN_HIDDEN}'}")
+    print(f"{name}='auto': bf16 autocast {'on' if on else 'off'} ({reason})")
+    return on
+
 
 class LaunchError(RuntimeError):
     """The launcher started several processes but they did not join one process group."""

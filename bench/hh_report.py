@@ -1,0 +1,90 @@
+"""Report of a PPO run judged by a second reward model (train_rlhf.py --judge_rm; bench/pipeline_hh.sh).
+
+    python bench/hh_report.py --run_dir out/hh_ppo/rlhf --plot pic/hh_overoptimisation.png
+
+Reads RUN_DIR/side_by_side.jsonl (the greedy SFT and RLHF answers to the held-out prompts, each with the
+proxy reward model's score `reward` and the judge's `gold`), summary.json and metrics.jsonl. Prints and
+writes RUN_DIR/report.json: the judge's win rate of RLHF over SFT with a 95% bootstrap interval, both
+reward models' mean scores, KL, mean reply length; five answers side by side; and plots the proxy and judge
+scores of the rollouts over PPO iterations (the over-optimisation picture of Gao et al. 2022).
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from eval_winrate import outcomes, win_rate  # noqa: E402
+from model.load import load_tokenizer  # noqa: E402
+from utils import configure, write_json  # noqa: E402
+
+RUN_DIR = "out/hh_ppo/rlhf"  # a train_rlhf.py out_dir written with --judge_rm
+PLOT = "pic/hh_overoptimisation.png"  # the proxy / judge curve ('none': no plot)
+SHOW = 5  # answers printed side by side
+BOOTSTRAP = 2000  # bootstrap resamples of the interval
+SEED = 0
+
+config = configure(globals())
+
+
+def main() -> None:
+    rows = [json.loads(line) for line in open(os.path.join(RUN_DIR, "side_by_side.jsonl"))]
+    summary = json.load(open(os.path.join(RUN_DIR, "summary.json")))
+    tokenizer = load_tokenizer(RUN_DIR, "RUN_DIR")
+    sft, rlhf = [r["sft"] for r in rows], [r["rlhf"] for r in rows]
+    judged = win_rate(outcomes([r["gold"] for r in sft], [r["gold"] for r in rlhf], [r["response"] for r in sft],
+                               [r["response"] for r in rlhf]), BOOTSTRAP, SEED)
+    proxy = win_rate(outcomes([r["reward"] for r in sft], [r["reward"] for r in rlhf], [r["response"] for r in sft],
+                              [r["response"] for r in rlhf]), BOOTSTRAP, SEED)
+    mean = lambda xs: sum(xs) / len(xs)
+    length = lambda answers: mean([len(tokenizer(a["response"], add_special_tokens=False)["input_ids"]) for a in answers])
+    report = {"prompts": len(rows), "judge_win_rate": judged, "proxy_win_rate": proxy,
+              "judge_mean": {"sft": mean([r["gold"] for r in sft]), "rlhf": mean([r["gold"] for r in rlhf])},
+              "proxy_mean": {"sft": mean([r["reward"] for r in sft]), "rlhf": mean([r["reward"] for r in rlhf])},
+              "kl_sampled": summary.get("kl"), "kl_greedy": summary.get("kl_greedy"),
+              "mean_length_tokens": {"sft": length(sft), "rlhf": length(rlhf)}, "iterations": summary.get("iterations")}
+    write_json(os.path.join(RUN_DIR, "report.json"), report)
+    j, p = judged, proxy
+    print(f"{len(rows)} held-out HH prompts, greedy answers, RLHF vs SFT")
+    print(f"judge RM win rate {j['win_rate']:.3f} [{j['ci95'][0]:.3f}, {j['ci95'][1]:.3f}] "
+          f"({j['b_wins']} wins / {j['ties']} ties / {j['a_wins']} losses); proxy RM win rate {p['win_rate']:.3f} "
+          f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]")
+    print(f"judge mean {report['judge_mean']['sft']:+.3f} -> {report['judge_mean']['rlhf']:+.3f}; proxy mean "
+          f"{report['proxy_mean']['sft']:+.3f} -> {report['proxy_mean']['rlhf']:+.3f}; KL {report['kl_sampled']:.2f} nats "
+          f"(sampled); reply length {report['mean_length_tokens']['sft']:.1f} -> {report['mean_length_tokens']['rlhf']:.1f} tokens")
+    for row in rows[:SHOW]:
+        print(f"\nprompt (last turn): {row['sft']['input'] or row['prompt'][-200:]!r}")
+        print(f"  SFT  (judge {row['sft']['gold']:+.2f}, proxy {row['sft']['reward']:+.2f}): {row['sft']['response']!r}")
+        print(f"  RLHF (judge {row['rlhf']['gold']:+.2f}, proxy {row['rlhf']['reward']:+.2f}): {row['rlhf']['response']!r}")
+    if PLOT != "none":
+        plot(os.path.join(RUN_DIR, "metrics.jsonl"), PLOT)
+        print(f"\nwrote {PLOT}")
+
+
+def plot(metrics_path: str, out: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [json.loads(line) for line in open(metrics_path)]
+    train = [l for l in lines if "ppo/score" in l]
+    evals = [l for l in lines if "eval/gold_score" in l]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, label, color in (("ppo/score", "proxy RM (optimised)", "tab:blue"), ("ppo/gold_score", "judge RM (held out)", "tab:red")):
+        left.plot([l["step"] for l in train], [l[key] - train[0][key] for l in train], label=label, color=color)
+    for key, color in (("eval/reward", "tab:blue"), ("eval/gold_score", "tab:red")):
+        left.plot([l["step"] for l in evals], [l[key] - evals[0][key] for l in evals], "o--", color=color, alpha=0.6)
+    left.set(xlabel="PPO iteration", ylabel="score - first value", title="rollouts (lines), held-out greedy (dots)")
+    left.legend(fontsize=8)
+    right.plot([l["ppo/kl"] for l in train], [l["ppo/gold_score"] - train[0]["ppo/gold_score"] for l in train], "o-",
+               color="tab:red", label="judge RM")
+    right.plot([l["ppo/kl"] for l in train], [l["ppo/score"] - train[0]["ppo/score"] for l in train], "o-",
+               color="tab:blue", label="proxy RM")
+    right.set(xlabel="KL to SFT (nats / response, rollouts)", ylabel="score - first value", title="score against KL")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# PPO on natural language: Anthropic HH harmless prompts, a LoRA actor from SmolLM2-135M-Instruct, and two
+# reward models on disjoint halves of the HH training pairs: PPO optimises the proxy (half A) and never sees
+# the judge (half B), which scores the held-out answers of SFT (the instruct model itself) and RLHF.
+#
+#   bash ../shared/tools/get-smollm2.sh      # once
+#   bash bench/pipeline_hh.sh                # ~40 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_overoptimisation.png
+#   ITERATIONS=1 EVAL_LIMIT=4 RM_LIMIT=40 OUT=out/hh_smoke bash bench/pipeline_hh.sh   # smoke run
+#
+# Reward models: head-only (frozen SmolLM2, logistic regression on last-token features, L2 by 5-fold CV),
+# each on 906 pairs, accuracy on the last 300 pairs of hh-harmless-test.jsonl. PPO prompts: the dialogues
+# of hh-harmless-train.jsonl up to their last Assistant turn, cut from the left to MAX_PROMPT_LEN; held-out:
+# the first EVAL_LIMIT dialogues of hh-harmless-test.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+gguf="${GGUF:-$HOME/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}"
+out="${OUT:-out/hh_ppo}"
+[ -f "$gguf" ] || { echo "error: $gguf not found (run: bash ../shared/tools/get-smollm2.sh, or set GGUF=...)" >&2; exit 4; }
+export TQDM_DISABLE=1
+mkdir -p "$out/data"
+train=../shared/data/hh-harmless-train.jsonl test=../shared/data/hh-harmless-test.jsonl
+head -n 906 "$train" > "$out/data/proxy.jsonl"      # half A: the reward PPO optimises
+tail -n +907 "$train" > "$out/data/judge.jsonl"     # half B: the judge PPO never sees
+tail -n 300 "$test" > "$out/data/rm_test.jsonl"     # reward-model accuracy (not the PPO held-out prompts)
+start=$(date +%s)
+for half in proxy judge; do
+  python bench/timed.py "$out/rm_$half" -- python train_rm.py --model "$gguf" --train_data "$out/data/$half.jsonl" \
+      --eval_data "$out/data/rm_test.jsonl" --train_layers 0 --chat_template True --bf16 True --max_len 256 \
+      --seed "${SEED:-0}" --train_limit "${RM_LIMIT:-None}" --eval_limit "${RM_LIMIT:-None}" --out_dir "$out/rm_$half"
+done
+python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --rm_model "$out/rm_proxy" \
+    --judge_rm "$out/rm_judge" --prompts "$train" --eval_prompts "$test" --eval_limit "${EVAL_LIMIT:-200}" \
+    --chat_template True --bf16 True --seed "${SEED:-0}" --save_interval 0 \
+    --peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_proj,o_proj \
+    --actor_lr "${ACTOR_LR:-2e-4}" --critic_lr 1e-5 --critic_init zero_head --beta "${BETA:-0.1}" \
+    --iterations "${ITERATIONS:-16}" --rollout_batch 16 --mini_batch 8 --ppo_epochs 2 \
+    --max_prompt_len 208 --max_new_tokens 48 --eval_interval "${EVAL_INTERVAL:-8}" ${PPO_ARGS:-}
+python bench/hh_report.py --run_dir "$out/rlhf" --plot "${PLOT:-pic/hh_overoptimisation.png}"
+echo "pipeline_hh: $(( $(date +%s) - start )) s wall"
