@@ -365,7 +365,7 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
     """AdamW over the trainable parameters; weight decay on matrices only (never LayerNorm weights or biases).
 
     The fused implementation (one kernel over all parameters) where torch has it for the parameters' device:
-    on this CPU it takes opt-125m's step from about 0.6 s to 0.06 s (bench/bench_throughput.py)."""
+    on this CPU a step over 90M parameters took 0.044 s instead of the for-loop's 0.43 s (docs/throughput.md)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
