@@ -4,7 +4,7 @@
 # the judge (half B), which scores the held-out answers of SFT (the instruct model itself) and RLHF.
 #
 #   bash ../shared/tools/get-smollm2.sh      # once
-#   bash bench/pipeline_hh.sh                # ~40 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_overoptimisation.png
+#   bash bench/pipeline_hh.sh                # ~80 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_overoptimisation.png
 #   ITERATIONS=1 EVAL_LIMIT=4 RM_LIMIT=40 OUT=out/hh_smoke bash bench/pipeline_hh.sh   # smoke run
 #
 # Reward models: head-only (frozen SmolLM2, logistic regression on last-token features, L2 by 5-fold CV),
