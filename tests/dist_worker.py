@@ -116,8 +116,21 @@ def ppo_checks(out_dir: str) -> dict:
     return out
 
 
+def record_group_at_exit(out_dir: str) -> None:
+    """Registered before any trainer, so it runs after the project's own exit handlers (atexit is LIFO):
+    writes OUT_DIR/exit.RANK with whether the process group was still up when the process exited."""
+    import atexit
+    import torch.distributed as dist
+
+    def record():
+        with open(os.path.join(out_dir, f"exit.{os.environ.get('RANK', '0')}"), "w") as f:
+            f.write(str(dist.is_initialized()))
+    atexit.register(record)
+
+
 def main():
     mode, out_dir = sys.argv[1], sys.argv[2]
+    record_group_at_exit(out_dir)
     if mode == "cut":
         original = SFTTrainer.compute_loss
 

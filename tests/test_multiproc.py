@@ -69,6 +69,13 @@ def test_two_processes_form_one_group(two_procs):
     assert result["launch"] == [(2, 0, kind), (2, 1, kind)]
 
 
+def test_each_process_destroys_its_group_before_exit(two_procs):
+    """Both ranks exit with the process group destroyed (trainer/dist.py registers it at exit): one left up
+    can abort the process in interpreter shutdown, a failed run after its work was done."""
+    out, _ = two_procs
+    assert [(out / f"exit.{rank}").read_text() for rank in (0, 1)] == ["False", "False"]
+
+
 def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_path, fresh_accelerator):
     """2 processes x batch 8 end 3 steps with the weights of 1 process x batch 16 (same samples): the
     loss is the mean over the global batch's supervised tokens. Per-rank token means averaged over the

@@ -4,6 +4,7 @@ the trainers need (sums, means, sharded work gathered back in order, every rank'
 Every function here is a collective when more than one process runs: all ranks must call it, in the
 same order, with the same keys. With one process each is the identity, so single-process code pays nothing.
 """
+import atexit
 import os
 
 import torch
@@ -50,6 +51,14 @@ def resolve_bf16(setting, model, name: str = "BF16") -> bool:
     return on
 
 
+def close_process_group() -> None:
+    """Destroy the process group if one is up (registered at exit by make_accelerator). A process that
+    exits with its gloo group alive can abort in interpreter shutdown ("terminate called without an active
+    exception", SIGABRT): gloo's worker threads still hold tensors when Python is torn down."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class LaunchError(RuntimeError):
     """The launcher started several processes but they did not join one process group."""
 
@@ -76,6 +85,9 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
                 f"the accelerate config asks for {engine} ({flag}=true) but the run got {accelerator.distributed_type}: "
                 f"{engine} needs GPUs (accelerate 1.15 has no {engine} on CPU; DeepSpeed also needs the deepspeed "
                 "package). Use `torchrun --nproc_per_node N` (DDP) on CPU.")
+    if accelerator.num_processes > 1:
+        atexit.unregister(close_process_group)  # once, however many trainers this process builds
+        atexit.register(close_process_group)
     return accelerator
 
 
