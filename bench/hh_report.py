@@ -36,12 +36,14 @@ def main() -> None:
     proxy = win_rate(outcomes([r["reward"] for r in sft], [r["reward"] for r in rlhf], [r["response"] for r in sft],
                               [r["response"] for r in rlhf]), BOOTSTRAP, SEED)
     mean = lambda xs: sum(xs) / len(xs)
-    length = lambda answers: mean([len(tokenizer(a["response"], add_special_tokens=False)["input_ids"]) for a in answers])
+    n_tokens = lambda answers: [len(tokenizer(a["response"], add_special_tokens=False)["input_ids"]) for a in answers]
+    length = lambda answers: mean(n_tokens(answers))
     report = {"prompts": len(rows), "judge_win_rate": judged, "proxy_win_rate": proxy,
               "judge_mean": {"sft": mean([r["gold"] for r in sft]), "rlhf": mean([r["gold"] for r in rlhf])},
               "proxy_mean": {"sft": mean([r["reward"] for r in sft]), "rlhf": mean([r["reward"] for r in rlhf])},
               "kl_sampled": summary.get("kl"), "kl_greedy": summary.get("kl_greedy"),
-              "mean_length_tokens": {"sft": length(sft), "rlhf": length(rlhf)}, "iterations": summary.get("iterations")}
+              "mean_length_tokens": {"sft": length(sft), "rlhf": length(rlhf)}, "iterations": summary.get("iterations"),
+              "agreement": agreement(sft, rlhf, n_tokens(sft), n_tokens(rlhf))}
     write_json(os.path.join(RUN_DIR, "report.json"), report)
     j, p = judged, proxy
     print(f"{len(rows)} held-out HH prompts, greedy answers, RLHF vs SFT")
@@ -51,6 +53,10 @@ def main() -> None:
     print(f"judge mean {report['judge_mean']['sft']:+.3f} -> {report['judge_mean']['rlhf']:+.3f}; proxy mean "
           f"{report['proxy_mean']['sft']:+.3f} -> {report['proxy_mean']['rlhf']:+.3f}; KL {report['kl_sampled']:.2f} nats "
           f"(sampled); reply length {report['mean_length_tokens']['sft']:.1f} -> {report['mean_length_tokens']['rlhf']:.1f} tokens")
+    a = report["agreement"]
+    print(f"proxy-judge correlation of scores: SFT answers {a['proxy_judge_sft']:+.2f}, RLHF answers "
+          f"{a['proxy_judge_rlhf']:+.2f}, per-prompt change SFT -> RLHF {a['proxy_judge_change']:+.2f}; with reply "
+          f"length: proxy {a['proxy_length']:+.2f}, judge {a['judge_length']:+.2f}")
     for row in rows[:SHOW]:
         print(f"\nprompt (last turn): {row['sft']['input'] or row['prompt'][-200:]!r}")
         print(f"  SFT  (judge {row['sft']['gold']:+.2f}, proxy {row['sft']['reward']:+.2f}): {row['sft']['response']!r}")
@@ -58,6 +64,20 @@ def main() -> None:
     if PLOT != "none":
         plot(os.path.join(RUN_DIR, "metrics.jsonl"), PLOT)
         print(f"\nwrote {PLOT}")
+
+
+def agreement(sft: list, rlhf: list, sft_len: list, rlhf_len: list) -> dict:
+    """Do the two reward models agree on these answers? Pearson correlations of the proxy's and the judge's
+    scores over the SFT answers, over the RLHF answers, and of their per-prompt changes SFT -> RLHF (what PPO
+    bought by the proxy against what the judge says of it); and of each one's score with the reply's length
+    in tokens, over both sets of answers."""
+    from statistics import correlation
+    proxy, judge = [a["reward"] for a in sft + rlhf], [a["gold"] for a in sft + rlhf]
+    return {"proxy_judge_sft": correlation([a["reward"] for a in sft], [a["gold"] for a in sft]),
+            "proxy_judge_rlhf": correlation([a["reward"] for a in rlhf], [a["gold"] for a in rlhf]),
+            "proxy_judge_change": correlation([b["reward"] - a["reward"] for a, b in zip(sft, rlhf)],
+                                              [b["gold"] - a["gold"] for a, b in zip(sft, rlhf)]),
+            "proxy_length": correlation(proxy, sft_len + rlhf_len), "judge_length": correlation(judge, sft_len + rlhf_len)}
 
 
 def plot(metrics_path: str, out: str) -> None:

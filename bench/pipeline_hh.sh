@@ -6,6 +6,7 @@
 #   bash ../shared/tools/get-smollm2.sh      # once
 #   bash bench/pipeline_hh.sh                # ~80 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_overoptimisation.png
 #   ITERATIONS=1 EVAL_LIMIT=4 RM_LIMIT=40 OUT=out/hh_smoke bash bench/pipeline_hh.sh   # smoke run
+#   STAGES=rms SEED=1 OUT=out/repeat/hh_r1 bash bench/pipeline_hh.sh   # only the two reward models (bench/repeat_runs.sh)
 #
 # Reward models: head-only (frozen SmolLM2, logistic regression on last-token features, L2 by 5-fold CV),
 # each on 906 pairs, accuracy on the last 300 pairs of hh-harmless-test.jsonl. PPO prompts: the dialogues
@@ -22,12 +23,14 @@ train=../shared/data/hh-harmless-train.jsonl test=../shared/data/hh-harmless-tes
 head -n 906 "$train" > "$out/data/proxy.jsonl"      # half A: the reward PPO optimises
 tail -n +907 "$train" > "$out/data/judge.jsonl"     # half B: the judge PPO never sees
 tail -n 300 "$test" > "$out/data/rm_test.jsonl"     # reward-model accuracy (not the PPO held-out prompts)
+stages="${STAGES:-rms ppo}"
 start=$(date +%s)
-for half in proxy judge; do
+[[ " $stages " == *" rms "* ]] && for half in proxy judge; do
   python bench/timed.py "$out/rm_$half" -- python train_rm.py --model "$gguf" --train_data "$out/data/$half.jsonl" \
       --eval_data "$out/data/rm_test.jsonl" --train_layers 0 --chat_template True --bf16 True --max_len 256 \
       --seed "${SEED:-0}" --train_limit "${RM_LIMIT:-None}" --eval_limit "${RM_LIMIT:-None}" --out_dir "$out/rm_$half"
 done
+[[ " $stages " == *" ppo "* ]] || { echo "pipeline_hh ($stages): $(( $(date +%s) - start )) s wall"; exit 0; }
 python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --rm_model "$out/rm_proxy" \
     --judge_rm "$out/rm_judge" --prompts "$train" --eval_prompts "$test" --eval_limit "${EVAL_LIMIT:-200}" \
     --chat_template True --bf16 True --seed "${SEED:-0}" --save_interval 0 \

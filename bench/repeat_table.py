@@ -1,0 +1,68 @@
+"""The figures of bench/repeat_runs.sh over its runs: mean, sample standard deviation and range.
+
+    python bench/repeat_table.py --out_dir out/repeat
+
+Reads OUT_DIR/<part>/s<seed>/... (whatever parts and runs are there), prints one line per figure and
+writes OUT_DIR/table.json.
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils import configure, write_json  # noqa: E402
+
+OUT_DIR = "out/repeat"  # bench/repeat_runs.sh's OUT
+
+config = configure(globals())
+
+# (part, figure, file under the run dir, keys into that JSON)
+FIGURES = [
+    ("embedded", "RM accuracy", "rm/summary.json", ["accuracy"]),
+    ("embedded", "RM accuracy, correctness-only pairs", "rm/summary.json", ["accuracy_correctness"]),
+    ("embedded", "RM accuracy, format-only pairs", "rm/summary.json", ["accuracy_format"]),
+    ("embedded", "PPO gold score (greedy)", "rlhf/summary.json", ["gold_score"]),
+    ("embedded", "win rate RLHF over SFT, gold judge", "winrate/summary.json", ["gold", "win_rate"]),
+    ("embedded", "win rate RLHF over SFT, the run's RM", "winrate/summary.json", ["rm", "win_rate"]),
+    ("rm_hh", "head-only SmolLM2 RM, 500 HH harmless test pairs", "result.json", ["accuracy"]),
+    ("hh_rms", "HH proxy RM (rows 1-906), 299 test pairs", "rm_proxy/summary.json", ["accuracy"]),
+    ("hh_rms", "HH judge RM (rows 907-1812), 299 test pairs", "rm_judge/summary.json", ["accuracy"]),
+    ("smollm2_rm", "SmolLM2 LoRA RM on the shipped task", "rm/summary.json", ["accuracy"]),
+    ("smollm2_rm", "SmolLM2 LoRA RM, correctness-only pairs", "rm/summary.json", ["accuracy_correctness"]),
+    ("smollm2_rm", "SmolLM2 LoRA RM, format-only pairs", "rm/summary.json", ["accuracy_format"]),
+]
+
+
+def value(path: str, keys: list):
+    x = json.load(open(path))
+    for k in keys:
+        x = x.get(k) if isinstance(x, dict) else None
+    return x
+
+
+def spread(values: list) -> dict:
+    """mean, sample standard deviation (0 for one run), min and max."""
+    return {"runs": len(values), "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values),
+            "values": values}
+
+
+def main() -> None:
+    table = []
+    for part, name, rel, keys in FIGURES:
+        runs = sorted(glob.glob(os.path.join(OUT_DIR, part, "s*", rel)))
+        values = [v for v in (value(p, keys) for p in runs) if isinstance(v, (int, float))]
+        if values:
+            table.append({"part": part, "figure": name, **spread(values)})
+    for row in table:
+        print(f"{row['part']:<11} {row['figure']:<52} {row['mean']:.3f} ± {row['std']:.3f} "
+              f"[{row['min']:.3f}, {row['max']:.3f}] over {row['runs']} runs")
+    if not table:
+        print(f"no runs under {OUT_DIR}")
+    write_json(os.path.join(OUT_DIR, "table.json"), table)
+
+
+if __name__ == "__main__":
+    main()
