@@ -70,6 +70,7 @@ KL_HORIZON = 1000  # adaptive controller horizon (rollouts): beta moves by up to
 PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
 PTX_BATCH = 16  # SFT rows per ptx loss
 MISSING_EOS_PENALTY = 1.0  # subtracted from the (normalised) score of a response that never emitted EOS
+CLOSE_TRUNCATED = False  # the reward model scores a response cut at MAX_NEW_TOKENS with EOS appended (as its training replies ended), not at its last, mid-sentence token
 NORMALIZE_SCORES = True  # running mean/std normalisation of reward-model scores
 GRAD_CLIP = 1.0  # max gradient norm, actor and critic separately
 BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
@@ -161,7 +162,7 @@ def main():
     train_seconds = time.time() - start
     if eval_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
         policy = trainer.unwrap(trainer.actor)
-        after = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
+        after = {"greedy": trainer.last_eval,  # fit() evaluated the final policy greedily on eval_prompts
                  "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
     summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peft": PEFT, "reward": REWARD}
     if eval_prompts:

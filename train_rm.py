@@ -38,7 +38,6 @@ TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and
 # by L2-regularised logistic regression on them (the pairwise loss with a linear score); MAX_STEPS..GRAD_CLIP unused
 HEAD_L2 = "0.01,0.03,0.1,0.3,1,3"  # head only: L2 strengths tried on standardised features; CV on the training pairs picks one
 CV_FOLDS = 5  # head only: cross-validation folds over the training groups
-HEAD_LENGTH_FREE = False  # head only: fit the head orthogonal to the features' response-length direction (no score for length alone)
 CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (chat models, e.g. SmolLM2-Instruct); saved with the model
 STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip them with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
@@ -88,8 +87,6 @@ def check_settings() -> list[float]:
         raise ConfigError(f"PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
     if TRAIN_LAYERS == 0 and PEFT != "none":
         raise ConfigError("TRAIN_LAYERS=0 fits the head only; it cannot be combined with PEFT")
-    if HEAD_LENGTH_FREE and TRAIN_LAYERS != 0:
-        raise ConfigError("HEAD_LENGTH_FREE=True shapes the fitted head: it needs TRAIN_LAYERS=0 (head only)")
     if TRAIN_LAYERS == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("TRAIN_LAYERS=0 (head only) runs in one process: start it with python, not torchrun/accelerate")
     try:
@@ -161,10 +158,7 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
     with bf16:
         features, chosen, rejected, group = last_token_features(model, train, pad_id, EVAL_BATCH_SIZE)
     print(f"features of {len(features)} training sequences: {time.time() - start:.0f} s")
-    flat = flatten_groups(train.items)
-    response_len = torch.tensor([len(q) - p for q, p in zip(flat["sequences"], flat["prompt_lengths"])], dtype=torch.float)
-    fit = fit_linear_head(features, chosen, rejected, group, l2s, CV_FOLDS, SEED,
-                          length_diff=response_len[chosen] - response_len[rejected] if HEAD_LENGTH_FREE else None)
+    fit = fit_linear_head(features, chosen, rejected, group, l2s, CV_FOLDS, SEED)
     cv = ", ".join(f"{k:g}: {v:.4f} / {fit['cv_accuracy'][k]:.4f}" for k, v in fit["cv_log_loss"].items())
     print(f"cross-validated log-loss / accuracy by L2: {cv}; using {fit['l2']:g} (training accuracy {fit['train_accuracy']:.4f})")
     before, after = {}, {}
@@ -187,7 +181,7 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
             model.score.bias.zero_()
     train_seconds = time.time() - start
     summary = rm_summary(after, before.get("accuracy"), train_loss=fit["train_loss"], train_accuracy=fit["train_accuracy"],
-                         head_l2=fit["l2"], head_length_free=HEAD_LENGTH_FREE, length_corr=after.get("length_corr"),
+                         head_l2=fit["l2"], length_corr=after.get("length_corr"),
                          cv_accuracy={f"{k:g}": v for k, v in fit["cv_accuracy"].items()},
                          cv_log_loss={f"{k:g}": v for k, v in fit["cv_log_loss"].items()}, steps=0,
                          train_pairs=train.num_pairs, train_seconds=train_seconds,

@@ -23,10 +23,9 @@ SHOW = 5  # answers printed side by side
 BOOTSTRAP = 2000  # bootstrap resamples of the interval
 SEED = 0
 
-config = configure(globals())
-
 
 def main() -> None:
+    configure(globals())
     rows = [json.loads(line) for line in open(os.path.join(RUN_DIR, "side_by_side.jsonl"))]
     summary = json.load(open(os.path.join(RUN_DIR, "summary.json")))
     tokenizer = load_tokenizer(RUN_DIR, "RUN_DIR")

@@ -37,6 +37,7 @@ python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --
     --peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_proj,o_proj \
     --actor_lr "${ACTOR_LR:-2e-4}" --critic_lr 1e-5 --critic_init zero_head --beta "${BETA:-0.1}" \
     --iterations "${ITERATIONS:-16}" --rollout_batch 16 --mini_batch 8 --ppo_epochs 2 \
-    --max_prompt_len 192 --max_new_tokens 64 --eval_interval "${EVAL_INTERVAL:-0}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
+    --max_prompt_len 192 --max_new_tokens 64 --close_truncated True --missing_eos_penalty "${MISSING_EOS_PENALTY:-0}" \
+    --eval_interval "${EVAL_INTERVAL:-0}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
 python bench/hh_report.py --run_dir "$out/rlhf" --plot "${PLOT:-pic/hh_overoptimisation.png}"
 echo "pipeline_hh: $(( $(date +%s) - start )) s wall"

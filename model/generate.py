@@ -95,6 +95,17 @@ def sample_responses(model, tokenizer, prompts: list[list[int]], max_new_tokens:
     return Responses(sequences, torch.cat([prompt_mask, action_mask], 1), action_mask, is_eos.any(1), P)
 
 
+def closed(out: Responses, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequences, attention_mask) (B, P + N + 1): out's, with EOS appended to each response that max_new_tokens
+    cut (has_eos False; it fills all N positions) and pad elsewhere. A reward model reads its score at the last
+    real token; every reply it was trained on ended with EOS, so this reads a cut reply as if it ended there,
+    not at a mid-sentence token it never scored in training."""
+    cut = ~out.has_eos  # (B,)
+    extra = torch.where(cut, eos_id, pad_id)[:, None].to(out.sequences.dtype)  # (B, 1)
+    return (torch.cat([out.sequences, extra], 1),
+            torch.cat([out.attention_mask, cut[:, None].to(out.attention_mask.dtype)], 1))
+
+
 def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the sampling distribution (divided by `temperature`, as the sampler did) that predict each

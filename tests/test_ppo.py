@@ -33,7 +33,7 @@ def starts_in_format(rows, responses):
 PPO_SETTINGS = dict(actor_lr=1e-4, critic_lr=1e-4, weight_decay=0.0, rollout_batch=16, mini_batch=8, ppo_epochs=2,
                     stop_approx_kl=0.0, max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, beta=0.05, target_kl=0.0,
                     kl_horizon=1000, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
-                    missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True)
+                    missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False)
 
 
 def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, dropout=0.0, bf16=False, tokenizer_dir=None,
@@ -147,6 +147,31 @@ def test_pad_equal_to_eos_is_replaced_and_the_score_is_read_at_eos(sft_dir, eos_
             assert torch.allclose(per_token[i, P + int(eos[0])], exp.raw_scores[i], atol=1e-5)
             checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_a_cut_response_is_scored_at_its_last_token_or_closed_with_eos(sft_dir, tmp_path, close):
+    """MAX_NEW_TOKENS=4 cuts most responses. CLOSE_TRUNCATED=False: the reward model's score at the cut
+    response's last token; True: its score at an EOS appended after it (where every training reply ended),
+    which is another number. Responses that ended with EOS are scored at their EOS either way."""
+    trainer = make_trainer(sft_dir, tmp_path, reward_model=True, max_new_tokens=4, close_truncated=close)
+    tok = trainer.tokenizer
+    torch.manual_seed(0)
+    exp = trainer.make_experience(trainer.get_batch(0)["items"])
+    P, N = exp.context_length, exp.sequences.size(1) - exp.context_length
+    eos = torch.full((len(exp.sequences), 1), tok.eos_token_id)
+    with torch.no_grad():  # the head at every position of each sequence with EOS appended
+        per_token = token_values(trainer.reward_model, torch.cat([exp.sequences, eos], 1),
+                                 torch.cat([exp.attention_mask, torch.ones_like(eos)], 1))
+    cut = [i for i in range(len(eos)) if tok.eos_token_id not in exp.sequences[i, P:].tolist()]
+    ended = [i for i in range(len(eos)) if i not in cut]
+    assert cut and ended and torch.equal(exp.action_mask[cut].sum(1), torch.full((len(cut),), N))
+    at_last, at_eos = per_token[cut, P + N - 1], per_token[cut, P + N]
+    assert (at_last - at_eos).abs().min() > 1e-3  # the two readings differ, so the test can tell them apart
+    assert torch.allclose(exp.raw_scores[cut], at_eos if close else at_last, atol=1e-5)
+    for i in ended:
+        first_eos = P + exp.sequences[i, P:].tolist().index(tok.eos_token_id)
+        assert torch.allclose(exp.raw_scores[i], per_token[i, first_eos], atol=1e-5)
 
 
 def test_pad_rule_refuses_a_tokenizer_with_nothing_to_pad_with(sft_dir):

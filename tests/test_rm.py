@@ -3,8 +3,6 @@ the AutoModelForSequenceClassification round trip, row errors, and a train_rm.py
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from dataset.rm import (RMDataset, encode_chat, pair_kind, ranked_pairs, read_co
 from model.load import load_tokenizer
 from model.loss import pairwise_loss
 from model.reward import load_reward_model, reward_scores
-from trainer.rm import RMTrainer, evaluate_pairs, fit_linear_head, last_token_features, length_direction
+from trainer.rm import RMTrainer, evaluate_pairs, fit_linear_head, last_token_features
 
 PAD = 1
 
@@ -286,41 +284,6 @@ def test_cv_log_loss_within_the_tolerance_counts_as_a_tie_and_the_stronger_l2_wi
         fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4)
         assert abs(fit["cv_log_loss"][1e-9] - fit["cv_log_loss"][1e-8]) < 1e-4
         assert fit["l2"] == 1e-8
-
-
-def test_length_free_head_gives_no_score_for_length_alone_and_keeps_the_other_signal():
-    """Features with a length axis (the chosen reply is longer in 80% of pairs, so length predicts the
-    label) and a quality axis (the true preference). The plain head puts weight on length; the length-free
-    head (HEAD_LENGTH_FREE) is orthogonal to the fitted length direction (a pair differing only in length
-    gets margin 0) and still ranks by quality."""
-    gen = torch.Generator().manual_seed(0)
-    pairs, hidden = 400, 6
-    length = torch.randint(5, 60, (2 * pairs,), generator=gen).float()  # response lengths
-    quality = torch.randn(2 * pairs, generator=gen)
-    features = torch.randn(2 * pairs, hidden, generator=gen) * 0.3
-    features[:, 0] += length / 20  # the features encode length on axis 0 ...
-    features[:, 1] += quality  # ... and quality on axis 1
-    a, b = torch.arange(0, 2 * pairs, 2), torch.arange(1, 2 * pairs, 2)
-    longer_wins = torch.rand(pairs, generator=gen) < 0.8
-    a_better = torch.where(longer_wins, length[a] > length[b], quality[a] > quality[b])
-    chosen, rejected = torch.where(a_better, a, b), torch.where(a_better, b, a)
-    group, dlen = torch.arange(pairs), length[chosen] - length[rejected]
-    plain = fit_linear_head(features, chosen, rejected, group, [0.01], folds=4)
-    free = fit_linear_head(features, chosen, rejected, group, [0.01], folds=4, length_diff=dlen)
-    std = features.std(0) + 1e-4
-    u = length_direction((features[chosen] - features[rejected]) / std, dlen) * std  # raw-space length direction
-    assert abs(plain["weight"] @ u) > 0.5 * plain["weight"].norm() * u.norm()  # the plain head pays for length
-    assert abs(free["weight"] @ u) < 1e-5 * free["weight"].norm() * u.norm()  # the length-free one does not
-    quality_pairs = ~longer_wins
-    right = ((features[chosen] - features[rejected]) @ free["weight"] > 0)[quality_pairs].float().mean()
-    assert right > 0.8  # pairs decided by quality: still ranked right
-
-
-def test_head_length_free_needs_the_head_only_reward_model(tmp_path):
-    proc = subprocess.run([sys.executable, "train_rm.py", "--head_length_free", "True", "--train_layers", "2",
-                           "--out_dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode != 0 and "HEAD_LENGTH_FREE=True" in proc.stderr and "TRAIN_LAYERS=0" in proc.stderr
-    assert "Traceback" not in proc.stderr
 
 
 def test_last_token_features_are_what_the_score_head_reads(tok, toy_run):

@@ -40,6 +40,7 @@ class GRPOConfig:
     missing_eos_penalty: float  # subtracted from the (normalised) score of a response that never emitted EOS
     normalize_scores: bool  # running mean/std normalisation of reward-model scores (before the group's)
     frozen_bf16: bool  # with bf16 autocast: the frozen reference and reward model keep bf16 matrices (PPOConfig)
+    close_truncated: bool  # the reward model reads a cut response with EOS appended (PPOConfig)
 
     def __post_init__(self):
         if self.group_size < 2 or self.rollout_batch % self.group_size:

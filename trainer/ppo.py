@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from dataset.sft import sft_collate
-from model.generate import Responses, decode_responses, response_logprobs, sample_responses
+from model.generate import Responses, closed, decode_responses, response_logprobs, sample_responses
 from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, lm_loss, masked_mean, masked_whiten,
                         policy_loss, value_loss)
 from model.reward import reward_scores, token_values
@@ -53,6 +53,7 @@ class PPOConfig:
     missing_eos_penalty: float  # subtracted from the (normalised) score of a response that never emitted EOS
     normalize_scores: bool  # running mean/std normalisation of reward-model scores
     frozen_bf16: bool  # with bf16 autocast: the frozen reference and reward model keep bf16 matrices (half their memory, same numbers)
+    close_truncated: bool  # the reward model reads a response cut by max_new_tokens with EOS appended (model/generate.py closed)
 
     def __post_init__(self):
         check_rollout_settings(self)
@@ -169,7 +170,9 @@ class PPOTrainer(Trainer):
         if self.reward_fn is not None:
             responses = decode_responses(self.tokenizer, out.sequences, out.context_length)
             return torch.tensor(self.reward_fn([it["row"] for it in items], responses), dtype=torch.float, device=self.device)
-        return self.forward_in_chunks(lambda s, m: reward_scores(self.reward_model, s, m), out.sequences, out.attention_mask)
+        sequences, attention_mask = (closed(out, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+                                     if self.cfg.close_truncated else (out.sequences, out.attention_mask))
+        return self.forward_in_chunks(lambda s, m: reward_scores(self.reward_model, s, m), sequences, attention_mask)
 
     # ------------------------------------------------------------------ phase 1: rollout
     # Every forward pass (sampling, actor, reference, critic, reward model) runs in eval mode (no dropout)
@@ -307,6 +310,7 @@ class PPOTrainer(Trainer):
         if not self.eval_prompts:
             return {}
         result = self.evaluate_policy(self.unwrap(self.actor), self.eval_prompts, do_sample=False)
+        self.last_eval = dict(result)  # with its rows: train_rlhf.py's greedy figures after the run (not computed twice)
         self.last_rows = result.pop("rows")
         for row in self.last_rows[: self.eval_rows_shown]:
             self.log(f"  {row['input']!r:24} -> {row['response']!r:32} rm={row['reward']:+.2f} gold={row['gold']:.1f} kl={row['kl']:.2f}")

@@ -130,33 +130,18 @@ def logistic_fit(diff: torch.Tensor, l2: float, max_iter: int = 200) -> torch.Te
     return w.detach().float()
 
 
-def length_direction(diff: torch.Tensor, length_diff: torch.Tensor) -> torch.Tensor:
-    """The unit direction along which the pairs' feature differences move with their response-length
-    difference: per feature, the least-squares slope of diff on length_diff.  (P, H), (P,) -> (H,)"""
-    dl = length_diff.double()
-    u = (diff.double() * dl[:, None]).sum(0) / (dl * dl).sum().clamp(min=1e-12)
-    return (u / u.norm().clamp(min=1e-12)).float()
-
-
 def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5, seed: int = 0,
-                    tie_tol: float = 1e-4, length_diff: torch.Tensor | None = None) -> dict:
+                    tie_tol: float = 1e-4) -> dict:
     """Fit the score head w on frozen features. The L2 strength is the one with the lowest `folds`-fold
     cross-validated log-loss, the mean of -log sigmoid(margin) over held-out pairs (folds split by group:
     pairs of one ranking stay together); strengths within `tie_tol` of the lowest tie, and the strongest
     wins. Not accuracy: it moves in steps of one pair, so on HH three strengths tied exactly and float-level
     noise in the bf16 features flipped the pick (issue 16).
 
-    length_diff (P,), the chosen minus the rejected response's length, fits the head length-free: the
-    feature differences lose their component along length_direction, so w is orthogonal to it and the
-    score has no linear term in the features' length direction (a policy cannot buy score with length alone).
-
     Features are standardised for the fit, so the returned raw-feature weight is w / std. Returns
     {'weight' (H,), 'l2', 'cv_log_loss' {l2: loss}, 'cv_accuracy' {l2: accuracy}, 'train_accuracy', 'train_loss'}."""
     std = features.std(0) + 1e-4  # (H,)
     diff = (features[chosen] - features[rejected]) / std  # (P, H)
-    u = length_direction(diff, length_diff) if length_diff is not None else None  # (H,)
-    if u is not None:
-        diff = diff - (diff @ u)[:, None] * u[None]  # each row orthogonal to u, so every fitted w is too
     num_groups = int(group.max()) + 1  # groups are numbered 0..G-1
     fold_of = torch.empty(num_groups, dtype=torch.long)  # each group to one fold, in a seeded random order
     fold_of[torch.randperm(num_groups, generator=torch.Generator().manual_seed(seed))] = torch.arange(num_groups) % folds
@@ -173,8 +158,6 @@ def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5
     lowest = min(cv_loss.values())
     best = max(l2 for l2 in l2s if cv_loss[l2] <= lowest + tie_tol)  # ties: the strongest regularisation
     w = logistic_fit(diff, best)
-    if u is not None:
-        w = w - (w @ u) * u  # exact orthogonality, not only up to the optimiser's float noise
     margin = diff @ w
     return {"weight": w / std, "l2": best, "cv_log_loss": cv_loss, "cv_accuracy": cv_accuracy,
             "train_accuracy": (margin > 0).float().mean().item(),
