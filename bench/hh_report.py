@@ -18,7 +18,7 @@ from model.load import load_tokenizer  # noqa: E402
 from utils import configure, write_json  # noqa: E402
 
 RUN_DIR = "out/hh_ppo/rlhf"  # a train_rlhf.py out_dir written with --judge_rm
-PLOT = "pic/hh_overoptimisation.png"  # the proxy / judge curve ('none': no plot)
+PLOT = "pic/hh_ppo.png"  # the proxy / judge curve ('none': no plot)
 SHOW = 5  # answers printed side by side
 BOOTSTRAP = 2000  # bootstrap resamples of the interval
 SEED = 0

@@ -4,7 +4,7 @@
 # the judge (half B), which scores the held-out answers of SFT (the instruct model itself) and RLHF.
 #
 #   bash ../shared/tools/get-smollm2.sh      # once
-#   bash bench/pipeline_hh.sh                # ~80 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_overoptimisation.png
+#   bash bench/pipeline_hh.sh                # ~80 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_ppo.png
 #   ITERATIONS=1 EVAL_LIMIT=4 RM_LIMIT=40 OUT=out/hh_smoke bash bench/pipeline_hh.sh   # smoke run
 #   STAGES=rms SEED=1 OUT=out/repeat/hh_r1 bash bench/pipeline_hh.sh   # only the two reward models (bench/repeat_runs.sh)
 #
@@ -39,5 +39,5 @@ python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --
     --iterations "${ITERATIONS:-16}" --rollout_batch 16 --mini_batch 8 --ppo_epochs 2 \
     --max_prompt_len 192 --max_new_tokens 64 --close_truncated True --missing_eos_penalty "${MISSING_EOS_PENALTY:-0}" \
     --eval_interval "${EVAL_INTERVAL:-0}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
-python bench/hh_report.py --run_dir "$out/rlhf" --plot "${PLOT:-pic/hh_overoptimisation.png}"
+python bench/hh_report.py --run_dir "$out/rlhf" --plot "${PLOT:-pic/hh_ppo.png}"
 echo "pipeline_hh: $(( $(date +%s) - start )) s wall"
