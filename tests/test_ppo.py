@@ -149,18 +149,22 @@ def test_pad_equal_to_eos_is_replaced_and_the_score_is_read_at_eos(sft_dir, eos_
     assert checked > 0
 
 
-@pytest.mark.parametrize("close", [False, True])
-def test_a_cut_response_is_scored_at_its_last_token_or_closed_with_eos(sft_dir, tmp_path, close):
+@pytest.mark.parametrize("close,setting", [(False, "embedded"), (True, "embedded"), (True, "all_with_eos_pad")])
+def test_a_cut_response_is_scored_at_its_last_token_or_closed_with_eos(sft_dir, eos_pad_dir, tmp_path, close, setting):
     """MAX_NEW_TOKENS=4 cuts most responses. CLOSE_TRUNCATED=False: the reward model's score at the cut
     response's last token; True: its score at an EOS appended after it (where every training reply ended),
-    which is another number. Responses that ended with EOS are scored at their EOS either way."""
-    trainer = make_trainer(sft_dir, tmp_path, reward_model=True, max_new_tokens=4, close_truncated=close)
+    which is another number. Responses that ended with EOS are scored at their EOS either way. Also with
+    dropout 0.1, temperature 0.7, bf16 and a tokenizer that pads with EOS."""
+    kw = dict(USER_CONFIGS[setting])
+    if kw.pop("eos_pad", False):
+        kw["tokenizer_dir"] = eos_pad_dir
+    trainer = make_trainer(sft_dir, tmp_path, reward_model=True, max_new_tokens=4, close_truncated=close, **kw)
     tok = trainer.tokenizer
     torch.manual_seed(0)
     exp = trainer.make_experience(trainer.get_batch(0)["items"])
     P, N = exp.context_length, exp.sequences.size(1) - exp.context_length
     eos = torch.full((len(exp.sequences), 1), tok.eos_token_id)
-    with torch.no_grad():  # the head at every position of each sequence with EOS appended
+    with torch.no_grad(), trainer.accelerator.autocast():  # the head everywhere, EOS appended, as PPO runs it
         per_token = token_values(trainer.reward_model, torch.cat([exp.sequences, eos], 1),
                                  torch.cat([exp.attention_mask, torch.ones_like(eos)], 1))
     cut = [i for i in range(len(eos)) if tok.eos_token_id not in exp.sequences[i, P:].tolist()]
