@@ -162,7 +162,8 @@ def main():
     train_seconds = time.time() - start
     if eval_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
         policy = trainer.unwrap(trainer.actor)
-        after = {"greedy": trainer.last_eval,  # fit() evaluated the final policy greedily on eval_prompts
+        after = {"greedy": trainer.last_eval  # fit() evaluated the final policy greedily (unless it ran no step)
+                 or trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
                  "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
     summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peft": PEFT, "reward": REWARD}
     if eval_prompts:

@@ -146,6 +146,7 @@ class PPOTrainer(Trainer):
                                          temperature=self.cfg.temperature, batch_size=100, judge=judge,
                                          reward=self.reward, reference=self.reference)
         self.score_moments, self.last_rows, self.warned_truncation = RunningMoments(), [], False
+        self.last_eval = None  # the latest greedy evaluation, rows included (evaluate)
 
     # ------------------------------------------------------------------ forward passes
     def forward_in_chunks(self, fn, sequences, attention_mask) -> torch.Tensor:
