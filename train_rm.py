@@ -100,7 +100,9 @@ def rm_summary(ev: dict, accuracy_base, **extra) -> dict:
     return {"accuracy": ev.get("accuracy"), "accuracy_correctness": ev.get("accuracy_correctness"),
             "accuracy_format": ev.get("accuracy_format"), "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
             "eval_pairs_correctness": ev.get("pairs_correctness"), "score_mean": ev.get("score_mean"),
-            "score_std": ev.get("score_std"), "accuracy_base": accuracy_base, **extra,
+            "score_std": ev.get("score_std"), "accuracy_base": accuracy_base,
+            "accuracy_correctness_per_type": {k.split("/", 1)[1]: v for k, v in ev.items()
+                                              if k.startswith("accuracy_correctness/")}, **extra,
             "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA}
 
 
@@ -170,7 +172,7 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
         eval_len = torch.tensor([len(q) - p for q, p in zip(eflat["sequences"], eflat["prompt_lengths"])], dtype=torch.float)
         fresh = model.score.weight.detach().float().cpu()[0]  # the untrained head, for the before figure
         before = pairwise_metrics(ev[c] @ fresh, ev[r] @ fresh, kinds)
-        after = pairwise_metrics(ev[c] @ fit["weight"], ev[r] @ fit["weight"], kinds, ev @ fit["weight"])
+        after = pairwise_metrics(ev[c] @ fit["weight"], ev[r] @ fit["weight"], kinds, ev @ fit["weight"], eflat["types"])
         margin = (ev[c] - ev[r]) @ fit["weight"]  # (P,)
         after["length_corr"] = torch.corrcoef(torch.stack([margin, eval_len[c] - eval_len[r]]))[0, 1].item()
         print(f"held-out accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} ({after['pairs']} pairs); "

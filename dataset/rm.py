@@ -164,7 +164,7 @@ def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, 
 
 class RMDataset(torch.utils.data.Dataset):
     """Tokenized groups: {'sequences': K lists of ids, 'prompt_lengths': K ints (the prompt tokens that start
-    each sequence), 'pairs': [(better, worse)], 'kinds': pair kinds or None}.
+    each sequence), 'pairs': [(better, worse)], 'kinds': pair kinds or None, 'types': the pairs' task types or None}.
 
     kinds come from judge(row, response) (the scripts pass the task's gold judge) and exist only for rows it
     judges (the shipped task's rows, which carry a 'type')."""
@@ -188,7 +188,9 @@ class RMDataset(torch.utils.data.Dataset):
             pairs = ranked_pairs(len(sequences))
             judged = judge is not None and judge(g, g["responses"][0]) is not None
             kinds = [pair_kind(judge, g, g["responses"][i], g["responses"][j]) for i, j in pairs] if judged else None
-            self.items.append({"sequences": sequences, "prompt_lengths": prompt_lengths, "pairs": pairs, "kinds": kinds})
+            types = [g.get("type")] * len(pairs) if judged else None  # the task type of each pair (add, sort, ...)
+            self.items.append({"sequences": sequences, "prompt_lengths": prompt_lengths, "pairs": pairs, "kinds": kinds,
+                               "types": types})
         if verbose:
             print(self.report(source))
 
@@ -213,8 +215,8 @@ def flatten_groups(items: list) -> dict:
     """The groups' responses as one list of N sequences, and their P pairs as indices into it.
 
     sequences: N id lists; prompt_lengths: N ints; chosen, rejected: P row indices; group: P group
-    indices; kinds: P pair kinds (None where unknown)."""
-    flat = {"sequences": [], "prompt_lengths": [], "chosen": [], "rejected": [], "group": [], "kinds": []}
+    indices; kinds, types: P pair kinds and task types (None where unknown)."""
+    flat = {"sequences": [], "prompt_lengths": [], "chosen": [], "rejected": [], "group": [], "kinds": [], "types": []}
     for g, it in enumerate(items):
         offset = len(flat["sequences"])
         flat["sequences"] += it["sequences"]
@@ -223,6 +225,7 @@ def flatten_groups(items: list) -> dict:
         flat["rejected"] += [offset + j for _, j in it["pairs"]]
         flat["group"] += [g] * len(it["pairs"])
         flat["kinds"] += it["kinds"] or [None] * len(it["pairs"])
+        flat["types"] += it.get("types") or [None] * len(it["pairs"])
     return flat
 
 
@@ -231,7 +234,7 @@ def rm_collate(items: list, pad_id: int) -> dict:
 
     input_ids, attention_mask: (N, T); loss_mask: (N, T), 1 on response tokens (EOS included), which
     DPO's sequence log-probs sum over; chosen_index, rejected_index: (P,) rows of input_ids;
-    kinds: P pair kinds (None where unknown)."""
+    kinds, types: P pair kinds and task types (None where unknown)."""
     flat = flatten_groups(items)
     seqs = flat["sequences"]
     return {
@@ -241,4 +244,5 @@ def rm_collate(items: list, pad_id: int) -> dict:
         "chosen_index": torch.tensor(flat["chosen"], dtype=torch.long),  # (P,)
         "rejected_index": torch.tensor(flat["rejected"], dtype=torch.long),  # (P,)
         "kinds": flat["kinds"],
+        "types": flat["types"],
     }

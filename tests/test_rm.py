@@ -17,7 +17,7 @@ from dataset.rm import (RMDataset, encode_chat, pair_kind, ranked_pairs, read_co
 from model.load import load_tokenizer
 from model.loss import pairwise_loss
 from model.reward import load_reward_model, reward_scores
-from trainer.rm import RMTrainer, evaluate_pairs, fit_linear_head, last_token_features
+from trainer.rm import RMTrainer, evaluate_pairs, fit_linear_head, last_token_features, pairwise_metrics
 
 PAD = 1
 
@@ -96,6 +96,25 @@ def test_pair_kinds_from_gold_judge():
     kinds = {(i, j): pair_kind(gold_judge, group, responses[i], responses[j]) for i, j in ranked_pairs(4)}
     assert kinds[0, 2] == kinds[1, 3] == "correctness" and kinds[0, 1] == kinds[2, 3] == "format"
     assert kinds[0, 3] == kinds[1, 2] == "both"
+
+
+def test_correctness_accuracy_per_task_type_counts_only_that_types_correctness_pairs(tok, tmp_path):
+    """accuracy_correctness/<type> is the share of one type's correctness-only pairs the model orders right:
+    a scorer that reads the right answer on 'add' and the wrong one on 'sort' gets 1 and 0, whatever it
+    does on the format pairs."""
+    rows = [{"type": "add", "instruction": "Add the two numbers.", "input": "1 and 2",
+             "responses": ["The answer is 3.", "3", "The answer is 4.", "4"]},
+            {"type": "sort", "instruction": "Sort the numbers from smallest to largest.", "input": "3 1",
+             "responses": ["The answer is 1 3.", "1 3", "The answer is 3 1.", "3 1"]}]
+    ds = RMDataset(write_rows(tmp_path, "r.jsonl", rows), tok, max_len=64, verbose=False, judge=gold_judge)
+    batch = rm_collate(ds.items, tok.pad_token_id)
+    assert batch["types"] == ["add"] * 6 + ["sort"] * 6
+    # scores of the 8 responses: add orders right > wrong, sort wrong > right; format pairs mixed
+    scores = torch.tensor([2.0, 3.0, 0.0, 1.0, 0.0, 1.0, 2.0, 3.0])
+    m = pairwise_metrics(scores[batch["chosen_index"]], scores[batch["rejected_index"]], batch["kinds"], scores,
+                         batch["types"])
+    assert m["accuracy_correctness/add"] == 1.0 and m["accuracy_correctness/sort"] == 0.0
+    assert m["accuracy_correctness"] == 0.5 and m["pairs_correctness"] == 4 and m["accuracy_format"] == 0.0
 
 
 def test_hh_split_and_prompt_mismatch(tmp_path, capsys):
@@ -199,6 +218,7 @@ def test_train_rm_smoke_writes_summary_and_loadable_model(sft_dir, tmp_path):
     for key in ("accuracy", "accuracy_correctness", "margin", "eval_pairs", "train_seconds", "peak_rss_mb"):
         assert summary[key] is not None, key
     assert summary["eval_pairs"] == 32 * 6
+    assert set(summary["accuracy_correctness_per_type"]) == {"add", "capital", "count", "opposite", "sort"}
     model = load_reward_model(out, 1)
     assert model.config.num_labels == 1 and os.path.exists(os.path.join(out, "run_config.json"))
 

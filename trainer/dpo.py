@@ -117,7 +117,7 @@ class DPOTrainer(Trainer):
             rewards.append((self.cfg.beta * (logprobs - batch["ref_logprobs"])).cpu())  # (N,)
         rewards, flat = torch.cat(rewards), flatten_groups(self.eval_data)
         chosen, rejected = rewards[torch.tensor(flat["chosen"])], rewards[torch.tensor(flat["rejected"])]  # (P,), (P,)
-        metrics = pairwise_metrics(chosen, rejected, flat["kinds"])
+        metrics = pairwise_metrics(chosen, rejected, flat["kinds"], types=flat["types"])
         return {f"dpo_{k}": v for k, v in metrics.items() if not k.startswith("pairs")}
 
     def evaluate(self) -> dict:

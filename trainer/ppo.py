@@ -293,9 +293,11 @@ class PPOTrainer(Trainer):
         metrics = mean_over_ranks(self.accelerator, metrics)  # ranks hold equal shares: the global batch's means
         if metrics["ppo/truncated_frac"] > 0.25 and not self.warned_truncation and self.accelerator.is_main_process:
             self.warned_truncation = True
+            how = ("the reward model scores them closed with EOS (CLOSE_TRUNCATED)" if self.cfg.close_truncated else
+                   "the reward model scores them at a token it was not trained to score there (or set CLOSE_TRUNCATED)")
             warnings.warn(f"{metrics['ppo/truncated_frac']:.0%} of the responses reached MAX_NEW_TOKENS="
-                          f"{self.cfg.max_new_tokens} without EOS: the reward model scores them at a token it was "
-                          "not trained to score there (they get -MISSING_EOS_PENALTY); raise MAX_NEW_TOKENS")
+                          f"{self.cfg.max_new_tokens} without EOS: {how}, minus MISSING_EOS_PENALTY="
+                          f"{self.cfg.missing_eos_penalty:g}; raise MAX_NEW_TOKENS")
         if self.cfg.target_kl:  # the global KL and batch: one beta on every rank
             self.beta = adaptive_beta(self.beta, metrics["ppo/kl"], self.cfg.target_kl,
                                       exp.sequences.size(0) * self.accelerator.num_processes, self.cfg.kl_horizon)

@@ -24,9 +24,12 @@ def pair_scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return scores[batch["chosen_index"]], scores[batch["rejected_index"]], scores  # (P,), (P,), (N,)
 
 
-def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list, scores: torch.Tensor = None) -> dict:
-    """accuracy = mean[r_chosen > r_rejected], margin = mean[r_chosen - r_rejected], per pair kind too.
-    chosen, rejected: (P,); kinds: P labels or None; scores: (N,) every scored sequence."""
+def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list, scores: torch.Tensor = None,
+                     types: list = None) -> dict:
+    """accuracy = mean[r_chosen > r_rejected], margin = mean[r_chosen - r_rejected], per pair kind too, and
+    the correctness-only accuracy per task type ('accuracy_correctness/add', ...): where the reward model
+    can tell a right answer from a wrong one, which is where PPO can raise correctness.
+    chosen, rejected: (P,); kinds, types: P labels or None; scores: (N,) every scored sequence."""
     margin = chosen - rejected  # (P,)
     out = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(), "pairs": len(margin)}
     for kind in ("correctness", "format"):
@@ -34,6 +37,10 @@ def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list, 
         if sel.any():
             out[f"accuracy_{kind}"] = (margin[sel] > 0).float().mean().item()
             out[f"pairs_{kind}"] = int(sel.sum())
+    for t in sorted({t for t in types or [] if t is not None}):
+        sel = torch.tensor([k == "correctness" and u == t for k, u in zip(kinds, types)], dtype=torch.bool)  # (P,)
+        if sel.any():
+            out[f"accuracy_correctness/{t}"] = (margin[sel] > 0).float().mean().item()
     if scores is not None:
         out.update(score_mean=scores.mean().item(), score_std=scores.std().item())
     return out
@@ -44,7 +51,7 @@ def evaluate_pairs(model, dataset, pad_id: int, batch_size: int = 64) -> dict:
     """Pairwise metrics of `model` over every pair of an RMDataset (batch_size groups at a time)."""
     device = next(model.parameters()).device
     items = sorted(dataset.items, key=lambda it: max(map(len, it["sequences"])))  # similar lengths: less padding
-    chosen, rejected, scores, kinds = [], [], [], []
+    chosen, rejected, scores, kinds, types = [], [], [], [], []
     for i in range(0, len(items), batch_size):
         batch = rm_collate(items[i: i + batch_size], pad_id)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -53,7 +60,8 @@ def evaluate_pairs(model, dataset, pad_id: int, batch_size: int = 64) -> dict:
         rejected.append(r.cpu())
         scores.append(s.cpu())
         kinds += batch["kinds"]
-    return pairwise_metrics(torch.cat(chosen), torch.cat(rejected), kinds, torch.cat(scores))
+        types += batch["types"]
+    return pairwise_metrics(torch.cat(chosen), torch.cat(rejected), kinds, torch.cat(scores), types)
 
 
 class RMTrainer(Trainer):
