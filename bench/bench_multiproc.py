@@ -37,7 +37,7 @@ def worker(args) -> None:
     tok = load_tokenizer(args.model)
     data = SFTDataset("ds/sft_train.jsonl", tok, args.max_len, verbose=False)
     loop = LoopConfig(out_dir=args.out, max_steps=args.warmup + args.steps, warmup_steps=0, grad_clip=1.0, eval_interval=0,
-                      log_interval=10 ** 9, save_interval=0, seed=0, bf16=False, resume=False, log_with="none", group_by_length=False)
+                      log_interval=10 ** 9, save_interval=0, seed=0, bf16=False, resume=False, log_with="none", group_by_length=False, gradient_checkpointing=False)
     optim = OptimConfig(lr=1e-3, weight_decay=0.0, batch_size=args.batch_size, grad_accum=1)
     trainer = SFTTrainer(load_causal_lm(args.model), tok, data, None, None, loop=loop, optim=optim, run_config={},
                          max_new_tokens=1, judge=None)

@@ -100,7 +100,7 @@ def known_fields(cls, **values):
 def loop_config(out_dir: str, bf16: bool, levers: set) -> LoopConfig:
     return known_fields(LoopConfig, out_dir=out_dir, max_steps=10 ** 6, warmup_steps=0, grad_clip=1.0, eval_interval=0,
                         log_interval=1, save_interval=0, seed=0, bf16=bf16, resume=False, log_with="none",
-                        group_by_length="group" in levers)
+                        group_by_length="group" in levers, gradient_checkpointing="ckpt" in levers)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -220,9 +220,9 @@ STAGES = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo}
 def parse_run(run: str) -> tuple[str, bool, set]:
     stage, _, rest = run.partition("-")
     precision, *levers = rest.split("+")
-    if stage not in STAGES or precision not in ("fp32", "bf16") or not set(levers) <= {"group", "frozen_bf16"}:
+    if stage not in STAGES or precision not in ("fp32", "bf16") or not set(levers) <= {"group", "frozen_bf16", "ckpt"}:
         raise SystemExit(f"error: --runs: {run!r} is not STAGE-PRECISION[+LEVER...] with STAGE in sft, rm, ppo, "
-                         "PRECISION fp32 or bf16, LEVER group or frozen_bf16")
+                         "PRECISION fp32 or bf16, LEVER group, frozen_bf16 or ckpt")
     return stage, precision == "bf16", set(levers)
 
 

@@ -14,7 +14,7 @@ from model.load import load_tokenizer
 from model.peft import apply_peft
 from model.peft.prompt_tuning import text_logits
 from model.reward import position_ids_for
-from trainer.base import adamw, group_by_length
+from trainer.base import adamw, checkpoint_layers, group_by_length
 from trainer.sft import SFTTrainer, supervised_span
 
 from conftest import trainer_configs
@@ -101,6 +101,39 @@ def test_response_logprobs_from_the_last_positions_equal_the_full_forward(bf16):
         expected = token_logprobs(full.float() / 0.7, sequences[:, P:])
         _, got = response_logprobs(model, sequences, mask, P, temperature=0.7)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("mode,bf16,lora", [("train", False, False), ("eval", False, False), ("train", True, True),
+                                            ("eval", True, True)])
+def test_gradient_checkpointing_recomputes_each_layer_and_gives_the_same_gradients(mode, bf16, lora):
+    """With GRADIENT_CHECKPOINTING each layer runs again in the backward pass (so its activations were not
+    kept), in training mode with dropout 0.1 (SFT, RM: the replay draws the same dropout masks) and in eval
+    mode (PPO learns there), in bf16 autocast and with a LoRA actor; the loss and every gradient are the
+    plain run's."""
+    ids = torch.randint(4, 512, (4, 24))
+    runs = []
+    for checkpointed in (False, True):
+        model = tiny_model(dropout=0.1)
+        if lora:
+            model = apply_peft(model, "lora", r=4, alpha=8, targets=("q_proj", "v_proj"))
+        if checkpointed:
+            assert checkpoint_layers(model) == 2
+        model.train(mode == "train")
+        calls = []
+        for attention in model.modules():  # inside each layer: it runs whenever its layer does, replays included
+            if type(attention).__name__ == "OPTAttention":
+                attention.register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        with torch.no_grad():
+            model(input_ids=ids)  # no gradients: runs as before, once per layer
+        runs.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, len(calls)))
+    (loss0, grads0, calls0), (loss1, grads1, calls1) = runs
+    assert calls0 == 2 + 2 and calls1 == 2 * 2 + 2  # 2 layers: forward (+ replay) + the no-grad forward
+    assert torch.equal(loss0, loss1)
+    assert grads0.keys() == grads1.keys() and all(torch.allclose(grads0[n], grads1[n], atol=1e-6) for n in grads0)
 
 
 def test_fused_adamw_takes_the_plain_step():

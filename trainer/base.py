@@ -61,6 +61,7 @@ class LoopConfig:
     resume: bool  # continue from out_dir/checkpoint if present
     log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
     group_by_length: bool  # batches of similar lengths (less padding); every item still once per epoch
+    gradient_checkpointing: bool  # keep only each layer's input; recompute the layer in the backward pass (checkpoint_layers)
 
     from_settings = classmethod(from_settings)
 
@@ -98,6 +99,8 @@ class Trainer:
             os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
         start_trackers(self.accelerator, loop.log_with, self.out_dir, run_config)
         if model is not None:
+            if loop.gradient_checkpointing:
+                checkpoint_layers(model)
             self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, optim.lr, optim.weight_decay))
             self.scheduler = self.lr_schedule(self.optimizer)
         if self.accelerator.process_index > 0:  # own random numbers per rank (dropout, sampling); rank 0 keeps
@@ -359,6 +362,37 @@ def group_by_length(order: torch.Tensor, lengths: list, batch: int, gen: torch.G
         for b in torch.randperm(len(batches), generator=gen).tolist():
             out += batches[b]
     return order[torch.tensor(out, dtype=torch.long)]
+
+
+def checkpoint_layers(model: torch.nn.Module) -> int:
+    """Activation (gradient) checkpointing: each transformer layer keeps only its input for the backward
+    pass and runs again there, so the activations held at once are one layer's, not every layer's (about
+    one more forward pass of compute). Returns how many layers it wrapped.
+
+    Hugging Face's own switch (`gradient_checkpointing_enable`) acts only in training mode, and PPO learns
+    in eval mode (no dropout: the ratio is 1 before an update), so the layers are wrapped here instead,
+    whatever the mode. Wherever gradients are recorded the layer runs under torch.utils.checkpoint (the
+    random state is replayed, so dropout draws the same mask twice; the KV cache is not written, a replay
+    would write it again); without gradients (generation, scoring) it runs as before."""
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise UserError(f"GRADIENT_CHECKPOINTING: {type(model).__name__} has no transformer layers to checkpoint")
+    for layer in layers:
+        if getattr(layer, "checkpointed", False):
+            continue
+
+        def forward(*args, _forward=layer.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            kwargs["use_cache"] = False
+            if "cache" in kwargs:
+                kwargs["cache"] = None
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+        layer.forward, layer.checkpointed = forward, True
+    return len(layers)
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from model.loss import entropy_from_logits, group_advantages, grpo_loss, masked_mean
-from trainer.base import LoopConfig, OptimConfig, Trainer, adamw
+from trainer.base import LoopConfig, OptimConfig, Trainer, adamw, checkpoint_layers
 from trainer.evaluate import Judge
 from trainer.ppo import PPOTrainer, check_rollout_settings
 from utils import ConfigError, from_settings
@@ -78,6 +78,8 @@ class GRPOTrainer(PPOTrainer):
                             grad_accum=1)
         Trainer.__init__(self, None, prompts, lambda items: {"items": items}, loop=loop, optim=optim, run_config=run_config)
         self.cfg = cfg
+        if loop.gradient_checkpointing:
+            checkpoint_layers(actor)
         self.actor, self.actor_opt = self.accelerator.prepare(actor, adamw(actor, cfg.actor_lr, cfg.weight_decay))
         self.actor_sched = self.lr_schedule(self.actor_opt)
         self.model = self.actor  # what the base class evaluates and saves
