@@ -88,16 +88,20 @@ def plot(metrics_path: str, out: str) -> None:
     train = [l for l in lines if "ppo/score" in l]
     evals = [l for l in lines if "eval/gold_score" in l]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    def smooth(xs, k=4):  # mean of the last k rollouts: one rollout is 16 prompts, and noisy
+        return [sum(xs[max(0, i - k + 1): i + 1]) / len(xs[max(0, i - k + 1): i + 1]) for i in range(len(xs))]
+
+    steps = [l["step"] for l in train]
     for key, label, color in (("ppo/score", "proxy RM (optimised)", "tab:blue"), ("ppo/gold_score", "judge RM (held out)", "tab:red")):
-        left.plot([l["step"] for l in train], [l[key] - train[0][key] for l in train], label=label, color=color)
+        ys = [l[key] - train[0][key] for l in train]
+        left.plot(steps, ys, color=color, alpha=0.25)
+        left.plot(steps, smooth(ys), label=f"{label}, mean of 4", color=color)
     for key, color in (("eval/reward", "tab:blue"), ("eval/gold_score", "tab:red")):
         left.plot([l["step"] for l in evals], [l[key] - evals[0][key] for l in evals], "o--", color=color, alpha=0.6)
     left.set(xlabel="PPO iteration", ylabel="score - first value", title="rollouts (lines), held-out greedy (dots)")
     left.legend(fontsize=8)
-    right.plot([l["ppo/kl"] for l in train], [l["ppo/gold_score"] - train[0]["ppo/gold_score"] for l in train], "o-",
-               color="tab:red", label="judge RM")
-    right.plot([l["ppo/kl"] for l in train], [l["ppo/score"] - train[0]["ppo/score"] for l in train], "o-",
-               color="tab:blue", label="proxy RM")
+    for key, label, color in (("ppo/gold_score", "judge RM", "tab:red"), ("ppo/score", "proxy RM", "tab:blue")):
+        right.scatter([l["ppo/kl"] for l in train], [l[key] - train[0][key] for l in train], color=color, label=label, s=14)
     right.set(xlabel="KL to SFT (nats / response, rollouts)", ylabel="score - first value", title="score against KL")
     right.legend(fontsize=8)
     fig.tight_layout()
