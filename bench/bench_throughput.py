@@ -11,10 +11,11 @@ random weights, built locally; the project's trainers run it on real data from .
   ppo  8 Alpaca prompts x 32 new tokens, 4 PPO epochs, minibatch 8, four full models (actor, reference,
        critic, reward model): seconds per rollout + update, split into generate / score / learn
 A run is STAGE-PRECISION[+LEVER...]; levers: group (length-grouped batches: GROUP_BY_LENGTH), frozen_bf16
-(PPO's frozen models keep bf16 weights: FROZEN_BF16). Each run is a fresh process (its own peak RSS);
-the first WARMUP steps of each are not timed. A 1-second fp32 and bf16 matmul probe runs before and after
-each, so a figure from a busy machine can be read against what the machine gave. "model GFLOP/s" counts
-6 N FLOP per padded token (N = the parameters in matrix products, the tied LM head included).
+(PPO's frozen models keep bf16 weights: FROZEN_BF16), ckpt (activation checkpointing: GRADIENT_CHECKPOINTING).
+Each run is a fresh process (its own peak RSS); the first WARMUP steps of each are not timed. A 1-second fp32
+and bf16 matmul probe runs before and after each, so a figure from a busy machine can be read against what the
+machine gave. "model GFLOP/s" counts 6 N FLOP per padded token (N = the parameters in matrix products, the
+tied LM head included).
 Prints a table and writes OUT_DIR/results.json.
 """
 import copy
@@ -40,7 +41,7 @@ from trainer.rm import RMTrainer  # noqa: E402
 from trainer.sft import SFTTrainer  # noqa: E402
 from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json  # noqa: E402
 
-RUNS = "sft-fp32,sft-fp32+group,sft-bf16,sft-bf16+group,rm-fp32,rm-bf16,rm-bf16+group,ppo-fp32,ppo-bf16,ppo-bf16+frozen_bf16+group"
+RUNS = "sft-fp32,sft-fp32+group,sft-bf16,sft-bf16+group,rm-fp32,rm-bf16,rm-bf16+group,ppo-fp32,ppo-bf16,ppo-bf16+frozen_bf16+group,ppo-bf16+frozen_bf16+group+ckpt"
 TOKENIZER = os.path.expanduser("~/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")  # from get-smollm2.sh
 ALPACA = "../shared/data/alpaca-en.jsonl"  # SFT demonstrations and PPO prompts
 HH = "../shared/data/hh-harmless-train.jsonl"  # reward-model pairs
