@@ -4,7 +4,7 @@
 # rendered with the model's own chat template (--chat_template True in all three stages).
 #
 #   bash ../shared/tools/get-smollm2.sh      # once: the GGUF file (transformers reads it with `gguf`)
-#   bash bench/pipeline_smollm2.sh           # ~29 min on 2 cores: out/smollm2/{sft,rm,rlhf}, each with summary.json, timing.json
+#   bash bench/pipeline_smollm2.sh           # ~47 min on 2 cores: out/smollm2/{sft,rm,rlhf}, each with summary.json, timing.json
 #   STAGES="rm" SEED=1 OUT=out/repeat/smollm2_r1 SFT=out/smollm2/sft bash bench/pipeline_smollm2.sh   # only the RM, on an SFT model
 #   STEPS_SFT=2 STEPS_RM=2 ITERATIONS=1 EVAL_LIMIT=4 RM_EVAL_LIMIT=4 OUT=out/smollm2_smoke bash bench/pipeline_smollm2.sh   # smoke, ~10 min
 #
@@ -27,7 +27,7 @@ has sft && python bench/timed.py "$sft" -- python train_sft.py --model "$gguf" $
     --max_steps "${STEPS_SFT:-60}" --batch_size 32 --warmup_steps 6 --eval_interval 0 \
     --eval_limit "${EVAL_LIMIT:-200}" --out_dir "$sft" ${SFT_ARGS:-}
 has rm && python bench/timed.py "$out/rm" -- python train_rm.py --model "$sft" $common $lora --lr 3e-4 \
-    --max_steps "${STEPS_RM:-60}" --batch_size 8 --warmup_steps 6 --eval_interval 0 \
+    --max_steps "${STEPS_RM:-240}" --batch_size 8 --warmup_steps 6 --eval_interval 0 \
     --eval_limit "${RM_EVAL_LIMIT:-100}" --out_dir "$out/rm" ${RM_ARGS:-}
 has rlhf && python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$sft" --rm_model "$out/rm" $common $lora \
     --actor_lr 2e-4 --critic_lr 1e-5 --critic_init zero_head --iterations "${ITERATIONS:-12}" --rollout_batch 32 \
