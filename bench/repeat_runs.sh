@@ -14,7 +14,7 @@
 #               no seed, so its runs are reruns of the same command (~11.5 min a run)
 #   hh_rms      the proxy and judge RMs of bench/pipeline_hh.sh (STAGES=rms, ~14 min)
 #   smollm2_rm  the RM stage of bench/pipeline_smollm2.sh (STAGES=rm) from SMOLLM2_SFT (default
-#               out/smollm2/sft, trained first if missing: ~9 min), ~6.5 min a run
+#               out/smollm2/sft, trained first if missing: ~9 min), ~25 min a run (240 steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${RUNS:-0 1 2}"
