@@ -99,12 +99,17 @@ class Trainer:
             os.remove(metrics_path)  # a fresh run starts a fresh log; a resumed one appends
         start_trackers(self.accelerator, loop.log_with, self.out_dir, run_config)
         if model is not None:
-            if loop.gradient_checkpointing:
-                checkpoint_layers(model)
-            self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, optim.lr, optim.weight_decay))
+            self.model, self.optimizer = self.prepare_trained(model, optim.lr, optim.weight_decay)
             self.scheduler = self.lr_schedule(self.optimizer)
         if self.accelerator.process_index > 0:  # own random numbers per rank (dropout, sampling); rank 0 keeps
             seed_everything(loop.seed + 1000003 * self.accelerator.process_index)  # the single-process stream
+
+    def prepare_trained(self, model, lr: float, weight_decay: float):
+        """A model this trainer updates, and its AdamW, ready for the accelerator (one model per prepare():
+        FSDP2 needs that); its layers checkpointed first if loop.gradient_checkpointing."""
+        if self.loop.gradient_checkpointing:
+            checkpoint_layers(model)
+        return self.accelerator.prepare(model, adamw(model, lr, weight_decay))
 
     def lr_schedule(self, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.loop.warmup_steps, self.max_steps))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from model.loss import entropy_from_logits, group_advantages, grpo_loss, masked_mean
-from trainer.base import LoopConfig, OptimConfig, Trainer, adamw, checkpoint_layers
+from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.evaluate import Judge
 from trainer.ppo import PPOTrainer, check_rollout_settings
 from utils import ConfigError, from_settings
@@ -78,9 +78,7 @@ class GRPOTrainer(PPOTrainer):
                             grad_accum=1)
         Trainer.__init__(self, None, prompts, lambda items: {"items": items}, loop=loop, optim=optim, run_config=run_config)
         self.cfg = cfg
-        if loop.gradient_checkpointing:
-            checkpoint_layers(actor)
-        self.actor, self.actor_opt = self.accelerator.prepare(actor, adamw(actor, cfg.actor_lr, cfg.weight_decay))
+        self.actor, self.actor_opt = self.prepare_trained(actor, cfg.actor_lr, cfg.weight_decay)
         self.actor_sched = self.lr_schedule(self.actor_opt)
         self.model = self.actor  # what the base class evaluates and saves
         self.set_up_rollouts(ref, reward_model, tokenizer, reward_fn, judge, eval_prompts)

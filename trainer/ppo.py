@@ -20,7 +20,7 @@ from model.generate import Responses, closed, decode_responses, response_logprob
 from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, lm_loss, masked_mean, masked_whiten,
                         policy_loss, value_loss)
 from model.reward import reward_scores, token_values
-from trainer.base import LoopConfig, OptimConfig, Trainer, adamw, checkpoint_layers
+from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.dist import check_two_models, mean_over_ranks, tensor_sum
 from trainer.evaluate import Evaluator, Judge, mean_judgement, reference_for
 from trainer.tracking import markdown_table
@@ -126,11 +126,8 @@ class PPOTrainer(Trainer):
         super().__init__(None, prompts, lambda items: {"items": items}, loop=loop, optim=optim, run_config=run_config)
         self.cfg = cfg
         check_two_models(self.accelerator)
-        if loop.gradient_checkpointing:
-            checkpoint_layers(actor)
-            checkpoint_layers(critic)
-        self.actor, self.actor_opt = self.accelerator.prepare(actor, adamw(actor, cfg.actor_lr, cfg.weight_decay))  # one
-        self.critic, self.critic_opt = self.accelerator.prepare(critic, adamw(critic, cfg.critic_lr, cfg.weight_decay))  # model per prepare(): FSDP2
+        self.actor, self.actor_opt = self.prepare_trained(actor, cfg.actor_lr, cfg.weight_decay)
+        self.critic, self.critic_opt = self.prepare_trained(critic, cfg.critic_lr, cfg.weight_decay)
         self.actor_sched, self.critic_sched = self.lr_schedule(self.actor_opt), self.lr_schedule(self.critic_opt)
         self.model = self.actor  # what the base class evaluates and saves
         self.set_up_rollouts(ref, reward_model, tokenizer, reward_fn, judge, eval_prompts)
