@@ -12,6 +12,7 @@ checkpoint, metrics.jsonl, summary.json, side_by_side.jsonl (SFT vs RLHF answers
 GRPO (--algo grpo) drops the critic: the other samples of the same prompt are the baseline.
 """
 import copy
+import json
 import os
 import time
 
@@ -28,7 +29,8 @@ from trainer.base import LoopConfig
 from trainer.dist import resolve_bf16
 from trainer.grpo import GRPOConfig, GRPOTrainer
 from trainer.ppo import PPOConfig, PPOTrainer
-from utils import ConfigError, append_jsonl, configure, plot_metrics, quiet_transformers, run_main, seed_everything
+from utils import (ConfigError, append_jsonl, configure, plot_metrics, quiet_transformers, run_main, seed_everything,
+                   write_json)
 
 ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, no critic, KL in the loss)
 # models and data
@@ -86,12 +88,18 @@ LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at the end)
 EVAL_LIMIT = 300  # held-out prompts (None: all)
+SFT_EVAL = "run"  # 'run': evaluate the SFT policy on the held-out prompts before training (saved as OUT_DIR/sft_eval.json); or an earlier run's OUT_DIR whose sft_eval.json is reused (seed sweeps: the same SFT figures without two evaluation passes)
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 10  # iterations between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 
 config = configure(globals())
+# the settings an SFT evaluation depends on: SFT_EVAL reuses one only where all of them match
+_SFT_EVAL_SETTINGS = ("SFT_MODEL", "RM_MODEL", "JUDGE_RM", "EVAL_PROMPTS", "EVAL_LIMIT", "MAX_PROMPT_LEN", "MAX_NEW_TOKENS",
+                     "TEMPERATURE", "CHAT_TEMPLATE", "BF16", "FROZEN_BF16", "PEFT", "CLOSE_TRUNCATED", "MISSING_EOS_PENALTY",
+                     "NORMALIZE_SCORES")
+_SETTINGS_AT_START = {k: config[k] for k in _SFT_EVAL_SETTINGS}  # as given (BF16 may be 'auto'): what SFT_EVAL compares
 
 
 def gold_reward(rows, responses):
@@ -111,12 +119,50 @@ def reward_model_judge(path: str, max_len: int):
     return judge
 
 
+def read_sft_eval() -> dict | None:
+    """SFT_EVAL=DIR: DIR/sft_eval.json, checked before any model loads: the settings it was evaluated under
+    must be this run's (BF16 as resolved is checked once the model is loaded). None for SFT_EVAL='run'."""
+    if SFT_EVAL == "run":
+        return None
+    path = os.path.join(SFT_EVAL, "sft_eval.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: {path} not found (a run with SFT_EVAL='run' writes it)")
+    saved = json.load(open(path))
+    differ = [f"{k}={saved['settings'].get(k)!r} there, {config[k]!r} here" for k in _SFT_EVAL_SETTINGS
+              if json.dumps(saved["settings"].get(k)) != json.dumps(config[k])]
+    if differ:
+        raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: {path} was evaluated under other settings: {'; '.join(differ)}")
+    return saved
+
+
+def sft_evaluation(trainer, eval_prompts: list, saved: dict | None) -> dict:
+    """The SFT policy (the actor before any update) on the held-out prompts, greedy and sampled.
+
+    SFT_EVAL='run' evaluates it and saves OUT_DIR/sft_eval.json with the settings it depends on; SFT_EVAL=DIR
+    reuses DIR's (`saved`, read_sft_eval). The greedy figures are then what this run would compute; the
+    sampled ones are the earlier run's draw. Skipping the sampled pass also leaves the random stream where
+    it was, so the training differs from that of a run with SFT_EVAL='run' and the same seed."""
+    if saved is not None:
+        if saved["bf16_resolved"] != config["BF16"]:
+            raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: evaluated with BF16 resolved to {saved['bf16_resolved']}, "
+                              f"here it resolves to {config['BF16']}")
+        return {"greedy": saved["greedy"], "sampled": saved["sampled"]}
+    policy = trainer.unwrap(trainer.actor)
+    before = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
+              "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
+    if trainer.accelerator.is_main_process:
+        write_json(os.path.join(OUT_DIR, "sft_eval.json"),
+                   {"settings": _SETTINGS_AT_START, "bf16_resolved": config["BF16"], **before})
+    return before
+
+
 def main():
     if ALGO not in ("ppo", "grpo"):
         raise ConfigError(f"ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
     if ALGO == "grpo" and (PTX_COEF > 0 or TARGET_KL > 0):
         raise ConfigError("ALGO='grpo' has no ptx loss and a fixed GRPO_BETA: set PTX_COEF=0 and TARGET_KL=0")
     algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)  # checked before any model loads
+    saved_sft_eval = read_sft_eval()
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
@@ -153,8 +199,7 @@ def main():
 
     before = {}
     if eval_prompts:  # the SFT policy (the actor before any update) on the held-out prompts
-        before = {"greedy": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=False),
-                  "sampled": trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=True)}
+        before = sft_evaluation(trainer, eval_prompts, saved_sft_eval)
         trainer.log(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
                     f"RM score {before['greedy']['reward']:.3f}")
         trainer.log_start({f"eval/{k}": v for k, v in before["greedy"].items() if k != "rows" and "/" not in k})  # step 0: SFT

@@ -7,6 +7,8 @@
 #   bash bench/pipeline_hh.sh                # ~80 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_ppo.png
 #   ITERATIONS=1 EVAL_LIMIT=4 RM_LIMIT=40 OUT=out/hh_smoke bash bench/pipeline_hh.sh   # smoke run
 #   STAGES=rms SEED=1 OUT=out/repeat/hh_r1 bash bench/pipeline_hh.sh   # only the two reward models (bench/repeat_runs.sh)
+#   STAGES=ppo RMS=out/hh_ppo SEED=1 SFT_EVAL=out/hh_ppo/rlhf OUT=out/hh_s1 PLOT=out/hh_s1/curve.png bash bench/pipeline_hh.sh
+#       # PPO again with another seed: RMS's reward models, and the SFT evaluation of an earlier run (~50 min)
 #
 # Reward models: head-only (frozen SmolLM2, logistic regression on last-token features, L2 by 5-fold CV),
 # each on 906 pairs, accuracy on the last 300 pairs of hh-harmless-test.jsonl. PPO prompts: the dialogues
@@ -16,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 gguf="${GGUF:-$HOME/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}"
 out="${OUT:-out/hh_ppo}"
+rms="${RMS:-$out}"  # where rm_proxy and rm_judge are (trained by the rms stage into OUT)
 [ -f "$gguf" ] || { echo "error: $gguf not found (run: bash ../shared/tools/get-smollm2.sh, or set GGUF=...)" >&2; exit 4; }
 export TQDM_DISABLE=1
 mkdir -p "$out/data"
@@ -31,13 +34,13 @@ start=$(date +%s)
       --seed "${SEED:-0}" --train_limit "${RM_LIMIT:-None}" --eval_limit "${RM_LIMIT:-None}" --out_dir "$out/rm_$half"
 done
 [[ " $stages " == *" ppo "* ]] || { echo "pipeline_hh ($stages): $(( $(date +%s) - start )) s wall"; exit 0; }
-python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --rm_model "$out/rm_proxy" \
-    --judge_rm "$out/rm_judge" --prompts "$train" --eval_prompts "$test" --eval_limit "${EVAL_LIMIT:-200}" \
+python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --rm_model "$rms/rm_proxy" \
+    --judge_rm "$rms/rm_judge" --prompts "$train" --eval_prompts "$test" --eval_limit "${EVAL_LIMIT:-200}" \
     --chat_template True --bf16 True --seed "${SEED:-0}" --save_interval 0 \
     --peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_proj,o_proj \
     --actor_lr "${ACTOR_LR:-4e-4}" --critic_lr 1e-5 --critic_init zero_head --beta "${BETA:-0.1}" \
     --iterations "${ITERATIONS:-24}" --rollout_batch 16 --mini_batch 8 --ppo_epochs 2 \
     --max_prompt_len 192 --max_new_tokens 64 --close_truncated True --missing_eos_penalty "${MISSING_EOS_PENALTY:-0}" \
-    --eval_interval "${EVAL_INTERVAL:-0}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
+    --eval_interval "${EVAL_INTERVAL:-0}" --sft_eval "${SFT_EVAL:-run}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
 python bench/hh_report.py --run_dir "$out/rlhf" --plot "${PLOT:-pic/hh_ppo.png}"
 echo "pipeline_hh: $(( $(date +%s) - start )) s wall"

@@ -6,7 +6,7 @@
 #   bash bench/repeat_runs.sh                        # all parts, RUNS="0 1 2", into out/repeat
 #   PARTS=embedded bash bench/repeat_runs.sh         # only the embedded model's (~14 min on 2 cores)
 #
-# Parts (PARTS, default "embedded rm_hh hh_rms smollm2_rm"):
+# Parts (PARTS, default "embedded rm_hh hh_rms smollm2_rm hh_winrate"):
 #   embedded    train_rm.py and train_rlhf.py with --seed S from the SFT model SFT (default out/sft, trained
 #               if missing), then eval_winrate.py: RM accuracy (all / correctness / format) and the win
 #               rate of RLHF over SFT by the gold judge and by that seed's RM (~4.5 min a run)
@@ -15,10 +15,14 @@
 #   hh_rms      the proxy and judge RMs of bench/pipeline_hh.sh (STAGES=rms, ~14 min)
 #   smollm2_rm  the RM stage of bench/pipeline_smollm2.sh (STAGES=rm) from SMOLLM2_SFT (default
 #               out/smollm2/sft, trained first if missing: ~9 min), ~25 min a run (240 steps)
+#   hh_winrate  the PPO stage of bench/pipeline_hh.sh with seed S, on the reward models in HH_RMS (default
+#               out/hh_ppo, trained first if missing: ~14 min): the judge's win rate of RLHF over SFT, KL,
+#               lengths (~55 min a run; a run after the first that saved sft_eval.json reuses its SFT
+#               evaluation, ~45 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${RUNS:-0 1 2}"
-parts="${PARTS:-embedded rm_hh hh_rms smollm2_rm}"
+parts="${PARTS:-embedded rm_hh hh_rms smollm2_rm hh_winrate}"
 out="${OUT:-out/repeat}"
 sft="${SFT:-out/sft}"
 smollm2_sft="${SMOLLM2_SFT:-out/smollm2/sft}"
@@ -53,6 +57,17 @@ if has smollm2_rm; then
   for s in $runs; do
     done_ "$out/smollm2_rm/s$s/rm/summary.json" || STAGES=rm SEED="$s" SFT="$smollm2_sft" OUT="$out/smollm2_rm/s$s" \
         bash bench/pipeline_smollm2.sh
+  done
+fi
+if has hh_winrate; then
+  hh_rms="${HH_RMS:-out/hh_ppo}"
+  [ -f "$hh_rms/rm_judge/summary.json" ] || STAGES=rms OUT="$hh_rms" bash bench/pipeline_hh.sh
+  sft_eval=run  # the first run that evaluates SFT saves sft_eval.json; the later ones reuse it (greedy: the same answers)
+  for s in $runs; do
+    d="$out/hh_winrate/s$s"
+    done_ "$d/rlhf/report.json" || STAGES=ppo RMS="$hh_rms" SEED="$s" SFT_EVAL="$sft_eval" OUT="$d" PLOT="$d/curve.png" \
+        bash bench/pipeline_hh.sh
+    [ "$sft_eval" != run ] || [ ! -f "$d/rlhf/sft_eval.json" ] || sft_eval="$d/rlhf"
   done
 fi
 python bench/probe.py

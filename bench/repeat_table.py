@@ -32,13 +32,20 @@ FIGURES = [
     ("smollm2_rm", "SmolLM2 LoRA RM on the shipped task", "rm/summary.json", ["accuracy"]),
     ("smollm2_rm", "SmolLM2 LoRA RM, correctness-only pairs", "rm/summary.json", ["accuracy_correctness"]),
     ("smollm2_rm", "SmolLM2 LoRA RM, format-only pairs", "rm/summary.json", ["accuracy_format"]),
+    ("hh_winrate", "HH judge RM win rate RLHF over SFT, 200 test prompts", "rlhf/report.json", ["judge_win_rate", "win_rate"]),
+    ("hh_winrate", "HH judge RM win rate, lower end of its 95% interval", "rlhf/report.json", ["judge_win_rate", "ci95", 0]),
+    ("hh_winrate", "HH proxy RM win rate RLHF over SFT", "rlhf/report.json", ["proxy_win_rate", "win_rate"]),
+    ("hh_winrate", "HH judge RM mean score of RLHF answers", "rlhf/report.json", ["judge_mean", "rlhf"]),
+    ("hh_winrate", "HH KL to SFT, nats per sampled answer", "rlhf/report.json", ["kl_sampled"]),
+    ("hh_winrate", "HH RLHF reply length, tokens", "rlhf/report.json", ["mean_length_tokens", "rlhf"]),
 ]
 
 
 def value(path: str, keys: list):
     x = json.load(open(path))
-    for k in keys:
-        x = x.get(k) if isinstance(x, dict) else None
+    for k in keys:  # a str key into a dict, an int index into a list
+        x = (x.get(k) if isinstance(x, dict) else x[k] if isinstance(x, list) and isinstance(k, int) and k < len(x)
+             else None)
     return x
 
 

@@ -21,7 +21,7 @@ from model.peft import apply_peft
 from model.reward import load_reward_model, position_ids_for, token_values
 from trainer.ppo import PPOConfig, PPOTrainer, adaptive_beta
 
-from conftest import run_script, trainer_configs
+from conftest import ROOT, run_script, trainer_configs
 from dataset.task import gold_judge
 
 
@@ -339,3 +339,27 @@ def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
     assert [r["rlhf"]["gold"] for r in rows] == pytest.approx(expected, abs=1e-4)
     metrics = [m for m in map(json.loads, open(out / "metrics.jsonl")) if "ppo/gold_score" in m]
     assert metrics and all(math.isfinite(m["ppo/gold_score"]) for m in metrics)
+
+
+def test_sft_eval_reuses_an_earlier_runs_sft_evaluation_only_under_the_same_settings(sft_dir, tmp_path):
+    """--sft_eval DIR: the SFT figures and answers of an earlier run's sft_eval.json, identical to that run's
+    (greedy is deterministic, so they are what this run would have computed); a setting that shapes the
+    evaluation (here EVAL_LIMIT) differing is refused, naming it."""
+    args = ["train_rlhf.py", "--sft_model", sft_dir, "--rm_model", sft_dir, "--iterations", "1", "--rollout_batch", "4",
+            "--mini_batch", "4", "--ppo_epochs", "1", "--max_new_tokens", "8", "--eval_interval", "0",
+            "--save_interval", "0", "--temperature", "0.7", "--eval_limit"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_script(*args, "6", "--out_dir", str(first))
+    saved = json.load(open(first / "sft_eval.json"))
+    assert saved["settings"]["EVAL_LIMIT"] == 6 and len(saved["greedy"]["rows"]) == 6
+    run_script(*args, "6", "--seed", "1", "--sft_eval", str(first), "--out_dir", str(second))
+    assert not (second / "sft_eval.json").exists()
+    a, b = json.load(open(first / "summary.json")), json.load(open(second / "summary.json"))
+    for key in ("gold_score_sft", "gold_score_sampled_sft", "reward_sft", "correct_sft", "format_sft"):
+        assert a[key] == b[key], key
+    sft_rows = lambda d: [json.loads(l)["sft"] for l in open(d / "side_by_side.jsonl")]
+    assert sft_rows(first) == sft_rows(second) == saved["greedy"]["rows"]
+    proc = subprocess.run([sys.executable, *args, "5", "--sft_eval", str(first), "--out_dir", str(tmp_path / "third")],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode != 0 and "EVAL_LIMIT=6 there, 5 here" in proc.stderr + proc.stdout, proc.stderr[-2000:]
