@@ -32,6 +32,8 @@ FIGURES = [
     ("smollm2_rm", "SmolLM2 LoRA RM on the shipped task", "rm/summary.json", ["accuracy"]),
     ("smollm2_rm", "SmolLM2 LoRA RM, correctness-only pairs", "rm/summary.json", ["accuracy_correctness"]),
     ("smollm2_rm", "SmolLM2 LoRA RM, format-only pairs", "rm/summary.json", ["accuracy_format"]),
+    *[("smollm2_rm", f"SmolLM2 LoRA RM, correctness-only pairs: {t}", "rm/summary.json", ["accuracy_correctness_per_type", t])
+      for t in ("add", "capital", "count", "opposite", "sort")],
     ("hh_winrate", "HH judge RM win rate RLHF over SFT, 200 test prompts", "rlhf/report.json", ["judge_win_rate", "win_rate"]),
     ("hh_winrate", "HH judge RM win rate, lower end of its 95% interval", "rlhf/report.json", ["judge_win_rate", "ci95", 0]),
     ("hh_winrate", "HH proxy RM win rate RLHF over SFT", "rlhf/report.json", ["proxy_win_rate", "win_rate"]),
