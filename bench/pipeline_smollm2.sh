@@ -6,6 +6,7 @@
 #   bash ../shared/tools/get-smollm2.sh      # once: the GGUF file (transformers reads it with `gguf`)
 #   bash bench/pipeline_smollm2.sh           # ~47 min on 2 cores: out/smollm2/{sft,rm,rlhf}, each with summary.json, timing.json
 #   STAGES="rm" SEED=1 OUT=out/repeat/smollm2_r1 SFT=out/smollm2/sft bash bench/pipeline_smollm2.sh   # only the RM, on an SFT model
+#   STAGES="rlhf" SFT=out/smollm2/sft RM=out/smollm2/rm OUT=out/smollm2_gold PPO_ARGS="--reward gold" bash bench/pipeline_smollm2.sh   # PPO only
 #   STEPS_SFT=2 STEPS_RM=2 ITERATIONS=1 EVAL_LIMIT=4 RM_EVAL_LIMIT=4 OUT=out/smollm2_smoke bash bench/pipeline_smollm2.sh   # smoke, ~10 min
 #
 # Held-out: EVAL_LIMIT prompts of ds/eval_prompts.jsonl (gold judge), RM_EVAL_LIMIT ranked groups of
@@ -21,15 +22,16 @@ lora="--peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_pro
 common="--chat_template True --bf16 True --seed ${SEED:-0} --save_interval 0"
 stages="${STAGES:-sft rm rlhf}"
 sft="${SFT:-$out/sft}"  # the SFT model the later stages start from
+rm="${RM:-$out/rm}"  # the reward model PPO uses (and its critic starts from)
 has() { [[ " $stages " == *" $1 "* ]]; }
 start=$(date +%s)
 has sft && python bench/timed.py "$sft" -- python train_sft.py --model "$gguf" $common $lora --lr 5e-4 \
     --max_steps "${STEPS_SFT:-60}" --batch_size 32 --warmup_steps 6 --eval_interval 0 \
     --eval_limit "${EVAL_LIMIT:-200}" --out_dir "$sft" ${SFT_ARGS:-}
-has rm && python bench/timed.py "$out/rm" -- python train_rm.py --model "$sft" $common $lora --lr 3e-4 \
+has rm && python bench/timed.py "$rm" -- python train_rm.py --model "$sft" $common $lora --lr 3e-4 \
     --max_steps "${STEPS_RM:-240}" --batch_size 8 --warmup_steps 6 --eval_interval 0 \
-    --eval_limit "${RM_EVAL_LIMIT:-100}" --out_dir "$out/rm" ${RM_ARGS:-}
-has rlhf && python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$sft" --rm_model "$out/rm" $common $lora \
+    --eval_limit "${RM_EVAL_LIMIT:-100}" --out_dir "$rm" ${RM_ARGS:-}
+has rlhf && python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$sft" --rm_model "$rm" $common $lora \
     --actor_lr 2e-4 --critic_lr 1e-5 --critic_init zero_head --iterations "${ITERATIONS:-12}" --rollout_batch 32 \
     --mini_batch 16 --ppo_epochs 2 --eval_interval 0 --eval_limit "${EVAL_LIMIT:-200}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
 echo "pipeline_smollm2: $(( $(date +%s) - start )) s wall"
