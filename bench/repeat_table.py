@@ -5,7 +5,7 @@
 Reads OUT_DIR/<part>/s<seed>/... (whatever parts and runs are there), prints one line per figure and
 writes OUT_DIR/table.json. For hh_winrate it also pools the runs: each held-out prompt's outcome (win 1,
 tie 1/2, loss 0 by the judge) averaged over the runs, then the mean and a 95% bootstrap interval over
-prompts. That interval is over prompts only; the runs' spread is the line above it.
+prompts. That interval is over prompts only; the spread over runs is the per-run win-rate line.
 """
 import glob
 import json
@@ -19,6 +19,7 @@ from utils import configure, write_json  # noqa: E402
 
 OUT_DIR = "out/repeat"  # bench/repeat_runs.sh's OUT
 BOOTSTRAP = 2000  # resamples of the pooled win rate's interval
+POOLED = "HH judge RM win rate, the runs pooled per prompt"
 
 config = configure(globals())
 
@@ -66,10 +67,11 @@ def pooled_win_rate(paths: list[str]) -> dict | None:
     """The judge's win rate over all runs' answers: per prompt, the mean outcome over runs; bootstrap over prompts.
     The runs must share their SFT answers (greedy, the same SFT model: the same text), or None."""
     runs = [[json.loads(line) for line in open(p)] for p in paths]
-    if len(runs) < 2 or any([r["sft"]["response"] for r in rows] != [r["sft"]["response"] for r in runs[0]] for rows in runs):
+    column = lambda rows, model, key: [r[model][key] for r in rows]
+    if len(runs) < 2 or any(column(rows, "sft", "response") != column(runs[0], "sft", "response") for rows in runs):
         return None
-    per_run = [outcomes([r["sft"]["gold"] for r in rows], [r["rlhf"]["gold"] for r in rows],
-                        [r["sft"]["response"] for r in rows], [r["rlhf"]["response"] for r in rows]) for rows in runs]
+    per_run = [outcomes(column(rows, "sft", "gold"), column(rows, "rlhf", "gold"), column(rows, "sft", "response"),
+                        column(rows, "rlhf", "response")) for rows in runs]
     pooled = [sum(o) / len(o) for o in zip(*per_run)]  # (prompts,)
     return {"runs": len(runs), **win_rate(pooled, BOOTSTRAP, 0)}
 
@@ -86,10 +88,10 @@ def main() -> None:
               f"[{row['min']:.3f}, {row['max']:.3f}] over {row['runs']} runs")
     pooled = pooled_win_rate(sorted(glob.glob(os.path.join(OUT_DIR, "hh_winrate", "s*", "rlhf", "side_by_side.jsonl"))))
     if pooled:
-        print(f"{'hh_winrate':<11} {'HH judge RM win rate, the runs pooled per prompt':<52} {pooled['win_rate']:.3f} "
+        print(f"{'hh_winrate':<11} {POOLED:<52} {pooled['win_rate']:.3f} "
               f"[{pooled['ci95'][0]:.3f}, {pooled['ci95'][1]:.3f}] (95% over {pooled['prompts']} prompts) "
               f"over {pooled['runs']} runs")
-        table.append({"part": "hh_winrate", "figure": "HH judge RM win rate, the runs pooled per prompt", **pooled})
+        table.append({"part": "hh_winrate", "figure": POOLED, **pooled})
     if not table:
         print(f"no runs under {OUT_DIR}")
     write_json(os.path.join(OUT_DIR, "table.json"), table)
