@@ -1,5 +1,8 @@
 """Shared fixtures: tiny models built from configs, and one short SFT run reused across tests."""
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
 
@@ -37,11 +40,42 @@ def run_script(*args, timeout=600) -> str:
     return proc.stdout
 
 
+def run_inline(*args) -> str:
+    """Run a script (args[0]) as __main__ in this process and return what it printed; fail if it exits
+    non-zero. It saves the ~6 s a subprocess spends importing torch and transformers, for tests that only
+    need a run's outputs; how the command line behaves (exit codes, stderr, signals) is run_script's.
+    What a script changes in the process (argv, cwd, torch threads and grad mode, RNG) is put back, and
+    accelerate's state is reset before and after."""
+    import torch
+    from accelerate.state import AcceleratorState
+    from utils import rng_state, set_rng_state
+
+    saved = sys.argv, os.getcwd(), torch.get_num_threads(), torch.is_grad_enabled(), rng_state()
+    printed = io.StringIO()
+    sys.argv = list(args)
+    os.chdir(ROOT)
+    AcceleratorState._reset_state(True)  # accelerate keeps one mixed-precision setting per process; a script picks its own
+    try:
+        with contextlib.redirect_stdout(printed):
+            runpy.run_path(os.path.join(ROOT, args[0]), run_name="__main__")
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            pytest.fail(f"{args} exited with {e.code}:\n{printed.getvalue()[-3000:]}")
+    finally:
+        sys.argv, cwd, threads, grad, rng = saved
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(grad)
+        set_rng_state(rng)
+        AcceleratorState._reset_state(True)
+    return printed.getvalue()
+
+
 @pytest.fixture(scope="session")
 def sft_dir(tmp_path_factory) -> str:
     """A briefly trained SFT checkpoint of the embedded model (shared: later stages start from it)."""
     out = str(tmp_path_factory.mktemp("sft"))
-    run_script("train_sft.py", "--out_dir", out, "--max_steps", "160", "--batch_size", "32", "--lr", "5e-3",
+    run_inline("train_sft.py", "--out_dir", out, "--max_steps", "160", "--batch_size", "32", "--lr", "5e-3",
                "--eval_interval", "0", "--save_interval", "0", "--eval_limit", "100", "--warmup_steps", "20")
     return out
 

@@ -13,7 +13,7 @@ from model.load import load_causal_lm, load_checkpoint, load_tokenizer
 from model.peft import apply_peft, save_peft
 from model.reward import load_reward_model
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_inline
 
 TYPED = ["Add the two numbers.\\n12 and 30", "Give the opposite of the word.\\nhot", "Name the capital city of the country.\\nPeru"]
 
@@ -111,7 +111,7 @@ def test_winrate_helpers_count_ties_as_half():
 def test_winrate_of_a_model_against_itself_is_one_half(sft_dir, rm_dir, tmp_path):
     """The same checkpoint as A and B ties on every prompt: win rate 0.5 by the reward model and by the
     gold judge, an interval that contains it, equal lengths, and one JSONL row per prompt."""
-    run_script("eval_winrate.py", "--model_a", sft_dir, "--model_b", sft_dir, "--rm", rm_dir, "--limit", "10",
+    run_inline("eval_winrate.py", "--model_a", sft_dir, "--model_b", sft_dir, "--rm", rm_dir, "--limit", "10",
                "--max_new_tokens", "12", "--bootstrap", "200", "--out_dir", str(tmp_path))
     summary = json.load(open(tmp_path / "summary.json"))
     for judge in ("rm", "gold"):
@@ -125,7 +125,7 @@ def test_winrate_of_a_model_against_itself_is_one_half(sft_dir, rm_dir, tmp_path
 def test_winrate_prefers_the_trained_model_by_gold(sft_dir, tmp_path):
     """SFT (B) against the untrained embedded model (A), which scores 0 on the gold judge: B's gold win
     rate is well above one half and its interval excludes it."""
-    out = run_script("eval_winrate.py", "--model_a", "embedded", "--model_b", sft_dir, "--rm", "none", "--limit", "30",
+    out = run_inline("eval_winrate.py", "--model_a", "embedded", "--model_b", sft_dir, "--rm", "none", "--limit", "30",
                      "--max_new_tokens", "12", "--bootstrap", "500", "--out_dir", str(tmp_path))
     s = json.load(open(tmp_path / "summary.json"))["gold"]
     assert s["win_rate"] > 0.6 and s["ci95"][0] > 0.5 and s["a_wins"] == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from conftest import run_script, trainer_configs
+from conftest import run_inline, trainer_configs
 from dataset.rm import RMDataset, rm_collate
 from model.load import load_causal_lm, load_tokenizer
 from model.loss import dpo_loss, sequence_logprobs, token_logprobs
@@ -106,7 +106,7 @@ def test_train_dpo_smoke_writes_checkpoint_and_summary(sft_dir, tmp_path):
     """train_dpo.py runs 3 steps from the SFT checkpoint and writes a loadable policy, metrics.jsonl with
     the implicit-reward accuracy and margin, and the summary keys the comparison reads (RM score included)."""
     out = str(tmp_path / "dpo")
-    run_script("train_dpo.py", "--sft_model", sft_dir, "--out_dir", out, "--max_steps", "3", "--batch_size", "4",
+    run_inline("train_dpo.py", "--sft_model", sft_dir, "--out_dir", out, "--max_steps", "3", "--batch_size", "4",
                "--train_limit", "40", "--eval_limit", "12", "--eval_interval", "0", "--log_interval", "1",
                "--eval_rm", sft_dir)  # a fresh scalar head on the SFT model: an RM to score answers with
     summary = json.load(open(os.path.join(out, "summary.json")))

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_script, trainer_configs
+from conftest import run_inline, trainer_configs
 from dataset.task import gold_judge
 from dataset.prompt import PromptDataset
 from model.load import load_causal_lm, load_tokenizer
@@ -96,7 +96,7 @@ def test_short_grpo_run_on_toy_reward_raises_reward(sft_dir, tmp_path):
 def test_train_rlhf_grpo_two_iterations(sft_dir, tmp_path):
     """train_rlhf.py --algo grpo runs two iterations end to end (gold judge as reward, so no RM is needed)
     and writes the summary PPO writes."""
-    run_script("train_rlhf.py", "--algo", "grpo", "--sft_model", sft_dir, "--reward", "gold", "--iterations", "2",
+    run_inline("train_rlhf.py", "--algo", "grpo", "--sft_model", sft_dir, "--reward", "gold", "--iterations", "2",
                "--rollout_batch", "8", "--group_size", "4", "--mini_batch", "4", "--max_new_tokens", "8",
                "--eval_limit", "8", "--eval_interval", "0", "--out_dir", str(tmp_path))
     metrics = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if "grpo/kl" in m]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM, OPTForSequenceClassification
 
-from conftest import run_script
+from conftest import run_inline
 from model.load import opt125m_config
 from model.loss import lm_loss
 from model.peft import apply_peft, count_parameters, disabled_adapters, export_model, format_counts, load_adapter, save_adapter
@@ -182,12 +182,12 @@ def test_train_peft_and_sft_peft_smoke(tmp_path, monkeypatch):
     merged model that loads as a plain checkpoint."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two threads on two shared cores can run many times slower
     out = str(tmp_path / "peft")
-    text = run_script("train_peft.py", "--counts", "False", "--memory_steps", "0", "--model", "embedded", "--methods",
+    text = run_inline("train_peft.py", "--counts", "False", "--memory_steps", "0", "--model", "embedded", "--methods",
                       "prompt_tuning", "--max_steps", "2", "--eval_limit", "8", "--out_dir", out, "--plot",
                       str(tmp_path / "p.png"))
     assert "| prompt_tuning | 0.1 | 1,280 |" in text and (tmp_path / "p.png").exists()
     sft = str(tmp_path / "sft_lora")
-    run_script("train_sft.py", "--peft", "lora", "--max_steps", "2", "--batch_size", "8", "--out_dir", sft, "--eval_limit",
+    run_inline("train_sft.py", "--peft", "lora", "--max_steps", "2", "--batch_size", "8", "--out_dir", sft, "--eval_limit",
                "8", "--eval_data", "none", "--eval_interval", "0", "--save_interval", "0", "--warmup_steps", "1")
     from peft import PeftConfig
 

@@ -4,13 +4,13 @@ import json
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from conftest import run_script
+from conftest import run_inline
 
 
 def test_train_rm_with_lora_exports_a_merged_reward_model(sft_dir, tmp_path):
     """`train_rm.py --peft lora` trains only LoRA matrices and the score head, saves the adapter, and
     writes a merged model that AutoModelForSequenceClassification loads like any reward model."""
-    out = run_script("train_rm.py", "--model", sft_dir, "--peft", "lora", "--max_steps", "3", "--train_limit", "64",
+    out = run_inline("train_rm.py", "--model", sft_dir, "--peft", "lora", "--max_steps", "3", "--train_limit", "64",
                      "--eval_limit", "20", "--out_dir", str(tmp_path))
     assert "lora: adapter in" in out
     assert (tmp_path / "adapter" / "adapter_config.json").exists()

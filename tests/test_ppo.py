@@ -21,7 +21,7 @@ from model.peft import apply_peft
 from model.reward import load_reward_model, position_ids_for, token_values
 from trainer.ppo import PPOConfig, PPOTrainer, adaptive_beta
 
-from conftest import ROOT, run_script, trainer_configs
+from conftest import ROOT, run_inline, trainer_configs
 from dataset.task import gold_judge
 
 
@@ -307,7 +307,7 @@ def test_short_run_on_toy_reward_raises_reward(sft_dir, tmp_path):
 
 def test_opt125m_architecture_two_ppo_iterations(opt125m_dir, tmp_path):
     """The opt-125m-architecture checkpoint (random weights) runs two PPO iterations end to end."""
-    run_script("train_rlhf.py", "--sft_model", opt125m_dir, "--rm_model", opt125m_dir, "--iterations", "2",
+    run_inline("train_rlhf.py", "--sft_model", opt125m_dir, "--rm_model", opt125m_dir, "--iterations", "2",
                "--rollout_batch", "2", "--mini_batch", "1", "--ppo_epochs", "1", "--max_new_tokens", "4",
                "--eval_limit", "2", "--eval_interval", "0", "--out_dir", str(tmp_path))
     metrics = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if "ppo/kl" in m]
@@ -328,7 +328,7 @@ def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
     load_reward_model(sft_dir, tok.pad_token_id).save_pretrained(judge_dir)
     tok.save_pretrained(judge_dir)
     out = tmp_path / "ppo"
-    run_script("train_rlhf.py", "--sft_model", sft_dir, "--rm_model", sft_dir, "--judge_rm", judge_dir, "--iterations", "1",
+    run_inline("train_rlhf.py", "--sft_model", sft_dir, "--rm_model", sft_dir, "--judge_rm", judge_dir, "--iterations", "1",
                "--rollout_batch", "8", "--mini_batch", "4", "--max_new_tokens", "8", "--eval_limit", "6",
                "--eval_interval", "0", "--save_interval", "0", "--out_dir", str(out))
     rows = [json.loads(l) for l in open(out / "side_by_side.jsonl")]
@@ -349,10 +349,10 @@ def test_sft_eval_reuses_an_earlier_runs_sft_evaluation_only_under_the_same_sett
             "--mini_batch", "4", "--ppo_epochs", "1", "--max_new_tokens", "8", "--eval_interval", "0",
             "--save_interval", "0", "--temperature", "0.7", "--eval_limit"]
     first, second = tmp_path / "first", tmp_path / "second"
-    run_script(*args, "6", "--out_dir", str(first))
+    run_inline(*args, "6", "--out_dir", str(first))
     saved = json.load(open(first / "sft_eval.json"))
     assert saved["settings"]["EVAL_LIMIT"] == 6 and len(saved["greedy"]["rows"]) == 6
-    run_script(*args, "6", "--seed", "1", "--sft_eval", str(first), "--out_dir", str(second))
+    run_inline(*args, "6", "--seed", "1", "--sft_eval", str(first), "--out_dir", str(second))
     assert not (second / "sft_eval.json").exists()
     a, b = json.load(open(first / "summary.json")), json.load(open(second / "summary.json"))
     for key in ("gold_score_sft", "gold_score_sampled_sft", "reward_sft", "correct_sft", "format_sft"):

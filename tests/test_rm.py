@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, OPTConfig, OPTForSequenceClassification
 
-from conftest import ROOT, run_script, trainer_configs
+from conftest import ROOT, run_inline, trainer_configs
 from dataset.io import DataError
 from dataset.chat import chat_messages
 from dataset.task import gold_judge, rank_responses
@@ -211,7 +211,7 @@ def test_simulated_labelling_ranks_by_gold_score_without_ties():
 def test_train_rm_smoke_writes_summary_and_loadable_model(sft_dir, tmp_path):
     """train_rm.py runs 3 steps from the SFT checkpoint and writes the summary keys PPO and the README use."""
     out = str(tmp_path / "rm")
-    run_script("train_rm.py", "--model", sft_dir, "--out_dir", out, "--max_steps", "3", "--train_limit", "64",
+    run_inline("train_rm.py", "--model", sft_dir, "--out_dir", out, "--max_steps", "3", "--train_limit", "64",
                "--eval_limit", "32", "--batch_size", "8", "--eval_interval", "0")
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
@@ -324,7 +324,7 @@ def test_train_rm_head_only_fits_the_head_and_saves_a_model_that_scores_the_same
     """TRAIN_LAYERS=0: the backbone is untouched, the head is fitted (training loss below log 2, held-out
     accuracy above the fresh head's, the format preference learned), and the saved model's end-to-end accuracy equals the one in summary.json."""
     out = str(tmp_path / "rm_head")
-    run_script("train_rm.py", "--model", sft_dir, "--out_dir", out, "--train_layers", "0", "--train_limit", "600",
+    run_inline("train_rm.py", "--model", sft_dir, "--out_dir", out, "--train_layers", "0", "--train_limit", "600",
                "--eval_limit", "100", "--head_l2", "0.01,0.1")
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)

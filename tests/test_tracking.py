@@ -10,7 +10,7 @@ from dataset.sft import SFTDataset
 from model.load import load_tokenizer
 from trainer.sft import SFTTrainer
 
-from conftest import run_script, trainer_configs
+from conftest import run_inline, trainer_configs
 from test_trainer import tiny_model
 
 
@@ -44,7 +44,7 @@ def test_tensorboard_gets_every_metrics_line_with_the_same_keys(tmp_path):
 def test_ppo_logs_metrics_and_sample_completions_as_text(tmp_path):
     """train_rlhf.py --log_with tensorboard: PPO's per-iteration metrics reach TensorBoard, and each
     evaluation's sample completions arrive as a text table."""
-    run_script("train_rlhf.py", "--sft_model", "embedded", "--rm_model", "embedded", "--iterations", "2",
+    run_inline("train_rlhf.py", "--sft_model", "embedded", "--rm_model", "embedded", "--iterations", "2",
                "--rollout_batch", "4", "--mini_batch", "4", "--ppo_epochs", "1", "--max_new_tokens", "4",
                "--eval_interval", "1", "--eval_limit", "3", "--log_with", "tensorboard", "--out_dir", str(tmp_path))
     events = read_events(str(tmp_path))

@@ -13,7 +13,7 @@ from trainer.base import NonFiniteLossError, lr_factor
 from trainer.checkpoint import load_state
 from trainer.sft import SFTTrainer
 
-from conftest import run_script, trainer_configs
+from conftest import run_inline, trainer_configs
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_opt125m_architecture_switch_takes_a_training_step(opt125m_dir, tmp_path
     assert sum(p.numel() for p in model.parameters()) == 125_239_296
     vocab = model.config.vocab_size
     del model
-    run_script("train_sft.py", "--model", opt125m_dir, "--out_dir", str(tmp_path), "--max_steps", "1",
+    run_inline("train_sft.py", "--model", opt125m_dir, "--out_dir", str(tmp_path), "--max_steps", "1",
                "--batch_size", "2", "--max_len", "48", "--eval_limit", "2", "--max_new_tokens", "4",
                "--eval_data", "none", "--warmup_steps", "0", "--lr", "1e-3")
     summary = json.load(open(tmp_path / "summary.json"))
