@@ -1,7 +1,9 @@
-"""Score saved reward models on comparison files: pairwise accuracy (all pairs, correctness-only and
-format-only pairs where the gold judge applies) and mean margin, one line per (model, file).
+"""Score saved reward models on comparison files: pairwise accuracy (all pairs, and where the gold judge
+applies the correctness-only, format-only and trade pairs: a right answer in the worse format over a wrong
+one in the preferred format) and mean margin, one line per (model, file).
 
     python bench/eval_rm.py --models out/rm,out/rm_label --data ds/rm_eval_ranked.jsonl,out/label/eval.jsonl
+    python bench/eval_rm.py --models out/smollm2/rm --chat_template True --limit 100   # as bench/pipeline_smollm2.sh trains it
 """
 import os
 import sys
@@ -17,6 +19,8 @@ from utils import configure, quiet_transformers  # noqa: E402
 MODELS = "out/rm"  # comma-separated reward-model directories
 DATA = "ds/rm_eval_ranked.jsonl"  # comma-separated comparison files (ranked, pairs or HH)
 MAX_LEN = 96  # tokens per prompt + response, as in training
+CHAT_TEMPLATE = False  # render with the tokenizer's chat template, as in training with --chat_template True
+LIMIT = 0  # ranked groups per file (0 = all)
 
 configure(globals())
 
@@ -27,9 +31,11 @@ def main():
         tokenizer = load_tokenizer(model_dir)
         model = load_reward_model(model_dir, tokenizer.pad_token_id).eval()
         for source in DATA.split(","):
-            m = evaluate_pairs(model, RMDataset(source, tokenizer, MAX_LEN, verbose=False, judge=gold_judge), tokenizer.pad_token_id)
+            data = RMDataset(source, tokenizer, MAX_LEN, limit=LIMIT or None, verbose=False, chat_template=CHAT_TEMPLATE,
+                             judge=gold_judge)
+            m = evaluate_pairs(model, data, tokenizer.pad_token_id)
             extra = "".join(f", {k} {m[k]:.4f} ({m['pairs_' + k.split('_')[1]]} pairs)"
-                            for k in ("accuracy_correctness", "accuracy_format") if k in m)
+                            for k in ("accuracy_correctness", "accuracy_format", "accuracy_trade") if k in m)
             print(f"{model_dir} on {source}: accuracy {m['accuracy']:.4f} ({m['pairs']} pairs){extra}, "
                   f"margin {m['margin']:.3f}")
 

@@ -98,12 +98,15 @@ def conversational_group(row: dict) -> dict:
 
 def pair_kind(judge, group: dict, better: str, worse: str) -> str:
     """What separates two responses to a group's prompt by judge(row, response) (the task's gold judge):
-    'correctness' (same format, correctness differs), 'format' (same correctness, format differs), 'both',
-    or 'none'."""
+    'correctness' (same format, correctness differs), 'format' (same correctness, format differs), 'both'
+    (the better one is also in the better format), 'trade' (the better one is right in the worse format, the
+    worse one wrong in the preferred format: a reward model that gets these wrong pays PPO to trade a right
+    answer for the preferred form), or 'none'."""
     b, w = judge(group, better), judge(group, worse)
     same_format, same_correct = b["format"] == w["format"], b["correct"] == w["correct"]
-    return {(True, False): "correctness", (False, True): "format", (False, False): "both"}.get(
-        (same_format, same_correct), "none")
+    if not same_format and not same_correct:
+        return "trade" if b["correct"] > w["correct"] and b["format"] < w["format"] else "both"
+    return {(True, False): "correctness", (False, True): "format"}.get((same_format, same_correct), "none")
 
 
 def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:

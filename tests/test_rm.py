@@ -89,13 +89,14 @@ def test_ranking_of_k_gives_all_k_choose_2_pairs_each_response_scored_once(tok, 
 
 def test_pair_kinds_from_gold_judge():
     """On the shipped rankings, [0] vs [2] and [1] vs [3] differ only in correctness, [0] vs [1] and
-    [2] vs [3] only in format: the split that evaluation reports separately."""
+    [2] vs [3] only in format, [0] vs [3] in both, and [1] vs [2] trade a right answer for the preferred form:
+    the split that evaluation reports separately."""
     prompt = "### Instruction:\nAdd the two numbers.\n\n### Input:\n13 and 18\n\n### Response:\n"
     responses = ["The answer is 31.", "31", "The answer is 33.", "33"]
     group = {"prompt": prompt, "type": "add"}
     kinds = {(i, j): pair_kind(gold_judge, group, responses[i], responses[j]) for i, j in ranked_pairs(4)}
     assert kinds[0, 2] == kinds[1, 3] == "correctness" and kinds[0, 1] == kinds[2, 3] == "format"
-    assert kinds[0, 3] == kinds[1, 2] == "both"
+    assert kinds[0, 3] == "both" and kinds[1, 2] == "trade"  # "31" (right, bare) over "The answer is 33." (wrong, preferred form)
 
 
 def test_correctness_accuracy_per_task_type_counts_only_that_types_correctness_pairs(tok, tmp_path):
@@ -115,6 +116,7 @@ def test_correctness_accuracy_per_task_type_counts_only_that_types_correctness_p
                          batch["types"])
     assert m["accuracy_correctness/add"] == 1.0 and m["accuracy_correctness/sort"] == 0.0
     assert m["accuracy_correctness"] == 0.5 and m["pairs_correctness"] == 4 and m["accuracy_format"] == 0.0
+    assert m["pairs_trade"] == 2 and m["accuracy_trade"] == 0.5  # add's "3" over "The answer is 4." right, sort's wrong
 
 
 def test_hh_split_and_prompt_mismatch(tmp_path, capsys):

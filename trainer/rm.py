@@ -32,7 +32,7 @@ def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list, 
     chosen, rejected: (P,); kinds, types: P labels or None; scores: (N,) every scored sequence."""
     margin = chosen - rejected  # (P,)
     out = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(), "pairs": len(margin)}
-    for kind in ("correctness", "format"):
+    for kind in ("correctness", "format", "trade"):
         sel = torch.tensor([k == kind for k in kinds], dtype=torch.bool)  # (P,)
         if sel.any():
             out[f"accuracy_{kind}"] = (margin[sel] > 0).float().mean().item()
