@@ -344,7 +344,7 @@ def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
 def test_sft_eval_reuses_an_earlier_runs_sft_evaluation_only_under_the_same_settings(sft_dir, tmp_path):
     """--sft_eval DIR: the SFT figures and answers of an earlier run's sft_eval.json, identical to that run's
     (greedy is deterministic, so they are what this run would have computed); a setting that shapes the
-    evaluation (here EVAL_LIMIT) differing is refused, naming it."""
+    evaluation (here EVAL_LIMIT, and REWARD, which scores the SFT answers) differing is refused, naming it."""
     args = ["train_rlhf.py", "--sft_model", sft_dir, "--rm_model", sft_dir, "--iterations", "1", "--rollout_batch", "4",
             "--mini_batch", "4", "--ppo_epochs", "1", "--max_new_tokens", "8", "--eval_interval", "0",
             "--save_interval", "0", "--temperature", "0.7", "--eval_limit"]
@@ -359,7 +359,8 @@ def test_sft_eval_reuses_an_earlier_runs_sft_evaluation_only_under_the_same_sett
         assert a[key] == b[key], key
     sft_rows = lambda d: [json.loads(l)["sft"] for l in open(d / "side_by_side.jsonl")]
     assert sft_rows(first) == sft_rows(second) == saved["greedy"]["rows"]
-    proc = subprocess.run([sys.executable, *args, "5", "--sft_eval", str(first), "--out_dir", str(tmp_path / "third")],
+    proc = subprocess.run([sys.executable, *args, "5", "--reward", "gold", "--sft_eval", str(first), "--out_dir", str(tmp_path / "third")],
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode != 0 and "EVAL_LIMIT=6 there, 5 here" in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    said = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "EVAL_LIMIT=6 there, 5 here" in said and "REWARD='rm' there, 'gold' here" in said, said[-2000:]
