@@ -96,9 +96,9 @@ RESUME = False  # continue from OUT_DIR/checkpoint if present
 
 config = configure(globals())
 # the settings an SFT evaluation depends on: SFT_EVAL reuses one only where all of them match
-_SFT_EVAL_SETTINGS = ("SFT_MODEL", "RM_MODEL", "REWARD", "JUDGE_RM", "EVAL_PROMPTS", "EVAL_LIMIT", "MAX_PROMPT_LEN", "MAX_NEW_TOKENS",
-                     "TEMPERATURE", "CHAT_TEMPLATE", "BF16", "FROZEN_BF16", "PEFT", "CLOSE_TRUNCATED", "MISSING_EOS_PENALTY",
-                     "NORMALIZE_SCORES")
+_SFT_EVAL_SETTINGS = ("SFT_MODEL", "RM_MODEL", "REWARD", "JUDGE_RM", "EVAL_PROMPTS", "EVAL_LIMIT", "MAX_PROMPT_LEN",
+                     "MAX_NEW_TOKENS", "TEMPERATURE", "CHAT_TEMPLATE", "BF16", "FROZEN_BF16", "PEFT", "CLOSE_TRUNCATED",
+                     "MISSING_EOS_PENALTY", "NORMALIZE_SCORES")
 _SETTINGS_AT_START = {k: config[k] for k in _SFT_EVAL_SETTINGS}  # as given (BF16 may be 'auto'): what SFT_EVAL compares
 
 

@@ -99,7 +99,8 @@ def check_settings() -> list[float]:
 def rm_summary(ev: dict, accuracy_base, **extra) -> dict:
     """summary.json: held-out metrics after training (ev), the accuracy before it, and run facts."""
     return {"accuracy": ev.get("accuracy"), "accuracy_correctness": ev.get("accuracy_correctness"),
-            "accuracy_format": ev.get("accuracy_format"), "accuracy_trade": ev.get("accuracy_trade"), "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
+            "accuracy_format": ev.get("accuracy_format"), "accuracy_trade": ev.get("accuracy_trade"),
+            "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
             "eval_pairs_correctness": ev.get("pairs_correctness"), "score_mean": ev.get("score_mean"),
             "score_std": ev.get("score_std"), "accuracy_base": accuracy_base,
             "accuracy_correctness_per_type": {k.split("/", 1)[1]: v for k, v in ev.items()

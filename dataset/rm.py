@@ -104,9 +104,11 @@ def pair_kind(judge, group: dict, better: str, worse: str) -> str:
     answer for the preferred form), or 'none'."""
     b, w = judge(group, better), judge(group, worse)
     same_format, same_correct = b["format"] == w["format"], b["correct"] == w["correct"]
-    if not same_format and not same_correct:
-        return "trade" if b["correct"] > w["correct"] and b["format"] < w["format"] else "both"
-    return {(True, False): "correctness", (False, True): "format"}.get((same_format, same_correct), "none")
+    if same_format:
+        return "none" if same_correct else "correctness"
+    if same_correct:
+        return "format"
+    return "trade" if b["correct"] > w["correct"] and b["format"] < w["format"] else "both"
 
 
 def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
