@@ -79,6 +79,7 @@ BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU
 FROZEN_BF16 = True  # with BF16: reference and reward model keep bf16 matrices (half the memory, bit-identical results)
 GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
 GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
+FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
 SEED = 0  # data order and sampling
 # PEFT (model/peft/): a LoRA actor shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'

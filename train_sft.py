@@ -43,6 +43,7 @@ GRAD_CLIP = 1.0  # max global gradient norm
 BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
 GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
 GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
+FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
 SEED = 0  # seeds weights' init order, data order and sampling
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)

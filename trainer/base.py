@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from trainer import fsdp
 from trainer.dist import all_ranks, is_sharded, make_accelerator, reduce_sum
 from trainer.tracking import end_trackers, start_trackers
 from trainer.checkpoint import (CheckpointError, Preempted, StopOnSignal, candidates, drop_rows_after, load_newest, lock_out_dir,
@@ -62,6 +63,7 @@ class LoopConfig:
     log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
     group_by_length: bool  # batches of similar lengths (less padding); every item still once per epoch
     gradient_checkpointing: bool  # keep only each layer's input; recompute the layer in the backward pass (checkpoint_layers)
+    fsdp: bool  # shard the trained models' weights, gradients and AdamW state over the processes (trainer/fsdp.py)
 
     from_settings = classmethod(from_settings)
 
@@ -109,6 +111,9 @@ class Trainer:
         FSDP2 needs that); its layers checkpointed first if loop.gradient_checkpointing."""
         if self.loop.gradient_checkpointing:
             checkpoint_layers(model)
+        if self.loop.fsdp:  # sharded by torch's FSDP2 directly: accelerate would wrap it in DDP on CPU
+            model = fsdp.shard_model(model.to(self.device), self.loop.bf16, type(model).__name__)
+            return model, adamw(model, lr, weight_decay)
         return self.accelerator.prepare(model, adamw(model, lr, weight_decay))
 
     def lr_schedule(self, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -164,6 +169,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
+    def sharded_state(self) -> dict:
+        """The entries of state_dict() that FSDP shards: key -> model, or (model, optimizer) for its state."""
+        return {"model": self.model, "optimizer": (self.model, self.optimizer)}
+
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
         if self.resuming:
@@ -194,7 +203,7 @@ class Trainer:
 
     def run_evaluation(self) -> dict:
         self.model.eval()
-        with torch.no_grad(), self.accelerator.autocast():
+        with torch.no_grad(), self.accelerator.autocast(), fsdp.gathered(self.model):
             metrics = {f"eval/{k}": v for k, v in self.evaluate().items()}
         self.model.train()
         key = self.best_metric
@@ -242,13 +251,19 @@ class Trainer:
         """The full training state (safetensors + JSON, crash-safe swap: trainer/checkpoint.py), main process only."""
         self.accelerator.wait_for_everyone()
         rng = all_ranks(self.accelerator, rng_state())  # every rank's generators: dropout and sampling differ per rank
+        state = {"trainer": self.state_dict(), "rng": rng, "best_value": self.best_value}
+        if self.loop.fsdp:  # every rank writes its shards; the main process the rest, then swaps
+            sharded = self.sharded_state()
+            state["trainer"] = {k: v for k, v in state["trainer"].items() if k not in sharded}
+            state["shards"] = fsdp.save_shards(self.ckpt_dir, sharded, self.accelerator.is_main_process)
         if self.accelerator.is_main_process:
-            save_checkpoint(self.ckpt_dir, {"trainer": self.state_dict(), "rng": rng, "best_value": self.best_value},
-                            self.step, self.run_config)
+            save_checkpoint(self.ckpt_dir, state, self.step, self.run_config, tmp_ready=self.loop.fsdp)
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
         self.step, state, path = load_newest(self.ckpt_dir)
+        if "shards" in state:
+            state["trainer"].update(fsdp.load_shards(path, self.sharded_state(), state["shards"]))
         self.load_state_dict(state["trainer"])
         self.best_value = state["best_value"]
         set_rng_state(self.rank_rng_state(state["rng"]))
@@ -280,7 +295,7 @@ class Trainer:
 
     def save_model(self, out_dir: str, tokenizer=None) -> None:
         """An HF-format checkpoint (save_pretrained) plus the resolved run config."""
-        state = self.accelerator.get_state_dict(self.model)  # a collective under FSDP / ZeRO-3: gathers the shards
+        state = self.full_state(self.model)  # a collective under FSDP / ZeRO-3: gathers the shards
         if self.accelerator.is_main_process:
             self.unwrap(self.model).save_pretrained(out_dir, state_dict=state)
             if tokenizer is not None:
@@ -297,10 +312,14 @@ class Trainer:
         """The end of every stage: the trained model in out_dir with its tokenizer and run_config.json
         (full weights, or with PEFT the adapter plus, where it merges, the merged model), then summary.json
         with the peak memory. A collective under FSDP / ZeRO-3 (the state dict is gathered); the main process writes."""
-        state = self.accelerator.get_state_dict(self.model) if peft == "none" else None
+        state = self.full_state(self.model) if peft == "none" else None
         if self.accelerator.is_main_process:
             print(save_stage(self.out_dir, self.unwrap(self.model), tokenizer, self.run_config, peft, summary, state))
         self.accelerator.wait_for_everyone()
+
+    def full_state(self, model) -> dict:
+        """The model's full state dict for an HF checkpoint (gathered once under FSDP / ZeRO-3)."""
+        return fsdp.full_state_dict(model) if self.loop.fsdp else self.accelerator.get_state_dict(model)
 
     def write_metrics(self, metrics: dict) -> None:
         if self.accelerator.is_main_process:

@@ -148,6 +148,9 @@ class GRPOTrainer(PPOTrainer):
         return {"actor": self.unwrap(self.actor).state_dict(), "actor_opt": self.actor_opt.state_dict(),
                 "actor_sched": self.actor_sched.state_dict(), "score_moments": vars(self.score_moments)}
 
+    def sharded_state(self) -> dict:
+        return {"actor": self.actor, "actor_opt": (self.actor, self.actor_opt)}
+
     def load_state_dict(self, state: dict) -> None:
         self.unwrap(self.actor).load_state_dict(state["actor"])
         self.actor_opt.load_state_dict(state["actor_opt"])

@@ -23,6 +23,7 @@ from model.reward import reward_scores, token_values
 from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.dist import check_two_models, mean_over_ranks, tensor_sum
 from trainer.evaluate import Evaluator, Judge, mean_judgement, reference_for
+from trainer.fsdp import gathered
 from trainer.tracking import markdown_table
 from utils import ConfigError, from_settings
 
@@ -183,7 +184,7 @@ class PPOTrainer(Trainer):
     def sample_and_score(self, items: list[dict]) -> tuple[Responses, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Steps 1-4 of a rollout, shared with GRPO -> (responses, logprobs (B, N), ref_logprobs (B, N), raw_scores (B,))."""
         actor = self.unwrap(self.actor).eval()
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), gathered(actor):  # FSDP: the actor's weights gathered once per rollout
             # 1-2. sample (left-padded prompts, KV cache, stop at EOS, no minimum length); truncate after the first EOS
             out = sample_responses(actor, self.tokenizer, [it["prompt_ids"] for it in items], self.cfg.max_new_tokens,
                                    **self.sampling)
@@ -325,6 +326,10 @@ class PPOTrainer(Trainer):
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "actor_sched": self.actor_sched.state_dict(), "critic_sched": self.critic_sched.state_dict(),
                 "beta": self.beta, "score_moments": vars(self.score_moments)}
+
+    def sharded_state(self) -> dict:
+        return {"actor": self.actor, "critic": self.critic, "actor_opt": (self.actor, self.actor_opt),
+                "critic_opt": (self.critic, self.critic_opt)}
 
     def load_state_dict(self, state: dict) -> None:
         self.unwrap(self.actor).load_state_dict(state["actor"])
