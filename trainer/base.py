@@ -262,7 +262,8 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         self.step, state, path = load_newest(self.ckpt_dir)
-        if "shards" in state:
+        fsdp.check_resumable(path, state, self.loop.fsdp)
+        if self.loop.fsdp:
             state["trainer"].update(fsdp.load_shards(path, self.sharded_state(), state["shards"]))
         self.load_state_dict(state["trainer"])
         self.best_value = state["best_value"]

@@ -41,6 +41,9 @@ def shard_model(model: torch.nn.Module, bf16: bool, name: str = "model") -> torc
     MixedPrecisionPolicy; autocast still runs as in the unsharded path). Prints what each rank holds."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    if not dist.is_initialized():
+        raise UserError("FSDP=True in a single process: sharding needs several; launch with "
+                        "`torchrun --nproc_per_node N script.py --fsdp True`, or set --fsdp False")
     if hasattr(model, "peft_config") or getattr(model, "adapted", False):
         raise UserError("FSDP=True with a PEFT model is not supported (its frozen base would be sharded "
                         "with its adapters); set --peft none, or train with --fsdp False (DDP)")
@@ -156,13 +159,22 @@ def save_shards(ckpt_dir: str, parts: dict, is_main: bool) -> dict:
     return {"world": dist.get_world_size(), "plain": plain}
 
 
+def check_resumable(path: str, state: dict, fsdp: bool) -> None:
+    """A checkpoint resumes only as it was written: sharded by the same number of processes, or unsharded."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if "shards" in state and (not fsdp or state["shards"]["world"] != world):
+        n = state["shards"]["world"]
+        raise CheckpointError(f"{path} holds FSDP shards of {n} processes; resume it as it was written "
+                              f"(torchrun --nproc_per_node {n} ... --fsdp True), not {world} process(es)"
+                              f"{'' if fsdp else ' without FSDP'}")
+    if "shards" not in state and fsdp:
+        raise CheckpointError(f"{path} was written without FSDP; resume it with --fsdp False")
+
+
 def load_shards(path: str, parts: dict, saved: dict) -> dict:
     """Load the sharded part of checkpoint `path` into `parts` ({name: model or (model, optimizer)}, as
-    saved); a collective. Refuses a checkpoint written by another number of processes. Returns
-    {name: state_dict()} of the loaded models and optimizers, for the trainer's own load_state_dict."""
-    if saved["world"] != dist.get_world_size():
-        raise CheckpointError(f"{path} holds shards of {saved['world']} processes; resume it with the same number "
-                              f"(torchrun --nproc_per_node {saved['world']}), not {dist.get_world_size()}")
+    saved; check_resumable first); a collective. Returns {name: state_dict()} of the loaded models and
+    optimizers, for the trainer's own load_state_dict."""
     tensors, _ = split_sharded(parts)  # this rank's current shards, the shapes to load into
     dcp.load(tensors, storage_reader=HuggingFaceStorageReader(os.path.join(path, SHARDS)))
     loaded = {}
