@@ -66,14 +66,14 @@ def rm_data(out_dir: str) -> str:
     return path
 
 
-def rm_run(out_dir: str, batch_size: int, steps: int = 3) -> RMTrainer:
+def rm_run(out_dir: str, batch_size: int, steps: int = 3, **kw) -> RMTrainer:
     tok = load_tokenizer("embedded")
     data = RMDataset(rm_data(out_dir), tok, 64, verbose=False)
     torch.manual_seed(0)
     model = OPTForSequenceClassification(tiny_config(num_labels=1))
     trainer = RMTrainer(model, tok, data, None, run_config={}, eval_batch_size=64,
                         **trainer_configs(out_dir, lr=3e-3, max_steps=steps, batch_size=batch_size, warmup_steps=0,
-                                          log_interval=1, seed=1))
+                                          log_interval=1, seed=1, **kw))
     trainer.fit()
     return trainer
 

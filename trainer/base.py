@@ -112,7 +112,7 @@ class Trainer:
         if self.loop.gradient_checkpointing:
             checkpoint_layers(model)
         if self.loop.fsdp:  # sharded by torch's FSDP2 directly: accelerate would wrap it in DDP on CPU
-            model = fsdp.shard_model(model.to(self.device), self.loop.bf16, type(model).__name__)
+            model = fsdp.shard_model(model.to(self.device), type(model).__name__)
             return model, adamw(model, lr, weight_decay)
         return self.accelerator.prepare(model, adamw(model, lr, weight_decay))
 

@@ -34,11 +34,15 @@ from utils import UserError
 SHARDS = "shards"  # the checkpoint's subdirectory holding one safetensors file per rank
 
 
-def shard_model(model: torch.nn.Module, bf16: bool, name: str = "model") -> torch.nn.Module:
+def shard_model(model: torch.nn.Module, name: str = "model") -> torch.nn.Module:
     """`model` sharded in place over all ranks: each transformer layer one FSDP unit, then the root (the
-    embeddings, final norm and heads). bf16: weights gathered and computed in bfloat16, gradients
-    reduced in float32, the sharded master weights and AdamW moments stay float32 (FSDP2's
-    MixedPrecisionPolicy; autocast still runs as in the unsharded path). Prints what each rank holds."""
+    embeddings, final norm and heads). Prints what each rank holds.
+
+    Mixed precision stays bf16 autocast, as in the unsharded path: weights are gathered in float32 and
+    autocast rounds the matmul inputs. FSDP2's MixedPrecisionPolicy(param_dtype=bfloat16) would halve
+    the gathered bytes but also round embeddings and LayerNorm weights, which autocast keeps in float32:
+    the numbers would differ from the unsharded run's and from the replicated frozen reference's (PPO's
+    KL to a copied reference would not start at 0)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     if not dist.is_initialized():
@@ -49,8 +53,7 @@ def shard_model(model: torch.nn.Module, bf16: bool, name: str = "model") -> torc
                         "with its adapters); set --peft none, or train with --fsdp False (DDP)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     mesh = init_device_mesh(device, (dist.get_world_size(),))
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if bf16 else MixedPrecisionPolicy())
+    policy = MixedPrecisionPolicy()  # float32 weights, gradients reduced in float32
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise UserError(f"FSDP=True: {type(model).__name__} has no transformer layers to shard")
