@@ -1,10 +1,12 @@
-"""SFT throughput with 1 process vs 2 processes (DDP over gloo), 1 thread each, beside a matmul probe.
+"""SFT speed and memory with 1 process, 2 processes (DDP over gloo) and 2 processes sharded (FSDP2 over
+gloo, --fsdp True), 1 thread each, beside a matmul probe.
 
-    python bench/bench_multiproc.py                     # embedded model, batch 64 per process, 20 timed steps
-    python bench/bench_multiproc.py --steps 5 --batch_size 16 --model out/opt125m-arch   # any model dir
+    python bench/bench_multiproc.py                     # opt-125m architecture, random init, ~3 min
+    python bench/bench_multiproc.py --model embedded --batch_size 64 --max_len 96 --steps 20   # throughput
 
 Prints one line per run: processes, tokens/s (non-pad tokens through forward + backward + AdamW, summed
-over the ranks), seconds per step, and the 1-thread float32 matmul GFLOP/s measured just before and
+over the ranks), seconds per step, the peak RSS of each rank, the bytes each rank holds of the trained
+weights + gradients + AdamW state, and the 1-thread float32 matmul GFLOP/s measured just before and
 just after it. The machine sometimes runs at half speed for minutes (../shared/FACTS.md): compare
 only runs whose probes agree. Each process gets its own batch, so 2 processes move twice the tokens
 per step; perfect scaling is 2x the 1-process tokens/s on 2 free cores.
@@ -27,20 +29,28 @@ def worker(args) -> None:
     """One rank: build the SFT trainer, run warmup steps, then time `steps` training steps."""
     import torch
 
+    from transformers import OPTForCausalLM
+
     from dataset.sft import SFTDataset
-    from model.load import load_causal_lm, load_tokenizer
+    from model.load import load_causal_lm, load_tokenizer, opt125m_config
     from trainer.base import LoopConfig, OptimConfig
-    from trainer.dist import reduce_sum
+    from trainer.dist import all_ranks, reduce_sum
+    from trainer.fsdp import local_bytes
     from trainer.sft import SFTTrainer
+    from utils import peak_rss_mb
 
     torch.set_num_threads(1)
-    tok = load_tokenizer(args.model)
+    tok = load_tokenizer("embedded" if args.model == "opt125m" else args.model)  # its ids fit OPT's vocabulary
     data = SFTDataset("ds/sft_train.jsonl", tok, args.max_len, verbose=False)
-    loop = LoopConfig(out_dir=args.out, max_steps=args.warmup + args.steps, warmup_steps=0, grad_clip=1.0, eval_interval=0,
-                      log_interval=10 ** 9, save_interval=0, seed=0, bf16=False, resume=False, log_with="none", group_by_length=False, gradient_checkpointing=False)
+    torch.manual_seed(0)  # the same random weights in every rank
+    model = OPTForCausalLM(opt125m_config()) if args.model == "opt125m" else load_causal_lm(args.model)
+    loop = LoopConfig(out_dir=args.out, max_steps=args.warmup + args.steps, warmup_steps=0, grad_clip=1.0,
+                      eval_interval=0, log_interval=10 ** 9, save_interval=0, seed=0, bf16=False, resume=False,
+                      log_with="none", group_by_length=False, gradient_checkpointing=False, fsdp=args.fsdp)
     optim = OptimConfig(lr=1e-3, weight_decay=0.0, batch_size=args.batch_size, grad_accum=1)
-    trainer = SFTTrainer(load_causal_lm(args.model), tok, data, None, None, loop=loop, optim=optim, run_config={},
+    trainer = SFTTrainer(model, tok, data, None, None, loop=loop, optim=optim, run_config={},
                          max_new_tokens=1, judge=None)
+    del model  # the trainer holds the (sharded) model
     for _ in range(args.warmup):  # first steps allocate and warm caches
         trainer.training_step()
         trainer.step += 1
@@ -52,9 +62,13 @@ def worker(args) -> None:
         trainer.step += 1
     seconds = time.perf_counter() - start
     total = reduce_sum(trainer.accelerator, {"tokens": tokens})["tokens"]
+    held = local_bytes(trainer.unwrap(trainer.model), trainer.optimizer)  # gradients: freed after each step,
+    held = held["params"] * 2 + held["optimizer"]  # but as large as the weights while they exist
+    ranks = all_ranks(trainer.accelerator, (peak_rss_mb(), held / 2 ** 20))
     if trainer.accelerator.is_main_process:
         print(json.dumps({"processes": trainer.accelerator.num_processes, "tokens_per_s": total / seconds,
-                          "s_per_step": seconds / args.steps}))
+                          "s_per_step": seconds / args.steps, "peak_rss_mb": [r[0] for r in ranks],
+                          "state_mb": [r[1] for r in ranks]}))
 
 
 def free_port() -> int:
@@ -65,11 +79,13 @@ def free_port() -> int:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--batch_size", type=int, default=64, help="examples per process per step")
-    parser.add_argument("--max_len", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--model", default="opt125m", help="'opt125m' (its architecture, random init), "
+                        "'embedded' or a model directory")
+    parser.add_argument("--batch_size", type=int, default=4, help="examples per process per step")
+    parser.add_argument("--max_len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--fsdp", type=lambda v: v == "True", default=False, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="out/bench_multiproc")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -79,18 +95,22 @@ def main():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
     flags = ["--model", args.model, "--batch_size", str(args.batch_size), "--max_len", str(args.max_len),
              "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", args.out, "--worker"]
-    for procs in (1, 2):
+    for procs, sharded in ((1, False), (2, False), (2, True)):
         launcher = [sys.executable] if procs == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
             "--master_port", str(free_port())]
         before = matmul_gflops(threads=1)
-        proc = subprocess.run(launcher + [os.path.abspath(__file__)] + flags, env=env, capture_output=True, text=True)
+        proc = subprocess.run(launcher + [os.path.abspath(__file__)] + flags + ["--fsdp", str(sharded)], env=env,
+                              capture_output=True, text=True)
         after = matmul_gflops(threads=1)
         if proc.returncode != 0:
             sys.exit(f"{procs}-process run failed:\n{proc.stderr[-3000:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{procs} process(es) x 1 thread: {result['tokens_per_s']:8.0f} tokens/s, {result['s_per_step']:.3f} s/step"
-              f"   (matmul probe, 1 thread fp32: {before:.1f} GFLOP/s before, {after:.1f} after)")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        kind = "FSDP" if sharded else ("DDP " if procs > 1 else "    ")
+        print(f"{procs} process(es) {kind} x 1 thread: {r['tokens_per_s']:7.0f} tokens/s, {r['s_per_step']:.2f} s/step, "
+              f"peak RSS per rank {' / '.join(f'{m:.0f}' for m in r['peak_rss_mb'])} MiB, weights + gradients + "
+              f"AdamW per rank {' / '.join(f'{m:.0f}' for m in r['state_mb'])} MiB"
+              f"   (matmul probe, 1 thread fp32: {before:.1f} GFLOP/s before, {after:.1f} after)", flush=True)
 
 
 if __name__ == "__main__":
