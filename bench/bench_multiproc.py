@@ -86,6 +86,8 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--fsdp", type=lambda v: v == "True", default=False, help=argparse.SUPPRESS)
+    parser.add_argument("--mmap_threshold", type=int, default=131072,
+                        help="glibc MALLOC_MMAP_THRESHOLD_ for every run (0: glibc's default, a dynamic one)")
     parser.add_argument("--out", default="out/bench_multiproc")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -93,6 +95,12 @@ def main():
     if args.worker:
         return worker(args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    if args.mmap_threshold:
+        # A fixed threshold: buffers above it are mmap'ed and go back to the system when freed. glibc's
+        # default raises its threshold after each large free, so FSDP's per-step gather and reduce-scatter
+        # buffers end up in the heap and stay counted in RSS (2 FSDP ranks peaked at 3.1 GiB each instead
+        # of 2.0 GiB at opt-125m's architecture; docs/scaling.md).
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     flags = ["--model", args.model, "--batch_size", str(args.batch_size), "--max_len", str(args.max_len),
              "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", args.out, "--worker"]
     for procs, sharded in ((1, False), (2, False), (2, True)):

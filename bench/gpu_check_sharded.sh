@@ -1,52 +1,56 @@
 #!/usr/bin/env bash
-# GPU check of the multi-process paths that a CPU machine cannot run: NCCL DDP, FSDP2 for every stage
-# (PPO's actor and critic sharded), DeepSpeed ZeRO-2/3 for SFT and the reward model, and PPO's refusal
-# of DeepSpeed. A few steps of the embedded model each; needs >= 2 GPUs (and `pip install deepspeed`
-# for the ZeRO part). Run from the repository root:
-#     bash bench/gpu_check_sharded.sh            # N=2 processes; OUT=out/gpu_check
-# It stops at the first failure; "ALL GPU CHECKS PASSED" at the end means every path ran and saved a
-# model that transformers reloads. Until it has run, README "Scaling out" marks these paths untested.
+# GPU check of the sharded path (trainer/fsdp.py: torch's FSDP2 over NCCL, the code the CPU tests run
+# over gloo), sized for one 10-minute call on a machine with N >= 1 GPUs. Run from the repository root:
+#     bash bench/gpu_check_sharded.sh            # N = all visible GPUs; OUT=out/gpu_check
+# 1. N >= 2: tests/test_fsdp.py on GPUs (2 ranks x b equal 1 process x 2b for SFT, RM and PPO, half the
+#    bytes per rank, bitwise sharded resume, DPO and GRPO) and the 2-process DDP tests.
+# 2. N >= 2: train_sft.py on the embedded model, FSDP on N GPUs x batch b vs 1 GPU x N*b (no FSDP):
+#    the relative weight gap after 3 steps, against the distance travelled (CPU: < 2e-3).
+# 3. bf16 throughput at opt-125m's architecture (random init): 1 GPU, and N GPUs with FSDP, tokens/s.
+# DeepSpeed ZeRO (configs/zero*.yaml) is not part of it: deepspeed is not installed in this project's
+# environment, and the configs stay marked untested. "GPU CHECK DONE" at the end means every step ran.
 set -euo pipefail
-N=${N:-2}
+N=${N:-$(python -c "import torch; print(torch.cuda.device_count())")}
 OUT=${OUT:-out/gpu_check}
 export TQDM_DISABLE=1 HF_HUB_OFFLINE=1
-SFT="--max_steps 4 --batch_size 8 --eval_limit 16 --eval_interval 0 --save_interval 0"
-RM="--max_steps 4 --batch_size 4 --eval_limit 16 --eval_interval 0"
-PPO="--iterations 2 --rollout_batch 8 --mini_batch 4 --ppo_epochs 1 --eval_limit 8 --eval_interval 0"
-reload() {  # the saved model loads in plain transformers and has finite weights
-  python - "$1" "$2" <<'PY'
-import sys, torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-cls = AutoModelForCausalLM if sys.argv[2] == "lm" else AutoModelForSequenceClassification
-model = cls.from_pretrained(sys.argv[1])
-assert all(torch.isfinite(p).all() for p in model.parameters()), sys.argv[1]
-print(f"reloaded {sys.argv[1]} ({sum(p.numel() for p in model.parameters()):,} parameters)")
-PY
-}
+mkdir -p "$OUT"
+echo "== $N GPU(s): $(python -c "import torch; print(torch.cuda.get_device_name(0))")"
+SFT="--max_steps 3 --warmup_steps 0 --lr 3e-3 --eval_interval 0 --eval_limit 8 --save_interval 0 --seed 1"
 
-echo "== 2-process equality tests on GPUs (NCCL): tests/test_multiproc.py"
-python -m pytest -q tests/test_multiproc.py
-echo "== DDP over NCCL (torchrun)"
-torchrun --nproc_per_node "$N" train_sft.py $SFT --out_dir "$OUT/ddp_sft"
-reload "$OUT/ddp_sft" lm
-for cfg in fsdp zero2 zero3; do
-  if [[ $cfg == zero* ]] && ! python -c "import deepspeed" 2>/dev/null; then echo "SKIP $cfg: deepspeed not installed"; continue; fi
-  echo "== $cfg: SFT, reward model"
-  accelerate launch --config_file "configs/$cfg.yaml" --num_processes "$N" train_sft.py $SFT --out_dir "$OUT/${cfg}_sft"
-  reload "$OUT/${cfg}_sft" lm
-  accelerate launch --config_file "configs/$cfg.yaml" --num_processes "$N" train_rm.py --model "$OUT/${cfg}_sft" $RM --out_dir "$OUT/${cfg}_rm"
-  reload "$OUT/${cfg}_rm" rm
-done
-echo "== fsdp: PPO (actor and critic sharded, reference and reward model replicated)"
-accelerate launch --config_file configs/fsdp.yaml --num_processes "$N" train_rlhf.py --sft_model "$OUT/fsdp_sft" \
-  --rm_model "$OUT/fsdp_rm" $PPO --out_dir "$OUT/fsdp_rlhf"
-reload "$OUT/fsdp_rlhf" lm
-if python -c "import deepspeed" 2>/dev/null; then
-  echo "== zero3: PPO must refuse with a clear error"
-  if accelerate launch --config_file configs/zero3.yaml --num_processes "$N" train_rlhf.py --sft_model "$OUT/zero3_sft" \
-       --rm_model "$OUT/zero3_rm" $PPO --out_dir "$OUT/zero3_rlhf" 2> "$OUT/zero3_rlhf.err"; then
-    echo "FAIL: PPO ran under DeepSpeed"; exit 1
-  fi
-  grep -q "PPO under DeepSpeed is not supported" "$OUT/zero3_rlhf.err" && echo "refused as expected"
+if (( N >= 2 )); then
+  echo "== 1. tests/test_fsdp.py and tests/test_multiproc.py on GPUs (NCCL)"
+  timeout 240 python -m pytest -q tests/test_fsdp.py tests/test_multiproc.py
+  echo "== 2. SFT: FSDP on $N GPUs x batch 8 vs 1 GPU x batch $((8 * N))"
+  timeout 120 torchrun --nproc_per_node "$N" train_sft.py $SFT --batch_size 8 --fsdp True --out_dir "$OUT/sft_fsdp"
+  timeout 120 python train_sft.py $SFT --batch_size $((8 * N)) --out_dir "$OUT/sft_one"
+  python - "$OUT" <<'PY'
+import sys, torch
+from transformers import AutoModelForCausalLM
+from model.load import load_causal_lm
+flat = lambda m: torch.cat([p.detach().float().reshape(-1) for p in m.parameters()])
+a, b = (flat(AutoModelForCausalLM.from_pretrained(f"{sys.argv[1]}/{d}")) for d in ("sft_fsdp", "sft_one"))
+start = flat(load_causal_lm("embedded"))  # built once, deterministically: both runs' initial weights
+print(f"FSDP on N GPUs vs 1 GPU at N x batch: relative gap {((a - b).norm() / (b - start).norm()).item():.2e}")
+PY
 fi
-echo "ALL GPU CHECKS PASSED"
+
+echo "== 3. bf16 throughput, opt-125m architecture (random init), batch 8 x 512 tokens per GPU"
+python -c "from model.load import build_opt125m_arch; build_opt125m_arch('$OUT/opt125m-arch')"
+SPEED="--model $OUT/opt125m-arch --bf16 True --max_len 512 --batch_size 8 --max_steps 30 --warmup_steps 0 \
+  --eval_interval 0 --eval_limit 8 --eval_data none --eval_prompts none --save_interval 0"
+timeout 150 python train_sft.py $SPEED --out_dir "$OUT/speed_1"
+if (( N >= 2 )); then
+  timeout 150 torchrun --nproc_per_node "$N" train_sft.py $SPEED --fsdp True --out_dir "$OUT/speed_fsdp"
+fi
+python - "$OUT" "$N" <<'PY'
+import json, os, sys
+for run, gpus in (("speed_1", 1), ("speed_fsdp", int(sys.argv[2]))):
+    path = f"{sys.argv[1]}/{run}/metrics.jsonl"
+    if not os.path.exists(path):
+        continue
+    rows = [json.loads(line) for line in open(path)]
+    rows = [r for r in rows if r.get("step", 0) >= 10]  # steps 10..30: warm
+    seconds = (rows[-1]["time"] - rows[0]["time"]) / (rows[-1]["step"] - rows[0]["step"])
+    print(f"{run}: {gpus} GPU(s), {seconds:.3f} s/step, {8 * 512 * gpus / seconds:,.0f} tokens/s (padded)")
+PY
+echo "GPU CHECK DONE"
