@@ -160,10 +160,15 @@ def test_two_node_launch_equals_one_process(one_sft, tmp_path):
 
 
 def test_sharding_refusals_are_one_line_errors():
-    """FSDP in one process, a sharded checkpoint resumed by another number of processes or unsharded,
-    and an unsharded checkpoint resumed sharded each stop with a one-line error that says what to run."""
+    """FSDP in one process, frozen parameters (PEFT, TRAIN_LAYERS) under FSDP, a sharded checkpoint
+    resumed by another number of processes or unsharded, and an unsharded checkpoint resumed sharded
+    each stop with a one-line error that says what to run."""
     with pytest.raises(UserError, match="single process.*torchrun --nproc_per_node N"):
         fsdp.shard_model(OPTForCausalLM(tiny_config()))
+    lora_like = OPTForCausalLM(tiny_config())
+    lora_like.model.decoder.embed_tokens.weight.requires_grad_(False)
+    with pytest.raises(UserError, match="frozen parameters.*--fsdp False"):
+        fsdp.shard_model(lora_like)
     sharded_state = {"shards": {"world": 2}}
     with pytest.raises(CheckpointError, match="shards of 2 processes.*--nproc_per_node 2.*not 1 process"):
         fsdp.check_resumable("ck", sharded_state, fsdp=True)

@@ -45,12 +45,13 @@ def shard_model(model: torch.nn.Module, name: str = "model") -> torch.nn.Module:
     KL to a copied reference would not start at 0)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    if hasattr(model, "peft_config") or not all(p.requires_grad for p in model.parameters()):
+        raise UserError("FSDP=True with frozen parameters (PEFT, TRAIN_LAYERS) is not supported: the "
+                        "checkpoints save whole sharded models; set --peft none and TRAIN_LAYERS None, "
+                        "or train with --fsdp False (DDP)")
     if not dist.is_initialized():
         raise UserError("FSDP=True in a single process: sharding needs several; launch with "
                         "`torchrun --nproc_per_node N script.py --fsdp True`, or set --fsdp False")
-    if hasattr(model, "peft_config") or getattr(model, "adapted", False):
-        raise UserError("FSDP=True with a PEFT model is not supported (its frozen base would be sharded "
-                        "with its adapters); set --peft none, or train with --fsdp False (DDP)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     mesh = init_device_mesh(device, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy()  # float32 weights, gradients reduced in float32
