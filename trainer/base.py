@@ -63,7 +63,7 @@ class LoopConfig:
     log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
     group_by_length: bool  # batches of similar lengths (less padding); every item still once per epoch
     gradient_checkpointing: bool  # keep only each layer's input; recompute the layer in the backward pass (checkpoint_layers)
-    fsdp: bool  # shard the trained models' weights, gradients and AdamW state over the processes (trainer/fsdp.py)
+    fsdp: bool  # shard trained weights, gradients, AdamW state over the ranks (trainer/fsdp.py)
 
     from_settings = classmethod(from_settings)
 
@@ -111,7 +111,7 @@ class Trainer:
         FSDP2 needs that); its layers checkpointed first if loop.gradient_checkpointing."""
         if self.loop.gradient_checkpointing:
             checkpoint_layers(model)
-        if self.loop.fsdp:  # sharded by torch's FSDP2 directly: accelerate would wrap it in DDP on CPU
+        if self.loop.fsdp:  # torch's FSDP2 directly: accelerate would wrap it in DDP on CPU
             model = fsdp.shard_model(model.to(self.device), type(model).__name__)
             return model, adamw(model, lr, weight_decay)
         return self.accelerator.prepare(model, adamw(model, lr, weight_decay))
@@ -170,7 +170,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
 
     def sharded_state(self) -> dict:
-        """The entries of state_dict() that FSDP shards: key -> model, or (model, optimizer) for its state."""
+        """The entries of state_dict() that FSDP shards: key -> model, or (model, optimizer)."""
         return {"model": self.model, "optimizer": (self.model, self.optimizer)}
 
     # ------------------------------------------------------------------ the loop
@@ -255,9 +255,11 @@ class Trainer:
         if self.loop.fsdp:  # every rank writes its shards; the main process the rest, then swaps
             sharded = self.sharded_state()
             state["trainer"] = {k: v for k, v in state["trainer"].items() if k not in sharded}
-            state["shards"] = fsdp.save_shards(self.ckpt_dir, sharded, self.accelerator.is_main_process)
+            is_main = self.accelerator.is_main_process
+            state["shards"] = fsdp.save_shards(self.ckpt_dir, sharded, is_main)
         if self.accelerator.is_main_process:
-            save_checkpoint(self.ckpt_dir, state, self.step, self.run_config, tmp_ready=self.loop.fsdp)
+            save_checkpoint(self.ckpt_dir, state, self.step, self.run_config,
+                            tmp_ready=self.loop.fsdp)
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
@@ -320,7 +322,9 @@ class Trainer:
 
     def full_state(self, model) -> dict:
         """The model's full state dict for an HF checkpoint (gathered once under FSDP / ZeRO-3)."""
-        return fsdp.full_state_dict(model) if self.loop.fsdp else self.accelerator.get_state_dict(model)
+        if self.loop.fsdp:
+            return fsdp.full_state_dict(model)
+        return self.accelerator.get_state_dict(model)
 
     def write_metrics(self, metrics: dict) -> None:
         if self.accelerator.is_main_process:

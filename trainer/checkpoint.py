@@ -7,7 +7,7 @@ A checkpoint is a directory (out_dir/checkpoint/) of three files:
     state.json          everything else (step, scheduler, hyperparameters, Python's RNG), with
                         {"__tensor__": key} where a tensor was; written last, so it marks the checkpoint complete
     run_config.json     the resolved settings
-    shards/             only in a sharded (FSDP) run: one safetensors file per rank (trainer/fsdp.py)
+    shards/             sharded (FSDP) runs only: a safetensors file per rank (trainer/fsdp.py)
 
 Loading reads them with safetensors and json only. A pickle (what `torch.load` reads by default) can
 execute code from whoever wrote the file; a checkpoint directory holding one is refused.
@@ -160,16 +160,17 @@ def finish_interrupted_swap(ckpt_dir: str) -> None:
 
 
 def begin_save(ckpt_dir: str) -> str:
-    """Finish any interrupted swap, then create the empty ckpt_dir.tmp a save writes into; returns it."""
+    """Finish any interrupted swap, then make the empty ckpt_dir.tmp a save writes into."""
     finish_interrupted_swap(ckpt_dir)
     os.makedirs(ckpt_dir + ".tmp")
     return ckpt_dir + ".tmp"
 
 
-def save_checkpoint(ckpt_dir: str, state: dict, step: int, run_config: dict, tmp_ready: bool = False) -> None:
-    """Write `state` (tensors and plain values) as the checkpoint of `step`; see the module docstring.
-    tmp_ready: begin_save already made ckpt_dir.tmp and other files are in it (a sharded run's per-rank
-    shards, trainer/fsdp.py); they are swapped in with the rest."""
+def save_checkpoint(ckpt_dir: str, state: dict, step: int, run_config: dict,
+                    tmp_ready: bool = False) -> None:
+    """Write `state` (tensors and plain values) as the checkpoint of `step`; see the module
+    docstring. tmp_ready: begin_save already made ckpt_dir.tmp and other files are in it (a sharded
+    run's per-rank shards, trainer/fsdp.py); they are swapped in with the rest."""
     if not tmp_ready:
         begin_save(ckpt_dir)
     tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"

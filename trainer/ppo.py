@@ -184,7 +184,7 @@ class PPOTrainer(Trainer):
     def sample_and_score(self, items: list[dict]) -> tuple[Responses, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Steps 1-4 of a rollout, shared with GRPO -> (responses, logprobs (B, N), ref_logprobs (B, N), raw_scores (B,))."""
         actor = self.unwrap(self.actor).eval()
-        with self.accelerator.autocast(), gathered(actor):  # FSDP: the actor's weights gathered once per rollout
+        with self.accelerator.autocast(), gathered(actor):  # FSDP: gathered once per rollout
             # 1-2. sample (left-padded prompts, KV cache, stop at EOS, no minimum length); truncate after the first EOS
             out = sample_responses(actor, self.tokenizer, [it["prompt_ids"] for it in items], self.cfg.max_new_tokens,
                                    **self.sampling)
