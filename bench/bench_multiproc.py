@@ -104,7 +104,7 @@ def main():
         # A fixed threshold: buffers above it are mmap'ed and go back to the system when freed.
         # glibc's default raises its threshold after each large free, so FSDP's per-step gather and
         # reduce-scatter buffers end up in the heap and stay counted in RSS (2 FSDP ranks peaked at
-        # 3.1 GiB each instead of 2.0 GiB at opt-125m's architecture; docs/scaling.md).
+        # 3,092-3,241 MiB instead of 1,960 MiB at opt-125m's architecture; docs/scaling.md).
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     flags = ["--model", args.model, "--batch_size", str(args.batch_size), "--max_len", str(args.max_len),
              "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", args.out, "--worker"]
