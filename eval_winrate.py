@@ -1,6 +1,6 @@
 """Win rate of model B over model A on a prompt file: InstructGPT's headline metric.
 
-    python eval_winrate.py                                        # out/rlhf (B) vs out/sft (A), ds/eval_prompts.jsonl, judged by out/rm and the gold judge
+    python eval_winrate.py                                        # out/rlhf (B) vs out/sft (A), ds/prompts_test.jsonl, judged by out/rm and the gold judge
     python eval_winrate.py --model_a out/sft --model_b out/sft_lora --prompts my_prompts.jsonl --rm none
 
 Both models answer every prompt in their own format (their tokenizer's chat template), greedy by default.
@@ -26,7 +26,7 @@ from utils import configure, quiet_transformers, run_main, seed_everything, writ
 
 MODEL_A = "out/sft"  # the baseline (any checkpoint the project writes: full, merged or adapter dir)
 MODEL_B = "out/rlhf"  # the challenger: the win rate is B's
-PROMPTS = "ds/eval_prompts.jsonl"  # prompt file (instruction/input, prompt or messages rows)
+PROMPTS = "ds/prompts_test.jsonl"  # prompt file (instruction/input, prompt or messages rows)
 RM = "out/rm"  # reward model judging the pairs ('none': gold judge only)
 LIMIT = None  # first N prompts only (None: all)
 MAX_NEW_TOKENS = 24  # reply length limit

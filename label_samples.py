@@ -40,7 +40,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="out/sft", help="the policy to sample from")
     parser.add_argument("--train_prompts", default="ds/rm_train_ranked.jsonl", help="rows with instruction/input")
-    parser.add_argument("--eval_prompts", default="ds/rm_eval_ranked.jsonl", help="held-out prompts, labelled the same way")
+    parser.add_argument("--eval_prompts", default="ds/rm_val_ranked.jsonl", help="held-out prompts, labelled the same way")
     parser.add_argument("--out", default="out/label", help="writes OUT/train.jsonl and OUT/eval.jsonl")
     parser.add_argument("--k", type=int, default=4, help="samples per prompt")
     parser.add_argument("--temperature", type=float, default=1.0)

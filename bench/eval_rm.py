@@ -2,7 +2,7 @@
 applies the correctness-only, format-only and trade pairs: a right answer in the worse format over a wrong
 one in the preferred format) and mean margin, one line per (model, file).
 
-    python bench/eval_rm.py --models out/rm,out/rm_label --data ds/rm_eval_ranked.jsonl,out/label/eval.jsonl
+    python bench/eval_rm.py --models out/rm,out/rm_label --data ds/rm_test_ranked.jsonl,out/label/eval.jsonl
     python bench/eval_rm.py --models out/smollm2/rm --chat_template True --limit 100   # as bench/pipeline_smollm2.sh trains it
 """
 import os
@@ -17,7 +17,7 @@ from trainer.rm import evaluate_pairs  # noqa: E402
 from utils import configure, quiet_transformers  # noqa: E402
 
 MODELS = "out/rm"  # comma-separated reward-model directories
-DATA = "ds/rm_eval_ranked.jsonl"  # comma-separated comparison files (ranked, pairs or HH)
+DATA = "ds/rm_test_ranked.jsonl"  # comma-separated comparison files (ranked, pairs or HH)
 MAX_LEN = 96  # tokens per prompt + response, as in training
 CHAT_TEMPLATE = False  # render with the tokenizer's chat template, as in training with --chat_template True
 LIMIT = 0  # ranked groups per file (0 = all)

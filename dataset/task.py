@@ -60,8 +60,10 @@ HOLDOUT_TYPE = "repeat"  # never in the SFT/RM/PPO data: the PEFT comparison ada
 MAIN_TYPES = tuple(t for t in TYPES if t != HOLDOUT_TYPE)
 
 
-def make_example(kind: str, rng: random.Random) -> tuple[str, str]:
-    """Return (input, correct answer) for one instruction of type `kind`."""
+def make_example(kind: str, rng: random.Random, items: dict = None) -> tuple[str, str]:
+    """Return (input, correct answer) for one instruction of type `kind`. `items` restricts the lookup
+    kinds (capital, opposite, repeat) to one split's pool of inputs (`item_pools`)."""
+    items = items or {}
     if kind == "add":
         a, b = rng.randint(0, 49), rng.randint(0, 49)
         return f"{a} and {b}", str(a + b)
@@ -69,16 +71,16 @@ def make_example(kind: str, rng: random.Random) -> tuple[str, str]:
         nums = rng.sample(range(100), rng.randint(3, 4))
         return " ".join(map(str, nums)), " ".join(map(str, sorted(nums)))
     if kind == "capital":
-        country = rng.choice(sorted(CAPITALS))
+        country = rng.choice(items.get(kind, sorted(CAPITALS)))
         return country, CAPITALS[country]
     if kind == "opposite":
-        word = rng.choice(sorted(OPPOSITES))
+        word = rng.choice(items.get(kind, sorted(OPPOSITES)))
         return word, OPPOSITES[word]
     if kind == "count":
         words = rng.choices(WORDS, k=rng.randint(2, 7))
         return " ".join(words), str(len(words))
     if kind == "repeat":
-        word = rng.choice(WORDS)
+        word = rng.choice(items.get(kind, WORDS))
         return word, " ".join([word] * 3)
     raise ValueError(f"unknown instruction type {kind!r}; expected one of {TYPES}")
 
@@ -208,8 +210,36 @@ def score_if_known(prompt: str, response: str):
 # The generator
 DEMO_STYLES = {"preferred": 0.25, "bare": 0.55, "hedged": 0.20}  # demonstrators' habits
 DEMO_WRONG = 0.15  # share of demonstrations with a wrong answer
-SIZES = {"sft_train": 8000, "sft_eval": 400, "rm_train": 3000, "rm_eval": 300,
-         "prompts_train": 4000, "eval_prompts": 300, "peft_train": 1000, "peft_eval": 200}
+# Three disjoint splits: train (SFT, RM, PPO prompts), val (every choice: best checkpoint, settings,
+# early stopping) and test (reported figures only). Files are named <what>_<split>.
+SIZES = {"sft_train": 8000, "sft_val": 400, "sft_test": 400,
+         "rm_train": 3000, "rm_val": 300, "rm_test": 500,
+         "prompts_train": 4000, "prompts_val": 300, "prompts_test": 1000,  # test: 200 per type
+         "peft_train": 1000, "peft_eval": 200}
+SPLITS = ("train", "val", "test")
+# The lookup kinds have few inputs (38 countries, 40 words): each split gets its own share of them,
+# so a test capital is a country the model never saw in training or validation.
+LOOKUP_TABLES = {"capital": sorted(CAPITALS), "opposite": sorted(OPPOSITES), "repeat": sorted(set(WORDS))}
+POOL_SHARES = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def item_pools(seed: int) -> dict:
+    """{split: {kind: inputs}}: each lookup kind's table shuffled by `seed` and cut 60/20/20, disjoint."""
+    rng = random.Random(f"pools-{seed}")
+    pools = {split: {} for split in SPLITS}
+    for kind, table in LOOKUP_TABLES.items():
+        items = rng.sample(table, len(table))
+        n_train = round(POOL_SHARES["train"] * len(items))
+        n_val = round(POOL_SHARES["val"] * len(items))
+        cuts = {"train": items[:n_train], "val": items[n_train:n_train + n_val], "test": items[n_train + n_val:]}
+        for split in SPLITS:
+            pools[split][kind] = cuts[split]
+    return pools
+
+
+def split_of(name: str) -> str:
+    """The split a shipped file belongs to, from its name: rm_val_ranked -> val (peft_eval: val)."""
+    return next(split for split in SPLITS if f"_{split}" in name) if name != "peft_eval" else "val"
 
 
 def demonstration(kind, inp, answer, rng):
@@ -227,48 +257,55 @@ def ranked_responses(kind, inp, answer, rng) -> list[str]:
 
 
 def generate(seed: int, out_dir: str, sizes: dict = SIZES) -> dict:
-    """Write every shipped data file; each split uses fresh (type, input) pairs where the task
-    allows, and prompts in the evaluation splits never appear in the training splits."""
+    """Write every shipped data file. No (type, input) appears in two splits: the lookup kinds draw
+    from disjoint item pools, the others skip inputs an earlier split holds (test is drawn first,
+    then val, then train). Within a split, prompts may repeat."""
     rng = random.Random(seed)
     os.makedirs(out_dir, exist_ok=True)
-    held = set()  # (kind, input) pairs reserved for evaluation
+    pools = item_pools(seed)
+    earlier = set()  # (kind, input) pairs of the splits drawn before this one
+    current = set()
 
-    def draw(n, kinds, avoid):
+    def draw(n, kinds, split):
         out = []
         while len(out) < n:
             kind = kinds[len(out) % len(kinds)]
-            inp, answer = make_example(kind, rng)
-            if (kind, inp) in avoid and kind not in ("capital", "opposite", "repeat"):
-                continue  # lookup tasks have few inputs: the table is the knowledge, so repeats are fine
+            inp, answer = make_example(kind, rng, pools[split])
+            if (kind, inp) in earlier:
+                continue  # another split holds this input: draw again
             out.append((kind, inp, answer))
+        current.update((k, i) for k, i, _ in out)
         return out
 
     def row(kind, inp):
         return {"type": kind, "instruction": INSTRUCTIONS[kind], "input": inp}
 
+    def prompt_row(k, i, a):
+        return row(k, i)
+
+    def demo_row(k, i, a):
+        return dict(row(k, i), output=demonstration(k, i, a, rng))
+
+    def ranked_row(k, i, a):
+        return dict(row(k, i), responses=ranked_responses(k, i, a, rng))
+
+    def preferred_row(k, i, a):
+        return dict(row(k, i), output=render(a, "preferred"))
+
     files = {}
-    evals = draw(sizes["eval_prompts"], MAIN_TYPES, set())
-    held |= {(k, i) for k, i, _ in evals}
-    files["eval_prompts"] = [row(k, i) for k, i, _ in evals]
-    sft_eval = draw(sizes["sft_eval"], MAIN_TYPES, held)
-    held |= {(k, i) for k, i, _ in sft_eval}
-    files["sft_eval"] = [dict(row(k, i), output=demonstration(k, i, a, rng)) for k, i, a in sft_eval]
-    rm_eval = draw(sizes["rm_eval"], MAIN_TYPES, held)
-    held |= {(k, i) for k, i, _ in rm_eval}
-    files["rm_eval_ranked"] = [dict(row(k, i), responses=ranked_responses(k, i, a, rng)) for k, i, a in rm_eval]
-    files["sft_train"] = [dict(row(k, i), output=demonstration(k, i, a, rng))
-                          for k, i, a in draw(sizes["sft_train"], MAIN_TYPES, held)]
-    files["rm_train_ranked"] = [dict(row(k, i), responses=ranked_responses(k, i, a, rng))
-                                for k, i, a in draw(sizes["rm_train"], MAIN_TYPES, held)]
+    for split in ("test", "val", "train"):  # held-out splits first: later splits skip what they hold
+        files[f"prompts_{split}"] = [prompt_row(*x) for x in draw(sizes[f"prompts_{split}"], MAIN_TYPES, split)]
+        files[f"sft_{split}"] = [demo_row(*x) for x in draw(sizes[f"sft_{split}"], MAIN_TYPES, split)]
+        files[f"rm_{split}_ranked"] = [ranked_row(*x) for x in draw(sizes[f"rm_{split}"], MAIN_TYPES, split)]
+        if split == "val":  # PEFT's held-out file: the val pool of the held-out type
+            files["peft_eval"] = [preferred_row(*x) for x in draw(sizes["peft_eval"], (HOLDOUT_TYPE,), split)]
+        if split == "train":
+            files["peft_train"] = [preferred_row(*x) for x in draw(sizes["peft_train"], (HOLDOUT_TYPE,), split)]
+        earlier |= current
     # The same comparisons as chosen/rejected pairs (one pair per prompt), the other common format.
     files["rm_train_pairs"] = [{"type": r["type"], "instruction": r["instruction"], "input": r["input"],
                                 "chosen": r["responses"][0], "rejected": r["responses"][rng.randint(1, 3)]}
                                for r in files["rm_train_ranked"]]
-    files["prompts_train"] = [row(k, i) for k, i, _ in draw(sizes["prompts_train"], MAIN_TYPES, held)]
-    peft_eval = draw(sizes["peft_eval"], (HOLDOUT_TYPE,), set())
-    files["peft_eval"] = [dict(row(k, i), output=render(a, "preferred")) for k, i, a in peft_eval]
-    files["peft_train"] = [dict(row(k, i), output=render(a, "preferred"))
-                           for k, i, a in draw(sizes["peft_train"], (HOLDOUT_TYPE,), set())]
     for name, rows in files.items():
         with open(os.path.join(out_dir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             for r in rows:

@@ -52,7 +52,8 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     """Build (once) the untrained embedded OPT and its tokenizer; rebuilt when config or data change."""
     with open(TINY_CONFIG) as f:
         config = json.load(f)
-    files = sorted(glob.glob(os.path.join(data_dir, "*.jsonl")))
+    # training files only: the vocabulary must not be fitted to the validation or test prompts
+    files = sorted(glob.glob(os.path.join(data_dir, "*_train*.jsonl")))
     if not files:
         raise ModelError(f"MODEL='embedded': needs the shipped data in {data_dir}/ (run `python -m dataset.task` to write it)")
     digest = hashlib.sha256(json.dumps([config, seed, EMBEDDED_TEMPLATE]).encode())

@@ -41,9 +41,9 @@ def flat(model) -> torch.Tensor:
 
 
 def sft_run(out_dir: str, batch_size: int, steps: int = 3, dropout: float = 0.0, **kw) -> SFTTrainer:
-    """`steps` SFT steps from a seeded init, no warmup, over the first examples of ds/sft_eval.jsonl."""
+    """`steps` SFT steps from a seeded init, no warmup, over the first examples of ds/sft_val.jsonl."""
     tok = load_tokenizer("embedded")
-    data = SFTDataset("ds/sft_eval.jsonl", tok, max_len=64, limit=96, verbose=False)
+    data = SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=96, verbose=False)
     torch.manual_seed(0)
     model = OPTForCausalLM(tiny_config(dropout))
     trainer = SFTTrainer(model, tok, data, None, None, run_config={}, max_new_tokens=8, judge=None,
@@ -58,7 +58,7 @@ def rm_data(out_dir: str) -> str:
     means differs from the global mean."""
     path, tmp = os.path.join(out_dir, "rm_groups.jsonl"), os.path.join(out_dir, f"rm_groups.{os.getpid()}.tmp")
     os.makedirs(out_dir, exist_ok=True)
-    rows = [json.loads(line) for line in open("ds/rm_eval_ranked.jsonl")][:48]
+    rows = [json.loads(line) for line in open("ds/rm_val_ranked.jsonl")][:48]
     with open(tmp, "w") as f:  # each process writes its own copy, then renames it (same content)
         for i, row in enumerate(rows):
             f.write(json.dumps({**row, "responses": row["responses"][: 2 + (i * 7) % 3]}) + "\n")
@@ -87,7 +87,7 @@ def ppo_checks(out_dir: str) -> dict:
     actor = OPTForCausalLM(tiny_config(dropout=0.1, attention_dropout=0.1))
     critic = OPTForSequenceClassification(tiny_config(dropout=0.1, attention_dropout=0.1, num_labels=1))
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 48, limit=64, verbose=False)
-    eval_prompts = PromptDataset("ds/eval_prompts.jsonl", tok, 48, limit=7, verbose=False).items
+    eval_prompts = PromptDataset("ds/prompts_val.jsonl", tok, 48, limit=7, verbose=False).items
 
     def length_reward(rows, responses):  # varies across responses, so scores and advantages have a spread
         return [len(r) / 10 for r in responses]

@@ -34,7 +34,7 @@ def write_rows(tmp_path, name, rows):
 def test_alpaca_template_gives_the_training_prompt_tokens(tok):
     """The Alpaca chat template, which every checkpoint carries, renders each shipped prompt to exactly the
     tokens the model was trained on, so pipeline(messages) and chat.py ask what SFT taught."""
-    rows = read_prompts("ds/eval_prompts.jsonl") + read_prompts("ds/sft_train.jsonl", 200)
+    rows = read_prompts("ds/prompts_val.jsonl") + read_prompts("ds/sft_train.jsonl", 200)
     for row in rows:
         assert chat_prompt_ids(tok, row_messages(row)) == encode_prompt(tok, render_prompt(row))
     row = rows[-1]

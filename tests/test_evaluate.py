@@ -32,7 +32,7 @@ def test_rows_keys_and_a_copied_reference_give_kl_zero():
     0, the rows come back in prompt order, rewards are the reward function's, and the per-type keys are
     '<type>/gold|correct|format' for exactly the types present."""
     tok = load_tokenizer("embedded")
-    items = PromptDataset("ds/eval_prompts.jsonl", tok, 48, limit=10, verbose=False).items
+    items = PromptDataset("ds/prompts_val.jsonl", tok, 48, limit=10, verbose=False).items
     policy = tiny_policy(dropout=0.1)
     ref = copy.deepcopy(policy).eval()
     evaluate = Evaluator(fresh_accelerator(), tok, max_new_tokens=6, temperature=0.7, batch_size=4, judge=gold_judge,
@@ -52,7 +52,7 @@ def test_without_judge_reward_or_reference_the_figures_are_nan():
     """No judge, reward model or reference (SFT on data without a judge): gold, reward and KL are NaN,
     never 0, and mean_judgement says None."""
     tok = load_tokenizer("embedded")
-    items = PromptDataset("ds/eval_prompts.jsonl", tok, 48, limit=3, verbose=False).items
+    items = PromptDataset("ds/prompts_val.jsonl", tok, 48, limit=3, verbose=False).items
     evaluate = Evaluator(fresh_accelerator(), tok, max_new_tokens=4, temperature=1.0, batch_size=8)
     result = evaluate(tiny_policy(dropout=0.0), items, do_sample=False)
     assert all(math.isnan(result[k]) for k in ("gold_score", "reward", "kl"))

@@ -332,7 +332,7 @@ def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
                "--rollout_batch", "8", "--mini_batch", "4", "--max_new_tokens", "8", "--eval_limit", "6",
                "--eval_interval", "0", "--save_interval", "0", "--out_dir", str(out))
     rows = [json.loads(l) for l in open(out / "side_by_side.jsonl")]
-    prompts = read_prompts("ds/eval_prompts.jsonl", 6)
+    prompts = read_prompts("ds/prompts_val.jsonl", 6)
     model, scorer_tok = load_scorer(judge_dir)
     expected = [score_replies(model, scorer_tok, [row_messages(p)], [r["rlhf"]["response"]], batch_size=1, max_len=80)[0]
                 for p, r in zip(prompts, rows)]

@@ -25,7 +25,7 @@ def test_tensorboard_gets_every_metrics_line_with_the_same_keys(tmp_path):
     """--log_with tensorboard: the event file holds one scalar series per metrics.jsonl key (step and
     time aside), with the same values at the same steps; metrics.jsonl is still written."""
     tok = load_tokenizer("embedded")
-    data = SFTDataset("ds/sft_eval.jsonl", tok, max_len=64, limit=32, verbose=False)
+    data = SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=32, verbose=False)
     trainer = SFTTrainer(tiny_model(), tok, data, data, None, run_config={"LR": 3e-3, "X": None}, max_new_tokens=8,
                          judge=None, **trainer_configs(tmp_path, lr=3e-3, max_steps=4, batch_size=8, eval_interval=2,
                                                        log_interval=1, log_with="tensorboard"))
@@ -58,7 +58,7 @@ def test_ppo_logs_metrics_and_sample_completions_as_text(tmp_path):
 def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path):
     """A misspelt tracker name names the LOG_WITH setting instead of failing later."""
     tok = load_tokenizer("embedded")
-    data = SFTDataset("ds/sft_eval.jsonl", tok, max_len=64, limit=8, verbose=False)
+    data = SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=8, verbose=False)
     with pytest.raises(ValueError, match="LOG_WITH='tensorbored'"):
         SFTTrainer(tiny_model(), tok, data, None, None, run_config={}, max_new_tokens=8, judge=None,
                    **trainer_configs(tmp_path, max_steps=1, batch_size=4, log_with="tensorbored"))
