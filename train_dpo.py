@@ -22,14 +22,17 @@ from model.peft import apply_peft, count_parameters, format_counts
 from model.reward import load_reward_model
 from trainer.base import LoopConfig, OptimConfig
 from trainer.dist import resolve_bf16
+from trainer.evaluate import test_evaluation
 from trainer.dpo import DPOConfig, DPOTrainer
 from utils import ConfigError, configure, plot_metrics, quiet_transformers, run_main, seed_everything
 
 # models and data
 SFT_MODEL = "out/sft"  # the policy and the frozen reference start here
 TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # comparisons: ranked, chosen/rejected pairs, HH dialogues, or a hub name
-EVAL_DATA = "ds/rm_eval_ranked.jsonl"  # held-out comparisons for the implicit reward's accuracy ('none' to skip)
-EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts: gold score and KL of the answers ('none' to skip)
+EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation comparisons: the implicit reward's accuracy during training ('none' to skip)
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: gold score and KL during training ('none' to skip)
+TEST_DATA = "ds/rm_test_ranked.jsonl"  # test comparisons: the reported implicit-reward accuracy ('none' to skip)
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported SFT vs DPO figures ('none': EVAL_PROMPTS)
 EVAL_RM = "none"  # a reward model to score the held-out answers with (e.g. out/rm), or 'none'; DPO never trains on it
 OUT_DIR = "out/dpo"  # checkpoint, metrics.jsonl, summary.json, dpo_curves.png
 MAX_LEN = 96  # tokens per prompt + response of a comparison (cut as in train_rm.py)
@@ -59,7 +62,8 @@ LORA_ALPHA = 16  # LoRA scale alpha
 LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 50  # steps between held-out evaluations (0: only at the end)
-EVAL_LIMIT = 300  # held-out prompts (None: all)
+EVAL_LIMIT = 300  # validation prompts (None: all)
+TEST_LIMIT = None  # test prompts (None: all)
 EVAL_BATCH_SIZE = 64  # groups per forward pass of the reference and held-out passes
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
@@ -83,6 +87,9 @@ def main():
     train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, judge=gold_judge)
     eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, judge=gold_judge)
     eval_prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, EVAL_LIMIT).items
+    test_data = None if TEST_DATA == "none" else RMDataset(TEST_DATA, tokenizer, MAX_LEN, on_mismatch, judge=gold_judge)
+    test_prompts = (eval_prompts if TEST_PROMPTS == "none"
+                    else PromptDataset(TEST_PROMPTS, tokenizer, MAX_PROMPT_LEN, TEST_LIMIT).items)
     reward_model = None if EVAL_RM == "none" else load_reward_model(EVAL_RM, tokenizer.pad_token_id, "EVAL_RM")
     trainer = DPOTrainer(policy, ref, tokenizer, train, eval_data, eval_prompts, reward_model,
                          cfg=DPOConfig.from_settings(config), loop=LoopConfig.from_settings(config),
@@ -90,10 +97,10 @@ def main():
     print(f"policy: {format_counts(*count_parameters(policy))}; {len(train)} training groups, {train.num_pairs} pairs")
 
     before = {}
-    if eval_prompts:  # the SFT policy on the held-out prompts: greedy for the gold score, sampled for the KL
+    if test_prompts:  # the SFT policy on the test prompts: greedy for the gold score, sampled for the KL
         sft = trainer.unwrap(trainer.model)
-        before = {"greedy": trainer.evaluate_policy(sft, eval_prompts, do_sample=False),
-                  "sampled": trainer.evaluate_policy(sft, eval_prompts, do_sample=True)}
+        before = {"greedy": trainer.evaluate_policy(sft, test_prompts, do_sample=False),
+                  "sampled": trainer.evaluate_policy(sft, test_prompts, do_sample=True)}
         print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f})")
     if not trainer.resuming:  # step 0 of the curves: the SFT policy
         trainer.log_start(trainer.run_evaluation())
@@ -103,26 +110,30 @@ def main():
     summary = {"steps": MAX_STEPS, "beta": BETA, "lr": LR, "train_pairs": train.num_pairs,
                "train_loss": final.get("train/loss"), "train_seconds": train_seconds,
                "reference_seconds": trainer.reference_seconds,
-               "peft": PEFT, **{k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/dpo_")}}
-    if eval_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
+               "peft": PEFT, "split": "test" if TEST_PROMPTS != "none" else "validation",
+               **{"val_" + k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/dpo_")}}
+    if test_data is not None:  # the implicit reward's accuracy on the test comparisons
+        tested = test_evaluation(trainer, eval_data=trainer.with_reference_logprobs(test_data.items), eval_prompts=None)
+        summary.update({k[len("eval/"):]: v for k, v in tested.items() if k.startswith("eval/dpo_")})
+    if test_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
         policy = trainer.unwrap(trainer.model)
-        after = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
-                 "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
+        after = {"greedy": trainer.evaluate_policy(policy, test_prompts, do_sample=False),
+                 "sampled": trainer.evaluate_policy(policy, test_prompts, do_sample=True)}
         b, a = before["greedy"], after["greedy"]
         summary.update(gold_score_sft=b["gold_score"], gold_score=a["gold_score"], correct_sft=b["correct"],
                        correct=a["correct"], format_sft=b["format"], format=a["format"],
                        gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
                        kl=after["sampled"]["kl"], kl_greedy=a["kl"], reward_sft=b["reward"], reward=a["reward"],
-                       eval_prompts=len(eval_prompts),
+                       eval_prompts=len(test_prompts),
                        per_type={k: {"sft": b[k], "dpo": a[k]} for k in a if "/" in k})
     trainer.finish(tokenizer, PEFT, summary)
     if not trainer.accelerator.is_main_process:
         return
-    if eval_prompts:
+    if test_prompts:
         report(b, a, before["sampled"], after["sampled"])
     plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "dpo_curves.png"),
-                 [("dpo/loss", "DPO loss (train)"), ("eval/dpo_accuracy", "implicit-reward accuracy (held-out)"),
-                  ("eval/gold_score", "gold score (held-out, greedy)"), ("eval/kl", "KL to SFT (greedy, nats / response)")])
+                 [("dpo/loss", "DPO loss (train)"), ("eval/dpo_accuracy", "implicit-reward accuracy (validation)"),
+                  ("eval/gold_score", "gold score (validation, greedy)"), ("eval/kl", "KL to SFT (greedy, nats / response)")])
     print(f"train {train_seconds:.0f} s; wrote {OUT_DIR}/dpo_curves.png")
 
 

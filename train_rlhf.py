@@ -40,7 +40,8 @@ CRITIC_INIT = "rm"  # 'rm' (the critic starts as the reward model) or 'zero_head
 REWARD = "rm"  # 'rm' (the learned reward model) or 'gold' (the task's gold judge: an upper bound, not RLHF)
 PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows ending with a user turn)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
-EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts: SFT vs RLHF, RM score and gold score
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: the evaluations during training (curves, choices)
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported SFT vs RLHF figures only ('none': EVAL_PROMPTS)
 JUDGE_RM = "none"  # 'none': the task's gold judge; or a second reward model (never trained on by PPO) that judges held-out and rollout answers instead
 OUT_DIR = "out/rlhf"  # checkpoint, metrics, summary, samples, plot
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
@@ -88,7 +89,8 @@ LORA_ALPHA = 16  # LoRA scale alpha
 LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at the end)
-EVAL_LIMIT = 300  # held-out prompts (None: all)
+EVAL_LIMIT = 300  # validation prompts (None: all)
+TEST_LIMIT = None  # test prompts (None: all)
 SFT_EVAL = "run"  # 'run': evaluate the SFT policy on the held-out prompts before training (saved as OUT_DIR/sft_eval.json); or an earlier run's OUT_DIR whose sft_eval.json is reused (seed sweeps: the same SFT figures without two evaluation passes)
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
@@ -97,7 +99,7 @@ RESUME = False  # continue from OUT_DIR/checkpoint if present
 
 config = configure(globals())
 # the settings an SFT evaluation depends on: SFT_EVAL reuses one only where all of them match
-_SFT_EVAL_SETTINGS = ("SFT_MODEL", "RM_MODEL", "REWARD", "JUDGE_RM", "EVAL_PROMPTS", "EVAL_LIMIT", "MAX_PROMPT_LEN",
+_SFT_EVAL_SETTINGS = ("SFT_MODEL", "RM_MODEL", "REWARD", "JUDGE_RM", "TEST_PROMPTS", "TEST_LIMIT", "MAX_PROMPT_LEN",
                      "MAX_NEW_TOKENS", "TEMPERATURE", "CHAT_TEMPLATE", "BF16", "FROZEN_BF16", "PEFT", "CLOSE_TRUNCATED",
                      "MISSING_EOS_PENALTY", "NORMALIZE_SCORES")
 _SETTINGS_AT_START = {k: config[k] for k in _SFT_EVAL_SETTINGS}  # as given (BF16 may be 'auto'): what SFT_EVAL compares
@@ -187,6 +189,8 @@ def main():
     prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN, chat_template=CHAT_TEMPLATE)
     eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
                     if EVAL_PROMPTS != "none" else None)
+    test_prompts = (PromptDataset(TEST_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=TEST_LIMIT, chat_template=CHAT_TEMPLATE).items
+                    if TEST_PROMPTS != "none" else eval_prompts)  # the reported figures; never a choice
     ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS, chat_template=CHAT_TEMPLATE) if PTX_COEF > 0 else None
     judge = gold_judge if JUDGE_RM == "none" else reward_model_judge(JUDGE_RM, MAX_PROMPT_LEN + MAX_NEW_TOKENS)
     wiring = dict(loop=LoopConfig.from_settings(config, max_steps="ITERATIONS"), run_config=config,
@@ -199,25 +203,26 @@ def main():
         trainer.log(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
 
     before = {}
-    if eval_prompts:  # the SFT policy (the actor before any update) on the held-out prompts
-        before = sft_evaluation(trainer, eval_prompts, saved_sft_eval)
-        trainer.log(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f}), "
-                    f"RM score {before['greedy']['reward']:.3f}")
-        trainer.log_start({f"eval/{k}": v for k, v in before["greedy"].items() if k != "rows" and "/" not in k})  # step 0: SFT
+    if test_prompts:  # the SFT policy (the actor before any update) on the test prompts
+        before = sft_evaluation(trainer, test_prompts, saved_sft_eval)
+        trainer.log(f"SFT on the test prompts: gold {before['greedy']['gold_score']:.3f} "
+                    f"(sampled {before['sampled']['gold_score']:.3f}), RM score {before['greedy']['reward']:.3f}")
+    if eval_prompts:  # step 0 of the validation curve: the SFT policy
+        start_eval = trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=False)
+        trainer.log_start({f"eval/{k}": v for k, v in start_eval.items() if k != "rows" and "/" not in k})
     start = time.time()
     trainer.fit()
     train_seconds = time.time() - start
-    if eval_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
+    if test_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
         policy = trainer.unwrap(trainer.actor)
-        after = {"greedy": trainer.last_eval  # fit() evaluated the final policy greedily (unless it ran no step)
-                 or trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
-                 "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
+        after = {"greedy": trainer.evaluate_policy(policy, test_prompts, do_sample=False),
+                 "sampled": trainer.evaluate_policy(policy, test_prompts, do_sample=True)}
     summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peft": PEFT, "reward": REWARD}
-    if eval_prompts:
-        summary.update(gold_score_sft=before["greedy"]["gold_score"], gold_score=after["greedy"]["gold_score"],
+    if test_prompts:
+        summary.update(split="test" if TEST_PROMPTS != "none" else "validation", gold_score_sft=before["greedy"]["gold_score"], gold_score=after["greedy"]["gold_score"],
                        gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
                        reward_sft=before["greedy"]["reward"], reward=after["greedy"]["reward"],
-                       kl=after["sampled"]["kl"], kl_greedy=after["greedy"]["kl"], eval_prompts=len(eval_prompts),
+                       kl=after["sampled"]["kl"], kl_greedy=after["greedy"]["kl"], eval_prompts=len(test_prompts),
                        per_type={k: {"sft": before["greedy"][k], "rlhf": after["greedy"][k]}
                                  for k in after["greedy"] if "/" in k})
         for key in ("correct", "format"):
@@ -225,19 +230,20 @@ def main():
     trainer.finish(tokenizer, PEFT, summary)
     if not trainer.accelerator.is_main_process:
         return
-    if eval_prompts:
-        report(before, after, eval_prompts)
+    if test_prompts:
+        report(before, after, test_prompts)
     judged = "gold score" if JUDGE_RM == "none" else "judge RM score"
     plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, f"{ALGO}_curves.png"),
                  [(f"{ALGO}/score", "RM score (rollouts)"), (f"{ALGO}/gold_score", f"{judged} (rollouts)"),
-                  ("eval/gold_score", f"{judged} (held-out, greedy)"), (f"{ALGO}/kl", "KL to SFT (nats / response)")])
+                  ("eval/gold_score", f"{judged} (validation, greedy)"), (f"{ALGO}/kl", "KL to SFT (nats / response)")])
     print(f"wrote {OUT_DIR}/side_by_side.jsonl (SFT and RLHF answers) and {OUT_DIR}/{ALGO}_curves.png")
 
 
 def report(before: dict, after: dict, eval_prompts: list) -> None:
     """Print SFT vs RLHF side by side (overall, per instruction type, a few answers) and save all answers."""
     b, a = before["greedy"], after["greedy"]
-    print(f"\nheld-out prompts: {len(eval_prompts)} (greedy; sampled in brackets)")
+    split = "test" if TEST_PROMPTS != "none" else "validation"
+    print(f"\n{split} prompts: {len(eval_prompts)} (greedy; sampled in brackets)")
     print(f"{'':14}{'gold':>14}{'correct':>9}{'format':>8}{'RM score':>10}{'KL':>7}")
     for name, r, s in (("SFT", b, before["sampled"]), ("RLHF", a, after["sampled"])):
         print(f"{name:14}{r['gold_score']:6.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}{r['format']:8.3f}{r['reward']:10.3f}{s['kl']:7.2f}")

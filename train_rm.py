@@ -24,13 +24,15 @@ from model.reward import load_reward_model
 from trainer.base import LoopConfig, OptimConfig, save_stage
 from trainer.checkpoint import lock_out_dir
 from trainer.dist import is_sharded, resolve_bf16
+from trainer.evaluate import test_evaluation
 from trainer.rm import RMTrainer, fit_linear_head, last_token_features, pairwise_metrics
 from utils import ConfigError, configure, quiet_transformers, run_main, seed_everything
 
 # model and data
 MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a local dir or a .gguf file; a fresh scalar head is added
 TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # ranked (responses best first), chosen/rejected pairs, HH dialogues, or a hub name
-EVAL_DATA = "ds/rm_eval_ranked.jsonl"  # held-out comparisons ('none' to skip)
+EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation comparisons: evaluations and the best checkpoint ('none' to skip)
+TEST_DATA = "ds/rm_test_ranked.jsonl"  # test comparisons: the reported accuracy only ('none' to skip)
 OUT_DIR = "out/rm"  # where the reward model, metrics.jsonl and summary.json go
 MAX_LEN = 96  # tokens per prompt + response; longer ones are cut (prompt from the left, see dataset/rm.py)
 TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and head); None: all. Saves backward compute.
@@ -106,7 +108,7 @@ def rm_summary(ev: dict, accuracy_base, **extra) -> dict:
             "score_std": ev.get("score_std"), "accuracy_base": accuracy_base,
             "accuracy_correctness_per_type": {k.split("/", 1)[1]: v for k, v in ev.items()
                                               if k.startswith("accuracy_correctness/")}, **extra,
-            "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA}
+            "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA, "test_data": TEST_DATA}
 
 
 def main():
@@ -121,8 +123,10 @@ def main():
     train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE, judge=gold_judge)
     eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,
                                                             chat_template=CHAT_TEMPLATE, judge=gold_judge)
-    if TRAIN_LAYERS == 0:
-        return head_only(model, tokenizer, train, eval_data, l2s)
+    test_data = None if TEST_DATA == "none" else RMDataset(TEST_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,
+                                                            chat_template=CHAT_TEMPLATE, judge=gold_judge)
+    if TRAIN_LAYERS == 0:  # the head's L2 is chosen by cross-validation on train; the figures are the test split's
+        return head_only(model, tokenizer, train, test_data or eval_data, l2s)
     if TRAIN_LAYERS is not None:
         freeze_lower_layers(model, TRAIN_LAYERS)
     model = apply_peft(model, PEFT, task="reward", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
@@ -136,6 +140,8 @@ def main():
     before = trainer.run_evaluation() if eval_data is not None and not trainer.resuming else {}
     if before:
         trainer.log_start(before)
+    if test_data is not None and not trainer.resuming:
+        before = test_evaluation(trainer, eval_data=test_data)  # the reported "before" figure
     start = time.time()
     final = trainer.fit()
     train_seconds = time.time() - start
@@ -144,9 +150,14 @@ def main():
             and not is_sharded(trainer.accelerator)):  # a sharded model takes no plain state dict; out_dir/best stays
         trainer.unwrap(trainer.model).load_state_dict(load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
         final.update(trainer.run_evaluation())
-        trainer.log(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ (accuracy {final['eval/accuracy']:.4f})")
+        trainer.log(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ "
+                    f"(validation accuracy {final['eval/accuracy']:.4f})")
+    val_accuracy = final.get("eval/accuracy")
+    if test_data is not None:  # the chosen model on the test split: the figures reported
+        final.update(test_evaluation(trainer, eval_data=test_data))
     ev = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
     summary = rm_summary(ev, before.get("eval/accuracy"), train_loss=final.get("train/loss"),
+                         split="test" if test_data is not None else "validation", val_accuracy=val_accuracy,
                          steps=MAX_STEPS, train_pairs=train.num_pairs, train_seconds=train_seconds, num_params=num_params)
     trainer.finish(tokenizer, PEFT, summary)  # PEFT: adapter in OUT_DIR/adapter, merged reward model in OUT_DIR
     trainer.log(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))

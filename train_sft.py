@@ -21,14 +21,17 @@ from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts
 from trainer.base import LoopConfig, OptimConfig
 from trainer.dist import resolve_bf16
+from trainer.evaluate import test_evaluation
 from trainer.sft import SFTTrainer
 from utils import configure, quiet_transformers, run_main, seed_everything
 
 # model and data
 MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id like 'facebook/opt-125m', a local dir or a .gguf file
 TRAIN_DATA = "ds/sft_train.jsonl"  # JSON/JSONL file or datasets hub name ('tatsu-lab/alpaca'); instruction/input/output, prompt/completion or messages
-EVAL_DATA = "ds/sft_eval.jsonl"  # held-out demonstrations for the eval loss ('none' to skip)
-EVAL_PROMPTS = "ds/eval_prompts.jsonl"  # held-out prompts scored by the gold judge ('none' for data without a judge)
+EVAL_DATA = "ds/sft_val.jsonl"  # validation demonstrations for the eval loss during training ('none' to skip)
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts scored by the gold judge during training ('none' for data without a judge)
+TEST_DATA = "ds/sft_test.jsonl"  # test demonstrations: the reported loss, before and after ('none' to skip)
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported gold score, before and after ('none' to skip)
 OUT_DIR = "out/sft"  # where the checkpoint, metrics.jsonl and summary.json go
 MAX_LEN = 96  # tokens per example; longer ones are cut (prompt from the left, see dataset/sft.py)
 CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (dataset/chat.py); saved with the model
@@ -52,7 +55,8 @@ LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'w
 SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 MAX_NEW_TOKENS = 24  # generation length for the gold-score evaluation
-EVAL_LIMIT = 300  # held-out prompts to score (None: all)
+EVAL_LIMIT = 300  # validation prompts to score (None: all)
+TEST_LIMIT = None  # test prompts to score (None: all)
 # parameter-efficient fine-tuning (model/peft/)
 PEFT = "none"  # 'none' (full fine-tuning), 'lora', 'bitfit', 'prompt_tuning', 'p_tuning' or 'prefix_tuning'
 LORA_R = 8  # LoRA rank r
@@ -75,23 +79,27 @@ def main():
     eval_data = None if EVAL_DATA == "none" else SFTDataset(EVAL_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
     prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_LEN - MAX_NEW_TOKENS, EVAL_LIMIT,
                                                                 verbose=False, chat_template=CHAT_TEMPLATE).items
+    test_data = None if TEST_DATA == "none" else SFTDataset(TEST_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
+    test_prompts = None if TEST_PROMPTS == "none" else PromptDataset(TEST_PROMPTS, tokenizer, MAX_LEN - MAX_NEW_TOKENS,
+                                                                     TEST_LIMIT, verbose=False, chat_template=CHAT_TEMPLATE).items
     trainer = SFTTrainer(model, tokenizer, train, eval_data, prompts, loop=LoopConfig.from_settings(config),
                          optim=OptimConfig.from_settings(config), run_config=config, max_new_tokens=MAX_NEW_TOKENS,
                          judge=gold_judge)
     trainable, num_params = count_parameters(model)
     trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
     trainer.log(format_counts(trainable, num_params))
-    before = trainer.run_evaluation()  # the model before SFT (a resumed run loads its checkpoint in fit())
-    trainer.log_start(before)
+    trainer.log_start(trainer.run_evaluation())  # validation, before SFT (a resumed run loads its checkpoint in fit())
+    before = test_evaluation(trainer, eval_data=test_data, eval_prompts=test_prompts)  # the reported figures
     start = time.time()
-    final = trainer.fit()
+    fitted = trainer.fit()
+    final = test_evaluation(trainer, eval_data=test_data, eval_prompts=test_prompts)
     summary = {"gold_score_base": before.get("eval/gold_score"), "gold_score": final.get("eval/gold_score"),
                "correct": final.get("eval/correct"), "format": final.get("eval/format"),
                "eval_loss_base": before.get("eval/loss"), "eval_loss": final.get("eval/loss"),
-               "train_loss": final.get("train/loss"), "steps": MAX_STEPS, "train_seconds": time.time() - start,
+               "train_loss": fitted.get("train/loss"), "steps": MAX_STEPS, "train_seconds": time.time() - start, "split": "test",
                "num_params": num_params, "trainable_params": trainable, "peft": PEFT, "model": MODEL}
     trainer.finish(tokenizer, PEFT, summary)
-    trainer.log(f"gold score (held-out prompts, greedy): before {summary['gold_score_base']} -> after {summary['gold_score']}")
+    trainer.log(f"gold score (test prompts, greedy): before {summary['gold_score_base']} -> after {summary['gold_score']}")
 
 
 if __name__ == "__main__":

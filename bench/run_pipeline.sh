@@ -15,11 +15,14 @@ python bench/probe.py
 start=$(date +%s)
 python -m dataset.task --seed "$seed" --out "$data"
 python bench/timed.py "$run/sft" -- python train_sft.py --seed "$seed" --train_data "$data/sft_train.jsonl" \
-    --eval_data "$data/sft_eval.jsonl" --eval_prompts "$data/eval_prompts.jsonl" --out_dir "$run/sft" $args
+    --eval_data "$data/sft_val.jsonl" --eval_prompts "$data/prompts_val.jsonl" \
+    --test_data "$data/sft_test.jsonl" --test_prompts "$data/prompts_test.jsonl" --out_dir "$run/sft" $args
 python bench/timed.py "$run/rm" -- python train_rm.py --seed "$seed" --model "$run/sft" \
-    --train_data "$data/rm_train_ranked.jsonl" --eval_data "$data/rm_eval_ranked.jsonl" --out_dir "$run/rm" $args
+    --train_data "$data/rm_train_ranked.jsonl" --eval_data "$data/rm_val_ranked.jsonl" \
+    --test_data "$data/rm_test_ranked.jsonl" --out_dir "$run/rm" $args
 python bench/timed.py "$run/rlhf" -- python train_rlhf.py --seed "$seed" --sft_model "$run/sft" --rm_model "$run/rm" \
-    --prompts "$data/prompts_train.jsonl" --ptx_data "$data/sft_train.jsonl" --eval_prompts "$data/eval_prompts.jsonl" \
+    --prompts "$data/prompts_train.jsonl" --ptx_data "$data/sft_train.jsonl" --eval_prompts "$data/prompts_val.jsonl" \
+    --test_prompts "$data/prompts_test.jsonl" \
     --out_dir "$run/rlhf" $args
 echo "pipeline seed $seed: $(( $(date +%s) - start )) s wall"
 python bench/probe.py

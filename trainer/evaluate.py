@@ -102,3 +102,19 @@ def mean_judgement(judge: Judge, rows: list[dict], responses: list[str]) -> Opti
     if any(j is None for j in judged):
         return None
     return sum(j["score"] for j in judged) / len(judged)
+
+
+def test_evaluation(trainer, **data) -> dict:
+    """trainer.run_evaluation() on other data (the test split): `data` replaces the trainer's evaluation
+    attributes (eval_data=..., eval_prompts=...) for this one call, and the result selects nothing (no
+    out_dir/best: choices are made on validation only)."""
+    saved = {name: getattr(trainer, name) for name in data}
+    trainer.best_metric = None  # an instance attribute shadowing the class's
+    try:
+        for name, value in data.items():
+            setattr(trainer, name, value)
+        return trainer.run_evaluation()
+    finally:
+        for name, value in saved.items():
+            setattr(trainer, name, value)
+        del trainer.best_metric
