@@ -36,7 +36,7 @@ ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normal
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
-CRITIC_INIT = "rm"  # 'rm' (the critic starts as the reward model) or 'zero_head' (RM backbone, head zeroed: values start at 0, the mean of normalised scores)
+CRITIC_INIT = "zero_head"  # 'zero_head' (RM backbone, head zeroed: values start at 0, the mean of the normalised scores the returns are made of) or 'rm' (the critic starts as the reward model: raw-score units, which the value clip lets it leave only ~VALUE_CLIP per iteration)
 REWARD = "rm"  # 'rm' (the learned reward model) or 'gold' (the task's gold judge: an upper bound, not RLHF)
 PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows ending with a user turn)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
@@ -67,6 +67,8 @@ VALUE_CLIP = 0.2  # clip of the value loss around rollout values
 GAMMA = 1.0  # discount
 LAM = 0.95  # GAE lambda
 BETA = 0.2  # KL penalty coefficient (initial value when TARGET_KL is set); 0.05 let the policy hack the RM
+GRPO_LOSS = "token"  # GRPO: 'token' (mean over every response token: no length bias) or 'sequence' (DeepSeekMath's per-response mean; model/loss.py grpo_loss)
+GRPO_STD_SCALE = False  # GRPO: divide each group's advantages by its std (DeepSeekMath); off: a 1e-3 score gap stays small
 GRPO_BETA = 0.2  # GRPO: weight of the k3 KL-to-reference term in the loss (DeepSeekMath used 0.04; 0.04 over-optimised the RM here)
 TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
 KL_HORIZON = 1000  # adaptive controller horizon (rollouts): beta moves by up to 20% * ROLLOUT_BATCH / KL_HORIZON per iteration
@@ -97,12 +99,28 @@ LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'w
 SAVE_INTERVAL = 10  # iterations between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
 RESUME = False  # continue from OUT_DIR/checkpoint if present
 
+_DEFAULTS = {k: v for k, v in globals().items() if k.isupper()}  # before the command line changes them
 config = configure(globals())
+# PPO's settings that GRPO has no use for: changing one under ALGO='grpo' is an error, not silently ignored
+_PPO_ONLY = ("BETA", "TARGET_KL", "KL_HORIZON", "PTX_COEF", "PTX_BATCH", "PTX_DATA", "CRITIC_LR", "CRITIC_INIT",
+             "VALUE_CLIP", "GAMMA", "LAM")
+_GRPO_ONLY = ("GROUP_SIZE", "GRPO_BETA", "GRPO_LOSS", "GRPO_STD_SCALE")
 # the settings an SFT evaluation depends on: SFT_EVAL reuses one only where all of them match
 _SFT_EVAL_SETTINGS = ("SFT_MODEL", "RM_MODEL", "REWARD", "JUDGE_RM", "TEST_PROMPTS", "TEST_LIMIT", "MAX_PROMPT_LEN",
                      "MAX_NEW_TOKENS", "TEMPERATURE", "CHAT_TEMPLATE", "BF16", "FROZEN_BF16", "PEFT", "CLOSE_TRUNCATED",
                      "MISSING_EOS_PENALTY", "NORMALIZE_SCORES")
 _SETTINGS_AT_START = {k: config[k] for k in _SFT_EVAL_SETTINGS}  # as given (BF16 may be 'auto'): what SFT_EVAL compares
+
+
+def check_algo_settings() -> None:
+    """A setting the chosen ALGO does not read must keep its default: --beta under GRPO (whose KL weight is
+    GRPO_BETA, in the loss) would otherwise be silently ignored."""
+    unused = _PPO_ONLY if ALGO == "grpo" else _GRPO_ONLY
+    changed = [k for k in unused if json.dumps(config[k]) != json.dumps(_DEFAULTS[k])]
+    if changed:
+        hint = " (GRPO's KL weight is --grpo_beta)" if "BETA" in changed and ALGO == "grpo" else ""
+        raise ConfigError(f"ALGO={ALGO!r} does not use {', '.join('--' + k.lower() for k in changed)}{hint}: "
+                          "leave them at their defaults, or choose the other ALGO")
 
 
 def gold_reward(rows, responses):
@@ -162,8 +180,7 @@ def sft_evaluation(trainer, eval_prompts: list, saved: dict | None) -> dict:
 def main():
     if ALGO not in ("ppo", "grpo"):
         raise ConfigError(f"ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
-    if ALGO == "grpo" and (PTX_COEF > 0 or TARGET_KL > 0):
-        raise ConfigError("ALGO='grpo' has no ptx loss and a fixed GRPO_BETA: set PTX_COEF=0 and TARGET_KL=0")
+    check_algo_settings()
     algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)  # checked before any model loads
     saved_sft_eval = read_sft_eval()
     quiet_transformers()

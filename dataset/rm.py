@@ -14,8 +14,8 @@ Accepted rows (local JSON/JSONL files or `datasets.load_dataset` names, e.g. Ant
 
 A group is scored as one unit: each of its K responses is one sequence (prompt + response + EOS),
 scored once per step, and the pairs index into them. Over-length sequences follow the shared policy
-of `dataset.sft.fit_lengths` (prompt cut from the left, then the response from the right); they are
-counted and reported, never dropped. Bad rows raise DataError with file:line.
+of `dataset.sft.fit_lengths` (prompt cut from the left, once per comparison, for its longest reply;
+then each response from the right); they are counted and reported, never dropped. Bad rows raise DataError with file:line.
 
 * conversational (TRL's preference format): `chosen` / `rejected` are message lists, either whole
   conversations sharing their prompt turns (implicit prompt) or one assistant turn each after a
@@ -185,6 +185,11 @@ class RMDataset(torch.utils.data.Dataset):
             else:
                 prompt_ids = encode_prompt(tokenizer, g["prompt"])
                 response_ids = [encode_response(tokenizer, response) for response in g["responses"]]
+            # The prompt is cut once, for the longest reply, so every reply of the comparison follows the same
+            # prompt tokens (cut per reply, a long reply would be read after less of the prompt than a short one)
+            whole = len(prompt_ids)
+            prompt_ids, _ = fit_lengths(prompt_ids, max(response_ids, key=len), max_len)
+            self.counter.prompt_cut += len(response_ids) if len(prompt_ids) < whole else 0
             sequences, prompt_lengths = [], []
             for ids in response_ids:
                 p, r = fit_lengths(prompt_ids, ids, max_len, self.counter)

@@ -167,28 +167,39 @@ def dpo_loss(chosen_logprobs: torch.Tensor, rejected_logprobs: torch.Tensor, ref
     return loss, stats
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, scale_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
     """GRPO's outcome advantages, DeepSeekMath Sec. 4.1.2 (Shao et al. 2024, https://arxiv.org/abs/2402.03300):
 
-        A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)      within each group of G samples of one prompt
+        A_i = r_i - mean(r_1..r_G)                        within each group of G samples of one prompt
+        A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)      with scale_std (DeepSeekMath's form)
 
-    the group mean is the baseline a critic would otherwise learn. std is the population std, so a group's
-    advantages have mean 0 and variance 1; a group whose rewards are all equal (std < eps) carries no
-    signal and gets exactly 0 rather than rounding noise divided by eps.  rewards: (B, G) -> (B, G)
+    the group mean is the baseline a critic would otherwise learn. Dividing by the group's std turns a
+    group whose rewards differ by 1e-3 (noise in a reward model's score) into unit advantages, as large
+    as a group with a real difference, so it is off by default (Dr. GRPO, Liu et al. 2025,
+    https://arxiv.org/abs/2503.20783, Sec. 3.1). A group whose rewards are all equal (std < eps) carries no
+    signal and gets exactly 0.  rewards: (B, G) -> (B, G)
     """
     rewards = rewards.float()
     std = rewards.std(dim=1, unbiased=False, keepdim=True)  # (B, 1)
-    advantages = (rewards - rewards.mean(dim=1, keepdim=True)) / std.clamp(min=eps)  # (B, G)
+    advantages = rewards - rewards.mean(dim=1, keepdim=True)  # (B, G)
+    if scale_std:
+        advantages = advantages / std.clamp(min=eps)
     return advantages.masked_fill(std < eps, 0.0)
 
 
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, clip_range: float, beta: float) -> tuple[torch.Tensor, dict]:
+              mask: torch.Tensor, clip_range: float, beta: float, token_level: bool = True) -> tuple[torch.Tensor, dict]:
     """GRPO objective, DeepSeekMath Eq. 3, as a loss to minimise:
 
         rho_t = pi(o_t) / pi_old(o_t)
         kl_t  = pi_ref(o_t) / pi(o_t) - log(pi_ref(o_t) / pi(o_t)) - 1       (Eq. 4: the k3 estimator)
-        loss  = -mean_i 1/|o_i| sum_t [ min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps) A_i) - beta * kl_t ]
+        loss  = -1/sum_i |o_i| sum_i sum_t [ min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps) A_i) - beta * kl_t ]
+
+    token_level (the default) averages over every response token of the batch, so each token counts the
+    same. token_level=False is Eq. 3 as written, -mean_i 1/|o_i| sum_t [...]: a 1-token reply then gets 4x
+    the per-token gradient of a 4-token one, which favours short right answers and long wrong ones (the
+    length bias of Dr. GRPO, https://arxiv.org/abs/2503.20783, Sec. 3.1; DAPO's token-level loss,
+    https://arxiv.org/abs/2503.14476, Sec. 3.3).
 
     The KL to the reference enters the loss, per token, not the reward as in PPO. k3 is unbiased for
     KL(pi || pi_ref) on samples of pi and never negative (http://joschu.net/blog/kl-approx.html).
@@ -201,7 +212,10 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     surrogate = torch.min(unclipped, clipped)
     ref_log_ratio = ref_logprobs - logprobs  # log(pi_ref / pi)
     kl = torch.expm1(ref_log_ratio) - ref_log_ratio  # (B, N), k3 >= 0
-    loss = -masked_mean(surrogate - beta * kl, mask, dim=1).mean()  # mean over each response's tokens, then responses
+    if token_level:
+        loss = -masked_mean(surrogate - beta * kl, mask)  # over every response token of the batch
+    else:
+        loss = -masked_mean(surrogate - beta * kl, mask, dim=1).mean()  # over each response's tokens, then responses
     with torch.no_grad():
         clipfrac = masked_mean((clipped < unclipped).float(), mask)  # share of tokens where the clip is active
         stats = {"clipfrac": clipfrac.item(), "kl_k3": masked_mean(kl, mask).item(), "ratio": masked_mean(ratio, mask).item(),

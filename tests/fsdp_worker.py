@@ -135,7 +135,8 @@ def dpo_and_grpo(out_dir: str) -> dict:
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 48, limit=64, verbose=False)
     cfg = GRPOConfig(actor_lr=1e-3, weight_decay=0.0, rollout_batch=8, group_size=4, mini_batch=4,
                      ppo_epochs=1, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0,
-                     grpo_beta=0.04, clip_range=0.2, missing_eos_penalty=1.0,
+                     grpo_beta=0.04, grpo_loss="token", grpo_std_scale=False, stop_approx_kl=0.0,
+                     clip_range=0.2, missing_eos_penalty=1.0,
                      normalize_scores=True, frozen_bf16=True, close_truncated=False)
     grpo = GRPOTrainer(actor, copy.deepcopy(actor), None, tok, prompts, cfg=cfg,
                        reward_fn=lambda rows, responses: [len(r) / 5 for r in responses],

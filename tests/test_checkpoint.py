@@ -228,6 +228,7 @@ def test_sft_script_sigterm_checkpoints_prints_resume_and_resumes_bitwise(tmp_pa
     the command to resume and exits 143 (the save interval alone would have saved nothing yet). Resuming
     finishes the run with the model bitwise equal to an uninterrupted run's."""
     args = ["train_sft.py", "--train_data", "ds/sft_val.jsonl", "--eval_data", "none", "--eval_prompts", "none",
+            "--test_data", "none", "--test_prompts", "none",
             "--max_steps", "30", "--batch_size", "4", "--warmup_steps", "2", "--log_interval", "1", "--save_interval", "1000"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     start = lambda out, *extra: subprocess.Popen([sys.executable, *args, "--out_dir", str(tmp_path / out), *extra], cwd=ROOT,

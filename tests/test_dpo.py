@@ -107,7 +107,7 @@ def test_train_dpo_smoke_writes_checkpoint_and_summary(sft_dir, tmp_path):
     the implicit-reward accuracy and margin, and the summary keys the comparison reads (RM score included)."""
     out = str(tmp_path / "dpo")
     run_inline("train_dpo.py", "--sft_model", sft_dir, "--out_dir", out, "--max_steps", "3", "--batch_size", "4",
-               "--train_limit", "40", "--eval_limit", "12", "--eval_interval", "0", "--log_interval", "1",
+               "--train_limit", "40", "--eval_limit", "12", "--test_limit", "12", "--eval_interval", "0", "--log_interval", "1",
                "--eval_rm", sft_dir)  # a fresh scalar head on the SFT model: an RM to score answers with
     summary = json.load(open(os.path.join(out, "summary.json")))
     for key in ("gold_score_sft", "gold_score", "correct", "format", "kl", "train_seconds", "peak_rss_mb",
@@ -118,3 +118,29 @@ def test_train_dpo_smoke_writes_checkpoint_and_summary(sft_dir, tmp_path):
     assert [m["step"] for m in metrics if "dpo/accuracy" in m] == [1, 2, 3]
     assert metrics[0]["step"] == 0 and metrics[0]["eval/dpo_margin"] == pytest.approx(0.0, abs=1e-4)
     load_causal_lm(out)
+
+
+def test_dpo_micro_batches_weighted_by_pair_count(tok, ranked, tmp_path):
+    """With gradient accumulation, a micro-batch counts by its pairs: the gradient of a step over two
+    micro-batches (a ranked group of 6 pairs, then a 1-pair group) is that of the 7 pairs together."""
+    path = tmp_path / "mixed.jsonl"
+    rows = [ROWS[0], {"instruction": "Add the two numbers.", "input": "5 and 6", "chosen": "The answer is 11.",
+                      "rejected": "12"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = RMDataset(str(path), tok, max_len=64, verbose=False)
+    cfg = DPOConfig(beta=0.1, max_new_tokens=8, temperature=1.0, eval_batch_size=64)
+
+    def stepped(batch_size, grad_accum):
+        trainer = DPOTrainer(tiny_model(), tiny_model(), tok, data, None, None, None, cfg=cfg, run_config={},
+                             judge=None, **trainer_configs(tmp_path / f"b{batch_size}", lr=1e-2, max_steps=1,
+                                                           batch_size=batch_size, grad_accum=grad_accum,
+                                                           warmup_steps=0))
+        trainer.epoch_order = lambda epoch: torch.arange(len(data))  # the file's order: group, then pair
+        assert trainer.loss_weight(trainer.get_batch(0)) == (7 if batch_size == 2 else 6)
+        grads = []
+        trainer.optimizer.step = lambda: grads.append(  # the step's gradient, before any update
+            torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+        trainer.training_step()
+        return grads[0]
+    together, accumulated = stepped(2, 1), stepped(1, 2)
+    assert torch.allclose(together, accumulated, atol=1e-7, rtol=1e-4), (together - accumulated).abs().max()

@@ -2,11 +2,14 @@
 import copy
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import run_inline, trainer_configs
+from conftest import ROOT, run_inline, trainer_configs
 from dataset.task import gold_judge
 from dataset.prompt import PromptDataset
 from model.load import load_causal_lm, load_tokenizer
@@ -25,6 +28,7 @@ def make_trainer(sft_dir, tmp_path, max_steps=1, **kw):
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 72, limit=256, verbose=False)
     settings = dict(actor_lr=1e-4, weight_decay=0.0, rollout_batch=16, group_size=4, mini_batch=8, ppo_epochs=2,
                     max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, grpo_beta=0.04, clip_range=0.2,
+                    grpo_loss="token", grpo_std_scale=False, stop_approx_kl=0.0,
                     missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False)
     settings.update(kw)
     return GRPOTrainer(actor, copy.deepcopy(actor), None, tok, prompts, cfg=GRPOConfig(**settings),
@@ -38,7 +42,7 @@ def test_group_advantages_zero_mean_per_group_and_zero_for_equal_rewards():
     not rounding noise blown up by the division; shifting or scaling a group's rewards changes nothing."""
     torch.manual_seed(0)
     rewards = torch.cat([torch.randn(5, 4) * 3 + 1, torch.full((1, 4), 0.1), torch.full((1, 4), -7.3)])  # (7, 4)
-    adv = group_advantages(rewards)
+    adv = group_advantages(rewards, scale_std=True)
     assert torch.all(adv[5:] == 0)
     assert adv.mean(1).abs().max() < 1e-6 and torch.allclose(adv[:5].var(1, unbiased=False), torch.ones(5), atol=1e-5)
     for i in range(5):
@@ -46,7 +50,52 @@ def test_group_advantages_zero_mean_per_group_and_zero_for_equal_rewards():
         mean = sum(row) / 4
         std = (sum((r - mean) ** 2 for r in row) / 4) ** 0.5
         assert torch.allclose(adv[i], torch.tensor([(r - mean) / std for r in row]), atol=1e-5)
-    assert torch.allclose(group_advantages(rewards * 2.5 - 4), adv, atol=1e-5)
+    assert torch.allclose(group_advantages(rewards * 2.5 - 4, scale_std=True), adv, atol=1e-5)
+
+
+def test_group_advantages_default_keeps_the_score_gap():
+    """By default (GRPO_STD_SCALE=False) a group's advantages are its scores minus their mean: a 1e-3
+    gap in the reward model's scores stays a 1e-3 advantage instead of becoming +-1 like a real gap."""
+    rewards = torch.tensor([[0.5, 0.501, 0.5, 0.501], [0.0, 2.0, 0.0, 2.0]])
+    adv = group_advantages(rewards)
+    assert torch.allclose(adv, rewards - rewards.mean(1, keepdim=True))
+    assert adv[0].abs().max() < 1e-3 and adv[1].abs().max() == 1.0
+    assert torch.allclose(group_advantages(rewards, scale_std=True).abs(), torch.ones(2, 4), atol=1e-3)
+
+
+def test_grpo_token_level_loss_has_no_length_bias():
+    """Two replies with the same advantage, one of 1 token and one of 4: the token-level loss (default)
+    gives every token the same gradient; the per-response mean ('sequence') gives the 1-token reply 4x."""
+    mask = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 1]])
+    adv = torch.tensor([1.0, 1.0])
+
+    def grads(token_level):
+        logprobs = torch.full((2, 4), -1.0, requires_grad=True)
+        loss, _ = grpo_loss(logprobs, logprobs.detach(), logprobs.detach(), adv, mask, 0.2, 0.0, token_level=token_level)
+        loss.backward()
+        return logprobs.grad
+    token, sequence = grads(True), grads(False)
+    assert token[0, 0] == token[1, 0] == token[1, 3]
+    assert sequence[0, 0] == pytest.approx(4 * sequence[1, 0].item())
+
+
+def test_grpo_stop_approx_kl_honoured(sft_dir, tmp_path):
+    """STOP_APPROX_KL, shared with PPO, stops GRPO's epochs too (a tiny threshold: after the first)."""
+    trainer = make_trainer(sft_dir, tmp_path, ppo_epochs=3, actor_lr=1e-2, stop_approx_kl=1e-9)
+    torch.manual_seed(0)
+    items = [it for it in trainer.get_batch(0)["items"] for _ in range(4)]
+    exp = trainer.make_experience(items)
+    exp.advantages = torch.linspace(-1, 1, len(items))  # a signal whatever the toy reward gave
+    assert trainer.learn(exp)["grpo/epochs"] == 1
+
+
+def test_grpo_refuses_ppo_only_settings(tmp_path):
+    """--beta (PPO's KL weight) and the other PPO-only settings under --algo grpo are an error naming
+    them, not silently ignored; GRPO's own settings under PPO likewise."""
+    for algo, flag, value in (("grpo", "--beta", "0.05"), ("ppo", "--grpo_loss", "sequence")):
+        out = subprocess.run([sys.executable, "train_rlhf.py", "--algo", algo, flag, value, "--out_dir", str(tmp_path)],
+                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert out.returncode == 2 and f"does not use {flag}" in out.stderr, out.stderr[-500:]
 
 
 def test_grpo_loss_ratio_one_kl_zero_and_k3_formula():
@@ -59,12 +108,14 @@ def test_grpo_loss_ratio_one_kl_zero_and_k3_formula():
     adv = torch.randn(6)
     loss, stats = grpo_loss(logprobs, logprobs.clone(), logprobs.clone(), adv, mask, clip_range=0.2, beta=0.5)
     assert stats["ratio"] == 1.0 and stats["clipfrac"] == 0.0 and stats["kl_k3"] == 0.0
+    assert loss.item() == pytest.approx(-((adv[:, None] * mask).sum() / mask.sum()).item(), abs=1e-6)
+    loss, _ = grpo_loss(logprobs, logprobs.clone(), logprobs.clone(), adv, mask, 0.2, 0.5, token_level=False)
     assert loss.item() == pytest.approx(-adv.mean().item(), abs=1e-6)
     ref = logprobs + torch.randn(6, 5)
     q = torch.exp(ref - logprobs)
     k3 = q - 1 - torch.log(q)  # (6, 5)
-    loss0, _ = grpo_loss(logprobs, logprobs.clone(), ref, adv, mask, clip_range=0.2, beta=0.0)
-    loss1, stats = grpo_loss(logprobs, logprobs.clone(), ref, adv, mask, clip_range=0.2, beta=0.5)
+    loss0, _ = grpo_loss(logprobs, logprobs.clone(), ref, adv, mask, clip_range=0.2, beta=0.0, token_level=False)
+    loss1, stats = grpo_loss(logprobs, logprobs.clone(), ref, adv, mask, clip_range=0.2, beta=0.5, token_level=False)
     per_response = (k3 * mask).sum(1) / mask.sum(1)  # (6,): mean over each response's tokens
     assert torch.all(k3 >= 0) and (loss1 - loss0).item() == pytest.approx(0.5 * per_response.mean().item(), rel=1e-5)
 
@@ -98,7 +149,7 @@ def test_train_rlhf_grpo_two_iterations(sft_dir, tmp_path):
     and writes the summary PPO writes."""
     run_inline("train_rlhf.py", "--algo", "grpo", "--sft_model", sft_dir, "--reward", "gold", "--iterations", "2",
                "--rollout_batch", "8", "--group_size", "4", "--mini_batch", "4", "--max_new_tokens", "8",
-               "--eval_limit", "8", "--eval_interval", "0", "--out_dir", str(tmp_path))
+               "--eval_limit", "8", "--test_limit", "8", "--eval_interval", "0", "--out_dir", str(tmp_path))
     metrics = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if "grpo/kl" in m]
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["grpo/kl"]) for m in metrics)
     summary = json.load(open(tmp_path / "summary.json"))

@@ -188,7 +188,7 @@ def test_train_peft_and_sft_peft_smoke(tmp_path, monkeypatch):
     assert "| prompt_tuning | 0.1 | 1,280 |" in text and (tmp_path / "p.png").exists()
     sft = str(tmp_path / "sft_lora")
     run_inline("train_sft.py", "--peft", "lora", "--max_steps", "2", "--batch_size", "8", "--out_dir", sft, "--eval_limit",
-               "8", "--eval_data", "none", "--eval_interval", "0", "--save_interval", "0", "--warmup_steps", "1")
+               "8", "--test_limit", "8", "--test_data", "none", "--eval_data", "none", "--eval_interval", "0", "--save_interval", "0", "--warmup_steps", "1")
     from peft import PeftConfig
 
     from model.load import load_causal_lm

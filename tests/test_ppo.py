@@ -309,7 +309,7 @@ def test_opt125m_architecture_two_ppo_iterations(opt125m_dir, tmp_path):
     """The opt-125m-architecture checkpoint (random weights) runs two PPO iterations end to end."""
     run_inline("train_rlhf.py", "--sft_model", opt125m_dir, "--rm_model", opt125m_dir, "--iterations", "2",
                "--rollout_batch", "2", "--mini_batch", "1", "--ppo_epochs", "1", "--max_new_tokens", "4",
-               "--eval_limit", "2", "--eval_interval", "0", "--out_dir", str(tmp_path))
+               "--eval_limit", "2", "--test_limit", "2", "--eval_interval", "0", "--out_dir", str(tmp_path))
     metrics = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if "ppo/kl" in m]
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["ppo/kl"]) for m in metrics)
     assert json.load(open(tmp_path / "summary.json"))["eval_prompts"] == 2
@@ -329,10 +329,10 @@ def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
     tok.save_pretrained(judge_dir)
     out = tmp_path / "ppo"
     run_inline("train_rlhf.py", "--sft_model", sft_dir, "--rm_model", sft_dir, "--judge_rm", judge_dir, "--iterations", "1",
-               "--rollout_batch", "8", "--mini_batch", "4", "--max_new_tokens", "8", "--eval_limit", "6",
+               "--rollout_batch", "8", "--mini_batch", "4", "--max_new_tokens", "8", "--eval_limit", "6", "--test_limit", "6",
                "--eval_interval", "0", "--save_interval", "0", "--out_dir", str(out))
     rows = [json.loads(l) for l in open(out / "side_by_side.jsonl")]
-    prompts = read_prompts("ds/prompts_val.jsonl", 6)
+    prompts = read_prompts("ds/prompts_test.jsonl", 6)
     model, scorer_tok = load_scorer(judge_dir)
     expected = [score_replies(model, scorer_tok, [row_messages(p)], [r["rlhf"]["response"]], batch_size=1, max_len=80)[0]
                 for p, r in zip(prompts, rows)]
@@ -344,14 +344,14 @@ def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
 def test_sft_eval_reuses_an_earlier_runs_sft_evaluation_only_under_the_same_settings(sft_dir, tmp_path):
     """--sft_eval DIR: the SFT figures and answers of an earlier run's sft_eval.json, identical to that run's
     (greedy is deterministic, so they are what this run would have computed); a setting that shapes the
-    evaluation (here EVAL_LIMIT, and REWARD, which scores the SFT answers) differing is refused, naming it."""
+    evaluation (here TEST_LIMIT, and REWARD, which scores the SFT answers) differing is refused, naming it."""
     args = ["train_rlhf.py", "--sft_model", sft_dir, "--rm_model", sft_dir, "--iterations", "1", "--rollout_batch", "4",
             "--mini_batch", "4", "--ppo_epochs", "1", "--max_new_tokens", "8", "--eval_interval", "0",
-            "--save_interval", "0", "--temperature", "0.7", "--eval_limit"]
+            "--save_interval", "0", "--temperature", "0.7", "--eval_limit", "4", "--test_limit"]
     first, second = tmp_path / "first", tmp_path / "second"
     run_inline(*args, "6", "--out_dir", str(first))
     saved = json.load(open(first / "sft_eval.json"))
-    assert saved["settings"]["EVAL_LIMIT"] == 6 and len(saved["greedy"]["rows"]) == 6
+    assert saved["settings"]["TEST_LIMIT"] == 6 and len(saved["greedy"]["rows"]) == 6
     run_inline(*args, "6", "--seed", "1", "--sft_eval", str(first), "--out_dir", str(second))
     assert not (second / "sft_eval.json").exists()
     a, b = json.load(open(first / "summary.json")), json.load(open(second / "summary.json"))
@@ -363,4 +363,29 @@ def test_sft_eval_reuses_an_earlier_runs_sft_evaluation_only_under_the_same_sett
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     said = proc.stderr + proc.stdout
-    assert proc.returncode != 0 and "EVAL_LIMIT=6 there, 5 here" in said and "REWARD='rm' there, 'gold' here" in said, said[-2000:]
+    assert proc.returncode != 0 and "TEST_LIMIT=6 there, 5 here" in said and "REWARD='rm' there, 'gold' here" in said, said[-2000:]
+
+
+def test_score_normalisation_safe_when_the_first_batch_scores_are_all_equal():
+    """A first batch of equal scores has std 0 up to rounding: the scores are centred (about 0), not
+    rounding noise divided by 1e-8 (which made 0.3 - mean(0.3, ...) into -0.75)."""
+    from types import SimpleNamespace
+    from trainer.ppo import PPOTrainer, RunningMoments
+    fake = SimpleNamespace(cfg=SimpleNamespace(normalize_scores=True, missing_eos_penalty=1.0),
+                           score_moments=RunningMoments(), accelerator=SimpleNamespace(gather=lambda x: x))
+    scores = PPOTrainer.shape_scores(fake, torch.full((16,), 0.3), torch.ones(16, dtype=torch.bool))
+    assert scores.abs().max() < 1e-6, scores
+    later = PPOTrainer.shape_scores(fake, torch.tensor([0.0, 1.0] * 8), torch.ones(16, dtype=torch.bool))
+    assert later.abs().max() < 10 and torch.isfinite(later).all()
+
+
+def test_rl_defaults_critic_in_return_units_and_grpo_without_length_or_std_bias():
+    """The defaults of train_rlhf.py: the critic starts with a zeroed head (values 0, the units of the
+    normalised returns), GRPO's loss is token-level and its advantages are not divided by the group std."""
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, "train_rlhf.py")).read())
+    defaults = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
+                and isinstance(node.value, ast.Constant)}
+    assert defaults["CRITIC_INIT"] == "zero_head"
+    assert defaults["GRPO_LOSS"] == "token" and defaults["GRPO_STD_SCALE"] is False

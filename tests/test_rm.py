@@ -162,6 +162,15 @@ def test_over_length_prompt_is_cut_from_left_and_counted(tok, tmp_path):
     assert ds.counter.prompt_cut == 2 and "2 truncated" in ds.report("x")
 
 
+def test_over_length_prompt_is_cut_once_the_same_for_every_reply(tok, tmp_path):
+    """A comparison whose prompt is too long keeps the same prompt tokens before each of its replies,
+    a 1-token one and a long one alike (cut for the longest reply, not once per reply)."""
+    rows = [{"prompt": "word " * 80, "chosen": "The answer is " + "very " * 10 + "long.", "rejected": "3"}]
+    ds = RMDataset(write_rows(tmp_path, "long.jsonl", rows), tok, max_len=32, verbose=False)
+    (a, b), (pa, pb) = ds.items[0]["sequences"], ds.items[0]["prompt_lengths"]
+    assert pa == pb and a[:pa] == b[:pb] and len(a) == 32 and len(b) < 32
+
+
 @pytest.fixture(scope="module")
 def toy_run(tok, tmp_path_factory):
     """A tiny RM trained 40 steps on a toy preference: 'It is good/great/...' beats 'It is bad/poor/...'.

@@ -46,7 +46,7 @@ def test_ppo_logs_metrics_and_sample_completions_as_text(tmp_path):
     evaluation's sample completions arrive as a text table."""
     run_inline("train_rlhf.py", "--sft_model", "embedded", "--rm_model", "embedded", "--iterations", "2",
                "--rollout_batch", "4", "--mini_batch", "4", "--ppo_epochs", "1", "--max_new_tokens", "4",
-               "--eval_interval", "1", "--eval_limit", "3", "--log_with", "tensorboard", "--out_dir", str(tmp_path))
+               "--eval_interval", "1", "--eval_limit", "3", "--test_limit", "3", "--log_with", "tensorboard", "--out_dir", str(tmp_path))
     events = read_events(str(tmp_path))
     assert {"ppo/score", "ppo/kl", "ppo/clipfrac", "eval/gold_score"} <= set(events.Tags()["scalars"])
     texts = events.Tensors("eval/samples/text_summary")

@@ -131,7 +131,7 @@ def test_opt125m_architecture_switch_takes_a_training_step(opt125m_dir, tmp_path
     vocab = model.config.vocab_size
     del model
     run_inline("train_sft.py", "--model", opt125m_dir, "--out_dir", str(tmp_path), "--max_steps", "1",
-               "--batch_size", "2", "--max_len", "48", "--eval_limit", "2", "--max_new_tokens", "4",
+               "--batch_size", "2", "--max_len", "48", "--eval_limit", "2", "--test_limit", "2", "--test_data", "none", "--max_new_tokens", "4",
                "--eval_data", "none", "--warmup_steps", "0", "--lr", "1e-3")
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["num_params"] == 125_239_296 and summary["steps"] == 1

@@ -106,6 +106,11 @@ class DPOTrainer(Trainer):
         loss, stats = dpo_loss(logprobs[c], logprobs[r], ref[c], ref[r], self.cfg.beta)
         return loss, {f"dpo/{k}": v for k, v in stats.items()}
 
+    def loss_weight(self, batch: dict) -> float:
+        """dpo_loss averages over the batch's pairs: a micro-batch of 6 pairs weighs 6 times one of 1 in the
+        step's loss (groups of K ranked replies give K(K-1)/2 pairs each, so micro-batches differ)."""
+        return len(batch["chosen_index"])
+
     def implicit_reward_metrics(self) -> dict:
         """Pairwise accuracy and margin of r = beta * log(pi / pi_ref) on the held-out comparisons,
         overall and on pairs that differ only in correctness or only in format."""

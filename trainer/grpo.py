@@ -2,8 +2,8 @@
 
 Each iteration samples G responses to each of ROLLOUT_BATCH / G prompts from the actor, scores them
 with the same frozen reward model as PPO, and gives every token of response i the advantage
-A_i = (r_i - mean of its group) / std of its group (`model/loss.py: group_advantages`): the other
-samples of the same prompt are the baseline a critic would otherwise learn. Then several epochs of the
+A_i = r_i - mean of its group (divided by the group's std with GRPO_STD_SCALE; `model/loss.py:
+group_advantages`): the other samples of the same prompt are the baseline a critic would otherwise learn. Then several epochs of the
 clipped objective over minibatches, with the KL to the reference (the k3 estimator, per token) in the
 loss rather than in the reward (`grpo_loss`, DeepSeekMath Eqs. 3-4).
 
@@ -16,6 +16,7 @@ import torch
 
 from model.loss import entropy_from_logits, group_advantages, grpo_loss, masked_mean
 from trainer.base import LoopConfig, OptimConfig, Trainer
+from trainer.dist import mean_over_ranks
 from trainer.evaluate import Judge
 from trainer.ppo import PPOTrainer, check_rollout_settings
 from utils import ConfigError, from_settings
@@ -36,6 +37,9 @@ class GRPOConfig:
     top_k: int  # must be 0, as for PPO: the k3 KL needs the reference's log-prob of every sampled token
     top_p: float  # must be 1.0, for the same reason
     grpo_beta: float  # weight of the k3 KL-to-reference term in the loss
+    grpo_loss: str  # 'token': mean over every response token of the batch; 'sequence': DeepSeekMath's per-response mean
+    grpo_std_scale: bool  # divide each group's advantages by the group's std (DeepSeekMath); off: mean baseline only
+    stop_approx_kl: float  # > 0: skip the iteration's remaining epochs once an epoch's mean approx KL exceeds it
     clip_range: float  # epsilon of the clipped ratio
     missing_eos_penalty: float  # subtracted from the (normalised) score of a response that never emitted EOS
     normalize_scores: bool  # running mean/std normalisation of reward-model scores (before the group's)
@@ -45,6 +49,8 @@ class GRPOConfig:
     def __post_init__(self):
         if self.group_size < 2 or self.rollout_batch % self.group_size:
             raise ConfigError(f"GROUP_SIZE={self.group_size}: must be >= 2 and divide ROLLOUT_BATCH={self.rollout_batch}")
+        if self.grpo_loss not in ("token", "sequence"):
+            raise ConfigError(f"GRPO_LOSS={self.grpo_loss!r}: expected 'token' or 'sequence'")
         check_rollout_settings(self)
 
     from_settings = classmethod(from_settings)  # from the script's constants: field f <- settings['F']
@@ -95,7 +101,7 @@ class GRPOTrainer(PPOTrainer):
         # 5-6. PPO's running normalisation (the EOS penalty is then in units of the score's spread) and missing-EOS penalty
         scores = self.shape_scores(raw_scores, has_eos)
         # 7. advantages: each score against the other samples of its prompt; no KL here, it is in the loss
-        advantages = group_advantages(scores.view(-1, self.cfg.group_size)).view(-1)  # (B,)
+        advantages = group_advantages(scores.view(-1, self.cfg.group_size), self.cfg.grpo_std_scale).view(-1)  # (B,)
         kl = (logprobs - ref_logprobs) * action_mask  # (B, N)
         return GroupExperience(sequences, attention_mask, action_mask, logprobs, ref_logprobs, advantages, scores,
                                raw_scores, kl, P)
@@ -112,7 +118,7 @@ class GRPOTrainer(PPOTrainer):
                 with self.accelerator.autocast():
                     logits, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask, P)
                     loss, loss_stats = grpo_loss(logprobs, mb.logprobs, mb.ref_logprobs, mb.advantages, mb.action_mask,
-                                                 cfg.clip_range, cfg.grpo_beta)
+                                                 cfg.clip_range, cfg.grpo_beta, token_level=cfg.grpo_loss == "token")
                 self.check_finite(loss)
                 self.accelerator.backward(loss)
                 self.accelerator.clip_grad_norm_(self.actor.parameters(), self.loop.grad_clip)
@@ -120,10 +126,14 @@ class GRPOTrainer(PPOTrainer):
                 self.actor_opt.zero_grad(set_to_none=True)
                 entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
                 stats.append({"policy_loss": loss.item(), "entropy": entropy, **loss_stats})
+            epoch_kl = sum(s["approx_kl"] for s in stats[-(B // cfg.mini_batch):]) / (B // cfg.mini_batch)
+            epoch_kl = mean_over_ranks(self.accelerator, {"kl": epoch_kl})["kl"]  # every rank stops at the same epoch
+            if cfg.stop_approx_kl and epoch_kl > cfg.stop_approx_kl:  # as PPO: the policy moved far from the rollout's
+                break
         self.actor_sched.step()
         self.first_minibatch_stats = stats[0]
         out = {f"grpo/{k}": sum(s[k] for s in stats) / len(stats) for k in stats[0]}
-        out["grpo/lr"] = self.actor_sched.get_last_lr()[0]
+        out.update({"grpo/epochs": epoch + 1, "grpo/lr": self.actor_sched.get_last_lr()[0]})
         return out
 
     def training_step(self) -> dict:
@@ -141,7 +151,7 @@ class GRPOTrainer(PPOTrainer):
         gold = self.gold_of(items, exp)
         if gold is not None:
             metrics["grpo/gold_score"] = gold
-        return metrics
+        return mean_over_ranks(self.accelerator, metrics)  # ranks hold equal shares: the global batch's means
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

@@ -203,7 +203,10 @@ class PPOTrainer(Trainer):
         scores = raw_scores
         if self.cfg.normalize_scores:
             self.score_moments.update(self.accelerator.gather(raw_scores))
-            scores = (raw_scores - self.score_moments.mean) / (self.score_moments.var ** 0.5 + 1e-8)
+            std = self.score_moments.var ** 0.5
+            # a first batch whose scores are all equal has std 0 (up to rounding): centre it, do not divide
+            # rounding noise by 1e-8
+            scores = (raw_scores - self.score_moments.mean) / (std if std > 1e-6 else 1.0)
         return scores - self.cfg.missing_eos_penalty * (~has_eos).float()
 
     @torch.no_grad()
