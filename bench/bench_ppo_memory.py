@@ -37,7 +37,7 @@ def main():
         cmd = [sys.executable, "train_rlhf.py", "--sft_model", ckpt, "--rm_model", ckpt, "--peft", peft,
                "--iterations", "1", "--rollout_batch", str(args.rollout_batch), "--mini_batch", str(args.mini_batch),
                "--ppo_epochs", str(args.ppo_epochs), "--max_new_tokens", str(args.max_new_tokens),
-               "--eval_prompts", "none", "--out_dir", out_dir]
+               "--eval_prompts", "none", "--test_prompts", "none", "--out_dir", out_dir]
         start = time.time()
         subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL)
         summary = json.load(open(os.path.join(out_dir, "summary.json")))

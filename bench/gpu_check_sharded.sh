@@ -42,6 +42,7 @@ echo "== 3. bf16 throughput, opt-125m architecture (random init), batch 8 x 512 
 python -c "from model.load import build_opt125m_arch; build_opt125m_arch('$OUT/opt125m-arch')"
 SPEED="--model $OUT/opt125m-arch --bf16 True --max_len 512 --batch_size 8 --max_steps 30 \
   --warmup_steps 0 --eval_interval 0 --eval_limit 8 --eval_data none --eval_prompts none \
+  --test_data none --test_prompts none \
   --save_interval 0"
 timeout 150 python train_sft.py $SPEED --out_dir "$OUT/speed_1"
 if (( N >= 2 )); then

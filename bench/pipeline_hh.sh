@@ -36,6 +36,7 @@ done
 [[ " $stages " == *" ppo "* ]] || { echo "pipeline_hh ($stages): $(( $(date +%s) - start )) s wall"; exit 0; }
 python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --rm_model "$rms/rm_proxy" \
     --judge_rm "$rms/rm_judge" --prompts "$train" --eval_prompts "$test" --eval_limit "${EVAL_LIMIT:-200}" \
+    --test_prompts "$test" --test_limit "${EVAL_LIMIT:-200}" \
     --chat_template True --bf16 True --seed "${SEED:-0}" --save_interval 0 \
     --peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_proj,o_proj \
     --actor_lr "${ACTOR_LR:-4e-4}" --critic_lr 1e-5 --critic_init zero_head --beta "${BETA:-0.1}" \
