@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from trainer import fsdp, guard
+from trainer import fsdp, guard, outdir
 from trainer.dist import all_ranks, is_sharded, make_accelerator, reduce_sum
 from trainer.tracking import end_trackers, start_trackers
 from trainer.checkpoint import (CheckpointError, Preempted, StopOnSignal, candidates, drop_rows_after, load_newest, lock_out_dir,
@@ -57,7 +57,8 @@ class LoopConfig:
     save_interval: int  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
     seed: int  # data order (and, in the scripts, weights' init and sampling)
     bf16: bool  # bfloat16 autocast
-    resume: bool  # continue from out_dir/checkpoint if present
+    resume: bool  # continue from out_dir/checkpoint if present (same stage and training settings)
+    overwrite: bool  # start afresh in an out_dir holding a checkpoint or a finished run (deletes them)
     log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
     group_by_length: bool  # batches of similar lengths (less padding); every item still once per epoch
     gradient_checkpointing: bool  # keep only each layer's input; recompute the layer in the backward pass (checkpoint_layers)
@@ -93,6 +94,11 @@ class Trainer:
         if self.accelerator.is_main_process:
             lock_out_dir(self.out_dir)  # before touching anything in it: a second run on out_dir stops here
         self.resuming = loop.resume and bool(candidates(self.ckpt_dir))  # candidates refuses pickle checkpoints
+        if not self.resuming:  # never over an earlier run's checkpoint or model, unless --overwrite True
+            outdir.check_fresh_start(self.out_dir, self.ckpt_dir, loop.resume, loop.overwrite,
+                                     self.accelerator.is_main_process)
+        else:  # another stage's checkpoint, or other training settings: refused before any work
+            outdir.check_resumable(candidates(self.ckpt_dir)[0][1], type(self).__name__, run_config)
         if loop.resume and not self.resuming:
             self.log(f"--resume True: no checkpoint in {self.ckpt_dir}; starting from step 0")
         metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
@@ -260,7 +266,8 @@ class Trainer:
         self.check_weights("weights to checkpoint")
         self.accelerator.wait_for_everyone()
         rng = all_ranks(self.accelerator, rng_state())  # every rank's generators: dropout and sampling differ per rank
-        state = {"trainer": self.state_dict(), "rng": rng, "best_value": self.best_value}
+        state = {"trainer": self.state_dict(), "rng": rng, "best_value": self.best_value,
+                 "stage": type(self).__name__}  # resume refuses another stage's checkpoint
         if self.loop.fsdp:  # every rank writes its shards; the main process the rest, then swaps
             sharded = self.sharded_state()
             state["trainer"] = {k: v for k, v in state["trainer"].items() if k not in sharded}
@@ -272,7 +279,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
-        self.step, state, path = load_newest(self.ckpt_dir)
+        self.step, state, path = load_newest(self.ckpt_dir,
+                                             lambda p: outdir.check_resumable(p, type(self).__name__, self.run_config))
         fsdp.check_resumable(path, state, self.loop.fsdp)
         if self.loop.fsdp:
             state["trainer"].update(fsdp.load_shards(path, self.sharded_state(), state["shards"]))
