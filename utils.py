@@ -154,7 +154,20 @@ def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list
     for name, value in saved.items():
         namespace[name] = settings[name] = _check_type(name, value, namespace[name])
     print(f"config: {len(saved)} settings from {path}")
+    given = any(a == "--out_dir" or a.startswith("--out_dir=") or a.startswith("--out-dir") for a in rest)
+    if "OUT_DIR" in saved and isinstance(saved["OUT_DIR"], str) and not given:
+        namespace["OUT_DIR"] = settings["OUT_DIR"] = _replay_dir(saved["OUT_DIR"])
+        print(f"config: the replay writes to {settings['OUT_DIR']}, not to the recorded {saved['OUT_DIR']} "
+              "(give --out_dir to choose)")
     return rest
+
+
+def _replay_dir(recorded: str) -> str:
+    """A new output directory next to the replayed run's, so a replay never overwrites that run."""
+    n = 1
+    while os.path.exists(f"{recorded.rstrip('/')}_replay{n}"):
+        n += 1
+    return f"{recorded.rstrip('/')}_replay{n}"
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

@@ -76,3 +76,17 @@ def test_train_script_replays_its_saved_run_config(tmp_path):
     assert replayed == {**saved, "OUT_DIR": str(tmp_path / "second")} and "config: " in out
     steps = [json.loads(l)["step"] for l in open(tmp_path / "second" / "metrics.jsonl")]
     assert steps[-1] == 2  # MAX_STEPS=2 came from the file, not the script's default
+
+
+def test_config_replay_without_out_dir_writes_to_a_new_out_dir(tmp_path, capsys):
+    """--config out/x/run_config.json alone would replay OUT_DIR too and overwrite out/x's model and
+    metrics: the replay goes to a new directory beside it, named in a line; --out_dir still wins."""
+    path = tmp_path / "run_config.json"
+    path.write_text(json.dumps({"OUT_DIR": str(tmp_path / "x"), "LR": 3e-5}))
+    (tmp_path / "x_replay1").mkdir()
+    ns = {**settings(), "OUT_DIR": "out/sft"}
+    configure(ns, ["--config", str(path)])
+    assert ns["OUT_DIR"] == str(tmp_path / "x_replay2") and "replay writes to" in capsys.readouterr().out
+    ns = {**settings(), "OUT_DIR": "out/sft"}
+    configure(ns, ["--config", str(path), "--out_dir", str(tmp_path / "mine")])
+    assert ns["OUT_DIR"] == str(tmp_path / "mine")

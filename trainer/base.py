@@ -372,14 +372,15 @@ def save_stage(out_dir: str, model, tokenizer, run_config: dict, peft: str, summ
     if not guard.all_finite([t for t in tensors if t.is_floating_point()]):
         raise guard.NonFiniteError(f"{out_dir}: the weights to save hold NaN or inf; nothing was written "
                                    "(lower LR, or check the data)")
-    if peft == "none":
-        model.save_pretrained(out_dir, state_dict=state_dict)
-        tokenizer.save_pretrained(out_dir)
-        what = "HF checkpoint"
-    else:
-        what = save_peft(model, out_dir, tokenizer)
-    write_json(os.path.join(out_dir, "run_config.json"), run_config)
-    write_json(os.path.join(out_dir, "summary.json"), {**summary, "peak_rss_mb": peak_rss_mb()})
+    with outdir.staged(out_dir) as staging:  # written aside, then renamed in: never a cut model.safetensors
+        if peft == "none":
+            model.save_pretrained(staging, state_dict=state_dict)
+            tokenizer.save_pretrained(staging)
+            what = "HF checkpoint"
+        else:
+            what = save_peft(model, staging, tokenizer).replace(staging, out_dir)
+        write_json(os.path.join(staging, "run_config.json"), run_config)
+        write_json(os.path.join(staging, "summary.json"), {**summary, "peak_rss_mb": peak_rss_mb()})
     return f"wrote {out_dir}/ ({what}, run_config.json, summary.json)"
 
 

@@ -7,11 +7,13 @@
   training (LR, batch size, seed, data files, ...): otherwise the old schedule would go on while
   run_config.json recorded the new values. Settings that only change what is logged or saved may differ.
 """
+import contextlib
 import json
 import os
 import shutil
 
-from trainer.checkpoint import CheckpointError, OutDirLocked, candidates
+from trainer.checkpoint import CheckpointError, OutDirLocked, candidates, fsync_path
+from utils import UserError
 
 # settings that do not change the trained weights: a resumed run may change them
 NOT_SHAPING = {"RESUME", "OVERWRITE", "OUT_DIR", "EVAL_INTERVAL", "LOG_INTERVAL", "LOG_WITH", "SAVE_INTERVAL",
@@ -82,3 +84,32 @@ def check_resumable(path: str, stage: str, run_config: dict) -> None:
         raise CheckpointError(f"{path}: written with other settings than this run's: {'; '.join(diffs)} "
                               f"(resume with the checkpoint's settings, e.g. --config {path}/run_config.json "
                               f"--resume True; or {OVERRIDE})")
+
+
+@contextlib.contextmanager
+def staged(out_dir: str):
+    """A directory to write a stage's final files into; on success each is fsync'd and renamed into
+    out_dir (summary.json last: it marks the run finished), so a crash or a full disk never leaves a
+    cut model.safetensors. A failed write is one line (UserError) and out_dir keeps what it held."""
+    staging = os.path.join(out_dir, ".final.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        os.makedirs(staging)
+        yield staging
+        names = sorted(os.listdir(staging), key=lambda n: n == "summary.json")
+        for name in names:
+            path = os.path.join(staging, name)
+            if os.path.isfile(path):
+                fsync_path(path)
+        for name in names:
+            target = os.path.join(out_dir, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, name), target)
+        fsync_path(out_dir)
+    except OSError as e:
+        raise UserError(f"{out_dir}: writing the trained model failed ({type(e).__name__}: {e}); the "
+                        "checkpoint in checkpoint/, if any, is kept (free disk space, then rerun with "
+                        "--resume True)") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
