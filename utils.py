@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 import os
 import random
 import resource
@@ -112,12 +113,52 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
             value = _parse_value(name, raw, namespace[name])
             print(f"override: {name} = {value!r}")
             namespace[name] = settings[name] = value
+        check_ranges(settings)
     except ConfigError as e:
         if from_cli and os.environ.get("INSTRUCT_DEBUG", "0") in ("", "0"):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
         raise
     return settings
+
+
+# allowed ranges of numeric settings, by name (whichever script has them); None passes where it is the
+# documented "all" / "off" (EVAL_LIMIT, TRAIN_LIMIT, TRAIN_LAYERS)
+POSITIVE = ("LR", "ACTOR_LR", "CRITIC_LR", "LORA_ALPHA", "CLIP_RANGE", "VALUE_CLIP")
+AT_LEAST_ONE = ("BATCH_SIZE", "GRAD_ACCUM", "LOG_INTERVAL", "MAX_STEPS", "ITERATIONS", "ROLLOUT_BATCH",
+                "GROUP_SIZE", "MINI_BATCH", "PPO_EPOCHS", "PTX_BATCH", "EVAL_BATCH_SIZE", "MEMORY_BATCH_SIZE",
+                "LORA_R", "NUM_VIRTUAL_TOKENS", "MAX_NEW_TOKENS", "THREADS", "BOOTSTRAP", "KL_HORIZON",
+                "TRAIN_LIMIT", "EVAL_LIMIT", "MAX_PROMPT_LEN")
+NON_NEGATIVE = ("GRAD_CLIP", "WEIGHT_DECAY", "WARMUP_STEPS", "EVAL_INTERVAL", "SAVE_INTERVAL", "MEMORY_STEPS",
+                "SEED", "TARGET_KL", "STOP_APPROX_KL", "PTX_COEF", "BETA", "GRPO_BETA", "TEMPERATURE", "TOP_K",
+                "TRAIN_LAYERS")
+UNIT_INTERVAL = ("GAMMA", "LAM", "TOP_P")
+MIN_MAX_LEN = 8  # a prompt and a response need a few tokens each; below this a slice would go negative
+
+
+def check_ranges(settings: dict) -> None:
+    """ConfigError (one line, naming the setting and its allowed range) for a numeric setting out of
+    range: a zero batch or a negative GRAD_CLIP would otherwise run, silently wrong."""
+    for name, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        rule = None
+        if not math.isfinite(value):
+            rule = "a finite number"
+        elif (name in POSITIVE or name.startswith("LR_")) and value <= 0:
+            rule = "> 0"
+        elif name in AT_LEAST_ONE and value < 1:
+            rule = ">= 1" + (" (or None: all)" if "LIMIT" in name else "")
+        elif name in NON_NEGATIVE and value < 0:
+            rule = ">= 0"
+        elif name in UNIT_INTERVAL and not 0 <= value <= 1:
+            rule = "between 0 and 1"
+        elif name == "MAX_LEN" and value < MIN_MAX_LEN:
+            rule = f">= {MIN_MAX_LEN}"
+        elif name == "CV_FOLDS" and value < 2:
+            rule = ">= 2"
+        if rule:
+            raise ConfigError(f"--{name.lower()} {value!r}: out of range; {name} must be {rule}")
 
 
 def from_settings(cls, settings: dict, **names):

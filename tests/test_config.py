@@ -90,3 +90,19 @@ def test_config_replay_without_out_dir_writes_to_a_new_out_dir(tmp_path, capsys)
     ns = {**settings(), "OUT_DIR": "out/sft"}
     configure(ns, ["--config", str(path), "--out_dir", str(tmp_path / "mine")])
     assert ns["OUT_DIR"] == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("args, name", [
+    (["--lr", "-1"], "LR"), (["--lr", "0"], "LR"), (["--lr", "1e999"], "LR"), (["--batch_size", "0"], "BATCH_SIZE"),
+    (["--grad_accum", "0"], "GRAD_ACCUM"), (["--log_interval", "0"], "LOG_INTERVAL"),
+    (["--max_steps", "-3"], "MAX_STEPS"), (["--max_len", "7"], "MAX_LEN"), (["--grad_clip", "-1"], "GRAD_CLIP"),
+    (["--lora_r", "0"], "LORA_R"), (["--train_limit", "0"], "TRAIN_LIMIT")])
+def test_numeric_settings_out_of_range_are_one_line_errors(args, name):
+    """Each of these used to run silently wrong (gradient ascent, an untrained model saved with exit 0)
+    or crash mid-run (divide by zero): now a one-line error naming the setting and its range."""
+    ns = {"LR": 1e-3, "BATCH_SIZE": 8, "GRAD_ACCUM": 1, "LOG_INTERVAL": 10, "MAX_STEPS": 10, "MAX_LEN": 96,
+          "GRAD_CLIP": 1.0, "LORA_R": 8, "TRAIN_LIMIT": None, "EVAL_LIMIT": None}
+    with pytest.raises(ConfigError, match=rf"{name} must be") as err:
+        configure(ns, args)
+    assert "\n" not in str(err.value)
+    configure(dict(ns), ["--max_len", "8", "--grad_clip", "0", "--train_limit", "None"])  # the edges pass
