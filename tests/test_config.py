@@ -103,6 +103,6 @@ def test_numeric_settings_out_of_range_are_one_line_errors(args, name):
     ns = {"LR": 1e-3, "BATCH_SIZE": 8, "GRAD_ACCUM": 1, "LOG_INTERVAL": 10, "MAX_STEPS": 10, "MAX_LEN": 96,
           "GRAD_CLIP": 1.0, "LORA_R": 8, "TRAIN_LIMIT": None, "EVAL_LIMIT": None}
     with pytest.raises(ConfigError, match=rf"{name} must be") as err:
-        configure(ns, args)
+        configure(dict(ns), args)
     assert "\n" not in str(err.value)
     configure(dict(ns), ["--max_len", "8", "--grad_clip", "0", "--train_limit", "None"])  # the edges pass
