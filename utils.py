@@ -10,6 +10,7 @@ import math
 import os
 import random
 import resource
+import signal
 import socket
 import sys
 
@@ -29,7 +30,10 @@ class ConfigError(UserError, ValueError):
 
 def run_main(main) -> None:
     """Run a script's main(); a UserError becomes one line on stderr and its exit code.
-    INSTRUCT_DEBUG=1 shows the traceback instead."""
+    INSTRUCT_DEBUG=1 shows the traceback instead. SIGTERM / SIGINT outside the training loop (which
+    handles them itself: trainer/checkpoint.py StopOnSignal) stop with one line and 128 + the signal."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, _stop_outside_loop) for s in signals}
     try:
         main()
     except UserError as e:
@@ -37,6 +41,15 @@ def run_main(main) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_outside_loop(signum, frame):
+    print(f"\nstopped by {signal.Signals(signum).name} outside the training loop (files already written are "
+          "complete: saves are written aside and renamed in)", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
 
 
 def _is_setting(name: str, value) -> bool:

@@ -210,7 +210,7 @@ class RMDataset(torch.utils.data.Dataset):
     def report(self, name: str) -> str:
         c = self.counter
         return (f"{name}: {len(self.items)} groups, {self.num_pairs} pairs, {c.rows} sequences, "
-                f"{c.prompt_cut + c.response_cut} truncated (prompt cut from the left: {c.prompt_cut}, "
+                f"{c.truncated} truncated (prompt cut from the left: {c.prompt_cut}, "
                 f"response cut from the right: {c.response_cut})")
 
     @property

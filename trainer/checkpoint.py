@@ -329,7 +329,7 @@ def resume_command() -> str:
 
 class StopOnSignal:
     """Inside `with`, SIGTERM and SIGINT only record that a stop was asked for (`signum`); the loop
-    checks it after each step. A second signal stops at once (KeyboardInterrupt)."""
+    checks it after each step. A second signal stops at once, exiting with 128 + its number."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -340,8 +340,10 @@ class StopOnSignal:
         return self
 
     def handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
+        if self.signum is not None:  # the checkpoints written so far are complete; a half-written one is ignored
+            print(f"\n{signal.Signals(signum).name} received again: stopping at once, without a checkpoint of "
+                  "this step (the last complete checkpoint is kept)", file=sys.stderr, flush=True)
+            raise Preempted(128 + signum)
         self.signum = signum
         print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
