@@ -364,3 +364,15 @@ def test_sft_eval_reuses_an_earlier_runs_sft_evaluation_only_under_the_same_sett
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     said = proc.stderr + proc.stdout
     assert proc.returncode != 0 and "EVAL_LIMIT=6 there, 5 here" in said and "REWARD='rm' there, 'gold' here" in said, said[-2000:]
+
+
+@pytest.mark.parametrize("which", ["actor", "critic"])
+def test_an_overflowing_actor_or_critic_step_stops_before_any_save(sft_dir, tmp_path, which):
+    """A learning rate so large that AdamW's update overflows (the clipped gradient is finite): the
+    weight check after the step names it, exit 7 advises ACTOR_LR / CRITIC_LR, and no checkpoint exists."""
+    from trainer.guard import NonFiniteError
+
+    trainer = make_trainer(sft_dir, tmp_path, **{f"{which}_lr": float("inf")})
+    with pytest.raises(NonFiniteError, match="updated weights is non-finite.*ACTOR_LR / CRITIC_LR"):
+        trainer.fit()
+    assert not os.path.exists(tmp_path / "checkpoint")

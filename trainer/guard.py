@@ -32,7 +32,8 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 def all_finite(tensors) -> bool:
     """Whether every element of `tensors` (this rank's parts) is finite; one device sync in all."""
-    maxima = [local(t).detach().abs().amax().float() for t in tensors if local(t).numel()]
+    maxima = [torch.linalg.vector_norm(local(t).detach(), float("inf")).float()  # max |x|; NaN stays NaN
+              for t in tensors if local(t).numel()]
     return not maxima or bool(torch.isfinite(torch.stack(maxima)).all())
 
 
