@@ -93,8 +93,8 @@ SFT_EVAL = "run"  # 'run': evaluate the SFT policy on the held-out prompts befor
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 10  # iterations between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue from OUT_DIR/checkpoint if present (same stage and training settings, else an error)
-OVERWRITE = False  # start afresh in an OUT_DIR holding a checkpoint or a finished run (deletes them)
+RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
+OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
 
 config = configure(globals())
 # the settings an SFT evaluation depends on: SFT_EVAL reuses one only where all of them match

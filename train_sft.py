@@ -50,8 +50,8 @@ EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue from OUT_DIR/checkpoint if present (same stage and training settings, else an error)
-OVERWRITE = False  # start afresh in an OUT_DIR holding a checkpoint or a finished run (deletes them)
+RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
+OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
 MAX_NEW_TOKENS = 24  # generation length for the gold-score evaluation
 EVAL_LIMIT = 300  # held-out prompts to score (None: all)
 # parameter-efficient fine-tuning (model/peft/)

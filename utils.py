@@ -31,7 +31,8 @@ class ConfigError(UserError, ValueError):
 def run_main(main) -> None:
     """Run a script's main(); a UserError becomes one line on stderr and its exit code.
     INSTRUCT_DEBUG=1 shows the traceback instead. SIGTERM / SIGINT outside the training loop (which
-    handles them itself: trainer/checkpoint.py StopOnSignal) stop with one line and 128 + the signal."""
+    handles them itself: trainer/checkpoint.py StopOnSignal) stop with one line and exit
+    128 + the signal."""
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.signal(s, _stop_outside_loop) for s in signals}
     try:
@@ -47,8 +48,9 @@ def run_main(main) -> None:
 
 
 def _stop_outside_loop(signum, frame):
-    print(f"\nstopped by {signal.Signals(signum).name} outside the training loop (files already written are "
-          "complete: saves are written aside and renamed in)", file=sys.stderr, flush=True)
+    print(f"\nstopped by {signal.Signals(signum).name} outside the training loop (files already "
+          "written are complete: saves are written aside and renamed in)", file=sys.stderr,
+          flush=True)
     sys.exit(128 + signum)
 
 
@@ -135,23 +137,24 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
     return settings
 
 
-# allowed ranges of numeric settings, by name (whichever script has them); None passes where it is the
-# documented "all" / "off" (EVAL_LIMIT, TRAIN_LIMIT, TRAIN_LAYERS)
+# allowed ranges of numeric settings, by name (whichever script has them); None passes where it
+# is the documented "all" / "off" (EVAL_LIMIT, TRAIN_LIMIT, TRAIN_LAYERS)
 POSITIVE = ("LR", "ACTOR_LR", "CRITIC_LR", "LORA_ALPHA", "CLIP_RANGE", "VALUE_CLIP")
-AT_LEAST_ONE = ("BATCH_SIZE", "GRAD_ACCUM", "LOG_INTERVAL", "MAX_STEPS", "ITERATIONS", "ROLLOUT_BATCH",
-                "GROUP_SIZE", "MINI_BATCH", "PPO_EPOCHS", "PTX_BATCH", "EVAL_BATCH_SIZE", "MEMORY_BATCH_SIZE",
-                "LORA_R", "NUM_VIRTUAL_TOKENS", "MAX_NEW_TOKENS", "THREADS", "BOOTSTRAP", "KL_HORIZON",
+AT_LEAST_ONE = ("BATCH_SIZE", "GRAD_ACCUM", "LOG_INTERVAL", "MAX_STEPS", "ITERATIONS",
+                "ROLLOUT_BATCH", "GROUP_SIZE", "MINI_BATCH", "PPO_EPOCHS", "PTX_BATCH",
+                "EVAL_BATCH_SIZE", "MEMORY_BATCH_SIZE", "LORA_R", "NUM_VIRTUAL_TOKENS",
+                "MAX_NEW_TOKENS", "THREADS", "BOOTSTRAP", "KL_HORIZON",
                 "TRAIN_LIMIT", "EVAL_LIMIT", "MAX_PROMPT_LEN")
-NON_NEGATIVE = ("GRAD_CLIP", "WEIGHT_DECAY", "WARMUP_STEPS", "EVAL_INTERVAL", "SAVE_INTERVAL", "MEMORY_STEPS",
-                "SEED", "TARGET_KL", "STOP_APPROX_KL", "PTX_COEF", "BETA", "GRPO_BETA", "TEMPERATURE", "TOP_K",
-                "TRAIN_LAYERS")
+NON_NEGATIVE = ("GRAD_CLIP", "WEIGHT_DECAY", "WARMUP_STEPS", "EVAL_INTERVAL", "SAVE_INTERVAL",
+                "MEMORY_STEPS", "SEED", "TARGET_KL", "STOP_APPROX_KL", "PTX_COEF", "BETA",
+                "GRPO_BETA", "TEMPERATURE", "TOP_K", "TRAIN_LAYERS")
 UNIT_INTERVAL = ("GAMMA", "LAM", "TOP_P")
-MIN_MAX_LEN = 8  # a prompt and a response need a few tokens each; below this a slice would go negative
+MIN_MAX_LEN = 8  # a prompt and a response need a few tokens each; below, a slice goes negative
 
 
 def check_ranges(settings: dict) -> None:
-    """ConfigError (one line, naming the setting and its allowed range) for a numeric setting out of
-    range: a zero batch or a negative GRAD_CLIP would otherwise run, silently wrong."""
+    """ConfigError (one line, naming the setting and its allowed range) for a numeric setting out
+    of range: a zero batch or a negative GRAD_CLIP would otherwise run, silently wrong."""
     for name, value in settings.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
@@ -208,11 +211,11 @@ def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list
     for name, value in saved.items():
         namespace[name] = settings[name] = _check_type(name, value, namespace[name])
     print(f"config: {len(saved)} settings from {path}")
-    given = any(a == "--out_dir" or a.startswith("--out_dir=") or a.startswith("--out-dir") for a in rest)
+    given = any(a.startswith(("--out_dir", "--out-dir")) for a in rest)
     if "OUT_DIR" in saved and isinstance(saved["OUT_DIR"], str) and not given:
         namespace["OUT_DIR"] = settings["OUT_DIR"] = _replay_dir(saved["OUT_DIR"])
-        print(f"config: the replay writes to {settings['OUT_DIR']}, not to the recorded {saved['OUT_DIR']} "
-              "(give --out_dir to choose)")
+        print(f"config: the replay writes to {settings['OUT_DIR']}, not to the recorded "
+              f"{saved['OUT_DIR']} (give --out_dir to choose)")
     return rest
 
 

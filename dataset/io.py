@@ -35,7 +35,8 @@ def _read_local(path: str) -> list[tuple[int, dict]]:
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory (give a .json or .jsonl file)") from None
     except OSError as e:  # a symbolic-link loop, no permission, ...
-        raise DataError(f"{path}: cannot be read ({e.strerror}) (check the data path setting)") from None
+        raise DataError(f"{path}: cannot be read ({e.strerror}) (check the data path setting)"
+                        ) from None
     try:
         text = raw.decode("utf-8-sig")  # a leading byte-order mark is dropped
     except UnicodeDecodeError as e:

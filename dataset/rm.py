@@ -117,8 +117,9 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
     if "responses" in row:
         responses = row["responses"]
         if not isinstance(row.get("prompt", ""), str):
-            raise DataError(f"{where}: field 'prompt' of a ranked row must be a string, got "
-                            f"{type(row['prompt']).__name__} (a message list goes with chosen/rejected)")
+            got = type(row["prompt"]).__name__
+            raise DataError(f"{where}: field 'prompt' of a ranked row must be a string, got {got} "
+                            "(a message list goes with chosen/rejected)")
         if len(responses) < 2:
             raise DataError(f"{where}: field 'responses' must be a list of at least 2 responses (best first; "
                             "a single comparison can also be given as chosen/rejected)")
@@ -170,8 +171,8 @@ def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, 
         print(f"warning: skipped {len(skipped)} HH row(s) whose chosen and rejected prompts differ "
               f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}); set STRICT to make this an error")
     if not groups:  # a run on nothing would divide by zero later
-        raise DataError(f"{source}: all {len(rows)} rows were skipped (their chosen and rejected prompts "
-                        "differ); fix them, or set STRICT=True to see the first one as an error")
+        raise DataError(f"{source}: all {len(rows)} rows were skipped (their chosen and "
+                        "rejected prompts differ); fix them, or set STRICT=True to see the first")
     return groups
 
 

@@ -72,7 +72,8 @@ class TruncationCounter:
     """Counts rows cut by `fit_lengths`, for the report printed after tokenizing a file."""
 
     def __init__(self):
-        self.rows = self.truncated = self.prompt_cut = self.response_cut = 0  # a row cut at both ends: truncated once
+        # a row cut at both ends counts once in `truncated`
+        self.rows = self.truncated = self.prompt_cut = self.response_cut = 0
 
     def report(self, name: str) -> str:
         return (f"{name}: {self.rows} rows, {self.truncated} truncated (prompt cut from the left: "

@@ -25,11 +25,11 @@ from utils import UserError, hub_reachable
 EMBEDDED = "embedded"
 EMBEDDED_DIR = os.path.join("out", "embedded")
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_opt.json")
-# the data the embedded tokenizer is trained on: the shipped files, named, so that a file a user adds
-# to ds/ changes neither the tokenizer nor the build
+# the data the embedded tokenizer is trained on: the shipped files, by name, so that a file a
+# user adds to ds/ changes neither the tokenizer nor the build
 SHIPPED_DATA = ("eval_prompts.jsonl", "peft_eval.jsonl", "peft_train.jsonl", "prompts_train.jsonl",
-                "rm_eval_ranked.jsonl", "rm_train_pairs.jsonl", "rm_train_ranked.jsonl", "sft_eval.jsonl",
-                "sft_train.jsonl")
+                "rm_eval_ranked.jsonl", "rm_train_pairs.jsonl", "rm_train_ranked.jsonl",
+                "sft_eval.jsonl", "sft_train.jsonl")
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3, as in OPT's tokenizer
 
 
@@ -59,11 +59,11 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     """Build (once) the untrained embedded OPT and its tokenizer; rebuilt when config or data change."""
     with open(TINY_CONFIG) as f:
         config = json.load(f)
-    files = [os.path.join(data_dir, name) for name in SHIPPED_DATA]  # never a user's file put in ds/
+    files = [os.path.join(data_dir, name) for name in SHIPPED_DATA]  # never a user's file in ds/
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
-        raise ModelError(f"MODEL='embedded': needs the shipped data {', '.join(missing)} (restore it with git "
-                         "checkout, or run `python -m dataset.task` to write it)")
+        raise ModelError(f"MODEL='embedded': needs the shipped data {', '.join(missing)} (restore "
+                         "it with git checkout, or run `python -m dataset.task` to write it)")
     digest = hashlib.sha256(json.dumps([config, seed, EMBEDDED_TEMPLATE]).encode())
     for path in files:
         with open(path, "rb") as f:
@@ -71,7 +71,7 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     stamp = os.path.join(out_dir, "build_id.txt")
     if built(stamp, digest.hexdigest()):
         return out_dir
-    # every process of a fresh `torchrun` gets here at once: one builds, the others wait on the lock
+    # every process of a fresh `torchrun` gets here at once: one builds, the others wait for it
     # and then find the finished build
     os.makedirs(os.path.dirname(out_dir) or ".", exist_ok=True)
     with open(out_dir + ".lock", "a") as lock:
@@ -142,7 +142,7 @@ def from_pretrained(load, name: str, setting: str, **kw):
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         return model
-    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: a cut model.safetensors
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: a cut file
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(f"{setting}={name!r}: cannot be loaded ({type(e).__name__}: {first}) "
                          "(check that it is a complete save_pretrained directory, hub id or GGUF file)") from e

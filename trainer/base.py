@@ -58,7 +58,7 @@ class LoopConfig:
     seed: int  # data order (and, in the scripts, weights' init and sampling)
     bf16: bool  # bfloat16 autocast
     resume: bool  # continue from out_dir/checkpoint if present (same stage and training settings)
-    overwrite: bool  # start afresh in an out_dir holding a checkpoint or a finished run (deletes them)
+    overwrite: bool  # start afresh over a checkpoint or finished run in out_dir (deletes them)
     log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
     group_by_length: bool  # batches of similar lengths (less padding); every item still once per epoch
     gradient_checkpointing: bool  # keep only each layer's input; recompute the layer in the backward pass (checkpoint_layers)
@@ -94,11 +94,12 @@ class Trainer:
         if self.accelerator.is_main_process:
             lock_out_dir(self.out_dir)  # before touching anything in it: a second run on out_dir stops here
         self.resuming = loop.resume and bool(candidates(self.ckpt_dir))  # candidates refuses pickle checkpoints
-        if not self.resuming:  # never over an earlier run's checkpoint or model, unless --overwrite True
+        if not self.resuming:  # never over an earlier run's checkpoint or model (unless overwrite)
             outdir.check_fresh_start(self.out_dir, self.ckpt_dir, loop.resume, loop.overwrite,
                                      self.accelerator.is_main_process)
         else:  # another stage's checkpoint, or other training settings: refused before any work
-            outdir.check_resumable(candidates(self.ckpt_dir)[0][1], type(self).__name__, run_config)
+            newest = candidates(self.ckpt_dir)[0][1]
+            outdir.check_resumable(newest, type(self).__name__, run_config)
         if loop.resume and not self.resuming:
             self.log(f"--resume True: no checkpoint in {self.ckpt_dir}; starting from step 0")
         metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
@@ -254,7 +255,8 @@ class Trainer:
         guard.check_loss(self.accelerator, loss, **guard.where(self))
 
     def clip_and_check(self, model) -> float:
-        """Clip `model`'s gradients to GRAD_CLIP; stop before the optimizer step if their norm is not finite."""
+        """Clip `model`'s gradients to GRAD_CLIP; stop before the optimizer step if their norm is
+        not finite."""
         norm = self.accelerator.clip_grad_norm_(model.parameters(), self.loop.grad_clip)
         return guard.check_grad_norm(self.accelerator, norm, **guard.where(self))
 
@@ -279,8 +281,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
-        self.step, state, path = load_newest(self.ckpt_dir,
-                                             lambda p: outdir.check_resumable(p, type(self).__name__, self.run_config))
+        def check(path: str) -> None:
+            outdir.check_resumable(path, type(self).__name__, self.run_config)
+        self.step, state, path = load_newest(self.ckpt_dir, check)
         fsdp.check_resumable(path, state, self.loop.fsdp)
         if self.loop.fsdp:
             state["trainer"].update(fsdp.load_shards(path, self.sharded_state(), state["shards"]))
@@ -370,9 +373,9 @@ def save_stage(out_dir: str, model, tokenizer, run_config: dict, peft: str, summ
     Trainer.finish and the head-only reward model (train_rm.py) both end here."""
     tensors = state_dict.values() if state_dict is not None else model.parameters()
     if not guard.all_finite([t for t in tensors if t.is_floating_point()]):
-        raise guard.NonFiniteError(f"{out_dir}: the weights to save hold NaN or inf; nothing was written "
-                                   "(lower LR, or check the data)")
-    with outdir.staged(out_dir) as staging:  # written aside, then renamed in: never a cut model.safetensors
+        raise guard.NonFiniteError(f"{out_dir}: the weights to save hold NaN or inf; nothing was "
+                                   "written (lower LR, or check the data)")
+    with outdir.staged(out_dir) as staging:  # written aside, renamed in: never a cut model file
         if peft == "none":
             model.save_pretrained(staging, state_dict=state_dict)
             tokenizer.save_pretrained(staging)
@@ -380,7 +383,8 @@ def save_stage(out_dir: str, model, tokenizer, run_config: dict, peft: str, summ
         else:
             what = save_peft(model, staging, tokenizer).replace(staging, out_dir)
         write_json(os.path.join(staging, "run_config.json"), run_config)
-        write_json(os.path.join(staging, "summary.json"), {**summary, "peak_rss_mb": peak_rss_mb()})
+        summary = {**summary, "peak_rss_mb": peak_rss_mb()}
+        write_json(os.path.join(staging, "summary.json"), summary)
     return f"wrote {out_dir}/ ({what}, run_config.json, summary.json)"
 
 

@@ -155,8 +155,8 @@ def finish_interrupted_swap(ckpt_dir: str) -> None:
         os.replace(newest, ckpt_dir)
         fsync_path(os.path.dirname(ckpt_dir) or ".")
     shutil.rmtree(tmp, ignore_errors=True)
-    # checkpoint.old stays: `checkpoint` may be complete by its state.json yet unreadable (resume then
-    # fell back to .old); save_checkpoint deletes .old only once the new checkpoint is verified
+    # checkpoint.old stays: `checkpoint` may be complete by its state.json yet unreadable (resume
+    # then fell back to .old); save_checkpoint deletes .old only once the new one is verified
 
 
 def begin_save(ckpt_dir: str) -> str:
@@ -176,12 +176,14 @@ def save_checkpoint(ckpt_dir: str, state: dict, step: int, run_config: dict,
         write_and_swap(ckpt_dir, state, step, run_config, tmp_ready)
     except (OSError, SafetensorError) as e:
         found = candidates(ckpt_dir, refuse=False)
-        kept = f"{found[0][1]} (step {found[0][0]}) is kept" if found else "no earlier checkpoint exists"
-        raise CheckpointError(f"{ckpt_dir}: saving the checkpoint of step {step} failed ({type(e).__name__}: "
-                              f"{e}); {kept} (free disk space, then resume with --resume True)") from e
+        kept = f"{found[0][1]} (step {found[0][0]}) is kept" if found else "none was saved before"
+        raise CheckpointError(f"{ckpt_dir}: saving the checkpoint of step {step} failed "
+                              f"({type(e).__name__}: {e}); {kept} (free disk space, then resume "
+                              "with --resume True)") from e
 
 
-def write_and_swap(ckpt_dir: str, state: dict, step: int, run_config: dict, tmp_ready: bool) -> None:
+def write_and_swap(ckpt_dir: str, state: dict, step: int, run_config: dict,
+                   tmp_ready: bool) -> None:
     if not tmp_ready:
         begin_save(ckpt_dir)
     tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"
@@ -202,8 +204,8 @@ def write_and_swap(ckpt_dir: str, state: dict, step: int, run_config: dict, tmp_
 
 
 def verify(path: str, tensors: dict) -> None:
-    """Read back a written checkpoint's header and JSON: every tensor is there with its shape and the
-    file is as long as the header says (safe_open checks that), before any older copy is deleted."""
+    """Read back a written checkpoint's header and JSON: every tensor is there with its shape and
+    the file is as long as the header says (safe_open checks that), before an older copy goes."""
     with safe_open(os.path.join(path, "state.safetensors"), "pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     if shapes != {k: tuple(t.shape) for k, t in tensors.items()} or checkpoint_step(path) is None:
@@ -226,7 +228,7 @@ def load_state(path: str) -> tuple[int, dict]:
 def load_newest(ckpt_dir: str, check=None) -> tuple[int, dict, str]:
     """(step, state, path) of the newest complete checkpoint that loads; an unreadable one is skipped
     with a warning. Raises CheckpointError when none loads. check(path), before loading: raises
-    CheckpointError if this run must not continue that checkpoint (another stage, other settings)."""
+    CheckpointError if this run must not continue it (another stage, other settings)."""
     errors = []
     for _, path in candidates(ckpt_dir):
         if check is not None:
@@ -240,7 +242,7 @@ def load_newest(ckpt_dir: str, check=None) -> tuple[int, dict, str]:
 
 
 def row_step(line: str) -> float:
-    """A metrics.jsonl line's step; inf for a line a killed run left half-written (it is dropped)."""
+    """A metrics.jsonl line's step; inf for a line a killed run left half-written (dropped)."""
     try:
         return json.loads(line).get("step", 0)
     except (ValueError, AttributeError):
@@ -271,16 +273,18 @@ def lock_out_dir(out_dir: str) -> str:
         raise OutDirLocked(f"{out_dir}: is a file, not a directory (give another --out_dir)")
     os.makedirs(out_dir, exist_ok=True)
     link = os.path.join(out_dir, ".lock")
-    if os.path.islink(link):  # writing through it would overwrite, and the release delete, its target
-        raise OutDirLocked(f"{link}: is a symbolic link; a lock file is never followed (delete the link)")
+    if os.path.islink(link):  # a write through it would overwrite its target, the release delete it
+        raise OutDirLocked(f"{link}: is a symbolic link; a lock is never followed (delete it)")
     path = os.path.join(os.path.realpath(out_dir), ".lock")
     if path in _held:
         return path
     while True:
         try:  # O_NOFOLLOW: a link made after the check above is refused too
-            f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a+")
+            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+            f = os.fdopen(os.open(path, flags, 0o644), "a+")
         except OSError as e:
-            raise OutDirLocked(f"{path}: cannot open the lock file ({e.strerror}; delete it if it is a link)") from None
+            raise OutDirLocked(f"{path}: cannot open the lock file ({e.strerror}; delete it "
+                               "if it is a link)") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -340,9 +344,10 @@ class StopOnSignal:
         return self
 
     def handle(self, signum, frame):
-        if self.signum is not None:  # the checkpoints written so far are complete; a half-written one is ignored
-            print(f"\n{signal.Signals(signum).name} received again: stopping at once, without a checkpoint of "
-                  "this step (the last complete checkpoint is kept)", file=sys.stderr, flush=True)
+        if self.signum is not None:  # checkpoints written so far are complete (a cut one is ignored)
+            print(f"\n{signal.Signals(signum).name} received again: stopping at once, without a "
+                  "checkpoint of this step (the last complete checkpoint is kept)",
+                  file=sys.stderr, flush=True)
             raise Preempted(128 + signum)
         self.signum = signum
         print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "

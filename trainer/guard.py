@@ -1,5 +1,5 @@
-"""Numeric guards: a step whose loss, gradient norm or updated weights are not finite stops the run,
-and nothing non-finite ever reaches a checkpoint or a saved model.
+"""Numeric guards: a step whose loss, gradient norm or updated weights are not finite stops the
+run, and nothing non-finite ever reaches a checkpoint or a saved model.
 
 Three checks, in the order a step meets them:
     loss           after each forward pass, before backward
@@ -32,7 +32,8 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 def all_finite(tensors) -> bool:
     """Whether every element of `tensors` (this rank's parts) is finite; one device sync in all."""
-    maxima = [torch.linalg.vector_norm(local(t).detach(), float("inf")).float()  # max |x|; NaN stays NaN
+    # max |x| of each tensor (a NaN stays NaN), stacked: one check for all
+    maxima = [torch.linalg.vector_norm(local(t).detach(), float("inf")).float()
               for t in tensors if local(t).numel()]
     return not maxima or bool(torch.isfinite(torch.stack(maxima)).all())
 
@@ -45,12 +46,13 @@ def last_good(ckpt_dir: str) -> str:
     return f"the last good checkpoint, {ckpt_dir} (step {step}), is untouched"
 
 
-def stop_if(accelerator, bad: bool, *, step: int, what: str, value, ckpt_dir: str, hint: str) -> None:
+def stop_if(accelerator, bad: bool, *, step: int, what: str, value, ckpt_dir: str,
+            hint: str) -> None:
     """Raise NonFiniteError on every rank if `bad` holds on any rank."""
     if reduce_sum(accelerator, {"bad": float(bad)})["bad"]:
         raise NonFiniteError(f"step {step}: the {what} is {value}; the step was not applied and "
-                             f"training stopped ({last_good(ckpt_dir)}). {hint}, then resume from the "
-                             f"checkpoint with --resume True")
+                             f"training stopped ({last_good(ckpt_dir)}). {hint}, then resume "
+                             "from the checkpoint with --resume True")
 
 
 def check_loss(accelerator, loss: torch.Tensor, **where) -> None:
@@ -58,15 +60,15 @@ def check_loss(accelerator, loss: torch.Tensor, **where) -> None:
 
 
 def check_grad_norm(accelerator, grad_norm, **where) -> float:
-    """The clipped gradient norm (clip_grad_norm_'s return: a global norm, equal on every rank) as a
-    float; stops the run if it is not finite. None (DeepSpeed clips inside its engine) passes."""
+    """The clipped gradient norm (clip_grad_norm_'s return: a global norm, equal on every rank)
+    as a float; stops the run if it is not finite. None (DeepSpeed clips in its engine) passes."""
     if grad_norm is None:
         return None
     if isinstance(grad_norm, DTensor):
         grad_norm = grad_norm.full_tensor()
     value = float(grad_norm)
-    stop_if(accelerator, not torch.isfinite(torch.tensor(value)), what="gradient norm", value=value,
-            **where)
+    bad = not torch.isfinite(torch.tensor(value))
+    stop_if(accelerator, bad, what="gradient norm", value=value, **where)
     return value
 
 
@@ -75,7 +77,8 @@ def check_weights(accelerator, models, what: str = "updated weights", **where) -
     params = [p for m in models for p in m.parameters()]
     bad = not all_finite(params)
     count = sum(int((~torch.isfinite(local(p).detach())).sum()) for p in params) if bad else 0
-    stop_if(accelerator, bad, what=what, value=f"non-finite ({count:,} values on this rank)", **where)
+    value = f"non-finite ({count:,} values on this rank)"
+    stop_if(accelerator, bad, what=what, value=value, **where)
 
 
 def where(trainer) -> dict:
