@@ -273,7 +273,7 @@ def lock_out_dir(out_dir: str) -> str:
         raise OutDirLocked(f"{out_dir}: is a file, not a directory (give another --out_dir)")
     os.makedirs(out_dir, exist_ok=True)
     link = os.path.join(out_dir, ".lock")
-    if os.path.islink(link):  # a write through it would overwrite its target, the release delete it
+    if os.path.islink(link):  # writing through it would overwrite its target; release, delete it
         raise OutDirLocked(f"{link}: is a symbolic link; a lock is never followed (delete it)")
     path = os.path.join(os.path.realpath(out_dir), ".lock")
     if path in _held:
@@ -344,7 +344,7 @@ class StopOnSignal:
         return self
 
     def handle(self, signum, frame):
-        if self.signum is not None:  # checkpoints written so far are complete (a cut one is ignored)
+        if self.signum is not None:  # the checkpoints written so far are complete
             print(f"\n{signal.Signals(signum).name} received again: stopping at once, without a "
                   "checkpoint of this step (the last complete checkpoint is kept)",
                   file=sys.stderr, flush=True)
