@@ -68,7 +68,8 @@ EVAL_BATCH_SIZE = 64  # groups per forward pass of the reference and held-out pa
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
-RESUME = False  # continue from OUT_DIR/checkpoint if present
+RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
+OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
 
 config = configure(globals())
 

@@ -97,7 +97,8 @@ SFT_EVAL = "run"  # 'run': evaluate the SFT policy on the held-out prompts befor
 LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 10  # iterations between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue from OUT_DIR/checkpoint if present
+RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
+OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
 
 _DEFAULTS = {k: v for k, v in globals().items() if k.isupper()}  # before the command line changes them
 config = configure(globals())

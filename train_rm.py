@@ -22,6 +22,7 @@ from model.load import load_tokenizer
 from model.peft import apply_peft
 from model.reward import load_reward_model
 from trainer.base import LoopConfig, OptimConfig, save_stage
+from trainer.outdir import check_fresh_start
 from trainer.checkpoint import lock_out_dir
 from trainer.dist import is_sharded, resolve_bf16
 from trainer.evaluate import test_evaluation
@@ -63,7 +64,8 @@ EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
 SAVE_INTERVAL = 100  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue from OUT_DIR/checkpoint if present
+RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
+OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
 # parameter-efficient fine-tuning (model/peft/); the new score head is always trained in full
 PEFT = "none"  # 'none' (full fine-tuning), 'lora' or 'bitfit'
 LORA_R = 8  # LoRA rank r
@@ -166,6 +168,7 @@ def main():
 def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
     """TRAIN_LAYERS=0: features of the frozen backbone once, the head by logistic regression (trainer/rm.py)."""
     lock_out_dir(OUT_DIR)  # one run per output directory, as the Trainer does
+    check_fresh_start(OUT_DIR, os.path.join(OUT_DIR, "checkpoint"), RESUME, OVERWRITE, True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.eval().requires_grad_(False).to(device)
     pad_id, bf16 = tokenizer.pad_token_id, torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["BF16"])

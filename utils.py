@@ -6,9 +6,11 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 import os
 import random
 import resource
+import signal
 import socket
 import sys
 
@@ -28,7 +30,11 @@ class ConfigError(UserError, ValueError):
 
 def run_main(main) -> None:
     """Run a script's main(); a UserError becomes one line on stderr and its exit code.
-    INSTRUCT_DEBUG=1 shows the traceback instead."""
+    INSTRUCT_DEBUG=1 shows the traceback instead. SIGTERM / SIGINT outside the training loop (which
+    handles them itself: trainer/checkpoint.py StopOnSignal) stop with one line and exit
+    128 + the signal."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, _stop_outside_loop) for s in signals}
     try:
         main()
     except UserError as e:
@@ -36,6 +42,16 @@ def run_main(main) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_outside_loop(signum, frame):
+    print(f"\nstopped by {signal.Signals(signum).name} outside the training loop (files already "
+          "written are complete: saves are written aside and renamed in)", file=sys.stderr,
+          flush=True)
+    sys.exit(128 + signum)
 
 
 def _is_setting(name: str, value) -> bool:
@@ -112,12 +128,53 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
             value = _parse_value(name, raw, namespace[name])
             print(f"override: {name} = {value!r}")
             namespace[name] = settings[name] = value
+        check_ranges(settings)
     except ConfigError as e:
         if from_cli and os.environ.get("INSTRUCT_DEBUG", "0") in ("", "0"):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
         raise
     return settings
+
+
+# allowed ranges of numeric settings, by name (whichever script has them); None passes where it
+# is the documented "all" / "off" (EVAL_LIMIT, TRAIN_LIMIT, TRAIN_LAYERS)
+POSITIVE = ("LR", "ACTOR_LR", "CRITIC_LR", "LORA_ALPHA", "CLIP_RANGE", "VALUE_CLIP")
+AT_LEAST_ONE = ("BATCH_SIZE", "GRAD_ACCUM", "LOG_INTERVAL", "MAX_STEPS", "ITERATIONS",
+                "ROLLOUT_BATCH", "GROUP_SIZE", "MINI_BATCH", "PPO_EPOCHS", "PTX_BATCH",
+                "EVAL_BATCH_SIZE", "MEMORY_BATCH_SIZE", "LORA_R", "NUM_VIRTUAL_TOKENS",
+                "MAX_NEW_TOKENS", "THREADS", "BOOTSTRAP", "KL_HORIZON",
+                "TRAIN_LIMIT", "EVAL_LIMIT", "MAX_PROMPT_LEN")
+NON_NEGATIVE = ("GRAD_CLIP", "WEIGHT_DECAY", "WARMUP_STEPS", "EVAL_INTERVAL", "SAVE_INTERVAL",
+                "MEMORY_STEPS", "SEED", "TARGET_KL", "STOP_APPROX_KL", "PTX_COEF", "BETA",
+                "GRPO_BETA", "TEMPERATURE", "TOP_K", "TRAIN_LAYERS")
+UNIT_INTERVAL = ("GAMMA", "LAM", "TOP_P")
+MIN_MAX_LEN = 8  # a prompt and a response need a few tokens each; below, a slice goes negative
+
+
+def check_ranges(settings: dict) -> None:
+    """ConfigError (one line, naming the setting and its allowed range) for a numeric setting out
+    of range: a zero batch or a negative GRAD_CLIP would otherwise run, silently wrong."""
+    for name, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        rule = None
+        if not math.isfinite(value):
+            rule = "a finite number"
+        elif (name in POSITIVE or name.startswith("LR_")) and value <= 0:
+            rule = "> 0"
+        elif name in AT_LEAST_ONE and value < 1:
+            rule = ">= 1" + (" (or None: all)" if "LIMIT" in name else "")
+        elif name in NON_NEGATIVE and value < 0:
+            rule = ">= 0"
+        elif name in UNIT_INTERVAL and not 0 <= value <= 1:
+            rule = "between 0 and 1"
+        elif name == "MAX_LEN" and value < MIN_MAX_LEN:
+            rule = f">= {MIN_MAX_LEN}"
+        elif name == "CV_FOLDS" and value < 2:
+            rule = ">= 2"
+        if rule:
+            raise ConfigError(f"--{name.lower()} {value!r}: out of range; {name} must be {rule}")
 
 
 def from_settings(cls, settings: dict, **names):
@@ -154,7 +211,20 @@ def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list
     for name, value in saved.items():
         namespace[name] = settings[name] = _check_type(name, value, namespace[name])
     print(f"config: {len(saved)} settings from {path}")
+    given = any(a.startswith(("--out_dir", "--out-dir")) for a in rest)
+    if "OUT_DIR" in saved and isinstance(saved["OUT_DIR"], str) and not given:
+        namespace["OUT_DIR"] = settings["OUT_DIR"] = _replay_dir(saved["OUT_DIR"])
+        print(f"config: the replay writes to {settings['OUT_DIR']}, not to the recorded "
+              f"{saved['OUT_DIR']} (give --out_dir to choose)")
     return rest
+
+
+def _replay_dir(recorded: str) -> str:
+    """A new output directory next to the replayed run's, so a replay never overwrites that run."""
+    n = 1
+    while os.path.exists(f"{recorded.rstrip('/')}_replay{n}"):
+        n += 1
+    return f"{recorded.rstrip('/')}_replay{n}"
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

@@ -99,6 +99,10 @@ def check_messages(messages, where: str, field: str = "messages", need_assistant
             raise DataError(f"{where}: {field}[{i}] ({m['role']}) has no text in 'content'")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: field {field!r} has no assistant turn (nothing to learn from)")
+    first = next((m["role"] for m in messages if m["role"] != "system"), None)
+    if need_assistant and first != "user":  # an assistant turn needs a user turn to answer
+        raise DataError(f"{where}: field {field!r} starts with an {first} turn; a conversation "
+                        "starts with a user turn (after an optional system turn) (fix the row)")
     if last is not None and messages[-1]["role"] != last:
         raise DataError(f"{where}: field {field!r} must end with a{'n' if last == 'assistant' else ''} {last} turn, "
                         f"not {messages[-1]['role']}")

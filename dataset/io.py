@@ -32,6 +32,11 @@ def _read_local(path: str) -> list[tuple[int, dict]]:
             raw = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (check the data path setting)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory (give a .json or .jsonl file)") from None
+    except OSError as e:  # a symbolic-link loop, no permission, ...
+        raise DataError(f"{path}: cannot be read ({e.strerror}) (check the data path setting)"
+                        ) from None
     try:
         text = raw.decode("utf-8-sig")  # a leading byte-order mark is dropped
     except UnicodeDecodeError as e:

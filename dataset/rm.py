@@ -116,6 +116,10 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
     where = row["_where"]
     if "responses" in row:
         responses = row["responses"]
+        if not isinstance(row.get("prompt", ""), str):
+            got = type(row["prompt"]).__name__
+            raise DataError(f"{where}: field 'prompt' of a ranked row must be a string, got {got} "
+                            "(a message list goes with chosen/rejected)")
         if len(responses) < 2:
             raise DataError(f"{where}: field 'responses' must be a list of at least 2 responses (best first; "
                             "a single comparison can also be given as chosen/rejected)")
@@ -147,6 +151,8 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
                 return None
             prompt, chosen, rejected = split_hh_common(row["chosen"], row["rejected"])
         check_task_row(row, prompt)
+    if not chosen.strip() and not rejected.strip():
+        raise DataError(f"{where}: both replies are empty (nothing to compare; remove the row)")
     if chosen == rejected:
         raise DataError(f"{where}: 'chosen' and 'rejected' are the same response (a comparison needs two different "
                         "ones; remove the row)")
@@ -164,6 +170,9 @@ def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, 
     if skipped:
         print(f"warning: skipped {len(skipped)} HH row(s) whose chosen and rejected prompts differ "
               f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}); set STRICT to make this an error")
+    if not groups:  # a run on nothing would divide by zero later
+        raise DataError(f"{source}: all {len(rows)} rows were skipped (their chosen and "
+                        "rejected prompts differ); fix them, or set STRICT=True to see the first")
     return groups
 
 
@@ -207,7 +216,7 @@ class RMDataset(torch.utils.data.Dataset):
     def report(self, name: str) -> str:
         c = self.counter
         return (f"{name}: {len(self.items)} groups, {self.num_pairs} pairs, {c.rows} sequences, "
-                f"{c.prompt_cut + c.response_cut} truncated (prompt cut from the left: {c.prompt_cut}, "
+                f"{c.truncated} truncated (prompt cut from the left: {c.prompt_cut}, "
                 f"response cut from the right: {c.response_cut})")
 
     @property

@@ -72,12 +72,12 @@ class TruncationCounter:
     """Counts rows cut by `fit_lengths`, for the report printed after tokenizing a file."""
 
     def __init__(self):
-        self.rows = self.prompt_cut = self.response_cut = 0
+        # a row cut at both ends counts once in `truncated`
+        self.rows = self.truncated = self.prompt_cut = self.response_cut = 0
 
     def report(self, name: str) -> str:
-        cut = self.prompt_cut + self.response_cut
-        return (f"{name}: {self.rows} rows, {cut} truncated (prompt cut from the left: {self.prompt_cut}, "
-                f"response cut from the right: {self.response_cut})")
+        return (f"{name}: {self.rows} rows, {self.truncated} truncated (prompt cut from the left: "
+                f"{self.prompt_cut}, response cut from the right: {self.response_cut})")
 
 
 def fit_lengths(prompt_ids: list, response_ids: list, max_len: int, counter: TruncationCounter = None):
@@ -86,6 +86,8 @@ def fit_lengths(prompt_ids: list, response_ids: list, max_len: int, counter: Tru
         counter.rows += 1
     if len(prompt_ids) + len(response_ids) <= max_len:
         return prompt_ids, response_ids
+    if counter is not None:
+        counter.truncated += 1
     room = max(max_len - len(response_ids), min(MIN_PROMPT_TOKENS, len(prompt_ids)))
     if room < len(prompt_ids):
         prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - room + 1:]  # keep BOS, cut from the left

@@ -7,12 +7,14 @@ MODEL settings accepted by every script:
   "out/sft"             a local directory written by save_pretrained
   "dir/model.gguf"      a GGUF file (e.g. SmolLM2-135M from ../shared/tools/get-smollm2.sh; needs `gguf`)
 """
-import glob
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
 from dataset.chat import EMBEDDED_TEMPLATE, use_chat_format
@@ -23,6 +25,11 @@ from utils import UserError, hub_reachable
 EMBEDDED = "embedded"
 EMBEDDED_DIR = os.path.join("out", "embedded")
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_opt.json")
+# the data the embedded tokenizer is trained on: the shipped files, by name, so that a file a
+# user adds to ds/ changes neither the tokenizer nor the build
+# The vocabulary is fitted to the shipped training files only, never to validation or test prompts
+SHIPPED_DATA = ("peft_train.jsonl", "prompts_train.jsonl", "rm_train_pairs.jsonl",
+                "rm_train_ranked.jsonl", "sft_train.jsonl")
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3, as in OPT's tokenizer
 
 
@@ -52,31 +59,51 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     """Build (once) the untrained embedded OPT and its tokenizer; rebuilt when config or data change."""
     with open(TINY_CONFIG) as f:
         config = json.load(f)
-    # training files only: the vocabulary must not be fitted to the validation or test prompts
-    files = sorted(glob.glob(os.path.join(data_dir, "*_train*.jsonl")))
-    if not files:
-        raise ModelError(f"MODEL='embedded': needs the shipped data in {data_dir}/ (run `python -m dataset.task` to write it)")
+    files = [os.path.join(data_dir, name) for name in SHIPPED_DATA]  # never a user's file in ds/
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise ModelError(f"MODEL='embedded': needs the shipped data {', '.join(missing)} (restore "
+                         "it with git checkout, or run `python -m dataset.task` to write it)")
     digest = hashlib.sha256(json.dumps([config, seed, EMBEDDED_TEMPLATE]).encode())
     for path in files:
         with open(path, "rb") as f:
             digest.update(f.read())
     stamp = os.path.join(out_dir, "build_id.txt")
-    if os.path.exists(stamp) and open(stamp).read() == digest.hexdigest():
+    if built(stamp, digest.hexdigest()):
         return out_dir
+    # every process of a fresh `torchrun` gets here at once: one builds, the others wait for it
+    # and then find the finished build
+    os.makedirs(os.path.dirname(out_dir) or ".", exist_ok=True)
+    with open(out_dir + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built(stamp, digest.hexdigest()):
+            write_embedded(files, config, seed, digest.hexdigest(), out_dir)
+    return out_dir
+
+
+def built(stamp: str, build_id: str) -> bool:
+    try:
+        with open(stamp) as f:
+            return f.read() == build_id
+    except OSError:
+        return False
+
+
+def write_embedded(files: list[str], config: dict, seed: int, build_id: str, out_dir: str) -> None:
+    """Build the embedded model and tokenizer in a temporary directory and swap it in by rename."""
     tokenizer = build_tokenizer(corpus_texts(files), config["vocab_size"])
     tokenizer.chat_template = EMBEDDED_TEMPLATE  # its own small chat format (CHAT_TEMPLATE=True uses it)
     torch.manual_seed(seed)
     model = OPTForCausalLM(OPTConfig(**config))
-    tmp = out_dir + ".tmp"
+    tmp = f"{out_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     with open(os.path.join(tmp, "build_id.txt"), "w") as f:
-        f.write(digest.hexdigest())
+        f.write(build_id)
     if os.path.exists(out_dir):
-        import shutil
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-    return out_dir
 
 
 def resolve(name: str, setting: str = "MODEL") -> tuple[str, dict]:
@@ -115,7 +142,7 @@ def from_pretrained(load, name: str, setting: str, **kw):
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         return model
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: a cut file
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(f"{setting}={name!r}: cannot be loaded ({type(e).__name__}: {first}) "
                          "(check that it is a complete save_pretrained directory, hub id or GGUF file)") from e

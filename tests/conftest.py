@@ -19,7 +19,7 @@ def trainer_configs(out_dir, **settings) -> dict:
 
     loop = dict(out_dir=str(out_dir), max_steps=1, warmup_steps=0, grad_clip=1.0, eval_interval=0, log_interval=10,
                 save_interval=0, seed=0, bf16=False, resume=False, log_with="none", group_by_length=False, gradient_checkpointing=False,
-                fsdp=False)
+                fsdp=False, overwrite=False)
     optim = dict(lr=1e-3, weight_decay=0.0, batch_size=8, grad_accum=1)
     for key, value in settings.items():
         if key not in loop and key not in optim:

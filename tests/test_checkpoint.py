@@ -73,7 +73,8 @@ def test_save_failing_halfway_leaves_a_checkpoint_that_resumes_exactly(tok, data
         real_replace(src, dst)
 
     monkeypatch.setattr(ckpt, "save_file", save_file) if where == "tensors" else monkeypatch.setattr(ckpt.os, "replace", replace)
-    with pytest.raises(Boom):
+    with pytest.raises(CheckpointError, match="saving the checkpoint of step 4 failed.*step 2.* is kept"
+                       if where == "tensors" else "saving the checkpoint of step 4 failed"):
         run.fit()
     monkeypatch.undo()
     found = candidates(str(tmp_path / "checkpoint"))

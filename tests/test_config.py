@@ -76,3 +76,33 @@ def test_train_script_replays_its_saved_run_config(tmp_path):
     assert replayed == {**saved, "OUT_DIR": str(tmp_path / "second")} and "config: " in out
     steps = [json.loads(l)["step"] for l in open(tmp_path / "second" / "metrics.jsonl")]
     assert steps[-1] == 2  # MAX_STEPS=2 came from the file, not the script's default
+
+
+def test_config_replay_without_out_dir_writes_to_a_new_out_dir(tmp_path, capsys):
+    """--config out/x/run_config.json alone would replay OUT_DIR too and overwrite out/x's model and
+    metrics: the replay goes to a new directory beside it, named in a line; --out_dir still wins."""
+    path = tmp_path / "run_config.json"
+    path.write_text(json.dumps({"OUT_DIR": str(tmp_path / "x"), "LR": 3e-5}))
+    (tmp_path / "x_replay1").mkdir()
+    ns = {**settings(), "OUT_DIR": "out/sft"}
+    configure(ns, ["--config", str(path)])
+    assert ns["OUT_DIR"] == str(tmp_path / "x_replay2") and "replay writes to" in capsys.readouterr().out
+    ns = {**settings(), "OUT_DIR": "out/sft"}
+    configure(ns, ["--config", str(path), "--out_dir", str(tmp_path / "mine")])
+    assert ns["OUT_DIR"] == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("args, name", [
+    (["--lr", "-1"], "LR"), (["--lr", "0"], "LR"), (["--lr", "1e999"], "LR"), (["--batch_size", "0"], "BATCH_SIZE"),
+    (["--grad_accum", "0"], "GRAD_ACCUM"), (["--log_interval", "0"], "LOG_INTERVAL"),
+    (["--max_steps", "-3"], "MAX_STEPS"), (["--max_len", "7"], "MAX_LEN"), (["--grad_clip", "-1"], "GRAD_CLIP"),
+    (["--lora_r", "0"], "LORA_R"), (["--train_limit", "0"], "TRAIN_LIMIT")])
+def test_numeric_settings_out_of_range_are_one_line_errors(args, name):
+    """Each of these used to run silently wrong (gradient ascent, an untrained model saved with exit 0)
+    or crash mid-run (divide by zero): now a one-line error naming the setting and its range."""
+    ns = {"LR": 1e-3, "BATCH_SIZE": 8, "GRAD_ACCUM": 1, "LOG_INTERVAL": 10, "MAX_STEPS": 10, "MAX_LEN": 96,
+          "GRAD_CLIP": 1.0, "LORA_R": 8, "TRAIN_LIMIT": None, "EVAL_LIMIT": None}
+    with pytest.raises(ConfigError, match=rf"{name} must be") as err:
+        configure(dict(ns), args)
+    assert "\n" not in str(err.value)
+    configure(dict(ns), ["--max_len", "8", "--grad_clip", "0", "--train_limit", "None"])  # the edges pass

@@ -1,6 +1,7 @@
 """Fuzzing the readers: seeded random corruptions of valid rows of every accepted format either load or
 stop with the project's DataError naming the corrupted row's file:line; never any other exception."""
 import json
+import os
 import random
 import re
 
@@ -102,3 +103,71 @@ def test_corrupted_rows_load_or_name_file_and_line(reader, tmp_path, capsys):
             assert 0 < len(items) <= len(rows)
     capsys.readouterr()
     assert outcomes["error"] > 40 and outcomes["loaded"] > 10, outcomes  # both outcomes exercised
+
+
+VALID["sft"].append({"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}]})
+VALID["prompt"].append({"messages": [{"role": "user", "content": "Say hi."}]})
+VALID["rm"].append({"prompt": [{"role": "user", "content": "Say hi."}],
+                    "chosen": [{"role": "assistant", "content": "hi"}], "rejected": [{"role": "assistant", "content": "no"}]})
+
+
+def trainable(reader: str, item: dict) -> bool:
+    """What a loaded item must be for training not to crash later: flat lists of token ids."""
+    def ids(x):
+        return isinstance(x, list) and len(x) > 0 and all(isinstance(i, int) for i in x)
+    if reader == "sft":
+        return ids(item["input_ids"]) and len(item["labels"]) == len(item["input_ids"])
+    if reader == "prompt":
+        return ids(item["prompt_ids"])
+    return len(item["sequences"]) >= 2 and all(ids(s) for s in item["sequences"]) and len(item["pairs"]) >= 1
+
+
+@pytest.mark.parametrize("reader", ["sft", "prompt", "rm"])
+def test_every_field_of_every_format_with_every_wrong_type(reader, tmp_path, capsys):
+    """Each field of each accepted format, set to each odd value (and null, and a list of odd values):
+    the reader raises DataError naming file:line, or loads an item training can use (no silent row that
+    crashes the collator mid-training, as a ranked `prompt` given as a list did)."""
+    tok = load_tokenizer("embedded")
+    case = 0
+    for row in VALID[reader]:
+        for key in sorted(row):
+            for value in ODD_VALUES + [None, [None], [{"role": "assistant", "content": "x"}]]:
+                path = tmp_path / f"c{case}.jsonl"
+                path.write_text(json.dumps({**row, key: value}) + "\n")
+                case += 1
+                try:
+                    items = read(reader, str(path), tok)
+                except DataError as e:
+                    assert str(e).startswith(str(path)), e
+                except Exception as e:
+                    pytest.fail(f"{reader} {key}={value!r} raised {type(e).__name__}: {e}")
+                else:
+                    assert items and all(trainable(reader, it) for it in items), (key, value, items[:1])
+    capsys.readouterr()
+
+
+def test_paths_that_are_not_files_and_files_with_nothing_to_train_on(tmp_path, capsys):
+    """A directory, a symbolic-link loop, a link to a directory, an empty or blank file, an HH file whose
+    every row is skipped, HH rows whose replies are both empty, messages that start with an assistant
+    turn: each a one-line DataError, never a traceback and never an empty dataset."""
+    tok = load_tokenizer("embedded")
+    (tmp_path / "dir.jsonl").mkdir()
+    os.symlink(tmp_path / "loop_b.jsonl", tmp_path / "loop_a.jsonl")
+    os.symlink(tmp_path / "loop_a.jsonl", tmp_path / "loop_b.jsonl")
+    os.symlink(tmp_path / "dir.jsonl", tmp_path / "to_dir.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text("\n \n\r\n")
+    hh = "\n\nHuman: {}\n\nAssistant:{}"
+    (tmp_path / "skipped.jsonl").write_text(json.dumps({"chosen": hh.format("a", " x"), "rejected": hh.format("b", " y")}))
+    (tmp_path / "empty_replies.jsonl").write_text(json.dumps({"chosen": hh.format("a", ""), "rejected": hh.format("a", " ")}))
+    (tmp_path / "assistant_first.jsonl").write_text(json.dumps({"messages": [
+        {"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}))
+    cases = [(r, n) for r in ("sft", "prompt", "rm")
+             for n in ("dir", "loop_a", "to_dir", "empty", "blank")] + [
+        ("rm", "skipped"), ("rm", "empty_replies"), ("sft", "assistant_first")]
+    for reader, name in cases:
+        path = str(tmp_path / f"{name}.jsonl")
+        with pytest.raises(DataError) as err:
+            read(reader, path, tok)
+        assert str(err.value).startswith(path) and "\n" not in str(err.value), (reader, name, err.value)
+    capsys.readouterr()

@@ -154,3 +154,13 @@ def test_train_rlhf_grpo_two_iterations(sft_dir, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["grpo/kl"]) for m in metrics)
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["algo"] == "grpo" and summary["eval_prompts"] == 8 and summary["kl"] == summary["kl"]
+
+
+def test_an_overflowing_grpo_step_stops_before_any_save(sft_dir, tmp_path):
+    """GRPO's actor is checked after its step like every trained model: exit 7, nothing saved."""
+    from trainer.guard import NonFiniteError
+
+    trainer = make_trainer(sft_dir, tmp_path, actor_lr=float("inf"))
+    with pytest.raises(NonFiniteError, match="updated weights is non-finite"):
+        trainer.fit()
+    assert not os.path.exists(tmp_path / "checkpoint")

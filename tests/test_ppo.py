@@ -389,3 +389,15 @@ def test_rl_defaults_critic_in_return_units_and_grpo_without_length_or_std_bias(
                 and isinstance(node.value, ast.Constant)}
     assert defaults["CRITIC_INIT"] == "zero_head"
     assert defaults["GRPO_LOSS"] == "token" and defaults["GRPO_STD_SCALE"] is False
+
+
+@pytest.mark.parametrize("which", ["actor", "critic"])
+def test_an_overflowing_actor_or_critic_step_stops_before_any_save(sft_dir, tmp_path, which):
+    """A learning rate so large that AdamW's update overflows (the clipped gradient is finite): the
+    weight check after the step names it, exit 7 advises ACTOR_LR / CRITIC_LR, and no checkpoint exists."""
+    from trainer.guard import NonFiniteError
+
+    trainer = make_trainer(sft_dir, tmp_path, **{f"{which}_lr": float("inf")})
+    with pytest.raises(NonFiniteError, match="updated weights is non-finite.*ACTOR_LR / CRITIC_LR"):
+        trainer.fit()
+    assert not os.path.exists(tmp_path / "checkpoint")

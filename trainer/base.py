@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from trainer import fsdp
+from trainer import fsdp, guard, outdir
 from trainer.dist import all_ranks, is_sharded, make_accelerator, reduce_sum
 from trainer.tracking import end_trackers, start_trackers
 from trainer.checkpoint import (CheckpointError, Preempted, StopOnSignal, candidates, drop_rows_after, load_newest, lock_out_dir,
@@ -42,9 +42,7 @@ from model.peft import save_peft
 from utils import UserError, append_jsonl, from_settings, peak_rss_mb, rng_state, seed_everything, set_rng_state, write_json
 
 
-class NonFiniteLossError(UserError, RuntimeError):
-    """The loss became NaN or inf; the run stopped and the last good checkpoint is untouched."""
-    exit_code = 7
+NonFiniteLossError = guard.NonFiniteError  # the name callers already catch
 
 
 @dataclass
@@ -59,7 +57,8 @@ class LoopConfig:
     save_interval: int  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
     seed: int  # data order (and, in the scripts, weights' init and sampling)
     bf16: bool  # bfloat16 autocast
-    resume: bool  # continue from out_dir/checkpoint if present
+    resume: bool  # continue from out_dir/checkpoint if present (same stage and training settings)
+    overwrite: bool  # start afresh over a checkpoint or finished run in out_dir (deletes them)
     log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
     group_by_length: bool  # batches of similar lengths (less padding); every item still once per epoch
     gradient_checkpointing: bool  # keep only each layer's input; recompute the layer in the backward pass (checkpoint_layers)
@@ -81,6 +80,7 @@ class OptimConfig:
 
 class Trainer:
     best_metric = None  # an eval metric to maximise: each new best is saved to out_dir/best (the RM sets it)
+    nonfinite_hint = "Lower LR (or GRAD_CLIP)"  # what exit 7 advises; DPO adds BETA
 
     def __init__(self, model, train_data, collate, *, loop: LoopConfig, optim: OptimConfig, run_config: dict):
         self.accelerator = make_accelerator("bf16" if loop.bf16 else "no")
@@ -94,6 +94,12 @@ class Trainer:
         if self.accelerator.is_main_process:
             lock_out_dir(self.out_dir)  # before touching anything in it: a second run on out_dir stops here
         self.resuming = loop.resume and bool(candidates(self.ckpt_dir))  # candidates refuses pickle checkpoints
+        if not self.resuming:  # never over an earlier run's checkpoint or model (unless overwrite)
+            outdir.check_fresh_start(self.out_dir, self.ckpt_dir, loop.resume, loop.overwrite,
+                                     self.accelerator.is_main_process)
+        else:  # another stage's checkpoint, or other training settings: refused before any work
+            newest = candidates(self.ckpt_dir)[0][1]
+            outdir.check_resumable(newest, type(self).__name__, run_config)
         if loop.resume and not self.resuming:
             self.log(f"--resume True: no checkpoint in {self.ckpt_dir}; starting from step 0")
         metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
@@ -151,10 +157,11 @@ class Trainer:
             for k, v in {"train/loss": loss.item(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * weight
         totals = {k: v / total for k, v in reduce_sum(self.accelerator, sums).items()}  # global means
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip)
+        grad_norm = self.clip_and_check(self.model)
         if grad_norm is not None:  # DeepSpeed clips inside its engine (gradient_clipping in the config) and returns None
-            totals["train/grad_norm"] = float(grad_norm)
+            totals["train/grad_norm"] = grad_norm
         self.optimizer.step()
+        self.check_weights()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         totals["train/lr"] = self.scheduler.get_last_lr()[0]
@@ -239,19 +246,30 @@ class Trainer:
     def unwrap(self, model):
         return self.accelerator.unwrap_model(model)
 
+    # numeric guards (trainer/guard.py): every rank stops together, nothing non-finite is saved
+    def trained_models(self) -> list:
+        """The models this trainer updates (PPO: actor and critic)."""
+        return [self.model]
+
     def check_finite(self, loss: torch.Tensor) -> None:
-        """Stop on a NaN/inf loss; every rank stops together (a rank left alone would wait forever)."""
-        if reduce_sum(self.accelerator, {"bad": not bool(torch.isfinite(loss).all())})["bad"]:
-            raise NonFiniteLossError(
-                f"step {self.step}: the loss is {loss.item()}; training stopped. The last good checkpoint "
-                f"({self.ckpt_dir if os.path.exists(self.ckpt_dir) else 'none saved yet'}) is untouched. "
-                "Lower LR or raise GRAD_CLIP's strictness, then resume with --resume True.")
+        guard.check_loss(self.accelerator, loss, **guard.where(self))
+
+    def clip_and_check(self, model) -> float:
+        """Clip `model`'s gradients to GRAD_CLIP; stop before the optimizer step if their norm is
+        not finite."""
+        norm = self.accelerator.clip_grad_norm_(model.parameters(), self.loop.grad_clip)
+        return guard.check_grad_norm(self.accelerator, norm, **guard.where(self))
+
+    def check_weights(self, what: str = "updated weights") -> None:
+        guard.check_weights(self.accelerator, self.trained_models(), what, **guard.where(self))
 
     def save_checkpoint(self) -> None:
         """The full training state (safetensors + JSON, crash-safe swap: trainer/checkpoint.py), main process only."""
+        self.check_weights("weights to checkpoint")
         self.accelerator.wait_for_everyone()
         rng = all_ranks(self.accelerator, rng_state())  # every rank's generators: dropout and sampling differ per rank
-        state = {"trainer": self.state_dict(), "rng": rng, "best_value": self.best_value}
+        state = {"trainer": self.state_dict(), "rng": rng, "best_value": self.best_value,
+                 "stage": type(self).__name__}  # resume refuses another stage's checkpoint
         if self.loop.fsdp:  # every rank writes its shards; the main process the rest, then swaps
             sharded = self.sharded_state()
             state["trainer"] = {k: v for k, v in state["trainer"].items() if k not in sharded}
@@ -263,7 +281,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> None:
-        self.step, state, path = load_newest(self.ckpt_dir)
+        def check(path: str) -> None:
+            outdir.check_resumable(path, type(self).__name__, self.run_config)
+        self.step, state, path = load_newest(self.ckpt_dir, check)
         fsdp.check_resumable(path, state, self.loop.fsdp)
         if self.loop.fsdp:
             state["trainer"].update(fsdp.load_shards(path, self.sharded_state(), state["shards"]))
@@ -298,6 +318,7 @@ class Trainer:
 
     def save_model(self, out_dir: str, tokenizer=None) -> None:
         """An HF-format checkpoint (save_pretrained) plus the resolved run config."""
+        self.check_weights("weights to save")
         state = self.full_state(self.model)  # a collective under FSDP / ZeRO-3: gathers the shards
         if self.accelerator.is_main_process:
             self.unwrap(self.model).save_pretrained(out_dir, state_dict=state)
@@ -315,6 +336,7 @@ class Trainer:
         """The end of every stage: the trained model in out_dir with its tokenizer and run_config.json
         (full weights, or with PEFT the adapter plus, where it merges, the merged model), then summary.json
         with the peak memory. A collective under FSDP / ZeRO-3 (the state dict is gathered); the main process writes."""
+        self.check_weights("final weights")
         state = self.full_state(self.model) if peft == "none" else None
         if self.accelerator.is_main_process:
             print(save_stage(self.out_dir, self.unwrap(self.model), tokenizer, self.run_config, peft, summary, state))
@@ -349,14 +371,20 @@ def save_stage(out_dir: str, model, tokenizer, run_config: dict, peft: str, summ
     save_peft, the adapter in out_dir/adapter and the merged model where the method merges), the tokenizer,
     run_config.json and summary.json (peak_rss_mb added). Returns a line saying what was written.
     Trainer.finish and the head-only reward model (train_rm.py) both end here."""
-    if peft == "none":
-        model.save_pretrained(out_dir, state_dict=state_dict)
-        tokenizer.save_pretrained(out_dir)
-        what = "HF checkpoint"
-    else:
-        what = save_peft(model, out_dir, tokenizer)
-    write_json(os.path.join(out_dir, "run_config.json"), run_config)
-    write_json(os.path.join(out_dir, "summary.json"), {**summary, "peak_rss_mb": peak_rss_mb()})
+    tensors = state_dict.values() if state_dict is not None else model.parameters()
+    if not guard.all_finite([t for t in tensors if t.is_floating_point()]):
+        raise guard.NonFiniteError(f"{out_dir}: the weights to save hold NaN or inf; nothing was "
+                                   "written (lower LR, or check the data)")
+    with outdir.staged(out_dir) as staging:  # written aside, renamed in: never a cut model file
+        if peft == "none":
+            model.save_pretrained(staging, state_dict=state_dict)
+            tokenizer.save_pretrained(staging)
+            what = "HF checkpoint"
+        else:
+            what = save_peft(model, staging, tokenizer).replace(staging, out_dir)
+        write_json(os.path.join(staging, "run_config.json"), run_config)
+        summary = {**summary, "peak_rss_mb": peak_rss_mb()}
+        write_json(os.path.join(staging, "summary.json"), summary)
     return f"wrote {out_dir}/ ({what}, run_config.json, summary.json)"
 
 

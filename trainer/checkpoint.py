@@ -30,7 +30,7 @@ import threading
 import time
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from utils import UserError
@@ -155,8 +155,8 @@ def finish_interrupted_swap(ckpt_dir: str) -> None:
         os.replace(newest, ckpt_dir)
         fsync_path(os.path.dirname(ckpt_dir) or ".")
     shutil.rmtree(tmp, ignore_errors=True)
-    if checkpoint_step(ckpt_dir) is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    # checkpoint.old stays: `checkpoint` may be complete by its state.json yet unreadable (resume
+    # then fell back to .old); save_checkpoint deletes .old only once the new one is verified
 
 
 def begin_save(ckpt_dir: str) -> str:
@@ -170,7 +170,20 @@ def save_checkpoint(ckpt_dir: str, state: dict, step: int, run_config: dict,
                     tmp_ready: bool = False) -> None:
     """Write `state` (tensors and plain values) as the checkpoint of `step`; see the module
     docstring. tmp_ready: begin_save already made ckpt_dir.tmp and other files are in it (a sharded
-    run's per-rank shards, trainer/fsdp.py); they are swapped in with the rest."""
+    run's per-rank shards, trainer/fsdp.py); they are swapped in with the rest. A failed write (a
+    full disk) is a one-line CheckpointError: the newest complete checkpoint is kept."""
+    try:
+        write_and_swap(ckpt_dir, state, step, run_config, tmp_ready)
+    except (OSError, SafetensorError) as e:
+        found = candidates(ckpt_dir, refuse=False)
+        kept = f"{found[0][1]} (step {found[0][0]}) is kept" if found else "none was saved before"
+        raise CheckpointError(f"{ckpt_dir}: saving the checkpoint of step {step} failed "
+                              f"({type(e).__name__}: {e}); {kept} (free disk space, then resume "
+                              "with --resume True)") from e
+
+
+def write_and_swap(ckpt_dir: str, state: dict, step: int, run_config: dict,
+                   tmp_ready: bool) -> None:
     if not tmp_ready:
         begin_save(ckpt_dir)
     tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"
@@ -181,12 +194,22 @@ def save_checkpoint(ckpt_dir: str, state: dict, step: int, run_config: dict,
     write_json_synced(os.path.join(tmp, "run_config.json"), json.loads(json.dumps(run_config, default=str)))
     write_json_synced(os.path.join(tmp, "state.json"), meta)  # last: the checkpoint is complete from here on
     fsync_path(tmp)
+    verify(tmp, tensors)
     if os.path.exists(ckpt_dir):
         shutil.rmtree(old, ignore_errors=True)  # never the only complete copy: finish_interrupted_swap saw to it
         os.replace(ckpt_dir, old)
     os.replace(tmp, ckpt_dir)
     fsync_path(os.path.dirname(ckpt_dir) or ".")
     shutil.rmtree(old, ignore_errors=True)
+
+
+def verify(path: str, tensors: dict) -> None:
+    """Read back a written checkpoint's header and JSON: every tensor is there with its shape and
+    the file is as long as the header says (safe_open checks that), before an older copy goes."""
+    with safe_open(os.path.join(path, "state.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if shapes != {k: tuple(t.shape) for k, t in tensors.items()} or checkpoint_step(path) is None:
+        raise OSError(f"{path}: the checkpoint read back differs from what was written")
 
 
 def load_state(path: str) -> tuple[int, dict]:
@@ -202,11 +225,14 @@ def load_state(path: str) -> tuple[int, dict]:
                               "fresh)") from None
 
 
-def load_newest(ckpt_dir: str) -> tuple[int, dict, str]:
+def load_newest(ckpt_dir: str, check=None) -> tuple[int, dict, str]:
     """(step, state, path) of the newest complete checkpoint that loads; an unreadable one is skipped
-    with a warning. Raises CheckpointError when none loads."""
+    with a warning. Raises CheckpointError when none loads. check(path), before loading: raises
+    CheckpointError if this run must not continue it (another stage, other settings)."""
     errors = []
     for _, path in candidates(ckpt_dir):
+        if check is not None:
+            check(path)
         try:
             return (*load_state(path), path)
         except CheckpointError as e:
@@ -215,11 +241,19 @@ def load_newest(ckpt_dir: str) -> tuple[int, dict, str]:
     raise CheckpointError(f"{ckpt_dir}: no loadable checkpoint ({'; '.join(errors) or 'none found'})")
 
 
+def row_step(line: str) -> float:
+    """A metrics.jsonl line's step; inf for a line a killed run left half-written (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return float("inf")
+
+
 def drop_rows_after(metrics_path: str, step: int) -> None:
     """Keep only the metrics.jsonl rows of steps <= step (a resumed run logs the later ones again)."""
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            rows = [line for line in f if line.strip() and row_step(line) <= step]
         with open(metrics_path + ".part", "w") as f:
             f.writelines(rows)
         os.replace(metrics_path + ".part", metrics_path)
@@ -235,12 +269,22 @@ def lock_out_dir(out_dir: str) -> str:
     A second run on the same directory raises OutDirLocked naming the holder. The kernel drops the
     flock when its process dies, so a lock file left by a killed run is taken over (with a note).
     Taking a lock this process already holds does nothing. Returns the lock file's path."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutDirLocked(f"{out_dir}: is a file, not a directory (give another --out_dir)")
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.realpath(os.path.join(out_dir, ".lock"))
+    link = os.path.join(out_dir, ".lock")
+    if os.path.islink(link):  # writing through it would overwrite its target; release, delete it
+        raise OutDirLocked(f"{link}: is a symbolic link; a lock is never followed (delete it)")
+    path = os.path.join(os.path.realpath(out_dir), ".lock")
     if path in _held:
         return path
     while True:
-        f = open(path, "a+")
+        try:  # O_NOFOLLOW: a link made after the check above is refused too
+            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+            f = os.fdopen(os.open(path, flags, 0o644), "a+")
+        except OSError as e:
+            raise OutDirLocked(f"{path}: cannot open the lock file ({e.strerror}; delete it "
+                               "if it is a link)") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -289,7 +333,7 @@ def resume_command() -> str:
 
 class StopOnSignal:
     """Inside `with`, SIGTERM and SIGINT only record that a stop was asked for (`signum`); the loop
-    checks it after each step. A second signal stops at once (KeyboardInterrupt)."""
+    checks it after each step. A second signal stops at once, exiting with 128 + its number."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -300,8 +344,11 @@ class StopOnSignal:
         return self
 
     def handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
+        if self.signum is not None:  # the checkpoints written so far are complete
+            print(f"\n{signal.Signals(signum).name} received again: stopping at once, without a "
+                  "checkpoint of this step (the last complete checkpoint is kept)",
+                  file=sys.stderr, flush=True)
+            raise Preempted(128 + signum)
         self.signum = signum
         print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "
               "(send it again to stop at once)", file=sys.stderr, flush=True)

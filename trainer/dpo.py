@@ -60,6 +60,7 @@ def policy_sequence_logprobs(model, batch: dict) -> torch.Tensor:
 class DPOTrainer(Trainer):
     """policy (trained), ref (frozen; None for a LoRA policy: the policy with adapters off). reward_model
     (optional, never trained on) scores the held-out answers; judge(row, response) is the task's judgement."""
+    nonfinite_hint = "Lower LR or BETA (BETA scales the log-ratios inside the loss), or GRAD_CLIP"
 
     def __init__(self, model, ref, tokenizer, train_data, eval_data, eval_prompts, reward_model, *, cfg: DPOConfig,
                  loop: LoopConfig, optim: OptimConfig, run_config: dict, judge: Judge):

@@ -121,9 +121,10 @@ class GRPOTrainer(PPOTrainer):
                                                  cfg.clip_range, cfg.grpo_beta, token_level=cfg.grpo_loss == "token")
                 self.check_finite(loss)
                 self.accelerator.backward(loss)
-                self.accelerator.clip_grad_norm_(self.actor.parameters(), self.loop.grad_clip)
+                self.clip_and_check(self.actor)
                 self.actor_opt.step()
                 self.actor_opt.zero_grad(set_to_none=True)
+                self.check_weights()
                 entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
                 stats.append({"policy_loss": loss.item(), "entropy": entropy, **loss_stats})
             epoch_kl = sum(s["approx_kl"] for s in stats[-(B // cfg.mini_batch):]) / (B // cfg.mini_batch)
@@ -154,6 +155,9 @@ class GRPOTrainer(PPOTrainer):
         return mean_over_ranks(self.accelerator, metrics)  # ranks hold equal shares: the global batch's means
 
     # ------------------------------------------------------------------ state
+    def trained_models(self) -> list:
+        return [self.actor]  # no critic
+
     def state_dict(self) -> dict:
         return {"actor": self.unwrap(self.actor).state_dict(), "actor_opt": self.actor_opt.state_dict(),
                 "actor_sched": self.actor_sched.state_dict(), "score_moments": vars(self.score_moments)}

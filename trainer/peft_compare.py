@@ -75,7 +75,7 @@ def run_method(s: dict, judge: Judge) -> dict:
     loop = LoopConfig(out_dir=out_dir, max_steps=steps, warmup_steps=min(s["warmup_steps"], steps), grad_clip=1.0,
                       eval_interval=0, log_interval=max(1, steps // 30), save_interval=0, seed=s["seed"], bf16=s["bf16"],
                       resume=False, log_with="none", group_by_length=False, gradient_checkpointing=False,
-                      fsdp=False)
+                      fsdp=False, overwrite=False)
     optim = OptimConfig(lr=s["lr"], weight_decay=0.0, batch_size=s["batch_size"], grad_accum=1)
     trainer = SFTTrainer(model, tokenizer, train, None, None, loop=loop, optim=optim, run_config=s,
                          max_new_tokens=s["max_new_tokens"], judge=judge)

@@ -245,7 +245,7 @@ class PPOTrainer(Trainer):
                     actor_loss = pg_loss + cfg.ptx_coef * ptx  # InstructGPT Eq. 2: RL objective + gamma * pretraining LM
                 self.check_finite(actor_loss)
                 self.accelerator.backward(actor_loss)
-                self.accelerator.clip_grad_norm_(self.actor.parameters(), self.loop.grad_clip)
+                self.clip_and_check(self.actor)
                 self.actor_opt.step()
                 self.actor_opt.zero_grad(set_to_none=True)
                 with self.accelerator.autocast():
@@ -253,9 +253,10 @@ class PPOTrainer(Trainer):
                     vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip)
                 self.check_finite(vf_loss)
                 self.accelerator.backward(vf_loss)
-                self.accelerator.clip_grad_norm_(self.critic.parameters(), self.loop.grad_clip)
+                self.clip_and_check(self.critic)
                 self.critic_opt.step()
                 self.critic_opt.zero_grad(set_to_none=True)
+                self.check_weights()  # actor and critic (trained_models)
                 entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
                 stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx.item(),
                               "entropy": entropy, **pg_stats, **vf_stats})
@@ -323,6 +324,11 @@ class PPOTrainer(Trainer):
             self.log(f"  {row['input']!r:24} -> {row['response']!r:32} rm={row['reward']:+.2f} gold={row['gold']:.1f} kl={row['kl']:.2f}")
         self.log_text("eval/samples", markdown_table(self.last_rows[: self.eval_rows_shown]))  # sample completions to the trackers
         return {k: v for k, v in result.items() if "/" not in k}
+
+    nonfinite_hint = "Lower ACTOR_LR / CRITIC_LR (or GRAD_CLIP)"
+
+    def trained_models(self) -> list:
+        return [self.actor, self.critic]
 
     def state_dict(self) -> dict:
         return {"actor": self.unwrap(self.actor).state_dict(), "critic": self.unwrap(self.critic).state_dict(),
