@@ -264,8 +264,9 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]], title: str = "") -> None:
-    """Plot metrics.jsonl columns against step, one panel per (key, label); missing keys are skipped."""
+def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]], title: str = "") -> bool:
+    """Plot metrics.jsonl columns against step, one panel per (key, label); missing keys are skipped,
+    and so is the whole figure when none was logged. Returns whether it wrote png_path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,6 +275,8 @@ def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]]
     with open(metrics_path) as f:
         rows = [json.loads(line) for line in f]
     series = [(k, label) for k, label in series if any(k in r for r in rows)]
+    if not series:
+        return False
     fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], series):
         points = [(r["step"], r[key]) for r in rows if key in r]
@@ -286,3 +289,4 @@ def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]]
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
+    return True

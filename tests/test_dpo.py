@@ -118,3 +118,36 @@ def test_train_dpo_smoke_writes_checkpoint_and_summary(sft_dir, tmp_path):
     assert [m["step"] for m in metrics if "dpo/accuracy" in m] == [1, 2, 3]
     assert metrics[0]["step"] == 0 and metrics[0]["eval/dpo_margin"] == pytest.approx(0.0, abs=1e-4)
     load_causal_lm(out)
+
+
+def test_train_dpo_without_held_out_data_and_in_the_checkpoints_chat_format(sft_dir, tmp_path):
+    """--eval_data none --eval_prompts none exits 0 and plots only the logged loss; CHAT_TEMPLATE='auto'
+    takes the format the SFT checkpoint was trained with (its run_config.json) and saves it."""
+    import shutil
+
+    from dataset.chat import EMBEDDED_TEMPLATE
+    from model.load import load_tokenizer
+
+    sft = str(tmp_path / "sft_chat")
+    shutil.copytree(sft_dir, sft)
+    tok = load_tokenizer(sft)
+    tok.chat_template = EMBEDDED_TEMPLATE  # as train_sft.py --chat_template True saves it
+    tok.save_pretrained(sft)
+    run_config = json.load(open(os.path.join(sft, "run_config.json")))
+    json.dump({**run_config, "CHAT_TEMPLATE": True}, open(os.path.join(sft, "run_config.json"), "w"))
+    out = str(tmp_path / "dpo")
+    printed = run_inline("train_dpo.py", "--sft_model", sft, "--out_dir", out, "--max_steps", "2",
+                         "--batch_size", "4", "--train_limit", "8", "--eval_data", "none", "--eval_prompts",
+                         "none", "--log_interval", "1")
+    assert json.load(open(os.path.join(out, "run_config.json")))["CHAT_TEMPLATE"] is True
+    assert load_tokenizer(out).chat_template == EMBEDDED_TEMPLATE
+    assert os.path.exists(os.path.join(out, "dpo_curves.png")) and "Traceback" not in printed
+
+
+def test_plot_with_nothing_logged_is_skipped(tmp_path):
+    from utils import plot_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 0, "other": 1.0}) + "\n")
+    assert plot_metrics(str(metrics), str(tmp_path / "x.png"), [("eval/kl", "KL")]) is False
+    assert not (tmp_path / "x.png").exists()
