@@ -127,7 +127,7 @@ def main():
     if eval_prompts:
         report(b, a, before["sampled"], after["sampled"])
     plotted = plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "dpo_curves.png"),
-                 [("dpo/loss", "DPO loss (train)"), ("eval/dpo_accuracy", "implicit-reward accuracy (held-out)"),
+                 [("train/loss", "DPO loss (train)"), ("eval/dpo_accuracy", "implicit-reward accuracy (held-out)"),
                   ("eval/gold_score", "gold score (held-out, greedy)"), ("eval/kl", "KL to SFT (greedy, nats / response)")])
     print(f"train {train_seconds:.0f} s" + (f"; wrote {OUT_DIR}/dpo_curves.png" if plotted else ""))
 
