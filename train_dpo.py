@@ -108,7 +108,7 @@ def main():
     train_seconds = trainer.reference_seconds + time.time() - start  # the reference pass is part of the cost
     summary = {"steps": MAX_STEPS, "beta": BETA, "lr": LR, "train_pairs": train.num_pairs,
                "train_loss": final.get("train/loss"), "train_seconds": train_seconds,
-               "reference_seconds": trainer.reference_seconds,
+               "reference_seconds": trainer.reference_seconds, **trainer.token_counts(train_seconds),
                "peft": PEFT, **{k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/dpo_")}}
     if eval_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
         policy = trainer.unwrap(trainer.model)

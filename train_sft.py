@@ -85,11 +85,13 @@ def main():
     trainer.log_start(before)
     start = time.time()
     final = trainer.fit()
+    train_seconds = time.time() - start
     summary = {"gold_score_base": before.get("eval/gold_score"), "gold_score": final.get("eval/gold_score"),
                "correct": final.get("eval/correct"), "format": final.get("eval/format"),
                "eval_loss_base": before.get("eval/loss"), "eval_loss": final.get("eval/loss"),
-               "train_loss": final.get("train/loss"), "steps": MAX_STEPS, "train_seconds": time.time() - start,
-               "num_params": num_params, "trainable_params": trainable, "peft": PEFT, "model": MODEL}
+               "train_loss": final.get("train/loss"), "steps": MAX_STEPS, "train_seconds": train_seconds,
+               "num_params": num_params, "trainable_params": trainable, "peft": PEFT, "model": MODEL,
+               **trainer.token_counts(train_seconds)}
     trainer.finish(tokenizer, PEFT, summary)
     trainer.log(f"gold score (held-out prompts, greedy): before {summary['gold_score_base']} -> after {summary['gold_score']}")
 

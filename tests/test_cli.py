@@ -86,3 +86,21 @@ def test_run_config_json_still_replays(tmp_path):
     n = ns()
     configure(n, ["--config", str(path)])
     assert (n["LR"], n["MAX_STEPS"], n["MODEL"], n["BF16"], n["EVAL_LIMIT"]) == (3e-5, 7, "out/x", True, 4)
+
+
+def test_sft_summary_counts_tokens_exactly(tmp_path):
+    """Identical rows of L tokens: 2 steps x 4 rows process 8 L tokens, none of them padding."""
+    from conftest import run_inline
+    from dataset.sft import SFTDataset
+    from model.load import load_tokenizer
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "Q: 2+2?\nA:", "completion": " 4"}) + "\n" * 1)
+    data.write_text(data.read_text() * 8)
+    length = len(SFTDataset(str(data), load_tokenizer("embedded"), 96, verbose=False).items[0]["input_ids"])
+    out = tmp_path / "sft"
+    run_inline("train_sft.py", "--train_data", str(data), "--eval_data", "none", "--eval_prompts", "none",
+               "--max_steps", "2", "--batch_size", "4", "--out_dir", str(out), "--save_interval", "0")
+    summary = json.load(open(out / "summary.json"))
+    assert summary["train_tokens"] == summary["train_tokens_padded"] == 2 * 4 * length
+    assert summary["tokens_per_second"] == pytest.approx(summary["train_tokens"] / summary["train_seconds"])

@@ -141,6 +141,8 @@ def test_train_dpo_without_held_out_data_and_in_the_checkpoints_chat_format(sft_
                          "none", "--log_interval", "1")
     assert json.load(open(os.path.join(out, "run_config.json")))["CHAT_TEMPLATE"] is True
     assert load_tokenizer(out).chat_template == EMBEDDED_TEMPLATE
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert 0 < summary["train_tokens"] <= summary["train_tokens_padded"] and summary["tokens_per_second"] > 0
     assert os.path.exists(os.path.join(out, "dpo_curves.png")) and "Traceback" not in printed
 
 
