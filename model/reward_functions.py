@@ -88,7 +88,7 @@ def reward_functions(spec: str, weights: str):
         chat = ["messages" in r for r in rows]
         prompts = [r["messages"] if c else render_prompt(r) for r, c in zip(rows, chat)]
         completions = [[{"role": "assistant", "content": x}] if c else x for x, c in zip(responses, chat)]
-        keys = sorted({k for r in rows for k in r} - {"prompt", "messages"})
+        keys = sorted({k for r in rows for k in r if not k.startswith("_")} - {"prompt", "messages"})
         fields = {k: [r.get(k) for r in rows] for k in keys}
         total = [0.0] * len(rows)
         for (name, fn), weight in zip(functions, w):
