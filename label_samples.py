@@ -9,7 +9,6 @@ are ties and make no comparison, so each distinct score keeps its first response
 of those, best first (2 to 4 responses: the judge gives 1.0, 0.6, 0.4 or 0.0). Prompts whose K samples
 all score the same are left out, and counted.
 """
-import argparse
 import json
 import os
 
@@ -17,7 +16,18 @@ from dataset.sft import read_prompts, render_prompt
 from dataset.task import rank_responses
 from model.generate import answer
 from model.load import load_causal_lm, load_tokenizer
-from utils import quiet_transformers, seed_everything
+from utils import configure, quiet_transformers, run_main, seed_everything
+
+MODEL = "out/sft"  # the policy to sample from
+TRAIN_PROMPTS = "ds/rm_train_ranked.jsonl"  # rows with instruction/input
+EVAL_PROMPTS = "ds/rm_val_ranked.jsonl"  # validation prompts, labelled the same way (the RM picks its checkpoint on them)
+OUT = "out/label"  # writes OUT/train.jsonl and OUT/eval.jsonl
+K = 4  # samples per prompt
+TEMPERATURE = 1.0  # sampling temperature of the K samples
+LIMIT = None  # first N prompts of each file (None: all)
+MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
+MAX_NEW_TOKENS = 24  # response length limit
+SEED = 0  # sampling seed
 
 
 def label(model, tokenizer, rows: list[dict], k: int, temperature: float, max_prompt_len: int,
@@ -37,32 +47,21 @@ def label(model, tokenizer, rows: list[dict], k: int, temperature: float, max_pr
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="out/sft", help="the policy to sample from")
-    parser.add_argument("--train_prompts", default="ds/rm_train_ranked.jsonl", help="rows with instruction/input")
-    parser.add_argument("--eval_prompts", default="ds/rm_val_ranked.jsonl", help="held-out prompts, labelled the same way")
-    parser.add_argument("--out", default="out/label", help="writes OUT/train.jsonl and OUT/eval.jsonl")
-    parser.add_argument("--k", type=int, default=4, help="samples per prompt")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--limit", type=int, default=None, help="first N prompts of each file")
-    parser.add_argument("--max_prompt_len", type=int, default=72)
-    parser.add_argument("--max_new_tokens", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
     quiet_transformers()
-    seed_everything(args.seed)
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
-    os.makedirs(args.out, exist_ok=True)
-    for name, source in (("train", args.train_prompts), ("eval", args.eval_prompts)):
-        rows = read_prompts(source, args.limit)
-        ranked, left_out = label(model, tokenizer, rows, args.k, args.temperature, args.max_prompt_len,
-                                 args.max_new_tokens)
-        with open(os.path.join(args.out, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+    seed_everything(SEED)
+    tokenizer, model = load_tokenizer(MODEL), load_causal_lm(MODEL)
+    os.makedirs(OUT, exist_ok=True)
+    for name, source in (("train", TRAIN_PROMPTS), ("eval", EVAL_PROMPTS)):
+        rows = read_prompts(source, LIMIT)
+        ranked, left_out = label(model, tokenizer, rows, K, TEMPERATURE, MAX_PROMPT_LEN,
+                                 MAX_NEW_TOKENS)
+        with open(os.path.join(OUT, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked)
         pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in ranked)
-        print(f"{args.out}/{name}.jsonl: {len(ranked)} ranked prompts, {pairs} pairs; {left_out} of {len(rows)} "
-              f"prompts left out (all {args.k} samples scored the same)")
+        print(f"{OUT}/{name}.jsonl: {len(ranked)} ranked prompts, {pairs} pairs; {left_out} of {len(rows)} "
+              f"prompts left out (all {K} samples scored the same)")
 
 
 if __name__ == "__main__":
-    main()
+    configure(globals())
+    run_main(main)

@@ -14,6 +14,7 @@ import copy
 import os
 import time
 
+from dataset.chat import saved_chat_format, use_chat_format
 from dataset.prompt import PromptDataset
 from dataset.rm import RMDataset
 from dataset.task import gold_judge
@@ -41,6 +42,7 @@ MAX_NEW_TOKENS = 20  # answer length limit of the held-out evaluation (as in tra
 TEMPERATURE = 1.0  # sampling temperature of the held-out sampled answers (the KL figure)
 STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
+CHAT_TEMPLATE = "auto"  # 'auto': as SFT_MODEL was trained (its run_config.json); False: the Alpaca format; True: the tokenizer's own chat template (dataset/chat.py); saved with the model
 # DPO
 BETA = 0.1  # strength of the implicit KL constraint: r(x, y) = BETA * log(pi(y|x) / pi_ref(y|x))
 MAX_STEPS = 150  # optimizer steps (150 x 16 ranked groups = 2,400 of the 3,000 groups, 14,400 pairs)
@@ -80,17 +82,22 @@ def main():
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
+    chat = config["CHAT_TEMPLATE"] = saved_chat_format(SFT_MODEL, CHAT_TEMPLATE)
+    use_chat_format(tokenizer, chat)
     policy = load_causal_lm(SFT_MODEL, "SFT_MODEL")
     config["BF16"] = resolve_bf16(BF16, policy)
     ref = copy.deepcopy(policy) if PEFT == "none" else None
     policy = apply_peft(policy, PEFT, r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
     on_mismatch = "error" if STRICT else "skip"
-    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, judge=gold_judge)
-    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, judge=gold_judge)
-    eval_prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, EVAL_LIMIT).items
-    test_data = None if TEST_DATA == "none" else RMDataset(TEST_DATA, tokenizer, MAX_LEN, on_mismatch, judge=gold_judge)
+    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=chat, judge=gold_judge)
+    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch,
+                                                           chat_template=chat, judge=gold_judge)
+    eval_prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, EVAL_LIMIT,
+                                                                     chat_template=chat).items
+    test_data = None if TEST_DATA == "none" else RMDataset(TEST_DATA, tokenizer, MAX_LEN, on_mismatch,
+                                                           chat_template=chat, judge=gold_judge)
     test_prompts = (eval_prompts if TEST_PROMPTS == "none"
-                    else PromptDataset(TEST_PROMPTS, tokenizer, MAX_PROMPT_LEN, TEST_LIMIT).items)
+                    else PromptDataset(TEST_PROMPTS, tokenizer, MAX_PROMPT_LEN, TEST_LIMIT, chat_template=chat).items)
     reward_model = None if EVAL_RM == "none" else load_reward_model(EVAL_RM, tokenizer.pad_token_id, "EVAL_RM")
     trainer = DPOTrainer(policy, ref, tokenizer, train, eval_data, eval_prompts, reward_model,
                          cfg=DPOConfig.from_settings(config), loop=LoopConfig.from_settings(config),
@@ -110,7 +117,7 @@ def main():
     train_seconds = trainer.reference_seconds + time.time() - start  # the reference pass is part of the cost
     summary = {"steps": MAX_STEPS, "beta": BETA, "lr": LR, "train_pairs": train.num_pairs,
                "train_loss": final.get("train/loss"), "train_seconds": train_seconds,
-               "reference_seconds": trainer.reference_seconds,
+               "reference_seconds": trainer.reference_seconds, **trainer.token_counts(train_seconds),
                "peft": PEFT, "split": "test" if TEST_PROMPTS != "none" else "validation",
                **{"val_" + k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/dpo_")}}
     if test_data is not None:  # the implicit reward's accuracy on the test comparisons
@@ -132,10 +139,12 @@ def main():
         return
     if test_prompts:
         report(b, a, before["sampled"], after["sampled"])
-    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "dpo_curves.png"),
-                 [("dpo/loss", "DPO loss (train)"), ("eval/dpo_accuracy", "implicit-reward accuracy (validation)"),
-                  ("eval/gold_score", "gold score (validation, greedy)"), ("eval/kl", "KL to SFT (greedy, nats / response)")])
-    print(f"train {train_seconds:.0f} s; wrote {OUT_DIR}/dpo_curves.png")
+    plotted = plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "dpo_curves.png"),
+                           [("train/loss", "DPO loss (train)"),
+                            ("eval/dpo_accuracy", "implicit-reward accuracy (validation)"),
+                            ("eval/gold_score", "gold score (validation, greedy)"),
+                            ("eval/kl", "KL to SFT (greedy, nats / response)")])
+    print(f"train {train_seconds:.0f} s" + (f"; wrote {OUT_DIR}/dpo_curves.png" if plotted else ""))
 
 
 def report(b: dict, a: dict, b_sampled: dict, a_sampled: dict) -> None:

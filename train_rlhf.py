@@ -25,6 +25,7 @@ from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts
 from model.reward import load_reward_model, load_scorer, score_replies
+from model.reward_functions import reward_functions
 from trainer.base import LoopConfig
 from trainer.dist import resolve_bf16
 from trainer.grpo import GRPOConfig, GRPOTrainer
@@ -37,7 +38,8 @@ ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normal
 SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
 CRITIC_INIT = "zero_head"  # 'zero_head' (RM backbone, head zeroed: values start at 0, the mean of the normalised scores the returns are made of) or 'rm' (the critic starts as the reward model: raw-score units, which the value clip lets it leave only ~VALUE_CLIP per iteration)
-REWARD = "rm"  # 'rm' (the learned reward model) or 'gold' (the task's gold judge: an upper bound, not RLHF)
+REWARD = "rm"  # 'rm' (the learned reward model), 'gold' (the task's gold judge: an upper bound, not RLHF), or reward functions FILE.py:FUNCTION, comma-separated (model/reward_functions.py; e.g. examples/task_rewards.py:correct)
+REWARD_WEIGHTS = ""  # comma-separated weights of the REWARD terms ('' : 1 each); the reward is their weighted sum
 PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows ending with a user turn)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
 EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: the evaluations during training (curves, choices)
@@ -124,11 +126,6 @@ def check_algo_settings() -> None:
                           "leave them at their defaults, or choose the other ALGO")
 
 
-def gold_reward(rows, responses):
-    """REWARD='gold': the task's gold score as the reward (an upper bound on what RLHF can reach, not RLHF)."""
-    return [gold_judge(r, resp)["score"] for r, resp in zip(rows, responses)]
-
-
 def reward_model_judge(path: str, max_len: int):
     """JUDGE_RM: judge(row, response) by a reward model PPO never optimises (for data without a gold judge,
     e.g. Anthropic HH): its score of the reply, in the reward model's own chat format. No correctness or
@@ -184,6 +181,7 @@ def main():
     check_algo_settings()
     algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)  # checked before any model loads
     saved_sft_eval = read_sft_eval()
+    reward_fn = reward_functions(REWARD, REWARD_WEIGHTS)  # None: the reward model scores (REWARD='rm')
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
@@ -201,9 +199,7 @@ def main():
         raise ConfigError(f"CRITIC_INIT={CRITIC_INIT!r}: expected 'rm' or 'zero_head'")
     if critic is not None and CRITIC_INIT == "zero_head":  # returns are in normalised-score units; the RM head speaks raw scores
         torch.nn.init.zeros_(critic.score.weight)
-    reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if REWARD == "rm" else None
-    if REWARD not in ("rm", "gold"):
-        raise ConfigError(f"REWARD={REWARD!r}: expected 'rm' or 'gold'")
+    reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if reward_fn is None else None
     prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN, chat_template=CHAT_TEMPLATE)
     eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
                     if EVAL_PROMPTS != "none" else None)
@@ -212,7 +208,7 @@ def main():
     ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS, chat_template=CHAT_TEMPLATE) if PTX_COEF > 0 else None
     judge = gold_judge if JUDGE_RM == "none" else reward_model_judge(JUDGE_RM, MAX_PROMPT_LEN + MAX_NEW_TOKENS)
     wiring = dict(loop=LoopConfig.from_settings(config, max_steps="ITERATIONS"), run_config=config,
-                  reward_fn=gold_reward if REWARD == "gold" else None, judge=judge, eval_prompts=eval_prompts)
+                  reward_fn=reward_fn, judge=judge, eval_prompts=eval_prompts)
     if ALGO == "grpo":
         trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, cfg=algo_config, **wiring)
         trainer.log(f"actor: {format_counts(*count_parameters(actor))}; no critic")

@@ -160,7 +160,8 @@ def main():
     ev = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
     summary = rm_summary(ev, before.get("eval/accuracy"), train_loss=final.get("train/loss"),
                          split="test" if test_data is not None else "validation", val_accuracy=val_accuracy,
-                         steps=MAX_STEPS, train_pairs=train.num_pairs, train_seconds=train_seconds, num_params=num_params)
+                         steps=MAX_STEPS, train_pairs=train.num_pairs, train_seconds=train_seconds, num_params=num_params,
+                         **trainer.token_counts(train_seconds))
     trainer.finish(tokenizer, PEFT, summary)  # PEFT: adapter in OUT_DIR/adapter, merged reward model in OUT_DIR
     trainer.log(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
 

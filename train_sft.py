@@ -93,12 +93,14 @@ def main():
     before = test_evaluation(trainer, eval_data=test_data, eval_prompts=test_prompts)  # the reported figures
     start = time.time()
     fitted = trainer.fit()
+    train_seconds = time.time() - start
     final = test_evaluation(trainer, eval_data=test_data, eval_prompts=test_prompts)
     summary = {"gold_score_base": before.get("eval/gold_score"), "gold_score": final.get("eval/gold_score"),
                "correct": final.get("eval/correct"), "format": final.get("eval/format"),
                "eval_loss_base": before.get("eval/loss"), "eval_loss": final.get("eval/loss"),
-               "train_loss": fitted.get("train/loss"), "steps": MAX_STEPS, "train_seconds": time.time() - start, "split": "test",
-               "num_params": num_params, "trainable_params": trainable, "peft": PEFT, "model": MODEL}
+               "train_loss": fitted.get("train/loss"), "steps": MAX_STEPS, "train_seconds": train_seconds,
+               "split": "test", "num_params": num_params, "trainable_params": trainable, "peft": PEFT,
+               "model": MODEL, **trainer.token_counts(train_seconds)}
     trainer.finish(tokenizer, PEFT, summary)
     trainer.log(f"gold score (test prompts, greedy): before {summary['gold_score_base']} -> after {summary['gold_score']}")
 

@@ -105,6 +105,9 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
     from_cli = argv is None
     argv = sys.argv[1:] if from_cli else argv
     settings = {k: v for k, v in namespace.items() if _is_setting(k, v)}
+    if "--help" in argv or "-h" in argv:
+        print(settings_help(namespace, settings))
+        sys.exit(0)
     try:
         argv = _apply_config_file(namespace, settings, argv)
         i = 0
@@ -197,13 +200,7 @@ def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list
             break
     else:
         return argv
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--config {path}: cannot read it as JSON ({e})") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object of settings (a run_config.json)")
+    saved = read_settings_file(path, namespace)
     unknown = [k for k in saved if k not in settings]
     if unknown:
         raise ConfigError(f"--config {path}: settings this script does not have: {', '.join(unknown)} "
@@ -225,6 +222,61 @@ def _replay_dir(recorded: str) -> str:
     while os.path.exists(f"{recorded.rstrip('/')}_replay{n}"):
         n += 1
     return f"{recorded.rstrip('/')}_replay{n}"
+
+
+def read_settings_file(path: str, namespace: dict) -> dict:
+    """{NAME: value} from a run_config.json or a YAML/JSON recipe. A recipe may name settings as on the
+    command line (`lr: 3e-5`); YAML reads 3e-5 as text, so text for a non-text setting is parsed as a
+    flag's value would be."""
+    is_yaml = path.endswith((".yaml", ".yml"))
+    try:
+        with open(path) as f:
+            if is_yaml:
+                import yaml
+
+                saved = yaml.safe_load(f)
+            else:
+                saved = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read it ({e})") from None
+    except Exception as e:  # json.JSONDecodeError or yaml.YAMLError, one line either way
+        kind = "YAML" if is_yaml else "JSON"
+        raise ConfigError(f"--config {path}: cannot read it as {kind} ({' '.join(str(e).split())})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of settings (name: value), "
+                          f"like a run_config.json")
+    out = {}
+    for key, value in saved.items():
+        name = str(key).upper().replace("-", "_")
+        if isinstance(value, str) and name in namespace and not isinstance(namespace[name], str):
+            value = _parse_value(name, value, namespace[name])
+        out[name] = value
+    return out
+
+
+def settings_help(namespace: dict, settings: dict) -> str:
+    """--help: the script's docstring, then every setting under its header as the file groups them,
+    with its default and its comment (read from the script's own source, the one place they live)."""
+    import re
+
+    lines = [(namespace.get("__doc__") or "").strip(), "", "settings (--name value, --name=value, "
+             "or --config FILE.yaml/.json; the default follows '='):"]
+    seen = set()
+    path = namespace.get("__file__")
+    source = open(path).read().splitlines() if path and os.path.exists(path) else []
+    pattern = re.compile(r"([A-Z][A-Z0-9_]*)\s*=\s*(.*?)(?:\s+#\s*(.*))?$")
+    for i, line in enumerate(source):
+        setting = pattern.match(line)
+        if setting and setting.group(1) in settings and setting.group(1) not in seen:
+            name, comment = setting.group(1), setting.group(3) or ""
+            seen.add(name)
+            lines.append(f"  --{name.lower()} = {settings[name]!r}\n      {comment}".rstrip())
+        elif line.startswith("# ") and i + 1 < len(source) and pattern.match(source[i + 1]):
+            lines.append(f"\n{line[2:]}:")  # a header right above a setting opens its group
+    for name in settings:  # any setting the file does not spell one per line
+        if name not in seen:
+            lines.append(f"  --{name.lower()} = {settings[name]!r}")
+    return "\n".join(lines)
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -282,8 +334,9 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]], title: str = "") -> None:
-    """Plot metrics.jsonl columns against step, one panel per (key, label); missing keys are skipped."""
+def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]], title: str = "") -> bool:
+    """Plot metrics.jsonl columns against step, one panel per (key, label); missing keys are skipped,
+    and so is the whole figure when none was logged. Returns whether it wrote png_path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,6 +345,8 @@ def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]]
     with open(metrics_path) as f:
         rows = [json.loads(line) for line in f]
     series = [(k, label) for k, label in series if any(k in r for r in rows)]
+    if not series:
+        return False
     fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], series):
         points = [(r["step"], r[key]) for r in rows if key in r]
@@ -304,3 +359,4 @@ def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]]
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
+    return True

@@ -19,6 +19,8 @@ the assistant turns only (each turn's text and its end-of-turn token); compariso
 `rejected` message lists (TRL's conversational preference format, implicit or explicit `prompt`); PPO
 prompt rows end with a user turn. A bad turn is a DataError naming file:line.
 """
+import json
+import os
 import re
 
 from dataset.io import DataError
@@ -58,6 +60,22 @@ def use_chat_format(tokenizer, chat_template: bool, setting: str = "CHAT_TEMPLAT
     elif not tokenizer.chat_template:
         raise ConfigError(f"{setting}=True needs a tokenizer with a chat template (this one has none); "
                           f"set {setting}=False for the Alpaca format")
+
+
+def saved_chat_format(model_dir: str, value, setting: str = "CHAT_TEMPLATE") -> bool:
+    """CHAT_TEMPLATE='auto': the format the checkpoint in model_dir was trained with (its run_config.json),
+    False (Alpaca) where it recorded none; True/False (or their text) as given."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value != "auto":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{setting}={value!r}: expected True, False or 'auto'")
+    try:
+        with open(os.path.join(model_dir, "run_config.json")) as f:
+            return bool(json.load(f).get("CHAT_TEMPLATE", False))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def row_messages(row: dict) -> list[dict]:

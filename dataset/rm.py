@@ -33,6 +33,7 @@ import torch
 from dataset.chat import chat_messages, check_messages, encode_text, last_user_text, reply_text
 from dataset.io import DataError, read_rows
 from dataset.sft import TruncationCounter, check_task_row, encode_prompt, encode_response, fit_lengths, pad
+from dataset.trl_formats import split_common_prefix
 from utils import ConfigError
 
 RANKED_FORMATS = [["instruction", "input", "responses"], ["prompt", "responses"]]
@@ -139,9 +140,12 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
     else:
         try:
             (prompt, chosen), (other, rejected) = split_hh(chosen), split_hh(rejected)
-        except ValueError:
-            raise DataError(f"{where}: a chosen/rejected row without a prompt must be an HH dialogue with "
-                            "'\\n\\nAssistant:' turns (or add 'prompt' or 'instruction')") from None
+        except ValueError:  # TRL's plain implicit prompt: the text both share
+            prompt, chosen, rejected = split_common_prefix(chosen, rejected)
+            other = prompt
+            if not prompt.strip():
+                raise DataError(f"{where}: 'chosen' and 'rejected' share no prompt text (add 'prompt' or "
+                                "'instruction', or give HH dialogues with '\\n\\nAssistant:' turns)") from None
         if prompt != other:
             if on_mismatch == "error":
                 raise DataError(f"{where}: chosen and rejected dialogues differ before their last Assistant turn "

@@ -28,6 +28,7 @@ import torch
 
 from dataset.chat import chat_messages, chat_prompt_ids, check_messages, encode_conversation, last_user_text, row_messages
 from dataset.io import DataError, read_rows
+from dataset.trl_formats import from_conversational, implicit_prompt_turns
 from dataset.task import reference_answer
 
 SFT_FORMATS = [["instruction", "input", "output"], ["prompt", "completion"], ["messages"]]
@@ -145,7 +146,9 @@ class SFTDataset(ItemsDataset):
 
     def __init__(self, source: str, tokenizer, max_len: int, limit: int = None, verbose: bool = True,
                  chat_template: bool = False):
-        rows = read_rows(source, SFT_FORMATS, optional=("input",), lists=("messages",))[:limit]
+        rows = read_rows(source, SFT_FORMATS, optional=("input",), lists=("messages",),
+                         lists_or_strings=("prompt", "completion"))[:limit]
+        rows = [from_conversational(r) for r in rows]  # TRL's conversational prompt-completion rows
         self.rows, self.items, counter = rows, [], TruncationCounter()
         for row in rows:
             if "messages" in row or chat_template:
@@ -192,10 +195,13 @@ def hh_prompt_messages(row: dict) -> list[dict]:
 def read_prompts(source: str, limit: int = None) -> list[dict]:
     """Rows with a prompt (Alpaca `instruction`/`input`, `prompt`, `messages` ending with a user turn, or an
     Anthropic HH `chosen`/`rejected` row, whose shared dialogue becomes `messages`), for generation and PPO."""
-    rows = read_rows(source, PROMPT_FORMATS, optional=("input",), lists=("messages",))[:limit]
+    rows = read_rows(source, PROMPT_FORMATS, optional=("input",), lists=("messages",),
+                     lists_or_strings=("prompt", "completion", "chosen", "rejected"))[:limit]
+    rows = [from_conversational(r) for r in rows]  # TRL's conversational prompts become `messages`
     for row in rows:
         if "chosen" in row and not any(k in row for k in ("instruction", "prompt", "messages")):
-            row["messages"] = hh_prompt_messages(row)
+            row["messages"] = (implicit_prompt_turns(row) if isinstance(row["chosen"], list)
+                               else hh_prompt_messages(row))
         if "messages" in row:
             row["messages"] = check_messages(row["messages"], row["_where"], last="user")
         else:

@@ -144,3 +144,38 @@ def test_dpo_micro_batches_weighted_by_pair_count(tok, ranked, tmp_path):
         return grads[0]
     together, accumulated = stepped(2, 1), stepped(1, 2)
     assert torch.allclose(together, accumulated, atol=1e-7, rtol=1e-4), (together - accumulated).abs().max()
+
+
+def test_train_dpo_without_held_out_data_and_in_the_checkpoints_chat_format(sft_dir, tmp_path):
+    """--eval_data none --eval_prompts none exits 0 and plots only the logged loss; CHAT_TEMPLATE='auto'
+    takes the format the SFT checkpoint was trained with (its run_config.json) and saves it."""
+    import shutil
+
+    from dataset.chat import EMBEDDED_TEMPLATE
+    from model.load import load_tokenizer
+
+    sft = str(tmp_path / "sft_chat")
+    shutil.copytree(sft_dir, sft)
+    tok = load_tokenizer(sft)
+    tok.chat_template = EMBEDDED_TEMPLATE  # as train_sft.py --chat_template True saves it
+    tok.save_pretrained(sft)
+    run_config = json.load(open(os.path.join(sft, "run_config.json")))
+    json.dump({**run_config, "CHAT_TEMPLATE": True}, open(os.path.join(sft, "run_config.json"), "w"))
+    out = str(tmp_path / "dpo")
+    printed = run_inline("train_dpo.py", "--sft_model", sft, "--out_dir", out, "--max_steps", "2",
+                         "--batch_size", "4", "--train_limit", "8", "--eval_data", "none", "--eval_prompts",
+                         "none", "--log_interval", "1")
+    assert json.load(open(os.path.join(out, "run_config.json")))["CHAT_TEMPLATE"] is True
+    assert load_tokenizer(out).chat_template == EMBEDDED_TEMPLATE
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert 0 < summary["train_tokens"] <= summary["train_tokens_padded"] and summary["tokens_per_second"] > 0
+    assert os.path.exists(os.path.join(out, "dpo_curves.png")) and "Traceback" not in printed
+
+
+def test_plot_with_nothing_logged_is_skipped(tmp_path):
+    from utils import plot_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 0, "other": 1.0}) + "\n")
+    assert plot_metrics(str(metrics), str(tmp_path / "x.png"), [("eval/kl", "KL")]) is False
+    assert not (tmp_path / "x.png").exists()

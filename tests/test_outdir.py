@@ -28,7 +28,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def data(tok):
-    return SFTDataset("ds/sft_eval.jsonl", tok, max_len=64, limit=32, verbose=False)
+    return SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=32, verbose=False)
 
 
 def tiny_model():

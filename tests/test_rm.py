@@ -229,6 +229,9 @@ def test_train_rm_smoke_writes_summary_and_loadable_model(sft_dir, tmp_path):
     for key in ("accuracy", "accuracy_correctness", "margin", "eval_pairs", "train_seconds", "peak_rss_mb"):
         assert summary[key] is not None, key
     assert summary["eval_pairs"] == 32 * 6
+    # 3 steps x 8 ranked groups x 4 responses: the padded count is the batches' full (N, T) shapes
+    assert 0 < summary["train_tokens"] <= summary["train_tokens_padded"] <= 3 * 8 * 4 * 96
+    assert summary["tokens_per_second"] == pytest.approx(summary["train_tokens"] / summary["train_seconds"])
     assert set(summary["accuracy_correctness_per_type"]) == {"add", "capital", "count", "opposite", "sort"}
     model = load_reward_model(out, 1)
     assert model.config.num_labels == 1 and os.path.exists(os.path.join(out, "run_config.json"))

@@ -21,7 +21,7 @@ def test_a_second_signal_stops_at_once_with_128_plus_signal_and_keeps_the_checkp
     """Two SIGTERMs during step 3 (the first would checkpoint after the step): the second stops at once
     with exit 143, not a KeyboardInterrupt traceback with 130, and step 2's checkpoint is intact."""
     tok = load_tokenizer("embedded")
-    data = SFTDataset("ds/sft_eval.jsonl", tok, max_len=48, limit=16, verbose=False)
+    data = SFTDataset("ds/sft_val.jsonl", tok, max_len=48, limit=16, verbose=False)
     torch.manual_seed(0)
     model = OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
                                      num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128))

@@ -89,6 +89,7 @@ class Trainer:
         self.out_dir, self.max_steps, self.seed = loop.out_dir, loop.max_steps, loop.seed
         self.batch_size, self.grad_accum = optim.batch_size, optim.grad_accum
         self.step, self.best_value, self._perms = 0, None, {}
+        self.train_tokens = self.train_tokens_padded = 0  # all processes, the steps this run took
         check_sharded_settings(self.accelerator, loop.save_interval, loop.resume, optim.grad_accum)
         self.ckpt_dir = os.path.join(self.out_dir, "checkpoint")
         if self.accelerator.is_main_process:
@@ -145,7 +146,12 @@ class Trainer:
         self.model.train()
         batches = [self.get_batch(self.step * self.grad_accum + micro) for micro in range(self.grad_accum)]
         weights = [float(self.loss_weight(b)) for b in batches]
-        total = max(reduce_sum(self.accelerator, {"w": sum(weights)})["w"], 1e-12)  # W
+        masks = [b["attention_mask"] for b in batches if "attention_mask" in b]
+        counts = reduce_sum(self.accelerator, {"w": sum(weights), "tokens": float(sum(m.sum() for m in masks)),
+                                               "padded": float(sum(m.numel() for m in masks))})
+        self.train_tokens += int(counts["tokens"])  # non-pad tokens; padded: what the forward passes computed
+        self.train_tokens_padded += int(counts["padded"])
+        total = max(counts["w"], 1e-12)  # W
         sums = {}
         for micro, (batch, weight) in enumerate(zip(batches, weights)):
             sync = micro == self.grad_accum - 1
@@ -166,6 +172,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals["train/lr"] = self.scheduler.get_last_lr()[0]
         return totals
+
+    def token_counts(self, seconds: float) -> dict:
+        """summary.json's throughput: tokens the training steps processed (non-pad, and padded) per second."""
+        return {"train_tokens": self.train_tokens, "train_tokens_padded": self.train_tokens_padded,
+                "tokens_per_second": self.train_tokens / max(seconds, 1e-9),
+                "padded_tokens_per_second": self.train_tokens_padded / max(seconds, 1e-9)}
 
     def state_dict(self) -> dict:
         return {"model": self.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -18,7 +18,8 @@ from utils import UserError
 
 # settings that do not change the trained weights: a resumed run may change them
 NOT_SHAPING = {"RESUME", "OVERWRITE", "OUT_DIR", "EVAL_INTERVAL", "LOG_INTERVAL", "LOG_WITH",
-               "SAVE_INTERVAL", "EVAL_LIMIT", "EVAL_DATA", "EVAL_PROMPTS", "EVAL_BATCH_SIZE"}
+               "SAVE_INTERVAL", "EVAL_LIMIT", "EVAL_DATA", "EVAL_PROMPTS", "EVAL_BATCH_SIZE",
+               "TEST_LIMIT", "TEST_DATA", "TEST_PROMPTS"}
 OVERRIDE = "--overwrite True starts afresh (deleting the checkpoint)"
 
 
