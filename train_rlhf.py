@@ -181,7 +181,7 @@ def main():
     check_algo_settings()
     algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)  # checked before any model loads
     saved_sft_eval = read_sft_eval()
-    reward_fn = reward_functions(REWARD, REWARD_WEIGHTS)  # None: the reward model scores (REWARD='rm')
+    reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: the reward model scores (REWARD='rm')
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")

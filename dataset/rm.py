@@ -202,10 +202,13 @@ class RMDataset(torch.utils.data.Dataset):
             # prompt tokens (cut per reply, a long reply would be read after less of the prompt than a short one)
             whole = len(prompt_ids)
             prompt_ids, _ = fit_lengths(prompt_ids, max(response_ids, key=len), max_len)
-            self.counter.prompt_cut += len(response_ids) if len(prompt_ids) < whole else 0
+            cut = len(prompt_ids) < whole
+            self.counter.prompt_cut += len(response_ids) if cut else 0
             sequences, prompt_lengths = [], []
             for ids in response_ids:
+                counted = self.counter.truncated
                 p, r = fit_lengths(prompt_ids, ids, max_len, self.counter)
+                self.counter.truncated += cut and self.counter.truncated == counted  # each sequence once
                 sequences.append(p + r)
                 prompt_lengths.append(len(p))
             pairs = ranked_pairs(len(sequences))

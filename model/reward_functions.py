@@ -20,20 +20,24 @@ import math
 import os
 
 from dataset.sft import render_prompt
-from dataset.task import gold_judge
 from utils import ConfigError, UserError
 
 
-def gold(prompts, completions, rows, **fields):
-    """The task's gold score (an upper bound on what RLHF can reach, not RLHF)."""
-    return [gold_judge(r, c if isinstance(c, str) else c[0]["content"])["score"]
-            for r, c in zip(rows, completions)]
+def gold_function(judge):
+    """'gold': the data's gold judge (the scripts pass the task's) as a reward function; an upper bound on
+    what RLHF can reach, not RLHF."""
+    def gold(prompts, completions, rows, **fields):
+        return [judge(r, c if isinstance(c, str) else c[0]["content"])["score"]
+                for r, c in zip(rows, completions)]
+    return gold
 
 
-def load_function(spec: str):
+def load_function(spec: str, judge=None):
     """'gold' or 'path/file.py:function' -> (name, function)."""
     if spec == "gold":
-        return "gold", gold
+        if judge is None:
+            raise ConfigError("REWARD='gold': these prompts have no gold judge (use 'rm' or FILE.py:FUNCTION)")
+        return "gold", gold_function(judge)
     path, _, name = spec.rpartition(":")
     if not path.endswith(".py") or not name:
         raise ConfigError(f"REWARD={spec!r}: expected 'rm', 'gold' or FILE.py:FUNCTION "
@@ -66,7 +70,7 @@ def checked(name: str, scores, n: int) -> list[float]:
     return [float(s) for s in scores]
 
 
-def reward_functions(spec: str, weights: str):
+def reward_functions(spec: str, weights: str, judge=None):
     """REWARD and REWARD_WEIGHTS -> reward_fn(rows, responses) -> list[float] for the trainers, or None
     for 'rm' (the trainers then score with the reward model)."""
     specs = [s.strip() for s in spec.split(",") if s.strip()]
@@ -75,7 +79,7 @@ def reward_functions(spec: str, weights: str):
     if "rm" in specs:
         raise ConfigError(f"REWARD={spec!r}: 'rm' cannot be combined with other rewards here "
                           "(use the reward model alone, or functions and 'gold')")
-    functions = [load_function(s) for s in specs]
+    functions = [load_function(s, judge) for s in specs]
     try:
         w = [float(x) for x in weights.split(",")] if weights.strip() else [1.0] * len(functions)
     except ValueError:
@@ -92,7 +96,7 @@ def reward_functions(spec: str, weights: str):
         fields = {k: [r.get(k) for r in rows] for k in keys}
         total = [0.0] * len(rows)
         for (name, fn), weight in zip(functions, w):
-            extra = {"rows": rows} if fn is gold else {}
+            extra = {"rows": rows} if name == "gold" else {}
             scores = checked(name, fn(prompts=prompts, completions=completions, **fields, **extra), len(rows))
             total = [t + weight * s for t, s in zip(total, scores)]
         return total

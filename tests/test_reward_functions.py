@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_inline
-from dataset.task import judge
+from dataset.task import gold_judge, judge
 from model.reward_functions import reward_functions
 from utils import ConfigError, UserError
 
@@ -60,7 +60,9 @@ def test_bad_returns_stop_with_one_line_naming_the_function(tmp_path, body, matc
 
 def test_names_and_settings_checked():
     assert reward_functions("rm", "") is None
-    assert reward_functions("gold", "")(ROWS, REPLIES) == pytest.approx([1.0, judge(
+    with pytest.raises(ConfigError, match="no gold judge"):
+        reward_functions("gold", "")
+    assert reward_functions("gold", "", gold_judge)(ROWS, REPLIES) == pytest.approx([1.0, judge(
         ROWS[1]["instruction"] + "\n" + ROWS[1]["input"], REPLIES[1])["score"]])
     for spec, weights, match in [("rm,gold", "", "cannot be combined"), ("nofile.py:f", "", "no file"),
                                  (f"{TASK}:nothing", "", "no function"), ("bleu", "", "FILE.py:FUNCTION"),
