@@ -65,7 +65,7 @@ LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 50  # steps between held-out evaluations (0: only at the end)
 EVAL_LIMIT = 300  # validation prompts (None: all)
-TEST_LIMIT = None  # test prompts (None: all)
+TEST_LIMIT = None  # test prompts, and test comparisons of TEST_DATA (None: all)
 EVAL_BATCH_SIZE = 64  # groups per forward pass of the reference and held-out passes
 LOG_INTERVAL = 10  # steps between metrics.jsonl lines
 LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
@@ -94,7 +94,7 @@ def main():
                                                            chat_template=chat, judge=gold_judge)
     eval_prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, EVAL_LIMIT,
                                                                      chat_template=chat).items
-    test_data = None if TEST_DATA == "none" else RMDataset(TEST_DATA, tokenizer, MAX_LEN, on_mismatch,
+    test_data = None if TEST_DATA == "none" else RMDataset(TEST_DATA, tokenizer, MAX_LEN, on_mismatch, TEST_LIMIT,
                                                            chat_template=chat, judge=gold_judge)
     test_prompts = (eval_prompts if TEST_PROMPTS == "none"
                     else PromptDataset(TEST_PROMPTS, tokenizer, MAX_PROMPT_LEN, TEST_LIMIT, chat_template=chat).items)

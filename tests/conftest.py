@@ -77,7 +77,7 @@ def sft_dir(tmp_path_factory) -> str:
     """A briefly trained SFT checkpoint of the embedded model (shared: later stages start from it)."""
     out = str(tmp_path_factory.mktemp("sft"))
     run_inline("train_sft.py", "--out_dir", out, "--max_steps", "160", "--batch_size", "32", "--lr", "5e-3",
-               "--eval_interval", "0", "--save_interval", "0", "--eval_limit", "100", "--test_limit", "20",
+               "--eval_interval", "0", "--save_interval", "0", "--eval_limit", "40", "--test_limit", "20",
                "--warmup_steps", "20")
     return out
 

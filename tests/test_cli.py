@@ -100,7 +100,7 @@ def test_sft_summary_counts_tokens_exactly(tmp_path):
     length = len(SFTDataset(str(data), load_tokenizer("embedded"), 96, verbose=False).items[0]["input_ids"])
     out = tmp_path / "sft"
     run_inline("train_sft.py", "--train_data", str(data), "--eval_data", "none", "--eval_prompts", "none",
-               "--max_steps", "2", "--batch_size", "4", "--out_dir", str(out), "--save_interval", "0")
+               "--test_data", "none", "--test_prompts", "none", "--max_steps", "2", "--batch_size", "4", "--out_dir", str(out), "--save_interval", "0")
     summary = json.load(open(out / "summary.json"))
     assert summary["train_tokens"] == summary["train_tokens_padded"] == 2 * 4 * length
     assert summary["tokens_per_second"] == pytest.approx(summary["train_tokens"] / summary["train_seconds"])

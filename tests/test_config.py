@@ -69,7 +69,7 @@ def test_train_script_replays_its_saved_run_config(tmp_path):
     first = tmp_path / "first"
     run_script("train_sft.py", "--out_dir", str(first), "--max_steps", "2", "--batch_size", "4", "--eval_data", "none",
                "--train_data", "ds/sft_val.jsonl",
-               "--eval_prompts", "none", "--lr", "1e-4", "--warmup_steps", "0", "--save_interval", "0")
+               "--eval_prompts", "none", "--test_data", "none", "--test_prompts", "none", "--lr", "1e-4", "--warmup_steps", "0", "--save_interval", "0")
     saved = json.load(open(first / "run_config.json"))
     out = run_script("train_sft.py", "--config", str(first / "run_config.json"), "--out_dir", str(tmp_path / "second"))
     replayed = json.load(open(tmp_path / "second" / "run_config.json"))

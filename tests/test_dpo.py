@@ -164,7 +164,7 @@ def test_train_dpo_without_held_out_data_and_in_the_checkpoints_chat_format(sft_
     out = str(tmp_path / "dpo")
     printed = run_inline("train_dpo.py", "--sft_model", sft, "--out_dir", out, "--max_steps", "2",
                          "--batch_size", "4", "--train_limit", "8", "--eval_data", "none", "--eval_prompts",
-                         "none", "--log_interval", "1")
+                         "none", "--test_data", "none", "--test_prompts", "none", "--log_interval", "1")
     assert json.load(open(os.path.join(out, "run_config.json")))["CHAT_TEMPLATE"] is True
     assert load_tokenizer(out).chat_template == EMBEDDED_TEMPLATE
     summary = json.load(open(os.path.join(out, "summary.json")))

@@ -74,7 +74,7 @@ def test_names_and_settings_checked():
 def grpo_args(out, reward, *extra):
     return ["train_rlhf.py", "--algo", "grpo", "--sft_model", "embedded", "--reward", reward, "--iterations", "1",
             "--rollout_batch", "8", "--group_size", "4", "--mini_batch", "4", "--max_new_tokens", "6",
-            "--eval_prompts", "none", "--save_interval", "0", "--out_dir", str(out), *extra]
+            "--eval_prompts", "none", "--test_prompts", "none", "--save_interval", "0", "--out_dir", str(out), *extra]
 
 
 def test_grpo_on_verifiable_rewards_from_the_command_line(tmp_path):

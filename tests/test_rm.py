@@ -352,5 +352,5 @@ def test_train_rm_head_only_fits_the_head_and_saves_a_model_that_scores_the_same
     for name, p in model.named_parameters():
         if not name.startswith("score"):
             assert torch.equal(p, sft_params[name]), name
-    held = RMDataset(os.path.join(ROOT, "ds/rm_val_ranked.jsonl"), load_tokenizer(out), 96, limit=100, verbose=False)
+    held = RMDataset(os.path.join(ROOT, "ds/rm_test_ranked.jsonl"), load_tokenizer(out), 96, limit=100, verbose=False)
     assert evaluate_pairs(model, held, PAD)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)
