@@ -3,7 +3,6 @@ import copy
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -89,13 +88,18 @@ def test_grpo_stop_approx_kl_honoured(sft_dir, tmp_path):
     assert trainer.learn(exp)["grpo/epochs"] == 1
 
 
-def test_grpo_refuses_ppo_only_settings(tmp_path):
+def test_grpo_refuses_ppo_only_settings(tmp_path, monkeypatch, capsys):
     """--beta (PPO's KL weight) and the other PPO-only settings under --algo grpo are an error naming
-    them, not silently ignored; GRPO's own settings under PPO likewise."""
+    them, not silently ignored; GRPO's own settings under PPO likewise (checked before any model loads)."""
+    import runpy
+
+    monkeypatch.chdir(ROOT)
     for algo, flag, value in (("grpo", "--beta", "0.05"), ("ppo", "--grpo_loss", "sequence")):
-        out = subprocess.run([sys.executable, "train_rlhf.py", "--algo", algo, flag, value, "--out_dir", str(tmp_path)],
-                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        assert out.returncode == 2 and f"does not use {flag}" in out.stderr, out.stderr[-500:]
+        monkeypatch.setattr(sys, "argv", ["train_rlhf.py", "--algo", algo, flag, value, "--out_dir", str(tmp_path)])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(os.path.join(ROOT, "train_rlhf.py"), run_name="__main__")
+        said = capsys.readouterr()
+        assert exit_.value.code == 2 and f"does not use {flag}" in said.err + said.out, said
 
 
 def test_grpo_loss_ratio_one_kl_zero_and_k3_formula():
