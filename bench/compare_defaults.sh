@@ -20,13 +20,17 @@ run() {  # run NAME SEED ARGS...: one train_rlhf.py run, kept if its summary exi
     [ -f "$dir/summary.json" ] && return
     # seeds after the first reuse the SFT policy's test evaluation (the same prompts, model and settings)
     local sft_eval=run; [ -f "$out/sft_eval/sft_eval.json" ] && sft_eval="$out/sft_eval"
-    python bench/timed.py "$dir" -- python train_rlhf.py --sft_model "$sft" --rm_model "$rm_dir" \
-        --save_interval 0 --sft_eval "$sft_eval" --out_dir "$dir" "$@" ${ARGS:-}
+    mkdir -p "$dir"
+    python train_rlhf.py --sft_model "$sft" --rm_model "$rm_dir" --save_interval 0 --sft_eval "$sft_eval" \
+        --out_dir "$dir" "$@" ${ARGS:-} > "$dir/log.txt" 2>&1 || { tail -5 "$dir/log.txt"; exit 1; }
+    echo "$dir: $(tail -1 "$dir/log.txt")"
     [ -f "$out/sft_eval/sft_eval.json" ] || { mkdir -p "$out/sft_eval" && cp "$dir/sft_eval.json" "$out/sft_eval/"; }
 }
-for seed in $seeds; do
+for seed in $seeds; do  # PPO's pair over every seed first, then GRPO's
     run ppo_zero_head "$seed" --seed "$seed" --critic_init zero_head
     run ppo_rm_critic "$seed" --seed "$seed" --critic_init rm
+done
+for seed in $seeds; do
     run grpo_token "$seed" --seed "$seed" --algo grpo --grpo_loss token --grpo_std_scale False
     run grpo_seq_std "$seed" --seed "$seed" --algo grpo --grpo_loss sequence --grpo_std_scale True
 done
