@@ -44,24 +44,39 @@ def run_script(*args, timeout=600) -> str:
 def run_inline(*args) -> str:
     """Run a script (args[0]) as __main__ in this process and return what it printed; fail if it exits
     non-zero. It saves the ~6 s a subprocess spends importing torch and transformers, for tests that only
-    need a run's outputs; how the command line behaves (exit codes, stderr, signals) is run_script's.
-    What a script changes in the process (argv, cwd, torch threads and grad mode, RNG) is put back, and
-    accelerate's state is reset before and after."""
+    need a run's outputs; how the command line behaves under signals and launchers is run_script's."""
+    code, out, _ = _run_in_process(args)
+    if code not in (None, 0):
+        pytest.fail(f"{args} exited with {code}:\n{out[-3000:]}")
+    return out
+
+
+def run_refused(*args) -> tuple[int, str]:
+    """Run a script in this process where it must stop on a UserError: (exit code, stderr). Any other
+    exception (a traceback for the user) propagates and fails the test."""
+    code, out, err = _run_in_process(args)
+    assert code not in (None, 0), f"{args} did not fail:\n{out[-3000:]}"
+    return code, err
+
+
+def _run_in_process(args) -> tuple:
+    """(exit code, stdout, stderr) of args[0] run as __main__. What a script changes in the process
+    (argv, cwd, torch threads and grad mode, RNG) is put back, and accelerate's state is reset before
+    and after."""
     import torch
     from accelerate.state import AcceleratorState
     from utils import rng_state, set_rng_state
 
     saved = sys.argv, os.getcwd(), torch.get_num_threads(), torch.is_grad_enabled(), rng_state()
-    printed = io.StringIO()
+    printed, errors, code = io.StringIO(), io.StringIO(), None
     sys.argv = list(args)
     os.chdir(ROOT)
     AcceleratorState._reset_state(True)  # accelerate keeps one mixed-precision setting per process; a script picks its own
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
             runpy.run_path(os.path.join(ROOT, args[0]), run_name="__main__")
     except SystemExit as e:
-        if e.code not in (None, 0):
-            pytest.fail(f"{args} exited with {e.code}:\n{printed.getvalue()[-3000:]}")
+        code = e.code
     finally:
         sys.argv, cwd, threads, grad, rng = saved
         os.chdir(cwd)
@@ -69,16 +84,16 @@ def run_inline(*args) -> str:
         torch.set_grad_enabled(grad)
         set_rng_state(rng)
         AcceleratorState._reset_state(True)
-    return printed.getvalue()
+    return code, printed.getvalue(), errors.getvalue()
 
 
 @pytest.fixture(scope="session")
 def sft_dir(tmp_path_factory) -> str:
     """A briefly trained SFT checkpoint of the embedded model (shared: later stages start from it)."""
     out = str(tmp_path_factory.mktemp("sft"))
-    run_inline("train_sft.py", "--out_dir", out, "--max_steps", "160", "--batch_size", "32", "--lr", "5e-3",
+    run_inline("train_sft.py", "--out_dir", out, "--max_steps", "100", "--batch_size", "32", "--lr", "5e-3",
                "--eval_interval", "0", "--save_interval", "0", "--eval_limit", "40", "--test_limit", "20",
-               "--warmup_steps", "20")
+               "--warmup_steps", "10")
     return out
 
 

@@ -64,14 +64,14 @@ def test_config_file_of_another_script_or_wrong_type_raises(tmp_path):
 def test_train_script_replays_its_saved_run_config(tmp_path):
     """A stage run with --config <a saved run_config.json> runs with that run's settings (its run_config
     equals the saved one except for the flags given beside --config)."""
-    from conftest import run_script
+    from conftest import run_inline
 
     first = tmp_path / "first"
-    run_script("train_sft.py", "--out_dir", str(first), "--max_steps", "2", "--batch_size", "4", "--eval_data", "none",
+    run_inline("train_sft.py", "--out_dir", str(first), "--max_steps", "2", "--batch_size", "4", "--eval_data", "none",
                "--train_data", "ds/sft_val.jsonl",
                "--eval_prompts", "none", "--test_data", "none", "--test_prompts", "none", "--lr", "1e-4", "--warmup_steps", "0", "--save_interval", "0")
     saved = json.load(open(first / "run_config.json"))
-    out = run_script("train_sft.py", "--config", str(first / "run_config.json"), "--out_dir", str(tmp_path / "second"))
+    out = run_inline("train_sft.py", "--config", str(first / "run_config.json"), "--out_dir", str(tmp_path / "second"))
     replayed = json.load(open(tmp_path / "second" / "run_config.json"))
     assert replayed == {**saved, "OUT_DIR": str(tmp_path / "second")} and "config: " in out
     steps = [json.loads(l)["step"] for l in open(tmp_path / "second" / "metrics.jsonl")]

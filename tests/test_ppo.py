@@ -4,8 +4,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,7 +19,7 @@ from model.peft import apply_peft
 from model.reward import load_reward_model, position_ids_for, token_values
 from trainer.ppo import PPOConfig, PPOTrainer, adaptive_beta
 
-from conftest import ROOT, run_inline, trainer_configs
+from conftest import ROOT, run_inline, run_refused, trainer_configs
 from dataset.task import gold_judge
 
 
@@ -191,8 +189,8 @@ def test_top_k_and_top_p_are_refused_with_the_reason():
     for bad in (dict(top_k=20), dict(top_p=0.9)):
         with pytest.raises(ValueError, match="KL to the reference"):
             PPOConfig(**{**PPO_SETTINGS, **bad})
-    out = subprocess.run([sys.executable, "train_rlhf.py", "--top_k", "20"], capture_output=True, text=True)
-    assert out.returncode != 0 and "TOP_K=20" in out.stderr and "Traceback" not in out.stderr
+    code, err = run_refused("train_rlhf.py", "--top_k", "20")
+    assert code == 2 and "TOP_K=20" in err
 
 
 def test_adaptive_kl_controller():
@@ -298,21 +296,22 @@ def test_masked_helpers():
 
 
 def test_short_run_on_toy_reward_raises_reward(sft_dir, tmp_path):
-    """A few PPO iterations against a toy reward (answer in the preferred form) raise the mean reward."""
-    trainer = make_trainer(sft_dir, tmp_path, max_steps=12, rollout_batch=32, actor_lr=3e-4, ppo_epochs=4)
+    """A few PPO iterations against a toy reward (answer in the preferred form) raise the mean reward:
+    the last two rollouts score well above the first, which is sampled before any update."""
+    trainer = make_trainer(sft_dir, tmp_path, max_steps=6, rollout_batch=16, actor_lr=5e-4, ppo_epochs=4)
     trainer.fit()
     scores = [json.loads(l)["ppo/score"] for l in open(tmp_path / "metrics.jsonl")]
-    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.2, scores
+    assert sum(scores[-2:]) / 2 > scores[0] + 0.3, scores
 
 
-def test_opt125m_architecture_two_ppo_iterations(opt125m_dir, tmp_path):
-    """The opt-125m-architecture checkpoint (random weights) runs two PPO iterations end to end."""
-    run_inline("train_rlhf.py", "--sft_model", opt125m_dir, "--rm_model", opt125m_dir, "--iterations", "2",
-               "--rollout_batch", "2", "--mini_batch", "1", "--ppo_epochs", "1", "--max_new_tokens", "4",
-               "--eval_limit", "2", "--test_limit", "2", "--eval_interval", "0", "--out_dir", str(tmp_path))
+def test_opt125m_architecture_ppo_iteration(opt125m_dir, tmp_path):
+    """The opt-125m-architecture checkpoint (random weights) runs a PPO iteration end to end."""
+    run_inline("train_rlhf.py", "--sft_model", opt125m_dir, "--rm_model", opt125m_dir, "--iterations", "1",
+               "--rollout_batch", "2", "--mini_batch", "2", "--ppo_epochs", "1", "--max_new_tokens", "3",
+               "--eval_prompts", "none", "--test_limit", "1", "--eval_interval", "0", "--out_dir", str(tmp_path))
     metrics = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if "ppo/kl" in m]
-    assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["ppo/kl"]) for m in metrics)
-    assert json.load(open(tmp_path / "summary.json"))["eval_prompts"] == 2
+    assert [m["step"] for m in metrics] == [1] and all(math.isfinite(m["ppo/kl"]) for m in metrics)
+    assert json.load(open(tmp_path / "summary.json"))["eval_prompts"] == 1
 
 
 def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
@@ -359,11 +358,8 @@ def test_sft_eval_reuses_an_earlier_runs_sft_evaluation_only_under_the_same_sett
         assert a[key] == b[key], key
     sft_rows = lambda d: [json.loads(l)["sft"] for l in open(d / "side_by_side.jsonl")]
     assert sft_rows(first) == sft_rows(second) == saved["greedy"]["rows"]
-    proc = subprocess.run([sys.executable, *args, "5", "--reward", "gold", "--sft_eval", str(first), "--out_dir", str(tmp_path / "third")],
-                          capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    said = proc.stderr + proc.stdout
-    assert proc.returncode != 0 and "TEST_LIMIT=6 there, 5 here" in said and "REWARD='rm' there, 'gold' here" in said, said[-2000:]
+    _, said = run_refused(*args, "5", "--reward", "gold", "--sft_eval", str(first), "--out_dir", str(tmp_path / "third"))
+    assert "TEST_LIMIT=6 there, 5 here" in said and "REWARD='rm' there, 'gold' here" in said, said[-2000:]
 
 
 def test_score_normalisation_safe_when_the_first_batch_scores_are_all_equal():

@@ -1,12 +1,9 @@
 """REWARD=FILE.py:FUNCTION: TRL-style reward functions from a file, weighted, with their returns checked."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, run_inline
+from conftest import run_inline, run_refused
 from dataset.task import gold_judge, judge
 from model.reward_functions import reward_functions
 from utils import ConfigError, UserError
@@ -87,9 +84,7 @@ def test_grpo_on_verifiable_rewards_from_the_command_line(tmp_path):
 def test_bad_reward_function_exits_with_one_line(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text("def f(prompts, completions, **kwargs):\n    return [0.0]\n")
-    proc = subprocess.run([sys.executable, *grpo_args(tmp_path / "out", f"{path}:f")], cwd=ROOT, text=True,
-                          capture_output=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                                 "TQDM_DISABLE": "1"})
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: reward function bad.py:f: returned 1 values")
-    assert "Traceback" not in proc.stderr
+    code, err = run_refused(*grpo_args(tmp_path / "out", f"{path}:f"))
+    assert code == 1, err[-2000:]
+    said = err[err.find("error:"):].splitlines()[0]  # progress bars (unless TQDM_DISABLE=1) share stderr
+    assert said.startswith("error: reward function bad.py:f: returned 1 values") and said.endswith(")"), err[-2000:]
