@@ -89,12 +89,20 @@ def _run_in_process(args) -> tuple:
 
 @pytest.fixture(scope="session")
 def sft_dir(tmp_path_factory) -> str:
-    """A briefly trained SFT checkpoint of the embedded model (shared: later stages start from it)."""
-    out = str(tmp_path_factory.mktemp("sft"))
-    run_inline("train_sft.py", "--out_dir", out, "--max_steps", "100", "--batch_size", "32", "--lr", "5e-3",
-               "--eval_interval", "0", "--save_interval", "0", "--eval_limit", "40", "--test_limit", "20",
-               "--warmup_steps", "10")
-    return out
+    """A briefly trained SFT checkpoint of the embedded model (shared: later stages start from it). Under
+    pytest-xdist the workers share one: the first to take the lock trains it, the others wait for it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above each worker's own
+    out = root / "sft_fixture"
+    with FileLock(str(root / "sft_fixture.lock")):
+        if not (out / "model.safetensors").exists():
+            run_inline("train_sft.py", "--out_dir", str(out), "--max_steps", "100", "--batch_size", "32", "--lr", "5e-3",
+                       "--eval_interval", "0", "--save_interval", "0", "--eval_limit", "40", "--test_limit", "20",
+                       "--warmup_steps", "10")
+    return str(out)
 
 
 @pytest.fixture(scope="session")
