@@ -63,7 +63,7 @@ LR_PREFIX_TUNING = 3e-2  # prefix tuning
 THREADS = 1  # torch threads per method (1 is robust when other work shares the cores; 2 threads on 2 busy cores ran 25x slower)
 BF16 = False  # bfloat16 autocast (worth it for SmolLM2 / opt-125m, not for the tiny model)
 SEED = 0  # same initialisation and data order for every method
-# method settings (counts use the issue's: r=4 on q_proj,v_proj and 10 virtual tokens)
+# method settings (also the ones the parameter counts use)
 LORA_R = 4  # LoRA rank
 LORA_ALPHA = 8  # LoRA scale: the update is (alpha / r) B A
 LORA_TARGETS = "q_proj,v_proj"  # comma-separated linear layers LoRA adapts
@@ -91,21 +91,21 @@ def count_model():
 
 
 def parameter_counts() -> list[dict]:
-    """Count each method on opt-125m with the issue's settings, next to the formula's prediction."""
+    """Count each method on opt-125m with the method settings above, next to the formula's prediction."""
     base, name = count_model()
     c = base.config
     d, layers, heads = c.hidden_size, c.num_hidden_layers, c.num_attention_heads
     formulas = {"bitfit": bitfit_parameter_count(base),
-                "lora": lora_parameter_count([(d, d)] * 2 * layers, r=4),  # q_proj and v_proj are (d, d)
-                "prompt_tuning": prompt_tuning_parameter_count(10, d),
-                "p_tuning": p_tuning_parameter_count(10, d),
-                "prefix_tuning": prefix_tuning_parameter_count(10, layers, d)}
-    settings = dict(r=4, alpha=8, targets=("q_proj", "v_proj"), num_virtual_tokens=10)
+                # every attention projection (q_proj, k_proj, v_proj, out_proj) is (d, d)
+                "lora": lora_parameter_count([(d, d)] * len(PEFT_SETTINGS["targets"]) * layers, r=LORA_R),
+                "prompt_tuning": prompt_tuning_parameter_count(NUM_VIRTUAL_TOKENS, d),
+                "p_tuning": p_tuning_parameter_count(NUM_VIRTUAL_TOKENS, d),
+                "prefix_tuning": prefix_tuning_parameter_count(NUM_VIRTUAL_TOKENS, layers, d)}
     print(f"parameter counts on {name} ({count_parameters(base)[1]:,} parameters, {layers} layers, "
           f"d_model {d}, {heads} heads)")
     rows = []
     for method, formula in formulas.items():
-        trainable, total = count_parameters(apply_peft(copy.deepcopy(base), method, **settings))
+        trainable, total = count_parameters(apply_peft(copy.deepcopy(base), method, **PEFT_SETTINGS))
         print(f"{method:>14}: {format_counts(trainable, total)}")
         rows.append({"method": method, "trainable": trainable, "total": total, "formula": formula})
     return rows

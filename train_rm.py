@@ -16,7 +16,7 @@ import time
 
 import torch
 from dataset.chat import use_chat_format
-from dataset.rm import RMDataset, flatten_groups
+from dataset.rm import RMDataset
 from dataset.task import gold_judge
 from model.load import load_tokenizer
 from model.peft import apply_peft
@@ -26,7 +26,7 @@ from trainer.outdir import check_fresh_start
 from trainer.checkpoint import lock_out_dir
 from trainer.dist import is_sharded, resolve_bf16
 from trainer.evaluate import test_evaluation
-from trainer.rm import RMTrainer, fit_linear_head, last_token_features, pairwise_metrics
+from trainer.rm import RMTrainer, fit_head
 from utils import ConfigError, configure, quiet_transformers, run_main, seed_everything
 
 # model and data
@@ -172,39 +172,17 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
     check_fresh_start(OUT_DIR, os.path.join(OUT_DIR, "checkpoint"), RESUME, OVERWRITE, True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.eval().requires_grad_(False).to(device)
-    pad_id, bf16 = tokenizer.pad_token_id, torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["BF16"])
-    print(f"reward model on {MODEL}: backbone frozen, head fitted on {len(train)} training groups, {train.num_pairs} pairs")
+    print(f"reward model on {MODEL}: backbone frozen, head fitted on {len(train)} training groups, "
+          f"{train.num_pairs} pairs")
     start = time.time()
-    with bf16:
-        features, chosen, rejected, group = last_token_features(model, train, pad_id, EVAL_BATCH_SIZE)
-    print(f"features of {len(features)} training sequences: {time.time() - start:.0f} s")
-    fit = fit_linear_head(features, chosen, rejected, group, l2s, CV_FOLDS, SEED)
-    cv = ", ".join(f"{k:g}: {v:.4f} / {fit['cv_accuracy'][k]:.4f}" for k, v in fit["cv_log_loss"].items())
-    print(f"cross-validated log-loss / accuracy by L2: {cv}; using {fit['l2']:g} (training accuracy {fit['train_accuracy']:.4f})")
-    before, after = {}, {}
-    if eval_data is not None:
-        with bf16:
-            ev, c, r, _ = last_token_features(model, eval_data, pad_id, EVAL_BATCH_SIZE)
-        eflat = flatten_groups(eval_data.items)
-        kinds = eflat["kinds"]
-        eval_len = torch.tensor([len(q) - p for q, p in zip(eflat["sequences"], eflat["prompt_lengths"])], dtype=torch.float)
-        fresh = model.score.weight.detach().float().cpu()[0]  # the untrained head, for the before figure
-        before = pairwise_metrics(ev[c] @ fresh, ev[r] @ fresh, kinds)
-        after = pairwise_metrics(ev[c] @ fit["weight"], ev[r] @ fit["weight"], kinds, ev @ fit["weight"], eflat["types"])
-        margin = (ev[c] - ev[r]) @ fit["weight"]  # (P,)
-        after["length_corr"] = torch.corrcoef(torch.stack([margin, eval_len[c] - eval_len[r]]))[0, 1].item()
-        print(f"held-out accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} ({after['pairs']} pairs); "
-              f"correlation of the margin with the length difference {after['length_corr']:+.3f}")
-    with torch.no_grad():
-        model.score.weight.copy_(fit["weight"][None].to(device))
-        if getattr(model.score, "bias", None) is not None:
-            model.score.bias.zero_()
-    train_seconds = time.time() - start
-    summary = rm_summary(after, before.get("accuracy"), train_loss=fit["train_loss"], train_accuracy=fit["train_accuracy"],
-                         head_l2=fit["l2"], length_corr=after.get("length_corr"),
+    fit, before, after = fit_head(model, train, eval_data, tokenizer.pad_token_id, l2s, CV_FOLDS, SEED,
+                                  EVAL_BATCH_SIZE, bf16=config["BF16"])
+    summary = rm_summary(after, before.get("accuracy"), train_loss=fit["train_loss"],
+                         train_accuracy=fit["train_accuracy"], head_l2=fit["l2"],
+                         length_corr=after.get("length_corr"),
                          cv_accuracy={f"{k:g}": v for k, v in fit["cv_accuracy"].items()},
                          cv_log_loss={f"{k:g}": v for k, v in fit["cv_log_loss"].items()}, steps=0,
-                         train_pairs=train.num_pairs, train_seconds=train_seconds,
+                         train_pairs=train.num_pairs, train_seconds=time.time() - start,
                          num_params=sum(p.numel() for p in model.parameters()))
     print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
     print(save_stage(OUT_DIR, model.cpu(), tokenizer, config, "none", summary))  # what Trainer.finish writes

@@ -4,7 +4,7 @@
     python train_sft.py --max_steps 20 --out_dir out/t   # a quick smoke run
     python train_sft.py --peft lora --lora_r 8 --lr 3e-3 --out_dir out/sft_lora   # LoRA instead of full fine-tuning
     python train_sft.py --model facebook/opt-125m --train_data tatsu-lab/alpaca --eval_data none --eval_prompts none \
-        --max_len 512 --batch_size 8 --grad_accum 4 --lr 2e-5 --bf16 True   # the mission's model on real data (online once)
+        --max_len 512 --batch_size 8 --grad_accum 4 --lr 2e-5 --bf16 True   # opt-125m on Alpaca (online once)
     torchrun --nproc_per_node 2 train_sft.py             # two processes (CPU gloo or GPUs)
 
 Writes out_dir/: an HF checkpoint (model, tokenizer, generation config, run_config.json),

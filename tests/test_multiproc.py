@@ -18,6 +18,7 @@ from dist_worker import flat, rm_run, sft_run, tiny_config
 from model.loss import masked_mean
 from trainer import dist
 from trainer.checkpoint import load_newest
+from utils import UserError
 
 
 def free_port() -> int:
@@ -175,9 +176,9 @@ def test_sharded_engine_requests_that_cannot_run_are_refused(monkeypatch):
     deepspeed.distributed_type, fsdp.distributed_type = DistributedType.DEEPSPEED, DistributedType.FSDP
     with pytest.raises(dist.LaunchError, match="PPO under DeepSpeed"):
         dist.check_two_models(deepspeed)
-    with pytest.raises(SystemExit, match="SAVE_INTERVAL / RESUME under FSDP"):
+    with pytest.raises(UserError, match="SAVE_INTERVAL / RESUME under FSDP"):
         check_sharded_settings(fsdp, save_interval=100, resume=False, grad_accum=1)
-    with pytest.raises(SystemExit, match="GRAD_ACCUM > 1 under DeepSpeed"):
+    with pytest.raises(UserError, match="GRAD_ACCUM > 1 under DeepSpeed"):
         check_sharded_settings(deepspeed, save_interval=0, resume=False, grad_accum=2)
     check_sharded_settings(fsdp, save_interval=0, resume=False, grad_accum=2)  # allowed
 

@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dataset.sft import SFTDataset
 from model.load import load_tokenizer
 from trainer.sft import SFTTrainer
+from utils import ConfigError
 
 from conftest import run_inline, trainer_configs
 from test_trainer import tiny_model
@@ -56,9 +57,10 @@ def test_ppo_logs_metrics_and_sample_completions_as_text(tmp_path):
 
 
 def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path):
-    """A misspelt tracker name names the LOG_WITH setting instead of failing later."""
+    """A misspelt tracker name names the LOG_WITH setting instead of failing later: a ConfigError,
+    which run_main reports as one line without a traceback."""
     tok = load_tokenizer("embedded")
     data = SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=8, verbose=False)
-    with pytest.raises(ValueError, match="LOG_WITH='tensorbored'"):
+    with pytest.raises(ConfigError, match="LOG_WITH='tensorbored'"):
         SFTTrainer(tiny_model(), tok, data, None, None, run_config={}, max_new_tokens=8, judge=None,
                    **trainer_configs(tmp_path, max_steps=1, batch_size=4, log_with="tensorbored"))

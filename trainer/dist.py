@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from utils import ConfigError
+from utils import ConfigError, UserError
 
 
-BF16_MIN_HIDDEN = 256  # below this width bf16 autocast gave no speed-up here (../shared/FACTS.md: none at 128)
+BF16_MIN_HIDDEN = 256  # below this width bf16 autocast gave no speed-up on CPU (none measured at 128)
 
 
 def fast_bf16() -> str:
@@ -59,8 +59,8 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
-class LaunchError(RuntimeError):
-    """The launcher started several processes but they did not join one process group."""
+class LaunchError(UserError):
+    """The launcher's processes did not form the process group it asked for."""
 
 
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
@@ -69,7 +69,7 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     accelerate 1.15 on a machine without a GPU gives every process of `torchrun --nproc_per_node 2`
     its own single-process state (DistributedType.NO, each one "main"): two copies of the run racing
     on the same files. `cpu=True` makes it form a gloo process group instead (DistributedType.MULTI_CPU);
-    with GPUs the default path forms an NCCL group (see ../shared/FACTS.md, "Multi-process on CPU").
+    with GPUs the default path forms an NCCL group.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())

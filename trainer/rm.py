@@ -144,7 +144,7 @@ def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5
     cross-validated log-loss, the mean of -log sigmoid(margin) over held-out pairs (folds split by group:
     pairs of one ranking stay together); strengths within `tie_tol` of the lowest tie, and the strongest
     wins. Not accuracy: it moves in steps of one pair, so on HH three strengths tied exactly and float-level
-    noise in the bf16 features flipped the pick (issue 16).
+    noise in the bf16 features flipped the pick.
 
     Features are standardised for the fit, so the returned raw-feature weight is w / std. Returns
     {'weight' (H,), 'l2', 'cv_log_loss' {l2: loss}, 'cv_accuracy' {l2: accuracy}, 'train_accuracy', 'train_loss'}."""
@@ -170,3 +170,38 @@ def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5
     return {"weight": w / std, "l2": best, "cv_log_loss": cv_loss, "cv_accuracy": cv_accuracy,
             "train_accuracy": (margin > 0).float().mean().item(),
             "train_loss": pairwise_loss(margin, torch.zeros_like(margin)).item()}
+
+
+def fit_head(model, train, eval_data, pad_id: int, l2s: list, folds: int, seed: int, batch_size: int,
+             bf16: bool = False, log=print) -> tuple[dict, dict, dict]:
+    """The head of a frozen reward model by logistic regression on its last-token features; the head
+    is written into `model.score`. Returns (fit from fit_linear_head, before, after), where before and
+    after are the pairwise metrics of `eval_data` under the untrained and the fitted head ({} if None)."""
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    with autocast:
+        features, chosen, rejected, group = last_token_features(model, train, pad_id, batch_size)
+    fit = fit_linear_head(features, chosen, rejected, group, l2s, folds, seed)
+    cv = ", ".join(f"{k:g}: {v:.4f} / {fit['cv_accuracy'][k]:.4f}" for k, v in fit["cv_log_loss"].items())
+    log(f"cross-validated log-loss / accuracy by L2: {cv}; using {fit['l2']:g} "
+        f"(training accuracy {fit['train_accuracy']:.4f})")
+    before, after = {}, {}
+    if eval_data is not None:
+        with autocast:
+            ev, c, r, _ = last_token_features(model, eval_data, pad_id, batch_size)
+        flat = flatten_groups(eval_data.items)
+        lengths = torch.tensor([len(q) - p for q, p in zip(flat["sequences"], flat["prompt_lengths"])],
+                               dtype=torch.float)
+        fresh = model.score.weight.detach().float().cpu()[0]  # the untrained head, for the before figure
+        before = pairwise_metrics(ev[c] @ fresh, ev[r] @ fresh, flat["kinds"])
+        w = fit["weight"]
+        after = pairwise_metrics(ev[c] @ w, ev[r] @ w, flat["kinds"], ev @ w, flat["types"])
+        margin = (ev[c] - ev[r]) @ w  # (P,)
+        after["length_corr"] = torch.corrcoef(torch.stack([margin, lengths[c] - lengths[r]]))[0, 1].item()
+        log(f"held-out accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} ({after['pairs']} pairs); "
+            f"correlation of the margin with the length difference {after['length_corr']:+.3f}")
+    with torch.no_grad():
+        model.score.weight.copy_(fit["weight"][None].to(device))
+        if getattr(model.score, "bias", None) is not None:
+            model.score.bias.zero_()
+    return fit, before, after

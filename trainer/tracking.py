@@ -11,6 +11,8 @@ import os
 
 from accelerate import Accelerator
 
+from utils import ConfigError
+
 
 def start_trackers(accelerator: Accelerator, log_with: str, out_dir: str, run_config: dict) -> None:
     """Start the trackers named in LOG_WITH on `accelerator` (main process only); 'none' starts nothing."""
@@ -23,9 +25,9 @@ def start_trackers(accelerator: Accelerator, log_with: str, out_dir: str, run_co
     try:
         trackers = filter_trackers(names, accelerator.logging_dir)
     except ValueError as e:  # an unknown name
-        raise ValueError(f"LOG_WITH={log_with!r}: {e}") from None
+        raise ConfigError(f"LOG_WITH={log_with!r}: {e}") from None
     if len(trackers) < len(names):
-        raise ValueError(f"LOG_WITH={log_with!r}: a tracker's package is not installed "
+        raise ConfigError(f"LOG_WITH={log_with!r}: a tracker's package is not installed "
                          "(pip install tensorboard, or pip install wandb)")
     accelerator.log_with = trackers
     config = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in run_config.items()}
