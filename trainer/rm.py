@@ -9,6 +9,8 @@ Evaluation: pairwise accuracy (share of pairs with r_chosen > r_rejected) and me
 r_chosen - r_rejected on held-out pairs; on the shipped task also the accuracy on pairs that differ
 only in correctness and only in format (the gold judge says which), and the spread of the scores.
 """
+import time
+
 import torch
 
 from dataset.rm import flatten_groups, rm_collate
@@ -179,8 +181,10 @@ def fit_head(model, train, eval_data, pad_id: int, l2s: list, folds: int, seed: 
     after are the pairwise metrics of `eval_data` under the untrained and the fitted head ({} if None)."""
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    start = time.time()
     with autocast:
         features, chosen, rejected, group = last_token_features(model, train, pad_id, batch_size)
+    log(f"features of {len(features)} training sequences: {time.time() - start:.0f} s")
     fit = fit_linear_head(features, chosen, rejected, group, l2s, folds, seed)
     cv = ", ".join(f"{k:g}: {v:.4f} / {fit['cv_accuracy'][k]:.4f}" for k, v in fit["cv_log_loss"].items())
     log(f"cross-validated log-loss / accuracy by L2: {cv}; using {fit['l2']:g} "
