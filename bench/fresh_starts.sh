@@ -4,7 +4,7 @@
 # at the same moment. Prints each run's exit code and the count that succeeded.
 #
 #   bash bench/fresh_starts.sh                     # 10 runs of a short SFT (5 steps, 20 evaluation prompts)
-#   N=3 SFT_ARGS="" bash bench/fresh_starts.sh     # the full default SFT run, 3 times
+#   N=3 SFT_ARGS="" TIMEOUT=3600 bash bench/fresh_starts.sh   # the full default SFT run, 3 times
 set -uo pipefail
 cd "$(dirname "$0")/.."
 n="${N:-10}"
@@ -13,7 +13,7 @@ work="$(mktemp -d)"
 ok=0
 for i in $(seq 1 "$n"); do
     git clone -q . "$work/clone$i"
-    (cd "$work/clone$i" && TQDM_DISABLE=1 OMP_NUM_THREADS=1 timeout 900 \
+    (cd "$work/clone$i" && TQDM_DISABLE=1 OMP_NUM_THREADS=1 timeout "${TIMEOUT:-900}" \
         torchrun --nproc_per_node 2 train_sft.py $args > "$work/run$i.log" 2>&1)
     rc=$?
     [ "$rc" = 0 ] && ok=$((ok + 1))
