@@ -21,7 +21,8 @@ from dataset.task import gold_judge
 from model.load import load_tokenizer
 from model.peft import apply_peft
 from model.reward import load_reward_model
-from trainer.base import LoopConfig, OptimConfig, save_stage
+from trainer.base import LoopConfig, OptimConfig
+from trainer.export import save_stage
 from trainer.outdir import check_fresh_start
 from trainer.checkpoint import lock_out_dir
 from trainer.dist import is_sharded, resolve_bf16

@@ -161,7 +161,7 @@ def run_rm(model_dir: str, out_dir: str, bf16: bool, levers: set) -> dict:
 
 
 def run_ppo(model_dir: str, out_dir: str, bf16: bool, levers: set) -> dict:
-    import trainer.ppo as ppo_module
+    import trainer.onpolicy as ppo_module
 
     tokenizer = load_tokenizer(model_dir)
     actor = load_causal_lm(model_dir)

@@ -168,3 +168,21 @@ def test_an_overflowing_grpo_step_stops_before_any_save(sft_dir, tmp_path):
     with pytest.raises(NonFiniteError, match="updated weights is non-finite"):
         trainer.fit()
     assert not os.path.exists(tmp_path / "checkpoint")
+
+
+def test_ppo_and_grpo_log_the_same_metrics_under_their_prefix(sft_dir, tmp_path):
+    """PPO and GRPO share one on-policy module: one iteration of each logs the same rollout and update
+    metrics (score, KL, truncation, gold score, clipped-loss statistics, rank-averaged), each under its own
+    prefix; only what belongs to one algorithm (critic, beta, empty groups) differs."""
+    from test_ppo import make_trainer as make_ppo_trainer
+
+    logged = {}
+    for name, make in (("ppo", make_ppo_trainer), ("grpo", make_trainer)):
+        make(sft_dir, tmp_path / name).fit()
+        rows = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+        logged[name] = {k.split("/", 1)[1] for k in rows[-1] if k.startswith(name + "/")}
+    shared = {"score", "kl", "kl_per_token", "response_length", "truncated_frac", "gold_score", "policy_loss",
+              "entropy", "approx_kl", "clipfrac", "epochs", "lr"}
+    assert shared <= logged["ppo"] and shared <= logged["grpo"], logged
+    assert logged["ppo"] - logged["grpo"] >= {"value_loss", "explained_variance", "beta"}
+    assert logged["grpo"] - logged["ppo"] == {"no_signal_groups", "kl_k3"}, logged

@@ -9,7 +9,7 @@ from transformers import OPTConfig, OPTForCausalLM
 
 from dataset.sft import SFTDataset
 from model.load import load_tokenizer
-from trainer.base import save_stage
+from trainer.export import save_stage
 from trainer.checkpoint import load_state
 from trainer.guard import NonFiniteError
 from trainer.sft import SFTTrainer

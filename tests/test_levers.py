@@ -14,7 +14,9 @@ from model.load import load_tokenizer
 from model.peft import apply_peft
 from model.peft.prompt_tuning import text_logits
 from model.reward import position_ids_for
-from trainer.base import adamw, checkpoint_layers, group_by_length
+from model.memory import checkpoint_layers
+from trainer.data_order import group_by_length
+from trainer.optim import adamw
 from trainer.sft import SFTTrainer, supervised_span
 
 from conftest import trainer_configs

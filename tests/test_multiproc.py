@@ -159,7 +159,7 @@ def test_sharded_engine_requests_that_cannot_run_are_refused(monkeypatch):
     each stop with an error that names the setting, instead of running something other than asked."""
     from accelerate.utils import DistributedType
 
-    from trainer.base import check_sharded_settings
+    from trainer.dist import check_sharded_settings
 
     class TwoProcesses:
         num_processes, process_index, distributed_type = 2, 0, DistributedType.MULTI_CPU

@@ -13,7 +13,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from dataset.sft import SFTDataset
 from model.load import ModelError, build_embedded, load_causal_lm, load_tokenizer
 from trainer import checkpoint as ckpt
-from trainer.base import save_stage
+from trainer.export import save_stage
 from trainer.checkpoint import CheckpointError, OutDirLocked, drop_rows_after, lock_out_dir
 from trainer.sft import SFTTrainer
 from utils import UserError

@@ -366,7 +366,8 @@ def test_score_normalisation_safe_when_the_first_batch_scores_are_all_equal():
     """A first batch of equal scores has std 0 up to rounding: the scores are centred (about 0), not
     rounding noise divided by 1e-8 (which made 0.3 - mean(0.3, ...) into -0.75)."""
     from types import SimpleNamespace
-    from trainer.ppo import PPOTrainer, RunningMoments
+    from trainer.onpolicy import RunningMoments
+    from trainer.ppo import PPOTrainer
     fake = SimpleNamespace(cfg=SimpleNamespace(normalize_scores=True, missing_eos_penalty=1.0),
                            score_moments=RunningMoments(), accelerator=SimpleNamespace(gather=lambda x: x))
     scores = PPOTrainer.shape_scores(fake, torch.full((16,), 0.3), torch.ones(16, dtype=torch.bool))

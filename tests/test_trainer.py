@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
 from dataset.sft import SFTDataset
 from model.load import ModelError, load_causal_lm, load_tokenizer, resolve
-from trainer.base import NonFiniteLossError, lr_factor
+from trainer.base import NonFiniteLossError
+from trainer.optim import lr_factor
 from trainer.checkpoint import load_state
 from trainer.sft import SFTTrainer
 

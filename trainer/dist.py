@@ -158,3 +158,15 @@ def all_ranks(accelerator: Accelerator, obj) -> list:
     parts = [None] * accelerator.num_processes
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def check_sharded_settings(accelerator, save_interval: int, resume: bool, grad_accum: int) -> None:
+    """Settings that FSDP / DeepSpeed runs do not support yet, refused before any work."""
+    if is_sharded(accelerator) and (save_interval or resume):
+        raise UserError(f"SAVE_INTERVAL / RESUME under {accelerator.distributed_type.name}: the resumable "
+                        "checkpoint holds full (unsharded) states and is not written for sharded runs "
+                        "(set --save_interval 0)")
+    if accelerator.distributed_type.name == "DEEPSPEED" and grad_accum > 1:
+        raise UserError("GRAD_ACCUM > 1 under DeepSpeed: its engine divides by its own "
+                        "gradient_accumulation_steps (keep GRAD_ACCUM=1 and raise BATCH_SIZE or the number "
+                        "of processes)")
