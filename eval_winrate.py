@@ -16,8 +16,8 @@ import os
 
 import torch
 
-from dataset.chat import row_messages
-from dataset.sft import read_prompts, render_prompt
+from dataset.chat import render_prompt, row_messages
+from dataset.prompt import read_prompts
 from dataset.task import score_if_known
 from model.generate import respond
 from model.load import load_checkpoint

@@ -12,7 +12,8 @@ all score the same are left out, and counted.
 import json
 import os
 
-from dataset.sft import read_prompts, render_prompt
+from dataset.chat import render_prompt
+from dataset.prompt import read_prompts
 from dataset.task import rank_responses
 from model.generate import answer
 from model.load import load_causal_lm, load_tokenizer

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.hh_report import agreement  # noqa: E402
 from dataset.chat import row_messages  # noqa: E402
-from dataset.sft import read_prompts  # noqa: E402
+from dataset.prompt import read_prompts  # noqa: E402
 from eval_winrate import outcomes, win_rate  # noqa: E402
 from model.load import load_tokenizer  # noqa: E402
 from model.reward import load_scorer, score_replies  # noqa: E402

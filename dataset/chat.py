@@ -24,25 +24,51 @@ import os
 import re
 
 from dataset.io import DataError
+from dataset.tokens import encode_prompt
 from utils import ConfigError
 
 ROLES = ("system", "user", "assistant")
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")  # Anthropic HH dialogue turns
-# Alpaca (dataset/sft.py's template): system text as a preamble, each user turn as an instruction
-# (first line) with an optional input (further lines), each assistant turn as the response + EOS.
+# The Alpaca format, written once: `render_prompt` and ALPACA_TEMPLATE are both built from these pieces.
+INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER = "### Instruction:\n", "### Input:\n", "### Response:\n"
+BLOCK_END = "\n\n"  # closes the system preamble, the instruction and the input
+# As a chat template: system text as a preamble, each user turn as an instruction (first line) with an
+# optional input (further lines), each assistant turn as the response + EOS.
 ALPACA_TEMPLATE = (
     "{{ bos }}{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}" + BLOCK_END +
     "{% elif m['role'] == 'user' %}{% set parts = m['content'].split('\\n', 1) %}"
-    "### Instruction:\n{{ parts[0] }}\n\n"
-    "{% if parts | length > 1 and parts[1] | trim %}### Input:\n{{ parts[1] | trim }}\n\n{% endif %}"
-    "{% else %}### Response:\n{{ m['content'] }}{{ eos_token }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}### Response:\n{% endif %}")
+    + INSTRUCTION_HEADER + "{{ parts[0] }}" + BLOCK_END +
+    "{% if parts | length > 1 and parts[1] | trim %}"
+    + INPUT_HEADER + "{{ parts[1] | trim }}" + BLOCK_END + "{% endif %}"
+    "{% else %}" + RESPONSE_HEADER + "{{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}" + RESPONSE_HEADER + "{% endif %}")
 # The embedded tokenizer's own small chat template (role markers are plain text to the BPE).
 EMBEDDED_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
     "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def render_prompt(row: dict) -> str:
+    """The prompt text of a row (Alpaca `instruction`/`input`, or a raw `prompt`). For a `messages` row,
+    the last user turn: what the gold judge reads (its tokens come from the chat template, `prompt_ids`)."""
+    if "messages" in row:
+        return last_user_text(row["messages"])
+    if "instruction" in row:
+        body = f"{INSTRUCTION_HEADER}{row['instruction']}{BLOCK_END}"
+        if row.get("input"):
+            body += f"{INPUT_HEADER}{row['input']}{BLOCK_END}"
+        return body + RESPONSE_HEADER
+    return row["prompt"]
+
+
+def prompt_ids(tokenizer, row: dict, chat_template: bool = False) -> list[int]:
+    """A row's prompt tokens: `messages` rows, and every row under CHAT_TEMPLATE=True, through the
+    tokenizer's chat template; Alpaca and raw-prompt rows otherwise as text."""
+    if chat_template or "messages" in row:
+        return chat_prompt_ids(tokenizer, row_messages(row))
+    return encode_prompt(tokenizer, render_prompt(row))
 
 
 def alpaca_template(tokenizer) -> str:
@@ -176,3 +202,16 @@ def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], lis
         labels += [-100] * len(context) + supervised
         done = prompt + turn
     return ids, labels
+
+
+def corpus_texts(paths: list[str]) -> list[str]:
+    """Every text of the JSONL files as the stages render it (prompts, responses, comparisons): what the
+    embedded tokenizer is trained on (model/load.py build_embedded)."""
+    texts = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                texts.append(render_prompt(row))
+                texts += [row[k] for k in ("output", "chosen", "rejected") if k in row] + row.get("responses", [])
+    return texts

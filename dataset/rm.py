@@ -32,7 +32,8 @@ import torch
 
 from dataset.chat import chat_messages, check_messages, encode_text, last_user_text, reply_text
 from dataset.io import DataError, read_rows
-from dataset.sft import TruncationCounter, check_task_row, encode_prompt, encode_response, fit_lengths, pad
+from dataset.prompt import check_task_row
+from dataset.tokens import TruncationCounter, encode_prompt, encode_response, fit_lengths, pad
 from dataset.trl_formats import split_common_prefix
 from utils import ConfigError
 

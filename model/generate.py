@@ -5,9 +5,15 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from dataset.sft import fit_lengths, pad, prompt_ids
+from dataset.chat import prompt_ids
+from dataset.tokens import fit_lengths, pad
 from model.loss import token_logprobs
-from model.reward import position_ids_for
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row gets the positions it would have
+    unpadded (OPT derives the same from the mask; Llama-style models need them passed).  (B, T) -> (B, T)"""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()

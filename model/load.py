@@ -17,8 +17,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
-from dataset.chat import EMBEDDED_TEMPLATE, use_chat_format
-from dataset.sft import corpus_texts
+from dataset.chat import EMBEDDED_TEMPLATE, corpus_texts, use_chat_format
 from model.peft import load_adapter
 from utils import UserError, hub_reachable
 

@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from dataset.chat import encode_text, reply_text, use_chat_format
-from dataset.sft import pad
+from dataset.tokens import pad
+from model.generate import position_ids_for
 from model.load import from_pretrained, load_tokenizer
 
 
@@ -20,12 +21,6 @@ def load_reward_model(name: str, pad_token_id: int, setting: str = "MODEL", dtyp
     model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, setting, num_labels=1, dtype=dtype)
     model.config.pad_token_id = pad_token_id  # Llama configs have none; the last-token lookup needs it
     return model
-
-
-def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so a left-padded row gets the positions it would have
-    unpadded (OPT derives the same from the mask; Llama-style models need them passed).  (B, T) -> (B, T)"""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

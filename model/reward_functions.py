@@ -19,7 +19,7 @@ import importlib.util
 import math
 import os
 
-from dataset.sft import render_prompt
+from dataset.chat import render_prompt
 from utils import ConfigError, UserError
 
 

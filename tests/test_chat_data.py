@@ -3,11 +3,13 @@ import json
 
 import pytest
 
-from dataset.chat import EMBEDDED_TEMPLATE, chat_prompt_ids, encode_conversation, row_messages, use_chat_format
+from dataset.chat import (ALPACA_TEMPLATE, EMBEDDED_TEMPLATE, chat_prompt_ids, encode_conversation, render,
+                          render_prompt, row_messages, use_chat_format)
 from dataset.io import DataError
-from dataset.prompt import PromptDataset
+from dataset.prompt import PromptDataset, read_prompts
 from dataset.rm import RMDataset
-from dataset.sft import SFTDataset, encode_prompt, encode_response, read_prompts, render_prompt
+from dataset.sft import SFTDataset
+from dataset.tokens import encode_prompt, encode_response
 from model.load import load_tokenizer
 
 CONVERSATION = [{"role": "system", "content": "Answer in a sentence."},
@@ -41,6 +43,18 @@ def test_alpaca_template_gives_the_training_prompt_tokens(tok):
     ids, labels = encode_conversation(tok, row_messages(row) + [{"role": "assistant", "content": row["output"]}])
     prompt, response = encode_prompt(tok, render_prompt(row)), encode_response(tok, row["output"])
     assert ids == prompt + response and labels == [-100] * len(prompt) + response
+
+
+def test_alpaca_text_is_written_once():
+    """render_prompt and the Alpaca chat template give the same text, character for character, with and
+    without an input: both are built from one set of pieces, so the two paths cannot drift apart."""
+    tokenizer = load_tokenizer("embedded")
+    tokenizer.chat_template = ALPACA_TEMPLATE.replace("{{ bos }}", "")
+    rows = [{"instruction": "Add the two numbers.", "input": "12 and 30"},
+            {"instruction": "Name a colour.", "input": ""}, {"instruction": "Name a colour."}]
+    for row in rows:
+        assert render(tokenizer, row_messages(row), add_generation_prompt=True) == render_prompt(row)
+    assert render_prompt(rows[0]) == "### Instruction:\nAdd the two numbers.\n\n### Input:\n12 and 30\n\n### Response:\n"
 
 
 @pytest.mark.parametrize("template", ["alpaca", "embedded"])

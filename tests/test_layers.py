@@ -60,6 +60,6 @@ def test_the_task_is_passed_in_not_imported():
 def test_the_layer_check_sees_hidden_and_upward_imports(tmp_path):
     """The checker itself: an import hidden in a function counts; one under __main__ does not."""
     path = tmp_path / "m.py"
-    path.write_text("import os\nfrom dataset.sft import pad\n\ndef f():\n    from trainer.ppo import PPOTrainer\n\n"
+    path.write_text("import os\nfrom dataset.tokens import pad\n\ndef f():\n    from trainer.ppo import PPOTrainer\n\n"
                     "if __name__ == '__main__':\n    from dataset.task import gold_judge\n")
-    assert project_imports(str(path)) == [(2, "dataset.sft"), (5, "trainer.ppo")]
+    assert project_imports(str(path)) == [(2, "dataset.tokens"), (5, "trainer.ppo")]

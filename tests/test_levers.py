@@ -8,12 +8,11 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from dataset.sft import SFTDataset, sft_collate
-from model.generate import response_logprobs
+from model.generate import position_ids_for, response_logprobs
 from model.loss import lm_loss, token_logprobs
 from model.load import load_tokenizer
 from model.peft import apply_peft
 from model.peft.prompt_tuning import text_logits
-from model.reward import position_ids_for
 from trainer.base import adamw, checkpoint_layers, group_by_length
 from trainer.sft import SFTTrainer, supervised_span
 

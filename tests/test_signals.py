@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from dataset.sft import SFTDataset, TruncationCounter, fit_lengths
+from dataset.sft import SFTDataset
+from dataset.tokens import TruncationCounter, fit_lengths
 from model.load import load_tokenizer
 from trainer.checkpoint import Preempted, load_state
 from trainer.sft import SFTTrainer

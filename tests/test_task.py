@@ -2,7 +2,7 @@
 import json
 
 from dataset import task
-from dataset.sft import render_prompt
+from dataset.chat import render_prompt
 
 
 def prompt(kind, inp):

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from dataset.io import DataError
-from dataset.prompt import PromptDataset
+from dataset.prompt import PromptDataset, read_prompts
 from dataset.rm import RMDataset, read_comparisons
-from dataset.sft import SFTDataset, read_prompts
+from dataset.sft import SFTDataset
 from model.load import load_tokenizer
 
 USER = [{"role": "user", "content": "Add the two numbers.\n2 and 24"}]

@@ -1,7 +1,7 @@
 """One arm of the PEFT comparison (train_peft.py): adapt a pretrained model with one method for a fixed
 number of steps, then measure it. Each arm runs in its own process, so its peak memory is its own:
 
-    python -m trainer.peft_compare '<settings as JSON>' result.json
+    python -m bench.peft_compare '<settings as JSON>' result.json
 
 Measured, per method:
 * trainable parameters (model/peft count_parameters);
