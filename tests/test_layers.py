@@ -63,3 +63,21 @@ def test_the_layer_check_sees_hidden_and_upward_imports(tmp_path):
     path.write_text("import os\nfrom dataset.tokens import pad\n\ndef f():\n    from trainer.ppo import PPOTrainer\n\n"
                     "if __name__ == '__main__':\n    from dataset.task import gold_judge\n")
     assert project_imports(str(path)) == [(2, "dataset.tokens"), (5, "trainer.ppo")]
+
+
+def test_the_base_trainer_imports_no_model():
+    """trainer/base.py is the generic loop (steps, backward, clipping, logging, checkpoints): it imports
+    nothing from model/, so it knows nothing about RLHF and any model and loss can be plugged into it."""
+    path = os.path.join(ROOT, "trainer", "base.py")
+    wrong = [f"trainer/base.py:{line} imports {name}" for line, name in project_imports(path)
+             if name.split(".")[0] == "model"]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_generic_data_modules_do_not_import_the_task():
+    """The helpers every stage and model/ use (padding and truncation, row reading, the prompt formats)
+    never import the shipped task, so swapping in another task leaves them untouched."""
+    generic = ("tokens.py", "io.py", "chat.py", "trl_formats.py")
+    wrong = [f"dataset/{name}:{line}" for name in generic
+             for line, module in project_imports(os.path.join(ROOT, "dataset", name)) if module == "dataset.task"]
+    assert not wrong, wrong
