@@ -32,12 +32,12 @@ def project_imports(path: str) -> list[tuple[int, str]]:
 def layer_of(path: str) -> int:
     rel = os.path.relpath(path, ROOT)
     top = rel.split(os.sep)[0]
-    return SCRIPT if top.endswith(".py") and top != "utils.py" else LAYERS[top.removesuffix(".py")]
+    return SCRIPT if top.endswith(".py") else LAYERS[top]
 
 
 def package_files() -> list[str]:
-    files = [os.path.join(ROOT, "utils.py")] + glob.glob(os.path.join(ROOT, "*.py"))
-    for package in ("trainer", "model", "dataset"):
+    files = glob.glob(os.path.join(ROOT, "*.py"))
+    for package in ("trainer", "model", "dataset", "utils"):
         files += glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)
     return sorted(set(files))
 
