@@ -62,7 +62,7 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise ModelError(f"MODEL='embedded': needs the shipped data {', '.join(missing)} (restore "
-                         "it with git checkout, or run `python -m dataset.task` to write it)")
+                         "it with git checkout, or run `python -m dataset.task_data` to write it)")
     digest = hashlib.sha256(json.dumps([config, seed, EMBEDDED_TEMPLATE]).encode())
     for path in files:
         with open(path, "rb") as f:

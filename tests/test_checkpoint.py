@@ -17,7 +17,9 @@ from dataset.prompt import PromptDataset
 from dataset.rm import RMDataset
 from dataset.sft import SFTDataset
 from model.load import load_tokenizer
-from trainer.checkpoint import CheckpointError, OutDirLocked, Preempted, candidates, load_state
+from trainer.checkpoint import CheckpointError, candidates, load_state
+from trainer.lock import OutDirLocked
+from trainer.signals import Preempted
 from trainer.ppo import PPOConfig, PPOTrainer
 from trainer.rm import RMTrainer
 
@@ -127,7 +129,7 @@ def test_state_round_trips_through_safetensors_and_json(tmp_path):
     assert back["none"] is None and back["__odd"] == [1.5, "x"]
 
 
-HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from trainer.checkpoint import lock_out_dir; "
+HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from trainer.lock import lock_out_dir; "
         "lock_out_dir({out!r}); print('locked', flush=True); time.sleep(60)")
 
 

@@ -1,6 +1,6 @@
 """What a run does with what it finds in out_dir: resume only what it can continue, never start over an
 earlier run, never lose the last complete checkpoint or model, and a lock that cannot be redirected
-(trainer/outdir.py, trainer/checkpoint.py, model/load.py)."""
+(trainer/outdir.py, trainer/checkpoint.py, trainer/lock.py, model/load.py)."""
 import json
 import multiprocessing
 import os
@@ -14,7 +14,8 @@ from dataset.sft import SFTDataset
 from model.load import ModelError, build_embedded, load_causal_lm, load_tokenizer
 from trainer import checkpoint as ckpt
 from trainer.base import save_stage
-from trainer.checkpoint import CheckpointError, OutDirLocked, drop_rows_after, lock_out_dir
+from trainer.checkpoint import CheckpointError, drop_rows_after
+from trainer.lock import OutDirLocked, lock_out_dir, release_lock
 from trainer.sft import SFTTrainer
 from utils import UserError
 
@@ -53,7 +54,7 @@ def checkpointed(tok, data, tmp_path):
     trainer = make_trainer(tok, data, tmp_path, RUN, max_steps=2, save_interval=0)
     trainer.fit()
     trainer.save_checkpoint()
-    ckpt.release_lock(os.path.join(os.path.realpath(tmp_path), ".lock"))
+    release_lock(os.path.join(os.path.realpath(tmp_path), ".lock"))
     return tmp_path
 
 
@@ -88,7 +89,7 @@ def test_a_fresh_run_refuses_an_earlier_runs_out_dir_unless_overwrite(tok, data,
     assert not os.path.exists(checkpointed / "checkpoint") and "--overwrite True: removed" in capsys.readouterr().out
     trainer.fit()
     trainer.finish(tok, "none", {})
-    ckpt.release_lock(os.path.join(os.path.realpath(checkpointed), ".lock"))
+    release_lock(os.path.join(os.path.realpath(checkpointed), ".lock"))
     shutil.rmtree(checkpointed / "checkpoint")
     for resume in (False, True):  # a finished run: no checkpoint to resume either
         with pytest.raises(OutDirLocked, match="a finished run"):

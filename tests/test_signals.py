@@ -11,7 +11,8 @@ from transformers import OPTConfig, OPTForCausalLM
 from dataset.sft import SFTDataset
 from dataset.tokens import TruncationCounter, fit_lengths
 from model.load import load_tokenizer
-from trainer.checkpoint import Preempted, load_state
+from trainer.checkpoint import load_state
+from trainer.signals import Preempted
 from trainer.sft import SFTTrainer
 from utils import run_main
 

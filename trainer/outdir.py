@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 
-from trainer.checkpoint import CheckpointError, OutDirLocked, candidates, fsync_path
+from trainer.checkpoint import CheckpointError, candidates, fsync_path
+from trainer.lock import OutDirLocked
 from utils import UserError
 
 # settings that do not change the trained weights: a resumed run may change them

@@ -19,7 +19,7 @@ class ConfigError(UserError, ValueError):
 def run_main(main) -> None:
     """Run a script's main(); a UserError becomes one line on stderr and its exit code.
     INSTRUCT_DEBUG=1 shows the traceback instead. SIGTERM / SIGINT outside the training loop (which
-    handles them itself: trainer/checkpoint.py StopOnSignal) stop with one line and exit
+    handles them itself: trainer/signals.py StopOnSignal) stop with one line and exit
     128 + the signal."""
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.signal(s, _stop_outside_loop) for s in signals}
