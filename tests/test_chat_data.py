@@ -1,5 +1,4 @@
 """Chat formats and conversational rows (dataset/chat.py): templates, assistant-only masks, bad rows."""
-import json
 
 import pytest
 
@@ -12,6 +11,8 @@ from dataset.sft import SFTDataset
 from dataset.tokens import encode_prompt, encode_response
 from model.load import load_tokenizer
 
+from conftest import write_jsonl
+
 CONVERSATION = [{"role": "system", "content": "Answer in a sentence."},
                 {"role": "user", "content": "Add the two numbers.\n1 and 2"},
                 {"role": "assistant", "content": "The answer is 3."},
@@ -20,17 +21,8 @@ CONVERSATION = [{"role": "system", "content": "Answer in a sentence."},
 
 
 @pytest.fixture(scope="module")
-def tok():
-    """The embedded tokenizer with the Alpaca format installed (CHAT_TEMPLATE=False)."""
-    tokenizer = load_tokenizer("embedded")
-    use_chat_format(tokenizer, False)
-    return tokenizer
-
-
-def write_rows(tmp_path, name, rows):
-    path = tmp_path / name
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+def tok(alpaca_tok):
+    return alpaca_tok
 
 
 def test_alpaca_template_gives_the_training_prompt_tokens(tok):
@@ -64,7 +56,7 @@ def test_only_assistant_tokens_are_supervised(tok, tmp_path, template):
     chat_tok = load_tokenizer("embedded")
     use_chat_format(chat_tok, template == "embedded")
     assert (chat_tok.chat_template == EMBEDDED_TEMPLATE) == (template == "embedded")
-    ds = SFTDataset(write_rows(tmp_path, "c.jsonl", [{"messages": CONVERSATION}]), chat_tok, 512, verbose=False)
+    ds = SFTDataset(write_jsonl(tmp_path, "c.jsonl", [{"messages": CONVERSATION}]), chat_tok, 512, verbose=False)
     ids, labels = ds.items[0]["input_ids"], ds.items[0]["labels"]
     supervised = [t for t in labels if t != -100]
     assert supervised == encode_response(chat_tok, "The answer is 3.") + encode_response(chat_tok, "The answer is cold.")
@@ -81,7 +73,7 @@ def test_chat_template_true_renders_alpaca_rows_with_the_tokenizers_own_template
     chat_tok = load_tokenizer("embedded")
     use_chat_format(chat_tok, True)
     row = {"instruction": "Add the two numbers.", "input": "1 and 2", "output": "3"}
-    path = write_rows(tmp_path, "a.jsonl", [row])
+    path = write_jsonl(tmp_path, "a.jsonl", [row])
     item = SFTDataset(path, chat_tok, 512, verbose=False, chat_template=True).items[0]
     assert chat_tok.decode(item["input_ids"]) == "</s><|user|>\nAdd the two numbers.\n1 and 2\n<|assistant|>\n3</s>"
     assert chat_tok.decode([t for t in item["labels"] if t != -100]) == "3</s>"
@@ -92,8 +84,8 @@ def test_chat_template_true_renders_alpaca_rows_with_the_tokenizers_own_template
 def test_long_conversation_is_cut_from_the_left_keeping_bos_and_last_reply(tok, tmp_path):
     """Over MAX_LEN, a conversation loses its oldest tokens (BOS kept) and keeps its last reply whole,
     with every kept label still aligned to its token."""
-    full = SFTDataset(write_rows(tmp_path, "f.jsonl", [{"messages": CONVERSATION}]), tok, 512, verbose=False).items[0]
-    cut = SFTDataset(write_rows(tmp_path, "c.jsonl", [{"messages": CONVERSATION}]), tok, 30, verbose=False).items[0]
+    full = SFTDataset(write_jsonl(tmp_path, "f.jsonl", [{"messages": CONVERSATION}]), tok, 512, verbose=False).items[0]
+    cut = SFTDataset(write_jsonl(tmp_path, "c.jsonl", [{"messages": CONVERSATION}]), tok, 30, verbose=False).items[0]
     n = len(cut["input_ids"])
     assert n == 30 and cut["input_ids"][0] == tok.bos_token_id
     assert cut["input_ids"][1:] == full["input_ids"][-(n - 1):] and cut["labels"][1:] == full["labels"][-(n - 1):]
@@ -108,7 +100,7 @@ def test_conversational_preference_rows_equal_the_alpaca_pair(tok, tmp_path):
              "rejected": [user, {"role": "assistant", "content": "4"}]},
             {"prompt": [user], "chosen": [{"role": "assistant", "content": "The answer is 3."}],
              "rejected": [{"role": "assistant", "content": "4"}]}]
-    items = RMDataset(write_rows(tmp_path, "p.jsonl", rows), tok, 96, verbose=False).items
+    items = RMDataset(write_jsonl(tmp_path, "p.jsonl", rows), tok, 96, verbose=False).items
     assert items[0]["sequences"] == items[1]["sequences"] == items[2]["sequences"]
 
 
@@ -131,7 +123,7 @@ def test_bad_conversational_rows_name_file_and_line(tok, tmp_path, kind, row, me
     good = {"sft": {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
             "prompt": {"messages": [{"role": "user", "content": "a"}]},
             "rm": {"prompt": "a", "chosen": "b", "rejected": "c"}}[kind]
-    path = write_rows(tmp_path, "x.jsonl", [good, row])
+    path = write_jsonl(tmp_path, "x.jsonl", [good, row])
     load = {"sft": lambda: SFTDataset(path, tok, 96, verbose=False),
             "prompt": lambda: PromptDataset(path, tok, 96, verbose=False),
             "rm": lambda: RMDataset(path, tok, 96, verbose=False)}[kind]

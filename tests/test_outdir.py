@@ -8,10 +8,9 @@ import shutil
 
 import pytest
 import torch
-from transformers import OPTConfig, OPTForCausalLM
 
 from dataset.sft import SFTDataset
-from model.load import ModelError, build_embedded, load_causal_lm, load_tokenizer
+from model.load import ModelError, build_embedded, load_causal_lm
 from trainer import checkpoint as ckpt
 from trainer.base import save_stage
 from trainer.checkpoint import CheckpointError, drop_rows_after
@@ -19,12 +18,7 @@ from trainer.lock import OutDirLocked, lock_out_dir, release_lock
 from trainer.sft import SFTTrainer
 from utils import UserError
 
-from conftest import trainer_configs
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded")
+from conftest import make_sft_trainer, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +26,14 @@ def data(tok):
     return SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=32, verbose=False)
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
-                                    num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128))
+def outdir_model():
+    """The tiny model with OPTConfig's default dropouts (0.1, none in attention)."""
+    return tiny_model(dropout=0.1, attention_dropout=0.0)
 
 
 def make_trainer(tok, data, out_dir, run_config, cls=SFTTrainer, **kw):
-    args = dict(lr=3e-3, max_steps=3, batch_size=8, warmup_steps=0, log_interval=1, seed=1, save_interval=2)
-    args.update(kw)
-    return cls(tiny_model(), tok, data, None, None, run_config=run_config, max_new_tokens=8, judge=None,
-               **trainer_configs(out_dir, **args))
+    return make_sft_trainer(tok, data, out_dir, outdir_model(), cls, run_config,
+                            **{"max_steps": 3, "warmup_steps": 0, "save_interval": 2, **kw})
 
 
 RUN = {"LR": 3e-3, "SEED": 1, "TRAIN_DATA": "ds/sft_train.jsonl", "LOG_INTERVAL": 1}
@@ -121,7 +112,7 @@ def test_a_half_written_last_metrics_line_does_not_block_resume(tmp_path):
 def test_a_failed_final_write_is_one_line_and_keeps_the_previous_model(tok, tmp_path, monkeypatch):
     """The final model is written aside and renamed in: a write that fails (a full disk) leaves the
     earlier model.safetensors whole and is one line; a model cut anyway is a one-line ModelError."""
-    save_stage(str(tmp_path), tiny_model(), tok, {}, "none", {})
+    save_stage(str(tmp_path), outdir_model(), tok, {}, "none", {})
     before = (tmp_path / "model.safetensors").read_bytes()
 
     def disk_full(*args, **kw):
@@ -129,7 +120,7 @@ def test_a_failed_final_write_is_one_line_and_keeps_the_previous_model(tok, tmp_
 
     monkeypatch.setattr(type(tok), "save_pretrained", disk_full)
     with pytest.raises(UserError, match="writing the trained model failed.*No space left"):
-        save_stage(str(tmp_path), tiny_model(), tok, {}, "none", {})
+        save_stage(str(tmp_path), outdir_model(), tok, {}, "none", {})
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert not os.path.exists(tmp_path / ".final.tmp")
     with open(tmp_path / "model.safetensors", "r+b") as f:
