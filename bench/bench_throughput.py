@@ -38,7 +38,8 @@ from trainer.base import LoopConfig, OptimConfig  # noqa: E402
 from trainer.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from trainer.rm import RMTrainer  # noqa: E402
 from trainer.sft import SFTTrainer  # noqa: E402
-from utils import configure, peak_rss_mb, quiet_transformers, seed_everything, write_json  # noqa: E402
+from utils import (ConfigError, UserError, configure, peak_rss_mb, quiet_transformers, run_main,  # noqa: E402
+                   seed_everything, write_json)
 
 RUNS = "sft-fp32,sft-fp32+group,sft-bf16,sft-bf16+group,rm-fp32,rm-bf16,rm-bf16+group,ppo-fp32,ppo-bf16,ppo-bf16+frozen_bf16+group,ppo-bf16+frozen_bf16+group+ckpt"
 TOKENIZER = ""  # required: SmolLM2-135M-Instruct's GGUF file, whose tokenizer tokenizes the data
@@ -172,8 +173,8 @@ def parse_run(run: str) -> tuple[str, bool, set]:
     stage, _, rest = run.partition("-")
     precision, *levers = rest.split("+")
     if stage not in STAGES or precision not in ("fp32", "bf16") or not set(levers) <= {"group", "frozen_bf16", "ckpt"}:
-        raise SystemExit(f"error: --runs: {run!r} is not STAGE-PRECISION[+LEVER...] with STAGE in sft, rm, ppo, "
-                         "PRECISION fp32 or bf16, LEVER group, frozen_bf16 or ckpt")
+        raise ConfigError(f"--runs: {run!r} is not STAGE-PRECISION[+LEVER...] with STAGE in sft, rm, ppo, "
+                          "PRECISION fp32 or bf16, LEVER group, frozen_bf16 or ckpt")
     return stage, precision == "bf16", set(levers)
 
 
@@ -199,8 +200,8 @@ def main() -> None:
         parse_run(run)
     for name, path in (("alpaca", ALPACA), ("hh", HH)):
         if not path or not os.path.exists(path):
-            raise SystemExit(f"error: --{name} {path!r}: not found (give the path of the file: "
-                             "see the usage at the top of bench/bench_throughput.py)")
+            raise ConfigError(f"--{name} {path!r}: not found (give the path of the file: "
+                              "see the usage at the top of bench/bench_throughput.py)")
     quiet_transformers()
     build_model(OUT_DIR, TOKENIZER)
     path = os.path.join(OUT_DIR, "results.json")
@@ -213,7 +214,7 @@ def main() -> None:
         after = probe()
         if proc.returncode:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-            raise SystemExit(f"error: run {run} failed (exit {proc.returncode})")
+            raise UserError(f"run {run} failed (exit {proc.returncode}; its output is above)")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         r.update(probe_before=before, probe_after=after, settings={k: v for k, v in config.items() if k != "RUN"},
                  probe=f"{before['fp32_gflops']:.0f}/{before['bf16_gflops']:.0f} -> "
@@ -225,4 +226,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

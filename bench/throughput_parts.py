@@ -7,6 +7,7 @@ import time
 import torch
 
 from model.load import opt125m_config
+from utils import ConfigError
 
 
 def build_model(out_dir: str, tokenizer_file: str) -> str:
@@ -16,8 +17,8 @@ def build_model(out_dir: str, tokenizer_file: str) -> str:
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     if not tokenizer_file or not os.path.exists(tokenizer_file):
-        raise SystemExit(f"error: --tokenizer {tokenizer_file}: not found (give the path of the "
-                         "SmolLM2-135M-Instruct GGUF file)")
+        raise ConfigError(f"--tokenizer {tokenizer_file!r}: not found (give the path of the "
+                          "SmolLM2-135M-Instruct GGUF file)")
     from transformers import AutoTokenizer, OPTForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_file),

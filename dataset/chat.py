@@ -180,7 +180,8 @@ def reply_text(tokenizer, messages: list[dict], reply: str) -> tuple[str, str]:
     prompt = render(tokenizer, messages, add_generation_prompt=True)
     full = render(tokenizer, messages + [{"role": "assistant", "content": reply}])
     if not full.startswith(prompt):
-        raise ValueError("the chat template renders the prompt differently once a reply follows")
+        raise ConfigError("the chat template renders the prompt differently once a reply follows "
+                          "(set CHAT_TEMPLATE=False for the Alpaca format)")
     turn = full[len(prompt):]
     eos = tokenizer.eos_token or ""
     end = turn.find(eos, turn.find(reply) + len(reply)) if eos else -1
@@ -196,7 +197,8 @@ def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], lis
             continue
         prompt, turn = reply_text(tokenizer, messages[:i], m["content"])
         if not prompt.startswith(done):
-            raise ValueError("the chat template renders earlier turns differently as the conversation grows")
+            raise ConfigError("the chat template renders earlier turns differently as the conversation "
+                              "grows (set CHAT_TEMPLATE=False for the Alpaca format)")
         context, supervised = encode_text(tokenizer, prompt[len(done):]), encode_text(tokenizer, turn)
         ids += context + supervised
         labels += [-100] * len(context) + supervised

@@ -167,7 +167,7 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
 def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, split: str = "train") -> list[dict]:
     """Read ranked, pair or HH rows into groups (see the module docstring); warns about skipped HH rows."""
     if on_mismatch not in ("skip", "error", "common_prefix"):
-        raise ValueError(f"on_mismatch={on_mismatch!r}: expected 'skip', 'error' or 'common_prefix'")
+        raise ConfigError(f"on_mismatch={on_mismatch!r}: expected 'skip', 'error' or 'common_prefix'")
     rows = read_rows(source, RANKED_FORMATS + PAIR_FORMATS, optional=("input",), split=split, lists=("responses",),
                      lists_or_strings=("chosen", "rejected", "prompt"))[:limit]
     skipped = []

@@ -47,7 +47,7 @@ def apply_peft(model, method: str, task: str = "causal", **settings):
         raise ConfigError(f"PEFT={method!r}: unknown method (expected one of {', '.join(METHODS)})")
     unknown = set(settings) - {k for names in SETTINGS.values() for k in names}
     if unknown:
-        raise ValueError(f"unknown PEFT settings {sorted(unknown)}; known: {SETTINGS}")
+        raise ConfigError(f"unknown PEFT settings {sorted(unknown)} (known: {SETTINGS})")
     settings = {k: v for k, v in settings.items() if k in SETTINGS[method]}
     if method == "none":
         return model
@@ -83,7 +83,8 @@ def disabled_adapters(model):
     LoRA actor itself, with no second copy of the weights. BitFit and full fine-tuning edit the base
     weights, so they have no base to return to: keep a separate reference model there."""
     if not isinstance(model, PeftModel):
-        raise ValueError("disabled_adapters needs a peft model (lora, prompt_tuning, p_tuning, prefix_tuning)")
+        raise ConfigError("disabled_adapters needs a peft model (lora, prompt_tuning, p_tuning, "
+                          "prefix_tuning); keep a separate reference model for bitfit and full")
     with model.disable_adapter():
         yield model
 
@@ -95,7 +96,7 @@ def save_adapter(model, out_dir: str) -> None:
         return
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if not all(n.endswith("bias") or n.startswith("score.") for n in trainable):
-        raise ValueError("not a PEFT model (full fine-tuning?): save it whole with save_pretrained")
+        raise ConfigError("not a PEFT model (full fine-tuning?): save it whole with save_pretrained")
     save_bitfit(model, out_dir)
 
 
@@ -128,6 +129,6 @@ def export_model(model):
     if not isinstance(model, PeftModel):
         return model
     if model.active_peft_config.peft_type.value != "LORA":
-        raise ValueError(f"{model.active_peft_config.peft_type.value} cannot be merged into the base model; "
-                         "load the base model and the adapter with load_adapter instead")
+        raise ConfigError(f"{model.active_peft_config.peft_type.value} cannot be merged into the base "
+                          "model (load the base model and the adapter with load_adapter instead)")
     return merge_lora(model)

@@ -44,6 +44,9 @@ def load_bitfit(model: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:
     tensors = load_file(os.path.join(adapter_dir, WEIGHTS))
     missing = set(tensors) - set(dict(model.named_parameters()))
     if missing:
-        raise ValueError(f"{adapter_dir}: {len(missing)} saved biases have no parameter in the model, e.g. {sorted(missing)[:3]}")
+        from model.load import ModelError  # imported here: model/load.py loads adapters through this package
+
+        raise ModelError(f"{adapter_dir}: {len(missing)} saved biases have no parameter in the model, "
+                         f"e.g. {sorted(missing)[:3]} (give the base model the adapter was trained on)")
     model.load_state_dict(tensors, strict=False)
     return model
