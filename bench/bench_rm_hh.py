@@ -1,12 +1,13 @@
 """Benchmark (not a test): a reward model on real preference data, Anthropic HH-RLHF harmless pairs.
 
-    bash ../shared/tools/get-smollm2.sh                  # once: SmolLM2-135M-Instruct as a GGUF file
-    nohup python bench/bench_rm_hh.py > out/bench_rm_hh.log 2>&1 &     # ~11 min on 2 quiet CPU cores
-    python bench/bench_rm_hh.py --train_limit 40 --test_limit 16 --out_dir out/t_bench   # smoke run
+    FILES="--model SmolLM2-135M-Instruct.Q4_1.gguf --train_file hh-harmless-train.jsonl \
+           --test_file hh-harmless-test.jsonl"
+    nohup python bench/bench_rm_hh.py $FILES > out/bench_rm_hh.log 2>&1 &     # ~11 min on 2 quiet cores
+    python bench/bench_rm_hh.py $FILES --train_limit 40 --test_limit 16 --out_dir out/t_bench   # smoke
 
-Trains train_rm.py on SmolLM2-135M with ../shared/data/hh-harmless-train.jsonl, then loads the saved
-reward model and scores ALL 500 pairs of ../shared/data/hh-harmless-test.jsonl once, end to end (the
-one test row whose replies contain an extra Assistant turn is split at the common prefix).
+Trains train_rm.py on SmolLM2-135M with the HH harmless training pairs, then loads the saved reward
+model and scores ALL 500 pairs of the HH harmless test file once, end to end (the one test row whose
+replies contain an extra Assistant turn is split at the common prefix).
 
 The default is the head-only reward model (TRAIN_LAYERS=0): SmolLM2 stays frozen, the dialogues go
 through its chat template, and the scalar head is fitted by L2-regularised logistic regression on the
@@ -29,11 +30,11 @@ from dataset.rm import RMDataset, read_comparisons  # noqa: E402
 from model.reward import load_reward_model  # noqa: E402
 from trainer.rm import evaluate_pairs  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
-from utils import configure, peak_rss_mb, quiet_transformers, write_json  # noqa: E402
+from utils import ConfigError, configure, peak_rss_mb, quiet_transformers, run_main, write_json  # noqa: E402
 
-MODEL = os.path.expanduser("~/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")  # from get-smollm2.sh
-TRAIN_FILE = "../shared/data/hh-harmless-train.jsonl"  # 1,812 HH harmless pairs
-TEST_FILE = "../shared/data/hh-harmless-test.jsonl"  # 500 pairs, evaluation only
+MODEL = ""  # required: SmolLM2-135M-Instruct (a GGUF file, a directory or a hub id)
+TRAIN_FILE = ""  # required: hh-harmless-train.jsonl, 1,812 HH harmless pairs
+TEST_FILE = ""  # required: hh-harmless-test.jsonl, 500 pairs, evaluation only
 OUT_DIR = "out/bench_rm_hh"  # split files, the reward model (OUT_DIR/rm), result.json
 DEV_ROWS = 0  # last rows of TRAIN_FILE held out to select the best checkpoint (0: none, train on all)
 TRAIN_LIMIT = None  # train on only the first N rows (None: all; only for smoke runs)
@@ -52,7 +53,7 @@ config = configure(globals())
 
 
 def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
-    """Float32 matmul speed now: the machine sometimes runs at half speed (see FACTS.md)."""
+    """Float32 matmul speed now: a shared machine can run at half speed for minutes."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     start = time.time()
@@ -69,6 +70,10 @@ def shorter_reply_accuracy(source: str, limit: int = None) -> float:
 
 
 def main():
+    for name, value in (("model", MODEL), ("train_file", TRAIN_FILE), ("test_file", TEST_FILE)):
+        if not value or (name != "model" and not os.path.exists(value)):
+            raise ConfigError(f"--{name} {value!r}: not found (give it: see the usage at the top of "
+                              "bench/bench_rm_hh.py)")
     quiet_transformers()
     start, gflops_before = time.time(), matmul_gflops()
     data_dir, rm_dir = os.path.join(OUT_DIR, "data"), os.path.join(OUT_DIR, "rm")
@@ -112,4 +117,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,7 +1,8 @@
 """Score a PPO run's held-out SFT and RLHF answers again with two other reward models (no new PPO run):
 do reward models trained another way agree better on the policy's replies, and what would they say?
 
-    python bench/hh_rescore.py --run_dir out/hh_ppo/rlhf --proxy out/hh_lf/rm_proxy --judge out/hh_lf/rm_judge
+    python bench/hh_rescore.py --run_dir out/hh_ppo/rlhf --proxy out/hh_lf/rm_proxy --judge out/hh_lf/rm_judge \
+        --prompts hh-harmless-test.jsonl
 
 Reads RUN_DIR/side_by_side.jsonl (train_rlhf.py with --judge_rm; bench/pipeline_hh.sh) and the same
 held-out dialogues from PROMPTS, scores both answer sets with PROXY and JUDGE (each in its own chat format,
@@ -21,12 +22,12 @@ from dataset.prompt import read_prompts  # noqa: E402
 from eval_winrate import outcomes, win_rate  # noqa: E402
 from model.load import load_tokenizer  # noqa: E402
 from model.reward import load_scorer, score_replies  # noqa: E402
-from utils import configure, write_json  # noqa: E402
+from utils import ConfigError, configure, run_main, write_json  # noqa: E402
 
 RUN_DIR = "out/hh_ppo/rlhf"  # a train_rlhf.py out_dir with side_by_side.jsonl
 PROXY = "out/hh_ppo/rm_proxy"  # reward model in the proxy's place
 JUDGE = "out/hh_ppo/rm_judge"  # reward model in the judge's place
-PROMPTS = "../shared/data/hh-harmless-test.jsonl"  # the held-out dialogues of the run, in its order
+PROMPTS = ""  # required: the held-out dialogues of the run (hh-harmless-test.jsonl), in its order
 MAX_LEN = 256  # tokens scored: PPO's MAX_PROMPT_LEN + MAX_NEW_TOKENS
 BF16 = True  # bf16 autocast, as the run scored
 LIMIT = None  # only the first N answers (None: all; for a quick check)
@@ -37,6 +38,8 @@ SEED = 0
 
 def main() -> None:
     configure(globals())
+    if not PROMPTS:
+        raise ConfigError("--prompts: missing (give the run's held-out dialogues, e.g. hh-harmless-test.jsonl)")
     rows = [json.loads(line) for line in open(os.path.join(RUN_DIR, "side_by_side.jsonl"))][:LIMIT]
     conversations = [row_messages(r) for r in read_prompts(PROMPTS, len(rows))]
     answers = {k: [r[k]["response"] for r in rows] for k in ("sft", "rlhf")}
@@ -69,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,8 +3,8 @@
     python bench/probe.py              # fp32 and bf16, 2048 x 2048, all threads, about 1 s each
     python bench/probe.py --threads 1
 
-These machines sometimes run at half speed for minutes (../shared/FACTS.md: ~200 GFLOP/s fp32 and ~680
-bf16 on 2 quiet threads). A timing is comparable with another only when the probes beside them agree.
+A shared machine can run at half speed for minutes (a quiet 2-thread CPU here gives ~200 GFLOP/s fp32
+and ~680 bf16). A timing is comparable with another only when the probes beside them agree.
 """
 import argparse
 import time

@@ -5,7 +5,7 @@ MODEL settings accepted by every script:
                         built deterministically on first use and cached in out/embedded/
   "facebook/opt-125m"   any hub id (needs the network once, then the HF cache)
   "out/sft"             a local directory written by save_pretrained
-  "dir/model.gguf"      a GGUF file (e.g. SmolLM2-135M from ../shared/tools/get-smollm2.sh; needs `gguf`)
+  "dir/model.gguf"      a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf; needs `gguf`)
 """
 import fcntl
 import hashlib

@@ -80,7 +80,7 @@ def test_each_process_destroys_its_group_before_exit(two_procs):
 def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_path, fresh_accelerator):
     """2 processes x batch 8 end 3 steps with the weights of 1 process x batch 16 (same samples): the
     loss is the mean over the global batch's supervised tokens. Per-rank token means averaged over the
-    ranks put the weights about 0.17 apart (../shared/FACTS.md); float noise gives about 2e-4."""
+    ranks put the weights about 0.17 apart (measured once); float noise gives about 2e-4."""
     out, result = two_procs
     one = sft_run(str(tmp_path), batch_size=16)
     torch.manual_seed(0)
