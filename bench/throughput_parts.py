@@ -41,7 +41,8 @@ def matmul_params(model) -> int:
 
 
 def known_fields(cls, **values):
-    """cls(**values) without the values cls has no field for (measuring an older version of the trainers)."""
+    """cls(**values) without the values cls has no field for (so the benchmark also runs against
+    trainers whose configs have fewer fields)."""
     return cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 

@@ -50,8 +50,8 @@ class Boom(OSError):
 
 @pytest.mark.parametrize("where", ["tensors", "swap"])
 def test_save_failing_halfway_leaves_a_checkpoint_that_resumes_exactly(tok, data, tmp_path, monkeypatch, uninterrupted, where):
-    """The save at step 4 dies while writing the tensors, or between its two renames (the old code then
-    left only checkpoint.old, which resume ignored). A complete checkpoint is still there, the resumed
+    """The save at step 4 dies while writing the tensors, or between its two renames (leaving only
+    checkpoint.old, which resume must then find). A complete checkpoint is still there, the resumed
     run ends bitwise equal to the uninterrupted one, and metrics.jsonl holds each step once."""
     run = make_trainer(tok, data, tmp_path, save_interval=2)
     real_save, real_replace = ckpt.save_file, os.replace

@@ -89,7 +89,7 @@ def test_a_fresh_run_refuses_an_earlier_runs_out_dir_unless_overwrite(tok, data,
 
 def test_old_is_kept_until_a_new_checkpoint_is_verified(tmp_path):
     """Resume fell back to checkpoint.old because `checkpoint` is cut: the next save must not delete
-    .old before its own checkpoint is complete (it used to, first thing)."""
+    .old before its own checkpoint is complete (else a crash then would leave no checkpoint at all)."""
     path = str(tmp_path / "checkpoint")
     ckpt.save_checkpoint(path, {"w": torch.ones(3)}, 1, {})
     shutil.copytree(path, str(tmp_path / "step1"))

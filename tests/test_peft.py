@@ -59,7 +59,7 @@ def opt125m():
 
 
 def test_counts_on_opt125m_are_exact(opt125m):
-    """The issue's counts, exactly: prompt tuning 7,680 of 125,246,976; prefix tuning 184,320 of 125,423,616;
+    """The parameter counts on opt-125m, exactly: prompt tuning 7,680 of 125,246,976; prefix tuning 184,320 of 125,423,616;
     LoRA r=4 on q,v 147,456 of 125,386,752; BitFit 102,144 of 125,239,296; p-tuning 1,779,456 (its formula)."""
     settings = dict(r=4, alpha=8, targets=("q_proj", "v_proj"), num_virtual_tokens=10)
     counts = {m: count_parameters(apply_peft(copy.deepcopy(opt125m), m, **settings)) for m in METHODS}
