@@ -43,7 +43,9 @@ def matmul_params(model) -> int:
 def known_fields(cls, **values):
     """cls(**values) without the values cls has no field for (so the benchmark also runs against
     trainers whose configs have fewer fields)."""
-    return cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
+    return cls(
+        **{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}}
+    )
 
 
 def timed_steps(trainer, warmup: int, steps: int, count, on_timed_start=lambda: None) -> dict:
@@ -70,8 +72,10 @@ def row(run: str, r: dict) -> str:
     elif stage == "rm":
         figure = f"{r['pairs_per_s']:7.2f} pairs/s ({r['tokens_per_s']:.0f} tok/s)"
     else:
-        figure = (f"{r['seconds_per_iteration']:7.1f} s/iter (generate {r['generate_s']:.1f}, score {r['score_s']:.1f}, "
-                  f"learn {r['learn_s']:.1f})")
+        figure = (
+            f"{r['seconds_per_iteration']:7.1f} s/iter (generate {r['generate_s']:.1f}, score {r['score_s']:.1f}, "
+            f"learn {r['learn_s']:.1f})"
+        )
     gflops = f"{r['model_gflops']:5.0f}" if "model_gflops" in r else "    -"
     return f"{run:34} {figure:58} {gflops} {r['peak_rss_mb'] / 1024:6.2f}   {r['probe']}"
 

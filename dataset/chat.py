@@ -30,7 +30,11 @@ from utils import ConfigError
 ROLES = ("system", "user", "assistant")
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")  # Anthropic HH dialogue turns
 # The Alpaca format, written once: `render_prompt` and ALPACA_TEMPLATE are both built from these pieces.
-INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER = "### Instruction:\n", "### Input:\n", "### Response:\n"
+INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER = (
+    "### Instruction:\n",
+    "### Input:\n",
+    "### Response:\n",
+)
 BLOCK_END = "\n\n"  # closes the system preamble, the instruction and the input
 # As a chat template: system text as a preamble, each user turn as an instruction (first line) with an
 # optional input (further lines), each assistant turn as the response + EOS.
@@ -84,8 +88,10 @@ def use_chat_format(tokenizer, chat_template: bool, setting: str = "CHAT_TEMPLAT
     if not chat_template:
         tokenizer.chat_template = alpaca_template(tokenizer)
     elif not tokenizer.chat_template:
-        raise ConfigError(f"{setting}=True needs a tokenizer with a chat template (this one has none); "
-                          f"set {setting}=False for the Alpaca format")
+        raise ConfigError(
+            f"{setting}=True needs a tokenizer with a chat template (this one has none); "
+            f"set {setting}=False for the Alpaca format"
+        )
 
 
 def saved_chat_format(model_dir: str, value, setting: str = "CHAT_TEMPLATE") -> bool:
@@ -122,7 +128,11 @@ def chat_messages(prompt: str) -> list[dict]:
     parts = HH_TURN.split(prompt)  # ['', 'Human', text, 'Assistant', text, ..., 'Assistant', '']
     turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
              for who, text in zip(parts[1::2], parts[2::2])]
-    return turns[:-1] if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] else turns
+    return (
+        turns[:-1]
+        if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]
+        else turns
+    )
 
 
 def check_messages(messages, where: str, field: str = "messages", need_assistant: bool = False,
@@ -131,14 +141,20 @@ def check_messages(messages, where: str, field: str = "messages", need_assistant
     final turn must have ('user' for prompts, 'assistant' for a reply). Raises DataError naming file:line,
     the field and the turn."""
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: field {field!r} must be a non-empty list of {{'role', 'content'}} turns")
+        raise DataError(
+            f"{where}: field {field!r} must be a non-empty list of {{'role', 'content'}} turns"
+        )
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise DataError(f"{where}: {field}[{i}] must be an object with 'role' and 'content', got {type(m).__name__}")
+            raise DataError(
+                f"{where}: {field}[{i}] must be an object with 'role' and 'content', got {type(m).__name__}"
+            )
         if "role" not in m:
             raise DataError(f"{where}: {field}[{i}] has no 'role' (one of {', '.join(ROLES)})")
         if m["role"] not in ROLES:
-            raise DataError(f"{where}: {field}[{i}] has role {m['role']!r}; expected one of {', '.join(ROLES)}")
+            raise DataError(
+                f"{where}: {field}[{i}] has role {m['role']!r}; expected one of {', '.join(ROLES)}"
+            )
         if not isinstance(m.get("content"), str) or not m["content"].strip():
             raise DataError(f"{where}: {field}[{i}] ({m['role']}) has no text in 'content'")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
@@ -148,8 +164,10 @@ def check_messages(messages, where: str, field: str = "messages", need_assistant
         raise DataError(f"{where}: field {field!r} starts with an {first} turn; a conversation "
                         "starts with a user turn (after an optional system turn) (fix the row)")
     if last is not None and messages[-1]["role"] != last:
-        raise DataError(f"{where}: field {field!r} must end with a{'n' if last == 'assistant' else ''} {last} turn, "
-                        f"not {messages[-1]['role']}")
+        raise DataError(
+            f"{where}: field {field!r} must end with a{'n' if last == 'assistant' else ''} {last} turn, "
+            f"not {messages[-1]['role']}"
+        )
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
@@ -159,7 +177,9 @@ def last_user_text(messages: list[dict]) -> str:
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=add_generation_prompt, tokenize=False
+    )
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
@@ -197,9 +217,13 @@ def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], lis
             continue
         prompt, turn = reply_text(tokenizer, messages[:i], m["content"])
         if not prompt.startswith(done):
-            raise ConfigError("the chat template renders earlier turns differently as the conversation "
-                              "grows (set CHAT_TEMPLATE=False for the Alpaca format)")
-        context, supervised = encode_text(tokenizer, prompt[len(done):]), encode_text(tokenizer, turn)
+            raise ConfigError(
+                "the chat template renders earlier turns differently as the conversation "
+                "grows (set CHAT_TEMPLATE=False for the Alpaca format)"
+            )
+        context, supervised = encode_text(tokenizer, prompt[len(done) :]), encode_text(
+            tokenizer, turn
+        )
         ids += context + supervised
         labels += [-100] * len(context) + supervised
         done = prompt + turn
@@ -215,5 +239,7 @@ def corpus_texts(paths: list[str]) -> list[str]:
             for line in f:
                 row = json.loads(line)
                 texts.append(render_prompt(row))
-                texts += [row[k] for k in ("output", "chosen", "rejected") if k in row] + row.get("responses", [])
+                texts += [row[k] for k in ("output", "chosen", "rejected") if k in row] + row.get(
+                    "responses", []
+                )
     return texts

@@ -23,9 +23,11 @@ def check_task_row(row: dict, prompt: str = None) -> str:
                 raise TypeError(f"'type' must be a string, got {type(row['type']).__name__}")
             reference_answer(prompt)
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise DataError(f"{row['_where']}: the row has a 'type', so the shipped task's gold judge scores it, but "
-                            f"the judge cannot read it ({type(e).__name__}: {e}) (fix the row, or drop 'type' from "
-                            "rows of another task)") from None
+            raise DataError(
+                f"{row['_where']}: the row has a 'type', so the shipped task's gold judge scores it, but "
+                f"the judge cannot read it ({type(e).__name__}: {e}) (fix the row, or drop 'type' from "
+                "rows of another task)"
+            ) from None
     return prompt
 
 
@@ -35,8 +37,10 @@ def hh_prompt_messages(row: dict) -> list[dict]:
     common = os.path.commonprefix([row["chosen"], row["rejected"]])
     cut = common.rfind("\n\nAssistant:")
     if cut < 0 or not common.startswith("\n\nHuman:"):
-        raise DataError(f"{row['_where']}: 'chosen' and 'rejected' are not HH dialogues sharing their turns "
-                        "up to an '\\n\\nAssistant:' turn (a prompt file needs instruction/input, prompt or messages)")
+        raise DataError(
+            f"{row['_where']}: 'chosen' and 'rejected' are not HH dialogues sharing their turns "
+            "up to an '\\n\\nAssistant:' turn (a prompt file needs instruction/input, prompt or messages)"
+        )
     return chat_messages(common[:cut + len("\n\nAssistant:")])
 
 
@@ -57,7 +61,6 @@ def read_prompts(source: str, limit: int = None) -> list[dict]:
     return rows
 
 
-
 class PromptDataset(ItemsDataset):
     """Each item: {'prompt_ids': list of ints, 'row': the source row (its 'type' lets the judge report
     per type)}."""
@@ -67,7 +70,9 @@ class PromptDataset(ItemsDataset):
         counter = TruncationCounter()
         self.items = []
         for row in read_prompts(source, limit):
-            ids, _ = fit_lengths(prompt_ids(tokenizer, row, chat_template), [], max_prompt_len, counter)
+            ids, _ = fit_lengths(
+                prompt_ids(tokenizer, row, chat_template), [], max_prompt_len, counter
+            )
             self.items.append({"prompt_ids": ids, "row": row})
         if verbose:
             print(counter.report(source))

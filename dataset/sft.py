@@ -24,17 +24,29 @@ def response_of(row: dict) -> str:
 class SFTDataset(ItemsDataset):
     """Tokenized demonstrations: each item is {'input_ids', 'labels'} as lists of ints."""
 
-    def __init__(self, source: str, tokenizer, max_len: int, limit: int = None, verbose: bool = True,
-                 chat_template: bool = False):
+    def __init__(
+        self,
+        source: str,
+        tokenizer,
+        max_len: int,
+        limit: int = None,
+        verbose: bool = True,
+        chat_template: bool = False,
+    ):
         rows = read_rows(source, SFT_FORMATS, optional=("input",), lists=("messages",),
                          lists_or_strings=("prompt", "completion"))[:limit]
         rows = [from_conversational(r) for r in rows]  # TRL's conversational prompt-completion rows
         self.rows, self.items, counter = rows, [], TruncationCounter()
         for row in rows:
             if "messages" in row or chat_template:
-                messages = (check_messages(row["messages"], row["_where"], need_assistant=True) if "messages" in row
-                            else row_messages(row) + [{"role": "assistant", "content": response_of(row)}])
-                ids, labels = fit_conversation(*encode_conversation(tokenizer, messages), max_len, counter)
+                messages = (
+                    check_messages(row["messages"], row["_where"], need_assistant=True)
+                    if "messages" in row
+                    else row_messages(row) + [{"role": "assistant", "content": response_of(row)}]
+                )
+                ids, labels = fit_conversation(
+                    *encode_conversation(tokenizer, messages), max_len, counter
+                )
                 self.items.append({"input_ids": ids, "labels": labels})
                 continue
             p, r = fit_lengths(encode_prompt(tokenizer, render_prompt(row)),

@@ -22,26 +22,91 @@ TEMPLATE_PREFIX = "The answer is "
 CORRECT_WEIGHT, FORMAT_WEIGHT = 0.6, 0.4
 
 CAPITALS = {
-    "France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Japan": "Tokyo",
-    "Egypt": "Cairo", "Peru": "Lima", "Kenya": "Nairobi", "Norway": "Oslo", "Chile": "Santiago",
-    "Cuba": "Havana", "Greece": "Athens", "Poland": "Warsaw", "Austria": "Vienna", "Ireland": "Dublin",
-    "Portugal": "Lisbon", "Russia": "Moscow", "China": "Beijing", "India": "Delhi", "Canada": "Ottawa",
-    "Mexico": "Mexico City", "Brazil": "Brasilia", "Sweden": "Stockholm", "Finland": "Helsinki",
-    "Denmark": "Copenhagen", "Hungary": "Budapest", "Turkey": "Ankara", "Iran": "Tehran", "Iraq": "Baghdad",
-    "Thailand": "Bangkok", "Vietnam": "Hanoi", "Ghana": "Accra", "Nepal": "Kathmandu", "Belgium": "Brussels",
-    "Ukraine": "Kyiv", "Argentina": "Buenos Aires", "Colombia": "Bogota", "Morocco": "Rabat",
+    "France": "Paris",
+    "Spain": "Madrid",
+    "Italy": "Rome",
+    "Germany": "Berlin",
+    "Japan": "Tokyo",
+    "Egypt": "Cairo",
+    "Peru": "Lima",
+    "Kenya": "Nairobi",
+    "Norway": "Oslo",
+    "Chile": "Santiago",
+    "Cuba": "Havana",
+    "Greece": "Athens",
+    "Poland": "Warsaw",
+    "Austria": "Vienna",
+    "Ireland": "Dublin",
+    "Portugal": "Lisbon",
+    "Russia": "Moscow",
+    "China": "Beijing",
+    "India": "Delhi",
+    "Canada": "Ottawa",
+    "Mexico": "Mexico City",
+    "Brazil": "Brasilia",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Denmark": "Copenhagen",
+    "Hungary": "Budapest",
+    "Turkey": "Ankara",
+    "Iran": "Tehran",
+    "Iraq": "Baghdad",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "Ghana": "Accra",
+    "Nepal": "Kathmandu",
+    "Belgium": "Brussels",
+    "Ukraine": "Kyiv",
+    "Argentina": "Buenos Aires",
+    "Colombia": "Bogota",
+    "Morocco": "Rabat",
 }
 OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "up": "down", "light": "dark", "happy": "sad",
-    "old": "new", "early": "late", "full": "empty", "hard": "soft", "high": "low", "long": "short",
-    "open": "closed", "rich": "poor", "strong": "weak", "wet": "dry", "young": "old", "loud": "quiet",
-    "thick": "thin", "clean": "dirty", "near": "far", "first": "last", "left": "right", "win": "lose",
-    "inside": "outside", "true": "false", "day": "night", "good": "bad", "buy": "sell", "push": "pull",
-    "cheap": "expensive", "heavy": "light", "sweet": "sour", "wide": "narrow", "begin": "end",
-    "above": "below", "before": "after", "black": "white", "north": "south", "east": "west",
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "up": "down",
+    "light": "dark",
+    "happy": "sad",
+    "old": "new",
+    "early": "late",
+    "full": "empty",
+    "hard": "soft",
+    "high": "low",
+    "long": "short",
+    "open": "closed",
+    "rich": "poor",
+    "strong": "weak",
+    "wet": "dry",
+    "young": "old",
+    "loud": "quiet",
+    "thick": "thin",
+    "clean": "dirty",
+    "near": "far",
+    "first": "last",
+    "left": "right",
+    "win": "lose",
+    "inside": "outside",
+    "true": "false",
+    "day": "night",
+    "good": "bad",
+    "buy": "sell",
+    "push": "pull",
+    "cheap": "expensive",
+    "heavy": "light",
+    "sweet": "sour",
+    "wide": "narrow",
+    "begin": "end",
+    "above": "below",
+    "before": "after",
+    "black": "white",
+    "north": "south",
+    "east": "west",
 }
-WORDS = ("the red fox cat dog runs jumps over a small big house tree river blue green sees eats old "
-         "man woman child bird sings loud quiet walks near far sun moon light").split()
+WORDS = (
+    "the red fox cat dog runs jumps over a small big house tree river blue green sees eats old "
+    "man woman child bird sings loud quiet walks near far sun moon light"
+).split()
 
 # One instruction sentence per type: the judge recognises the type by it.
 INSTRUCTIONS = {
@@ -102,7 +167,11 @@ def wrong_answer(kind: str, inp: str, answer: str, rng: random.Random) -> str:
 
 def render(answer: str, style: str) -> str:
     """Write an answer in one of the demonstrators' styles."""
-    return {"preferred": f"{TEMPLATE_PREFIX}{answer}.", "bare": answer, "hedged": f"{answer}, I think."}[style]
+    return {
+        "preferred": f"{TEMPLATE_PREFIX}{answer}.",
+        "bare": answer,
+        "hedged": f"{answer}, I think.",
+    }[style]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,14 +219,20 @@ def extract_answer(response: str) -> str:
 
 
 # "The answer is X." with one answer X: no period or line break inside, no repeated "The answer is"
-_FORMAT = re.compile(re.escape(TEMPLATE_PREFIX) + r"(?!.*" + re.escape(TEMPLATE_PREFIX.strip()) + r")[^.\n]+\.")
+_FORMAT = re.compile(
+    re.escape(TEMPLATE_PREFIX) + r"(?!.*" + re.escape(TEMPLATE_PREFIX.strip()) + r")[^.\n]+\."
+)
 
 
 def judge(prompt: str, response: str) -> dict:
     """Score one response: {'correct': 0/1, 'format': 0/1, 'score': gold in [0, 1]}."""
     correct = float(extract_answer(response) == reference_answer(prompt))
     fmt = float(re.fullmatch(_FORMAT, response.strip()) is not None)
-    return {"correct": correct, "format": fmt, "score": CORRECT_WEIGHT * correct + FORMAT_WEIGHT * fmt}
+    return {
+        "correct": correct,
+        "format": fmt,
+        "score": CORRECT_WEIGHT * correct + FORMAT_WEIGHT * fmt,
+    }
 
 
 def score(prompt: str, response: str) -> float:

@@ -8,8 +8,17 @@ import json
 import os
 import random
 
-from dataset.task import (CAPITALS, HOLDOUT_TYPE, INSTRUCTIONS, MAIN_TYPES, OPPOSITES, WORDS, make_example,
-                          render, wrong_answer)
+from dataset.task import (
+    CAPITALS,
+    HOLDOUT_TYPE,
+    INSTRUCTIONS,
+    MAIN_TYPES,
+    OPPOSITES,
+    WORDS,
+    make_example,
+    render,
+    wrong_answer,
+)
 
 DEMO_STYLES = {"preferred": 0.25, "bare": 0.55, "hedged": 0.20}  # demonstrators' habits
 DEMO_WRONG = 0.15  # share of demonstrations with a wrong answer
@@ -22,7 +31,11 @@ SIZES = {"sft_train": 8000, "sft_val": 400, "sft_test": 400,
 SPLITS = ("train", "val", "test")
 # The lookup kinds have few inputs (38 countries, 40 words): each split gets its own share of them,
 # so a test capital is a country the model never saw in training or validation.
-LOOKUP_TABLES = {"capital": sorted(CAPITALS), "opposite": sorted(OPPOSITES), "repeat": sorted(set(WORDS))}
+LOOKUP_TABLES = {
+    "capital": sorted(CAPITALS),
+    "opposite": sorted(OPPOSITES),
+    "repeat": sorted(set(WORDS)),
+}
 POOL_SHARES = {"train": 0.6, "val": 0.2, "test": 0.2}
 
 
@@ -34,7 +47,11 @@ def item_pools(seed: int) -> dict:
         items = rng.sample(table, len(table))
         n_train = round(POOL_SHARES["train"] * len(items))
         n_val = round(POOL_SHARES["val"] * len(items))
-        cuts = {"train": items[:n_train], "val": items[n_train:n_train + n_val], "test": items[n_train + n_val:]}
+        cuts = {
+            "train": items[:n_train],
+            "val": items[n_train : n_train + n_val],
+            "test": items[n_train + n_val :],
+        }
         for split in SPLITS:
             pools[split][kind] = cuts[split]
     return pools
@@ -96,19 +113,37 @@ def generate(seed: int, out_dir: str, sizes: dict = SIZES) -> dict:
         return dict(row(k, i), output=render(a, "preferred"))
 
     files = {}
-    for split in ("test", "val", "train"):  # held-out splits first: later splits skip what they hold
-        files[f"prompts_{split}"] = [prompt_row(*x) for x in draw(sizes[f"prompts_{split}"], MAIN_TYPES, split)]
-        files[f"sft_{split}"] = [demo_row(*x) for x in draw(sizes[f"sft_{split}"], MAIN_TYPES, split)]
-        files[f"rm_{split}_ranked"] = [ranked_row(*x) for x in draw(sizes[f"rm_{split}"], MAIN_TYPES, split)]
+    # held-out splits first: later splits skip what they hold
+    for split in ("test", "val", "train"):
+        files[f"prompts_{split}"] = [
+            prompt_row(*x) for x in draw(sizes[f"prompts_{split}"], MAIN_TYPES, split)
+        ]
+        files[f"sft_{split}"] = [
+            demo_row(*x) for x in draw(sizes[f"sft_{split}"], MAIN_TYPES, split)
+        ]
+        files[f"rm_{split}_ranked"] = [
+            ranked_row(*x) for x in draw(sizes[f"rm_{split}"], MAIN_TYPES, split)
+        ]
         if split == "val":  # PEFT's held-out file: the val pool of the held-out type
-            files["peft_eval"] = [preferred_row(*x) for x in draw(sizes["peft_eval"], (HOLDOUT_TYPE,), split)]
+            files["peft_eval"] = [
+                preferred_row(*x) for x in draw(sizes["peft_eval"], (HOLDOUT_TYPE,), split)
+            ]
         if split == "train":
-            files["peft_train"] = [preferred_row(*x) for x in draw(sizes["peft_train"], (HOLDOUT_TYPE,), split)]
+            files["peft_train"] = [
+                preferred_row(*x) for x in draw(sizes["peft_train"], (HOLDOUT_TYPE,), split)
+            ]
         earlier |= current
     # The same comparisons as chosen/rejected pairs (one pair per prompt), the other common format.
-    files["rm_train_pairs"] = [{"type": r["type"], "instruction": r["instruction"], "input": r["input"],
-                                "chosen": r["responses"][0], "rejected": r["responses"][rng.randint(1, 3)]}
-                               for r in files["rm_train_ranked"]]
+    files["rm_train_pairs"] = [
+        {
+            "type": r["type"],
+            "instruction": r["instruction"],
+            "input": r["input"],
+            "chosen": r["responses"][0],
+            "rejected": r["responses"][rng.randint(1, 3)],
+        }
+        for r in files["rm_train_ranked"]
+    ]
     for name, rows in files.items():
         with open(os.path.join(out_dir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             for r in rows:

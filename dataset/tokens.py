@@ -30,7 +30,9 @@ class TruncationCounter:
                 f"{self.prompt_cut}, response cut from the right: {self.response_cut})")
 
 
-def fit_lengths(prompt_ids: list, response_ids: list, max_len: int, counter: TruncationCounter = None):
+def fit_lengths(
+    prompt_ids: list, response_ids: list, max_len: int, counter: TruncationCounter = None
+):
     """Apply the truncation policy; returns (prompt_ids, response_ids) with total length <= max_len."""
     if counter is not None:
         counter.rows += 1
@@ -40,7 +42,8 @@ def fit_lengths(prompt_ids: list, response_ids: list, max_len: int, counter: Tru
         counter.truncated += 1
     room = max(max_len - len(response_ids), min(MIN_PROMPT_TOKENS, len(prompt_ids)))
     if room < len(prompt_ids):
-        prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - room + 1:]  # keep BOS, cut from the left
+        # keep BOS, cut from the left
+        prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - room + 1:]
         if counter is not None:
             counter.prompt_cut += 1
     if len(prompt_ids) + len(response_ids) > max_len:
@@ -78,4 +81,6 @@ def pad(seqs: list, value: int, side: str = "right") -> torch.Tensor:
     """Pad lists of ints to one length; returns a (B, T) long tensor."""
     width = max(len(s) for s in seqs)
     fill = [[value] * (width - len(s)) for s in seqs]
-    return torch.tensor([s + f if side == "right" else f + s for s, f in zip(seqs, fill)], dtype=torch.long)
+    return torch.tensor(
+        [s + f if side == "right" else f + s for s, f in zip(seqs, fill)], dtype=torch.long
+    )

@@ -18,9 +18,23 @@ def trainer_configs(out_dir, **settings) -> dict:
     """loop= and optim= for a trainer built in a test: the given settings over small test values."""
     from trainer.base import LoopConfig, OptimConfig
 
-    loop = dict(out_dir=str(out_dir), max_steps=1, warmup_steps=0, grad_clip=1.0, eval_interval=0, log_interval=10,
-                save_interval=0, seed=0, bf16=False, resume=False, log_with="none", group_by_length=False, gradient_checkpointing=False,
-                fsdp=False, overwrite=False)
+    loop = dict(
+        out_dir=str(out_dir),
+        max_steps=1,
+        warmup_steps=0,
+        grad_clip=1.0,
+        eval_interval=0,
+        log_interval=10,
+        save_interval=0,
+        seed=0,
+        bf16=False,
+        resume=False,
+        log_with="none",
+        group_by_length=False,
+        gradient_checkpointing=False,
+        fsdp=False,
+        overwrite=False,
+    )
     optim = dict(lr=1e-3, weight_decay=0.0, batch_size=8, grad_accum=1)
     for key, value in settings.items():
         if key not in loop and key not in optim:
@@ -37,10 +51,20 @@ def tiny_model(seed: int = 0, dropout: float = 0.0, attention_dropout: float = N
 
     torch.manual_seed(seed)
     attention_dropout = dropout if attention_dropout is None else attention_dropout
-    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
-                                    num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
-                                    dropout=dropout, attention_dropout=attention_dropout,
-                                    activation_dropout=0.0))
+    return OPTForCausalLM(
+        OPTConfig(
+            vocab_size=512,
+            hidden_size=32,
+            word_embed_proj_dim=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation_dropout=0.0,
+        )
+    )
 
 
 def make_sft_trainer(tok, data, out_dir, model=None, cls=None, run_config=None, **settings):
@@ -87,8 +111,14 @@ def _run_in_repo_root(monkeypatch):
 
 def run_script(*args, timeout=600) -> str:
     """Run a train_*.py script in a subprocess; fail with its output if it fails."""
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"},
+    )
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -123,7 +153,8 @@ def _run_in_process(args) -> tuple:
     printed, errors, code = io.StringIO(), io.StringIO(), None
     sys.argv = list(args)
     os.chdir(ROOT)
-    AcceleratorState._reset_state(True)  # accelerate keeps one mixed-precision setting per process; a script picks its own
+    # accelerate keeps one mixed-precision setting per process; a script picks its own
+    AcceleratorState._reset_state(True)
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
             runpy.run_path(os.path.join(ROOT, args[0]), run_name="__main__")
@@ -151,9 +182,27 @@ def sft_dir(tmp_path_factory) -> str:
     out = root / "sft_fixture"
     with FileLock(str(root / "sft_fixture.lock")):
         if not (out / "model.safetensors").exists():
-            run_inline("train_sft.py", "--out_dir", str(out), "--max_steps", "100", "--batch_size", "32", "--lr", "5e-3",
-                       "--eval_interval", "0", "--save_interval", "0", "--eval_limit", "40", "--test_limit", "20",
-                       "--warmup_steps", "10")
+            run_inline(
+                "train_sft.py",
+                "--out_dir",
+                str(out),
+                "--max_steps",
+                "100",
+                "--batch_size",
+                "32",
+                "--lr",
+                "5e-3",
+                "--eval_interval",
+                "0",
+                "--save_interval",
+                "0",
+                "--eval_limit",
+                "40",
+                "--test_limit",
+                "20",
+                "--warmup_steps",
+                "10",
+            )
     return str(out)
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dataset.io import DataError, read_rows
-from dataset.rm import PAIR_FORMATS, RANKED_FORMATS
+from dataset.comparisons import PAIR_FORMATS, RANKED_FORMATS
 from dataset.prompt import PROMPT_FORMATS
 from dataset.sft import SFT_FORMATS
 

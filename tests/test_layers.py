@@ -7,8 +7,10 @@ import os
 
 from conftest import ROOT
 
-LAYERS = {"trainer": 3, "model": 2, "dataset": 1, "utils": 0}  # a module may import its own layer or lower ones
-SCRIPT = 4  # the top-level scripts (train_*.py, chat.py, ...): they wire everything, so they may import anything
+# a module may import its own layer or lower ones
+LAYERS = {"trainer": 3, "model": 2, "dataset": 1, "utils": 0}
+# the top-level scripts (train_*.py, chat.py, ...): they wire everything, so they may import anything
+SCRIPT = 4
 
 
 def project_imports(path: str) -> list[tuple[int, str]]:
@@ -23,8 +25,15 @@ def project_imports(path: str) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else (
+                [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                else []
+            )
+        )
         found += [(node.lineno, name) for name in names if name.split(".")[0] in LAYERS]
     return found
 
@@ -52,16 +61,23 @@ def test_imports_run_one_way():
 
 def test_the_task_is_passed_in_not_imported():
     """trainer/ and model/ never import the shipped task (dataset/task.py): the scripts pass its judge in."""
-    wrong = [f"{os.path.relpath(path, ROOT)}:{line}" for path in package_files() if layer_of(path) in (2, 3)
-             for line, name in project_imports(path) if name == "dataset.task"]
+    wrong = [
+        f"{os.path.relpath(path, ROOT)}:{line}"
+        for path in package_files()
+        if layer_of(path) in (2, 3)
+        for line, name in project_imports(path)
+        if name == "dataset.task"
+    ]
     assert not wrong, wrong
 
 
 def test_the_layer_check_sees_hidden_and_upward_imports(tmp_path):
     """The checker itself: an import hidden in a function counts; one under __main__ does not."""
     path = tmp_path / "m.py"
-    path.write_text("import os\nfrom dataset.tokens import pad\n\ndef f():\n    from trainer.ppo import PPOTrainer\n\n"
-                    "if __name__ == '__main__':\n    from dataset.task import gold_judge\n")
+    path.write_text(
+        "import os\nfrom dataset.tokens import pad\n\ndef f():\n    from trainer.ppo import PPOTrainer\n\n"
+        "if __name__ == '__main__':\n    from dataset.task import gold_judge\n"
+    )
     assert project_imports(str(path)) == [(2, "dataset.tokens"), (5, "trainer.ppo")]
 
 
@@ -78,6 +94,10 @@ def test_the_generic_data_modules_do_not_import_the_task():
     """The helpers every stage and model/ use (padding and truncation, row reading, the prompt formats)
     never import the shipped task, so swapping in another task leaves them untouched."""
     generic = ("tokens.py", "io.py", "chat.py", "trl_formats.py")
-    wrong = [f"dataset/{name}:{line}" for name in generic
-             for line, module in project_imports(os.path.join(ROOT, "dataset", name)) if module == "dataset.task"]
+    wrong = [
+        f"dataset/{name}:{line}"
+        for name in generic
+        for line, module in project_imports(os.path.join(ROOT, "dataset", name))
+        if module == "dataset.task"
+    ]
     assert not wrong, wrong

@@ -12,8 +12,8 @@ from conftest import ROOT, run_inline, trainer_configs
 from dataset.io import DataError
 from dataset.chat import chat_messages
 from dataset.task import gold_judge, rank_responses
-from dataset.rm import (RMDataset, encode_chat, pair_kind, ranked_pairs, read_comparisons,
-                        rm_collate, split_hh)
+from dataset.comparisons import read_comparisons, split_hh
+from dataset.rm import RMDataset, encode_chat, pair_kind, ranked_pairs, rm_collate
 from model.load import load_tokenizer
 from model.loss import pairwise_loss
 from model.reward import load_reward_model, reward_scores

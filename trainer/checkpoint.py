@@ -47,7 +47,8 @@ def flatten(obj, tensors: dict, seen: dict):
         t = obj.detach().cpu().contiguous()
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
         if ident not in seen:
-            shares = any(k[0] == ident[0] for k in seen)  # a view of a stored tensor: safetensors needs a copy
+            # a view of a stored tensor: safetensors needs a copy
+            shares = any(k[0] == ident[0] for k in seen)
             seen[ident] = key = str(len(tensors))
             tensors[key] = t.clone() if shares else t
         return {"__tensor__": seen[ident]}
@@ -60,8 +61,14 @@ def flatten(obj, tensors: dict, seen: dict):
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: flatten(v, tensors, seen) for k, v in obj.items()}
-        return {"__dict__": [[flatten(k, tensors, seen), flatten(v, tensors, seen)] for k, v in obj.items()]}
-    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (tensors and plain values only)")
+        return {
+            "__dict__": [
+                [flatten(k, tensors, seen), flatten(v, tensors, seen)] for k, v in obj.items()
+            ]
+        }
+    raise TypeError(
+        f"cannot store a {type(obj).__name__} in a checkpoint (tensors and plain values only)"
+    )
 
 
 def unflatten(obj, tensors: dict):
@@ -113,7 +120,8 @@ def refuse_pickles(path: str) -> None:
                 raise CheckpointError(
                     f"{os.path.join(path, name)}: a pickle file in a checkpoint is never loaded, because loading a pickle "
                     "can run any code its author put in it (checkpoints of this version are state.safetensors + "
-                    "state.json; delete the directory, or train without --resume True)")
+                    "state.json; delete the directory, or train without --resume True)"
+                )
 
 
 def candidates(ckpt_dir: str, refuse: bool = True) -> list[tuple[int, str]]:
@@ -136,7 +144,8 @@ def finish_interrupted_swap(ckpt_dir: str) -> None:
     found = candidates(ckpt_dir, refuse=False)
     if found and found[0][1] != ckpt_dir:
         newest = found[0][1]
-        if os.path.exists(ckpt_dir):  # an older complete checkpoint (or an incomplete one) moves aside
+        # an older complete checkpoint (or an incomplete one) moves aside
+        if os.path.exists(ckpt_dir):
             shutil.rmtree(old if newest != old else tmp, ignore_errors=True)
             os.replace(ckpt_dir, old if newest != old else tmp)
         os.replace(newest, ckpt_dir)
@@ -178,12 +187,16 @@ def write_and_swap(ckpt_dir: str, state: dict, step: int, run_config: dict,
     meta = {"step": step, "state": flatten(state, tensors, {})}
     save_file(tensors, os.path.join(tmp, "state.safetensors"))
     fsync_path(os.path.join(tmp, "state.safetensors"))
-    write_json_synced(os.path.join(tmp, "run_config.json"), json.loads(json.dumps(run_config, default=str)))
-    write_json_synced(os.path.join(tmp, "state.json"), meta)  # last: the checkpoint is complete from here on
+    write_json_synced(
+        os.path.join(tmp, "run_config.json"), json.loads(json.dumps(run_config, default=str))
+    )
+    # last: the checkpoint is complete from here on
+    write_json_synced(os.path.join(tmp, "state.json"), meta)
     fsync_path(tmp)
     verify(tmp, tensors)
     if os.path.exists(ckpt_dir):
-        shutil.rmtree(old, ignore_errors=True)  # never the only complete copy: finish_interrupted_swap saw to it
+        # never the only complete copy: finish_interrupted_swap saw to it
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(ckpt_dir, old)
     os.replace(tmp, ckpt_dir)
     fsync_path(os.path.dirname(ckpt_dir) or ".")
@@ -208,8 +221,10 @@ def load_state(path: str) -> tuple[int, dict]:
         tensors = load_file(os.path.join(path, "state.safetensors"))
         return int(meta["step"]), unflatten(meta["state"], tensors)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}; delete it to start "
-                              "fresh)") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {e}; delete it to start "
+            "fresh)"
+        ) from None
 
 
 def load_newest(ckpt_dir: str, check=None) -> tuple[int, dict, str]:
@@ -225,7 +240,9 @@ def load_newest(ckpt_dir: str, check=None) -> tuple[int, dict, str]:
         except CheckpointError as e:
             print(f"warning: {e}; trying an older checkpoint", file=sys.stderr)
             errors.append(str(e))
-    raise CheckpointError(f"{ckpt_dir}: no loadable checkpoint ({'; '.join(errors) or 'none found'})")
+    raise CheckpointError(
+        f"{ckpt_dir}: no loadable checkpoint ({'; '.join(errors) or 'none found'})"
+    )
 
 
 def row_step(line: str) -> float:

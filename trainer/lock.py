@@ -15,7 +15,6 @@ class OutDirLocked(UserError):
     exit_code = 6
 
 
-
 _held = {}  # realpath of a lock file -> open file object, for locks this process holds
 
 
@@ -47,19 +46,25 @@ def lock_out_dir(out_dir: str) -> str:
             f.seek(0)
             holder = f.read().strip() or "unknown process"
             f.close()
-            raise OutDirLocked(f"{out_dir}: in use by another run ({holder}) (wait for it to finish, stop it, or "
-                               "give this run another --out_dir)") from None
+            raise OutDirLocked(
+                f"{out_dir}: in use by another run ({holder}) (wait for it to finish, stop it, or "
+                "give this run another --out_dir)"
+            ) from None
         if os.path.exists(path) and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
             break  # locked the file that is still at `path` (not one a finishing run just deleted)
         f.close()
     f.seek(0)
     previous = f.read().strip()
     if previous:
-        print(f"note: {out_dir}/.lock was left by a run that is no longer running ({previous}); taking it over")
+        print(
+            f"note: {out_dir}/.lock was left by a run that is no longer running ({previous}); taking it over"
+        )
     f.seek(0)
     f.truncate()
-    f.write(f"PID {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-            f"{' '.join([os.path.basename(sys.executable)] + sys.argv)}\n")
+    f.write(
+        f"PID {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+        f"{' '.join([os.path.basename(sys.executable)] + sys.argv)}\n"
+    )
     f.flush()
     _held[path] = f
     atexit.register(release_lock, path)
@@ -70,5 +75,6 @@ def release_lock(path: str) -> None:
     """Release a lock this process holds (done at exit; the kernel drops it however the process ends)."""
     f = _held.pop(path, None)
     if f is not None:
-        os.remove(path)  # removed while still locked: a run waiting on the old file notices (see above)
+        # removed while still locked: a run waiting on the old file notices (see above)
+        os.remove(path)
         f.close()

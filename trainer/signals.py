@@ -30,7 +30,8 @@ class StopOnSignal:
 
     def __enter__(self):
         self.signum, self.previous = None, {}
-        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+        # Python allows handlers only there
+        if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
@@ -41,8 +42,12 @@ class StopOnSignal:
                   file=sys.stderr, flush=True)
             raise Preempted(128 + signum)
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():

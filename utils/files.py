@@ -17,7 +17,9 @@ def append_jsonl(path: str, obj: dict) -> None:
         f.write(json.dumps(obj, default=float) + "\n")
 
 
-def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]], title: str = "") -> bool:
+def plot_metrics(
+    metrics_path: str, png_path: str, series: list[tuple[str, str]], title: str = ""
+) -> bool:
     """Plot metrics.jsonl columns against step, one panel per (key, label); missing keys are skipped,
     and so is the whole figure when none was logged. Returns whether it wrote png_path."""
     import matplotlib

@@ -13,7 +13,11 @@ from utils.errors import ConfigError
 
 
 def _is_setting(name: str, value) -> bool:
-    return name.isupper() and not name.startswith("_") and isinstance(value, (bool, int, float, str, list, tuple, dict, type(None)))
+    return (
+        name.isupper()
+        and not name.startswith("_")
+        and isinstance(value, (bool, int, float, str, list, tuple, dict, type(None)))
+    )
 
 
 def _parse_value(name: str, raw: str, default):
@@ -40,7 +44,8 @@ def _check_type(name: str, value, default, raw=None):
         value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif default == "auto":  # BF16='auto' also takes True / False (a replayed run_config records the choice)
+    # BF16='auto' also takes True / False (a replayed run_config records the choice)
+    elif default == "auto":
         ok = isinstance(value, (bool, str))
     else:
         ok = isinstance(value, type(default))
@@ -72,7 +77,9 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
         while i < len(argv):
             arg = argv[i]
             if not arg.startswith("--"):
-                raise ConfigError(f"{arg}: unexpected argument (give settings as --name value or --name=value)")
+                raise ConfigError(
+                    f"{arg}: unexpected argument (give settings as --name value or --name=value)"
+                )
             if "=" in arg:
                 key, raw = arg[2:].split("=", 1)
                 i += 1
@@ -80,12 +87,18 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
                 key, raw = arg[2:], argv[i + 1]
                 i += 2
             else:
-                raise ConfigError(f"{arg}: missing value (give it as {arg} <value> or {arg}=<value>)")
+                raise ConfigError(
+                    f"{arg}: missing value (give it as {arg} <value> or {arg}=<value>)"
+                )
             name = key.upper().replace("-", "_")
             if name not in settings:
                 close = difflib.get_close_matches(name, settings, n=3, cutoff=0.5)
-                hint = f"did you mean {', '.join('--' + c.lower() for c in close)}? " if close else ""
-                raise ConfigError(f"--{key}: unknown setting ({hint}valid: {', '.join('--' + s.lower() for s in settings)})")
+                hint = (
+                    f"did you mean {', '.join('--' + c.lower() for c in close)}? " if close else ""
+                )
+                raise ConfigError(
+                    f"--{key}: unknown setting ({hint}valid: {', '.join('--' + s.lower() for s in settings)})"
+                )
             value = _parse_value(name, raw, namespace[name])
             print(f"override: {name} = {value!r}")
             namespace[name] = settings[name] = value
@@ -142,7 +155,9 @@ def from_settings(cls, settings: dict, **names):
     """A config dataclass from a script's resolved settings: field `f` takes settings['F'] (its constant),
     or settings[names[f]] where the script names it otherwise (PPO: max_steps='ITERATIONS'). The
     dataclasses have no defaults, so every value comes from the script's one block of constants."""
-    return cls(**{f.name: settings[names.get(f.name, f.name.upper())] for f in dataclasses.fields(cls)})
+    return cls(
+        **{f.name: settings[names.get(f.name, f.name.upper())] for f in dataclasses.fields(cls)}
+    )
 
 
 def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list[str]:
@@ -154,15 +169,19 @@ def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list
             elif i + 1 < len(argv):
                 path, rest = argv[i + 1], argv[:i] + argv[i + 2:]
             else:
-                raise ConfigError("--config: missing value (a run_config.json, e.g. out/sft/run_config.json)")
+                raise ConfigError(
+                    "--config: missing value (a run_config.json, e.g. out/sft/run_config.json)"
+                )
             break
     else:
         return argv
     saved = read_settings_file(path, namespace)
     unknown = [k for k in saved if k not in settings]
     if unknown:
-        raise ConfigError(f"--config {path}: settings this script does not have: {', '.join(unknown)} "
-                          "(a run_config.json of another script?)")
+        raise ConfigError(
+            f"--config {path}: settings this script does not have: {', '.join(unknown)} "
+            "(a run_config.json of another script?)"
+        )
     for name, value in saved.items():
         namespace[name] = settings[name] = _check_type(name, value, namespace[name])
     print(f"config: {len(saved)} settings from {path}")
@@ -199,7 +218,9 @@ def read_settings_file(path: str, namespace: dict) -> dict:
         raise ConfigError(f"--config {path}: cannot read it ({e})") from None
     except Exception as e:  # json.JSONDecodeError or yaml.YAMLError, one line either way
         kind = "YAML" if is_yaml else "JSON"
-        raise ConfigError(f"--config {path}: cannot read it as {kind} ({' '.join(str(e).split())})") from None
+        raise ConfigError(
+            f"--config {path}: cannot read it as {kind} ({' '.join(str(e).split())})"
+        ) from None
     if not isinstance(saved, dict):
         raise ConfigError(f"--config {path}: expected a mapping of settings (name: value), "
                           f"like a run_config.json")

@@ -3,7 +3,8 @@ from peft import TaskType
 
 from utils import ConfigError
 
-TASKS = {"causal": TaskType.CAUSAL_LM, "reward": TaskType.SEQ_CLS}  # 'reward': reward model or PPO critic
+# 'reward': reward model or PPO critic
+TASKS = {"causal": TaskType.CAUSAL_LM, "reward": TaskType.SEQ_CLS}
 
 
 def peft_task_type(task: str) -> TaskType:
