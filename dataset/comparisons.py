@@ -25,7 +25,11 @@ from dataset.trl_formats import split_common_prefix
 from utils import ConfigError
 
 RANKED_FORMATS = [["instruction", "input", "responses"], ["prompt", "responses"]]
-PAIR_FORMATS = [["instruction", "input", "chosen", "rejected"], ["prompt", "chosen", "rejected"], ["chosen", "rejected"]]
+PAIR_FORMATS = [
+    ["instruction", "input", "chosen", "rejected"],
+    ["prompt", "chosen", "rejected"],
+    ["chosen", "rejected"],
+]
 ASSISTANT = "\n\nAssistant:"
 
 
@@ -51,21 +55,36 @@ def split_hh_common(chosen: str, rejected: str) -> tuple[str, str, str]:
 def conversational_group(row: dict) -> dict:
     """A conversational comparison row -> a group with its prompt `messages` (see the module docstring)."""
     where = row["_where"]
-    if isinstance(row.get("prompt"), list):  # explicit prompt; chosen/rejected: one assistant turn each
+    # explicit prompt; chosen/rejected: one assistant turn each
+    if isinstance(row.get("prompt"), list):
         prompt = check_messages(row["prompt"], where, "prompt", last="user")
-        replies = [check_messages(row[k], where, k, last="assistant") for k in ("chosen", "rejected")]
+        replies = [
+            check_messages(row[k], where, k, last="assistant") for k in ("chosen", "rejected")
+        ]
     else:  # implicit prompt: the turns both conversations share
-        chosen, rejected = (check_messages(row[k], where, k, last="assistant") for k in ("chosen", "rejected"))
-        n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+        chosen, rejected = (
+            check_messages(row[k], where, k, last="assistant") for k in ("chosen", "rejected")
+        )
+        n = next(
+            (i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b),
+            min(len(chosen), len(rejected)),
+        )
         prompt, replies = chosen[:n], [chosen[n:], rejected[n:]]
     if not prompt or any(len(r) != 1 for r in replies):
-        raise DataError(f"{where}: 'chosen' and 'rejected' must differ only in their final assistant turn, "
-                        "after shared prompt turns (or give the prompt turns in 'prompt')")
+        raise DataError(
+            f"{where}: 'chosen' and 'rejected' must differ only in their final assistant turn, "
+            "after shared prompt turns (or give the prompt turns in 'prompt')"
+        )
     responses = [r[0]["content"] for r in replies]
     if responses[0] == responses[1]:
         raise DataError(f"{where}: 'chosen' and 'rejected' are the same response")
-    return {"prompt": last_user_text(prompt), "messages": prompt, "responses": responses, "type": row.get("type"),
-            "where": where}
+    return {
+        "prompt": last_user_text(prompt),
+        "messages": prompt,
+        "responses": responses,
+        "type": row.get("type"),
+        "where": where,
+    }
 
 
 def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
@@ -78,14 +97,23 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
             raise DataError(f"{where}: field 'prompt' of a ranked row must be a string, got {got} "
                             "(a message list goes with chosen/rejected)")
         if len(responses) < 2:
-            raise DataError(f"{where}: field 'responses' must be a list of at least 2 responses (best first; "
-                            "a single comparison can also be given as chosen/rejected)")
+            raise DataError(
+                f"{where}: field 'responses' must be a list of at least 2 responses (best first; "
+                "a single comparison can also be given as chosen/rejected)"
+            )
         if not all(isinstance(r, str) and r.strip() for r in responses):
             raise DataError(f"{where}: field 'responses' must hold non-empty strings (fix the row)")
         if len(set(responses)) < len(responses):
-            raise DataError(f"{where}: field 'responses' holds the same response twice (a ranking needs distinct ones; "
-                            "remove the duplicate)")
-        return {"prompt": check_task_row(row), "responses": responses, "type": row.get("type"), "where": where}
+            raise DataError(
+                f"{where}: field 'responses' holds the same response twice (a ranking needs distinct ones; "
+                "remove the duplicate)"
+            )
+        return {
+            "prompt": check_task_row(row),
+            "responses": responses,
+            "type": row.get("type"),
+            "where": where,
+        }
     chosen, rejected = row["chosen"], row["rejected"]
     if isinstance(chosen, list) or isinstance(row.get("prompt"), list):
         return conversational_group(row)
@@ -100,12 +128,16 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
             prompt, chosen, rejected = split_common_prefix(chosen, rejected)
             other = prompt
             if not prompt.strip():
-                raise DataError(f"{where}: 'chosen' and 'rejected' share no prompt text (add 'prompt' or "
-                                "'instruction', or give HH dialogues with '\\n\\nAssistant:' turns)") from None
+                raise DataError(
+                    f"{where}: 'chosen' and 'rejected' share no prompt text (add 'prompt' or "
+                    "'instruction', or give HH dialogues with '\\n\\nAssistant:' turns)"
+                ) from None
         if prompt != other:
             if on_mismatch == "error":
-                raise DataError(f"{where}: chosen and rejected dialogues differ before their last Assistant turn "
-                                "(fix the row, or set STRICT=False to skip such rows)")
+                raise DataError(
+                    f"{where}: chosen and rejected dialogues differ before their last Assistant turn "
+                    "(fix the row, or set STRICT=False to skip such rows)"
+                )
             if on_mismatch == "skip":
                 skipped.append(where)
                 return None
@@ -114,22 +146,41 @@ def to_group(row: dict, on_mismatch: str, skipped: list) -> dict:
     if not chosen.strip() and not rejected.strip():
         raise DataError(f"{where}: both replies are empty (nothing to compare; remove the row)")
     if chosen == rejected:
-        raise DataError(f"{where}: 'chosen' and 'rejected' are the same response (a comparison needs two different "
-                        "ones; remove the row)")
-    return {"prompt": prompt, "responses": [chosen, rejected], "type": row.get("type"), "where": where}
+        raise DataError(
+            f"{where}: 'chosen' and 'rejected' are the same response (a comparison needs two different "
+            "ones; remove the row)"
+        )
+    return {
+        "prompt": prompt,
+        "responses": [chosen, rejected],
+        "type": row.get("type"),
+        "where": where,
+    }
 
 
-def read_comparisons(source: str, on_mismatch: str = "skip", limit: int = None, split: str = "train") -> list[dict]:
+def read_comparisons(
+    source: str, on_mismatch: str = "skip", limit: int = None, split: str = "train"
+) -> list[dict]:
     """Read ranked, pair or HH rows into groups (see the module docstring); warns about skipped HH rows."""
     if on_mismatch not in ("skip", "error", "common_prefix"):
-        raise ConfigError(f"on_mismatch={on_mismatch!r}: expected 'skip', 'error' or 'common_prefix'")
-    rows = read_rows(source, RANKED_FORMATS + PAIR_FORMATS, optional=("input",), split=split, lists=("responses",),
-                     lists_or_strings=("chosen", "rejected", "prompt"))[:limit]
+        raise ConfigError(
+            f"on_mismatch={on_mismatch!r}: expected 'skip', 'error' or 'common_prefix'"
+        )
+    rows = read_rows(
+        source,
+        RANKED_FORMATS + PAIR_FORMATS,
+        optional=("input",),
+        split=split,
+        lists=("responses",),
+        lists_or_strings=("chosen", "rejected", "prompt"),
+    )[:limit]
     skipped = []
     groups = [g for g in (to_group(r, on_mismatch, skipped) for r in rows) if g is not None]
     if skipped:
-        print(f"warning: skipped {len(skipped)} HH row(s) whose chosen and rejected prompts differ "
-              f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}); set STRICT to make this an error")
+        print(
+            f"warning: skipped {len(skipped)} HH row(s) whose chosen and rejected prompts differ "
+            f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}); set STRICT to make this an error"
+        )
     if not groups:  # a run on nothing would divide by zero later
         raise DataError(f"{source}: all {len(rows)} rows were skipped (their chosen and "
                         "rejected prompts differ); fix them, or set STRICT=True to see the first")

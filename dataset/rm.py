@@ -28,7 +28,9 @@ def encode_chat(tokenizer, messages: list[dict], responses: list[str]) -> tuple[
     """Prompt ids (the template up to the assistant's turn) and each response's ids (its text and the
     template's end-of-turn, nothing after it, so the last token is the end-of-turn)."""
     if not tokenizer.chat_template:
-        raise ConfigError("CHAT_TEMPLATE=True: the tokenizer has no chat template (set CHAT_TEMPLATE=False)")
+        raise ConfigError(
+            "CHAT_TEMPLATE=True: the tokenizer has no chat template (set CHAT_TEMPLATE=False)"
+        )
     replies = []
     for response in responses:
         prompt, turn = reply_text(tokenizer, messages, response.strip())
@@ -58,14 +60,24 @@ class RMDataset(torch.utils.data.Dataset):
     kinds come from judge(row, response) (the scripts pass the task's gold judge) and exist only for rows it
     judges (the shipped task's rows, which carry a 'type')."""
 
-    def __init__(self, source: str, tokenizer, max_len: int, on_mismatch: str = "skip", limit: int = None,
-                 verbose: bool = True, chat_template: bool = False, judge=None):
+    def __init__(
+        self,
+        source: str,
+        tokenizer,
+        max_len: int,
+        on_mismatch: str = "skip",
+        limit: int = None,
+        verbose: bool = True,
+        chat_template: bool = False,
+        judge=None,
+    ):
         self.groups = read_comparisons(source, on_mismatch, limit)
         self.items, self.counter = [], TruncationCounter()
         for g in self.groups:
             if chat_template or "messages" in g:
-                prompt_ids, response_ids = encode_chat(tokenizer, g.get("messages") or chat_messages(g["prompt"]),
-                                                       g["responses"])
+                prompt_ids, response_ids = encode_chat(
+                    tokenizer, g.get("messages") or chat_messages(g["prompt"]), g["responses"]
+                )
             else:
                 prompt_ids = encode_prompt(tokenizer, g["prompt"])
                 response_ids = [encode_response(tokenizer, response) for response in g["responses"]]
@@ -79,15 +91,28 @@ class RMDataset(torch.utils.data.Dataset):
             for ids in response_ids:
                 counted = self.counter.truncated
                 p, r = fit_lengths(prompt_ids, ids, max_len, self.counter)
-                self.counter.truncated += cut and self.counter.truncated == counted  # each sequence once
+                # each sequence once
+                self.counter.truncated += cut and self.counter.truncated == counted
                 sequences.append(p + r)
                 prompt_lengths.append(len(p))
             pairs = ranked_pairs(len(sequences))
             judged = judge is not None and judge(g, g["responses"][0]) is not None
-            kinds = [pair_kind(judge, g, g["responses"][i], g["responses"][j]) for i, j in pairs] if judged else None
-            types = [g.get("type")] * len(pairs) if judged else None  # the task type of each pair (add, sort, ...)
-            self.items.append({"sequences": sequences, "prompt_lengths": prompt_lengths, "pairs": pairs, "kinds": kinds,
-                               "types": types})
+            kinds = (
+                [pair_kind(judge, g, g["responses"][i], g["responses"][j]) for i, j in pairs]
+                if judged
+                else None
+            )
+            # the task type of each pair (add, sort, ...)
+            types = [g.get("type")] * len(pairs) if judged else None
+            self.items.append(
+                {
+                    "sequences": sequences,
+                    "prompt_lengths": prompt_lengths,
+                    "pairs": pairs,
+                    "kinds": kinds,
+                    "types": types,
+                }
+            )
         if verbose:
             print(self.report(source))
 
@@ -113,7 +138,15 @@ def flatten_groups(items: list) -> dict:
 
     sequences: N id lists; prompt_lengths: N ints; chosen, rejected: P row indices; group: P group
     indices; kinds, types: P pair kinds and task types (None where unknown)."""
-    flat = {"sequences": [], "prompt_lengths": [], "chosen": [], "rejected": [], "group": [], "kinds": [], "types": []}
+    flat = {
+        "sequences": [],
+        "prompt_lengths": [],
+        "chosen": [],
+        "rejected": [],
+        "group": [],
+        "kinds": [],
+        "types": [],
+    }
     for g, it in enumerate(items):
         offset = len(flat["sequences"])
         flat["sequences"] += it["sequences"]
@@ -137,7 +170,9 @@ def rm_collate(items: list, pad_id: int) -> dict:
     return {
         "input_ids": pad(seqs, pad_id),  # (N, T)
         "attention_mask": pad([[1] * len(s) for s in seqs], 0),  # (N, T)
-        "loss_mask": pad([[0] * n + [1] * (len(s) - n) for s, n in zip(seqs, flat["prompt_lengths"])], 0),  # (N, T)
+        "loss_mask": pad(
+            [[0] * n + [1] * (len(s) - n) for s, n in zip(seqs, flat["prompt_lengths"])], 0
+        ),  # (N, T)
         "chosen_index": torch.tensor(flat["chosen"], dtype=torch.long),  # (P,)
         "rejected_index": torch.tensor(flat["rejected"], dtype=torch.long),  # (P,)
         "kinds": flat["kinds"],
