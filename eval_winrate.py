@@ -9,7 +9,7 @@ by the reward model (RM) and, where the prompt is one of the task's instructions
 The win rate is the mean outcome; its 95% interval is a percentile bootstrap over prompts. Mean reply
 lengths are printed beside it, since length is the classic way to please a reward model.
 Writes out_dir/pairs.jsonl (one row per prompt: both replies and all scores) and out_dir/summary.json.
-Prompt files: instruction/input, prompt, or messages rows (dataset/sft.py read_prompts).
+Prompt files: instruction/input, prompt, or messages rows (dataset/prompt.py read_prompts).
 """
 import json
 import os
