@@ -101,3 +101,10 @@ def test_the_generic_data_modules_do_not_import_the_task():
         if module == "dataset.task"
     ]
     assert not wrong, wrong
+
+
+def test_the_peft_comparison_arm_is_given_its_judge():
+    """bench/peft_compare.py (one arm of train_peft.py's comparison) takes the judge as an argument;
+    only its command line, the script part, picks the shipped task's."""
+    path = os.path.join(ROOT, "bench", "peft_compare.py")
+    assert "dataset.task" not in [name for _, name in project_imports(path)]
