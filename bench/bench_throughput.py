@@ -18,32 +18,23 @@ machine gave. "model GFLOP/s" counts 6 N FLOP per padded token (N = the paramete
 tied LM head included).
 Prints a table and writes OUT_DIR/results.json.
 """
-import copy
 import json
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.probe import describe, probe  # noqa: E402
-from bench.throughput_parts import (build_model, known_fields, matmul_params, row, timed_steps,  # noqa: E402
-                                    without_runs)
-from dataset.prompt import PromptDataset  # noqa: E402
-from dataset.rm import RMDataset  # noqa: E402
-from dataset.sft import SFTDataset  # noqa: E402
-from model.load import load_causal_lm, load_tokenizer  # noqa: E402
-from model.reward import load_reward_model  # noqa: E402
-from trainer.base import LoopConfig, OptimConfig  # noqa: E402
-from trainer.ppo import PPOConfig, PPOTrainer  # noqa: E402
-from trainer.rm import RMTrainer  # noqa: E402
-from trainer.sft import SFTTrainer  # noqa: E402
-from utils import (ConfigError, UserError, configure, peak_rss_mb, quiet_transformers, run_main,  # noqa: E402
+from bench.throughput_parts import build_model, row, without_runs  # noqa: E402
+from bench.throughput_stages import STAGES  # noqa: E402
+# noqa: E402
+from utils import (ConfigError, UserError, configure, peak_rss_mb, quiet_transformers, run_main,
                    seed_everything, write_json)
 
 RUNS = "sft-fp32,sft-fp32+group,sft-bf16,sft-bf16+group,rm-fp32,rm-bf16,rm-bf16+group,ppo-fp32,ppo-bf16,ppo-bf16+frozen_bf16+group,ppo-bf16+frozen_bf16+group+ckpt"
 TOKENIZER = ""  # required: SmolLM2-135M-Instruct's GGUF file, whose tokenizer tokenizes the data
-ALPACA = ""  # required: an Alpaca JSONL file (e.g. alpaca-en.jsonl): SFT demonstrations, PPO prompts
+# required: an Alpaca JSONL file (e.g. alpaca-en.jsonl): SFT demonstrations, PPO prompts
+ALPACA = ""
 HH = ""  # required: an Anthropic HH JSONL file (e.g. hh-harmless-train.jsonl): reward-model pairs
 OUT_DIR = "out/bench_throughput"  # the model (OUT_DIR/opt125m), per-run scratch dirs, results.json
 MAX_LEN = 256  # tokens per SFT example and per RM sequence
@@ -64,117 +55,18 @@ RUN = ""  # internal: the one run a child process measures
 config = configure(globals())
 
 
-# ---------------------------------------------------------------------------------------------- model
-def loop_config(out_dir: str, bf16: bool, levers: set) -> LoopConfig:
-    return known_fields(LoopConfig, out_dir=out_dir, max_steps=10 ** 6, warmup_steps=0, grad_clip=1.0, eval_interval=0,
-                        log_interval=1, save_interval=0, seed=0, bf16=bf16, resume=False, log_with="none",
-                        group_by_length="group" in levers, gradient_checkpointing="ckpt" in levers)
-
-
-# ---------------------------------------------------------------------------------------------- stages
-def run_sft(model_dir: str, out_dir: str, bf16: bool, levers: set) -> dict:
-    tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir)
-    data = SFTDataset(ALPACA, tokenizer, MAX_LEN, limit=DATA_ROWS, verbose=False)
-    trainer = SFTTrainer(model, tokenizer, data, None, None, loop=loop_config(out_dir, bf16, levers),
-                         optim=OptimConfig(lr=2e-5, weight_decay=0.0, batch_size=SFT_BATCH, grad_accum=1),
-                         run_config={}, max_new_tokens=1, judge=None)
-
-    def count(i):
-        mask = trainer.get_batch(i)["attention_mask"]
-        return {"tokens": int(mask.sum()), "padded_tokens": mask.numel()}
-
-    r = timed_steps(trainer, WARMUP, SFT_STEPS, count)
-    r.update(tokens_per_s=r["tokens"] / r["seconds"], padded_tokens_per_s=r["padded_tokens"] / r["seconds"],
-             matmul_params=matmul_params(model))
-    r["model_gflops"] = 6 * r["matmul_params"] * r["padded_tokens_per_s"] / 1e9
-    return r
-
-
-def run_rm(model_dir: str, out_dir: str, bf16: bool, levers: set) -> dict:
-    tokenizer = load_tokenizer(model_dir)
-    model = load_reward_model(model_dir, tokenizer.pad_token_id)
-    data = RMDataset(HH, tokenizer, MAX_LEN, on_mismatch="common_prefix", limit=DATA_ROWS, verbose=False)
-    trainer = RMTrainer(model, tokenizer, data, None, loop=loop_config(out_dir, bf16, levers),
-                        optim=OptimConfig(lr=1e-5, weight_decay=0.0, batch_size=RM_PAIRS, grad_accum=1),
-                        run_config={}, eval_batch_size=8)
-
-    def count(i):
-        batch = trainer.get_batch(i)
-        return {"pairs": len(batch["chosen_index"]), "tokens": int(batch["attention_mask"].sum()),
-                "padded_tokens": batch["attention_mask"].numel()}
-
-    r = timed_steps(trainer, WARMUP, RM_STEPS, count)
-    r.update(pairs_per_s=r["pairs"] / r["seconds"], tokens_per_s=r["tokens"] / r["seconds"],
-             matmul_params=matmul_params(model))
-    r["model_gflops"] = 6 * r["matmul_params"] * r["padded_tokens"] / r["seconds"] / 1e9
-    return r
-
-
-def run_ppo(model_dir: str, out_dir: str, bf16: bool, levers: set) -> dict:
-    import trainer.ppo as ppo_module
-
-    tokenizer = load_tokenizer(model_dir)
-    actor = load_causal_lm(model_dir)
-    ref = copy.deepcopy(actor)
-    critic = load_reward_model(model_dir, tokenizer.pad_token_id)
-    reward_model = load_reward_model(model_dir, tokenizer.pad_token_id)
-    prompts = PromptDataset(ALPACA, tokenizer, MAX_PROMPT_LEN, limit=DATA_ROWS, verbose=False)
-    cfg = known_fields(PPOConfig, actor_lr=1e-6, critic_lr=1e-5, weight_decay=0.0, rollout_batch=PPO_PROMPTS, mini_batch=PPO_MINI_BATCH,
-                    ppo_epochs=PPO_EPOCHS, stop_approx_kl=0.0, max_new_tokens=PPO_NEW_TOKENS, temperature=1.0, top_k=0,
-                    top_p=1.0, beta=0.2, target_kl=0.0, kl_horizon=1000, gamma=1.0, lam=0.95, clip_range=0.2,
-                    value_clip=0.2, ptx_coef=0.0, ptx_batch=8, missing_eos_penalty=1.0, normalize_scores=True,
-                    frozen_bf16="frozen_bf16" in levers, close_truncated=False)
-    trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, cfg=cfg,
-                         loop=loop_config(out_dir, bf16, levers), run_config={}, ptx_data=None, reward_fn=None,
-                         judge=None, eval_prompts=None)
-    phases = {"generate": 0.0, "experience": 0.0, "learn": 0.0}
-
-    def timed(name, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            phases[name] += time.perf_counter() - start
-            return out
-        return wrapper
-
-    sample = ppo_module.sample_responses
-    ppo_module.sample_responses = timed("generate", sample)
-    trainer.make_experience = timed("experience", trainer.make_experience)
-    trainer.learn = timed("learn", trainer.learn)
-    lengths = []
-
-    def count(i):
-        lengths.append(trainer.last_sequence_shape)
-        return {}
-
-    trainer.last_sequence_shape = None
-    original = trainer.make_experience
-
-    def remember_shape(items):
-        exp = original(items)
-        trainer.last_sequence_shape = list(exp.sequences.shape)
-        return exp
-
-    trainer.make_experience = remember_shape
-    r = timed_steps(trainer, WARMUP, PPO_ITERATIONS, count, on_timed_start=lambda: phases.update(dict.fromkeys(phases, 0.0)))
-    ppo_module.sample_responses = sample
-    n = PPO_ITERATIONS
-    r.update(seconds_per_iteration=r["seconds"] / n, generate_s=phases["generate"] / n,
-             score_s=(phases["experience"] - phases["generate"]) / n, learn_s=phases["learn"] / n,
-             sequence_shapes=lengths)
-    return r
-
-
-STAGES = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo}
-
-
 def parse_run(run: str) -> tuple[str, bool, set]:
     stage, _, rest = run.partition("-")
     precision, *levers = rest.split("+")
-    if stage not in STAGES or precision not in ("fp32", "bf16") or not set(levers) <= {"group", "frozen_bf16", "ckpt"}:
-        raise ConfigError(f"--runs: {run!r} is not STAGE-PRECISION[+LEVER...] with STAGE in sft, rm, ppo, "
-                          "PRECISION fp32 or bf16, LEVER group, frozen_bf16 or ckpt")
+    if (
+        stage not in STAGES
+        or precision not in ("fp32", "bf16")
+        or not set(levers) <= {"group", "frozen_bf16", "ckpt"}
+    ):
+        raise ConfigError(
+            f"--runs: {run!r} is not STAGE-PRECISION[+LEVER...] with STAGE in sft, rm, ppo, "
+            "PRECISION fp32 or bf16, LEVER group, frozen_bf16 or ckpt"
+        )
     return stage, precision == "bf16", set(levers)
 
 
@@ -187,7 +79,7 @@ def child(run: str) -> None:
     lock = os.path.join(out_dir, ".lock")
     if os.path.exists(lock):
         os.remove(lock)  # a scratch dir: an earlier benchmark's run may have left its lock
-    result = STAGES[stage](os.path.join(OUT_DIR, "opt125m"), out_dir, bf16, levers)
+    result = STAGES[stage](config, os.path.join(OUT_DIR, "opt125m"), out_dir, bf16, levers)
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
@@ -207,18 +99,26 @@ def main() -> None:
     path = os.path.join(OUT_DIR, "results.json")
     results = json.load(open(path)) if os.path.exists(path) else {}
     passed = without_runs(sys.argv[1:])  # every other override reaches the child processes
-    print(f"{'run':34} {'throughput':58} {'GF/s':>5} {'GiB':>6}   matmul probe before / after (fp32, bf16 GFLOP/s)")
+    print(
+        f"{'run':34} {'throughput':58} {'GF/s':>5} {'GiB':>6}   matmul probe before / after (fp32, bf16 GFLOP/s)"
+    )
     for run in runs:
         before = probe()
-        proc = subprocess.run([sys.executable, __file__, "--run", run, *passed], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--run", run, *passed], capture_output=True, text=True
+        )
         after = probe()
         if proc.returncode:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
             raise UserError(f"run {run} failed (exit {proc.returncode}; its output is above)")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        r.update(probe_before=before, probe_after=after, settings={k: v for k, v in config.items() if k != "RUN"},
-                 probe=f"{before['fp32_gflops']:.0f}/{before['bf16_gflops']:.0f} -> "
-                       f"{after['fp32_gflops']:.0f}/{after['bf16_gflops']:.0f}")
+        r.update(
+            probe_before=before,
+            probe_after=after,
+            settings={k: v for k, v in config.items() if k != "RUN"},
+            probe=f"{before['fp32_gflops']:.0f}/{before['bf16_gflops']:.0f} -> "
+            f"{after['fp32_gflops']:.0f}/{after['bf16_gflops']:.0f}",
+        )
         results[run] = r
         write_json(path, results)
         print(row(run, r), flush=True)
