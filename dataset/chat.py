@@ -5,8 +5,8 @@ One setting, CHAT_TEMPLATE, means the same in every stage (train_sft.py, train_r
 * False (default): the project's Alpaca format. `use_chat_format` installs it as the tokenizer's
   `chat_template` (ALPACA_TEMPLATE), so `messages` rows go through it, and the saved checkpoint carries
   it: `pipeline("text-generation", model="out/sft")` called with a list of messages, and chat.py, then
-  render exactly the prompts the model was trained on. Alpaca rows render as before (`render_prompt`);
-  the template gives the same tokens (tested).
+  render exactly the prompts the model was trained on. Alpaca rows render as text (`render_prompt`),
+  built from the same pieces as the template, which gives the same text and tokens (tested).
 * True: the tokenizer's own chat template (a chat model's, e.g. SmolLM2-Instruct's ChatML, or the
   embedded tokenizer's small EMBEDDED_TEMPLATE); Alpaca rows become one user message ("instruction",
   then the input on the next line).
@@ -30,11 +30,9 @@ from utils import ConfigError
 ROLES = ("system", "user", "assistant")
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")  # Anthropic HH dialogue turns
 # The Alpaca format, written once: `render_prompt` and ALPACA_TEMPLATE are both built from these pieces.
-INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_HEADER = (
-    "### Instruction:\n",
-    "### Input:\n",
-    "### Response:\n",
-)
+INSTRUCTION_HEADER = "### Instruction:\n"
+INPUT_HEADER = "### Input:\n"
+RESPONSE_HEADER = "### Response:\n"
 BLOCK_END = "\n\n"  # closes the system preamble, the instruction and the input
 # As a chat template: system text as a preamble, each user turn as an instruction (first line) with an
 # optional input (further lines), each assistant turn as the response + EOS.
