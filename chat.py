@@ -22,7 +22,8 @@ from model.reward import load_scorer, score_replies
 from utils import configure, quiet_transformers, run_main, seed_everything
 
 MODEL = "out/rlhf"  # the checkpoint to talk to
-COMPARE = ""  # comma-separated checkpoints that all answer each prompt, side by side (replaces MODEL)
+# comma-separated checkpoints that all answer each prompt, side by side (replaces MODEL)
+COMPARE = ""
 RM = "none"  # a reward model dir (out/rm) to score every reply; 'none' to skip
 PROMPT = ""  # one-shot: answer this prompt and exit; empty: read prompts from the terminal or stdin
 SYSTEM = ""  # a system message in front of every conversation ('' for none)
@@ -34,14 +35,20 @@ SEED = 0  # sampling seed
 
 
 def sampling() -> dict:
-    return {"do_sample": True, "temperature": TEMPERATURE, "top_p": TOP_P} if TEMPERATURE > 0 else {"do_sample": False}
+    return (
+        {"do_sample": True, "temperature": TEMPERATURE, "top_p": TOP_P}
+        if TEMPERATURE > 0
+        else {"do_sample": False}
+    )
 
 
 class Session:
     """The loaded models, one conversation per model, and the optional reward model."""
 
     def __init__(self, paths: list[str], rm_path: str):
-        self.names, self.models = paths, [load_checkpoint(p, "COMPARE" if COMPARE else "MODEL") for p in paths]
+        self.names, self.models = paths, [
+            load_checkpoint(p, "COMPARE" if COMPARE else "MODEL") for p in paths
+        ]
         self.rm = None if rm_path == "none" else load_scorer(rm_path, "RM")
         self.reset()
 
@@ -56,7 +63,14 @@ class Session:
             conversation = self.histories[i] + [{"role": "user", "content": text}]
             reply = respond(model, tokenizer, [conversation], MAX_NEW_TOKENS, **sampling())[0]
             rm = score_replies(*self.rm, [conversation], [reply])[0] if self.rm else None
-            results.append({"model": self.names[i], "reply": reply, "rm": rm, "gold": score_if_known(text, reply)})
+            results.append(
+                {
+                    "model": self.names[i],
+                    "reply": reply,
+                    "rm": rm,
+                    "gold": score_if_known(text, reply),
+                }
+            )
             if MULTI_TURN:
                 self.histories[i] = conversation + [{"role": "assistant", "content": reply}]
         return results
@@ -81,7 +95,9 @@ def main():
         return show(session.ask(PROMPT.replace("\\n", "\n")), side_by_side)
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"chatting with {', '.join(paths)}; \\n = new line, /reset forgets the conversation, /quit exits")
+        print(
+            f"chatting with {', '.join(paths)}; \\n = new line, /reset forgets the conversation, /quit exits"
+        )
     while True:
         if interactive:
             print("> ", end="", flush=True)

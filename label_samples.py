@@ -12,7 +12,8 @@ all score the same are left out, and counted.
 import json
 import os
 
-from dataset.sft import read_prompts, render_prompt
+from dataset.chat import render_prompt
+from dataset.prompt import read_prompts
 from dataset.task import rank_responses
 from model.generate import answer
 from model.load import load_causal_lm, load_tokenizer
@@ -20,7 +21,8 @@ from utils import configure, quiet_transformers, run_main, seed_everything
 
 MODEL = "out/sft"  # the policy to sample from
 TRAIN_PROMPTS = "ds/rm_train_ranked.jsonl"  # rows with instruction/input
-EVAL_PROMPTS = "ds/rm_val_ranked.jsonl"  # validation prompts, labelled the same way (the RM picks its checkpoint on them)
+# validation prompts, labelled the same way (the RM picks its checkpoint on them)
+EVAL_PROMPTS = "ds/rm_val_ranked.jsonl"
 OUT = "out/label"  # writes OUT/train.jsonl and OUT/eval.jsonl
 K = 4  # samples per prompt
 TEMPERATURE = 1.0  # sampling temperature of the K samples
@@ -33,16 +35,29 @@ SEED = 0  # sampling seed
 def label(model, tokenizer, rows: list[dict], k: int, temperature: float, max_prompt_len: int,
           max_new_tokens: int) -> tuple[list[dict], int]:
     """Sample k responses per prompt row and rank them -> (ranked rows, number of prompts left out)."""
-    samples = answer(model, tokenizer, [r for r in rows for _ in range(k)], max_prompt_len, max_new_tokens,
-                     do_sample=True, temperature=temperature)
+    samples = answer(
+        model,
+        tokenizer,
+        [r for r in rows for _ in range(k)],
+        max_prompt_len,
+        max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+    )
     ranked, left_out = [], 0
     for i, row in enumerate(rows):
         responses = rank_responses(render_prompt(row), samples[i * k: (i + 1) * k])
         if len(responses) < 2:
             left_out += 1
             continue
-        ranked.append({"type": row.get("type"), "instruction": row["instruction"], "input": row.get("input", ""),
-                       "responses": responses})
+        ranked.append(
+            {
+                "type": row.get("type"),
+                "instruction": row["instruction"],
+                "input": row.get("input", ""),
+                "responses": responses,
+            }
+        )
     return ranked, left_out
 
 
@@ -58,8 +73,10 @@ def main():
         with open(os.path.join(OUT, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked)
         pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in ranked)
-        print(f"{OUT}/{name}.jsonl: {len(ranked)} ranked prompts, {pairs} pairs; {left_out} of {len(rows)} "
-              f"prompts left out (all {K} samples scored the same)")
+        print(
+            f"{OUT}/{name}.jsonl: {len(ranked)} ranked prompts, {pairs} pairs; {left_out} of {len(rows)} "
+            f"prompts left out (all {K} samples scored the same)"
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ against full fine-tuning.
    `trainable params: X || all params: Y || trainable%: Z`, next to the count its formula predicts.
 2. Comparison: every method (and full fine-tuning) adapts MODEL, an SFT checkpoint, to the instruction
    type the SFT data never contained (dataset/task.py HOLDOUT_TYPE) for the same steps on the same data;
-   each in its own process (trainer/peft_compare.py). Writes OUT_DIR/results.md, OUT_DIR/results.json
+   each in its own process (bench/peft_compare.py). Writes OUT_DIR/results.md, OUT_DIR/results.json
    and the PLOT figure.
 3. Memory: every method for MEMORY_STEPS steps on the opt-125m architecture, where weights, gradients and
    AdamW state are large enough for the difference between methods to show.
@@ -35,7 +35,7 @@ from model.peft.lora import lora_parameter_count
 from model.peft.p_tuning import p_tuning_parameter_count
 from model.peft.prefix_tuning import prefix_tuning_parameter_count
 from model.peft.prompt_tuning import prompt_tuning_parameter_count
-from trainer.peft_compare import OPT125M_ARCH, comparison_table, counts_table, plot_comparison, summary_line
+from bench.peft_compare import OPT125M_ARCH, comparison_table, counts_table, plot_comparison, summary_line
 from utils import configure, quiet_transformers, run_main, write_json
 
 # parameter counts
@@ -122,7 +122,7 @@ def run_arms(model: str, methods: list[str], steps: int, batch_size: int, evalua
                     "eval_limit": EVAL_LIMIT, "max_new_tokens": MAX_NEW_TOKENS, "peft_settings": PEFT_SETTINGS}
         path, log = os.path.join(out_dir, f"{method}.json"), os.path.join(out_dir, f"{method}.log")
         with open(log, "w") as f:
-            proc = subprocess.run([sys.executable, "-m", "trainer.peft_compare", json.dumps(settings), path],
+            proc = subprocess.run([sys.executable, "-m", "bench.peft_compare", json.dumps(settings), path],
                                   stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
             sys.exit(f"error: method {method} failed; see {log}")

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from dataset.chat import row_messages, use_chat_format
+from dataset.chat import render_prompt, row_messages, use_chat_format
 from dataset.prompt import PromptDataset
-from dataset.sft import SFTDataset, render_prompt
+from dataset.sft import SFTDataset
 from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts

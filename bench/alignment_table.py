@@ -18,10 +18,15 @@ import statistics
 
 METHODS = ("ppo", "grpo", "dpo")
 COLUMNS = [  # (key, header, format)
-    ("gold_score", "gold (greedy)", "{:.3f}"), ("correct", "correct", "{:.3f}"), ("format", "format", "{:.3f}"),
-    ("kl", "KL to SFT (nats, sampled)", "{:.2f}"), ("reward", "RM score", "{:.2f}"),
-    ("train_minutes", "train time (min)", "{:.2f}"), ("wall_minutes", "process wall (min)", "{:.2f}"),
-    ("cpu_minutes", "CPU-minutes", "{:.2f}"), ("peak_rss_mb", "peak RSS (MiB)", "{:.0f}"),
+    ("gold_score", "gold (greedy)", "{:.3f}"),
+    ("correct", "correct", "{:.3f}"),
+    ("format", "format", "{:.3f}"),
+    ("kl", "KL to SFT (nats, sampled)", "{:.2f}"),
+    ("reward", "RM score", "{:.2f}"),
+    ("train_minutes", "train time (min)", "{:.2f}"),
+    ("wall_minutes", "process wall (min)", "{:.2f}"),
+    ("cpu_minutes", "CPU-minutes", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS (MiB)", "{:.0f}"),
 ]
 
 
@@ -53,27 +58,47 @@ def mean_spread(values: list) -> tuple[float, float]:
 
 def cell(values: list, fmt: str) -> str:
     mean, spread = mean_spread(values)
-    return "-" if mean != mean else fmt.format(mean) + (f" ± {fmt.format(spread)}" if len(values) > 1 else "")
+    return (
+        "-"
+        if mean != mean
+        else fmt.format(mean) + (f" ± {fmt.format(spread)}" if len(values) > 1 else "")
+    )
 
 
 def tables(runs: dict) -> str:
     sft = [r["gold_score_sft"] for rs in runs.values() for r in rs]
-    lines = [f"SFT starting point: greedy gold {cell(sft, '{:.3f}')} (the same checkpoint for every run)", "",
-             "| method | runs | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "| --- | ---: | " + " | ".join("---:" for _ in COLUMNS) + " |"]
+    lines = [
+        f"SFT starting point: greedy gold {cell(sft, '{:.3f}')} (the same checkpoint for every run)",
+        "",
+        "| method | runs | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in COLUMNS) + " |",
+    ]
     for method, rs in runs.items():
-        lines.append(f"| {method.upper()} | {len(rs)} | " + " | ".join(cell([r.get(k) for r in rs], fmt) for k, _, fmt in COLUMNS) + " |")
-    kinds = sorted({k.split("/")[0] for rs in runs.values() for r in rs for k in r.get("per_type", {})})
-    lines += ["", "Greedy gold score by instruction type (mean over runs; correct / format in brackets):", "",
-              "| type | SFT | " + " | ".join(m.upper() for m in runs) + " |", "| --- | ---: | " + " | ".join("---:" for _ in runs) + " |"]
+        lines.append(
+            f"| {method.upper()} | {len(rs)} | "
+            + " | ".join(cell([r.get(k) for r in rs], fmt) for k, _, fmt in COLUMNS)
+            + " |"
+        )
+    kinds = sorted(
+        {k.split("/")[0] for rs in runs.values() for r in rs for k in r.get("per_type", {})}
+    )
+    lines += [
+        "",
+        "Greedy gold score by instruction type (mean over runs; correct / format in brackets):",
+        "",
+        "| type | SFT | " + " | ".join(m.upper() for m in runs) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in runs) + " |",
+    ]
     for kind in kinds:
         def after(r, key):  # per_type holds {"sft": x, "<method>": y}
             return next(v for k, v in r["per_type"][f"{kind}/{key}"].items() if k != "sft")
         any_run = next(iter(runs.values()))
         row = [f"{kind}", cell([r["per_type"][f"{kind}/gold"]["sft"] for r in any_run], "{:.2f}")]
         for rs in runs.values():
-            row.append(f"{cell([after(r, 'gold') for r in rs], '{:.2f}')} ({mean_spread([after(r, 'correct') for r in rs])[0]:.2f} / "
-                       f"{mean_spread([after(r, 'format') for r in rs])[0]:.2f})")
+            row.append(
+                f"{cell([after(r, 'gold') for r in rs], '{:.2f}')} ({mean_spread([after(r, 'correct') for r in rs])[0]:.2f} / "
+                f"{mean_spread([after(r, 'format') for r in rs])[0]:.2f})"
+            )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -86,18 +111,34 @@ def plot(runs: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     sft = mean_spread([r["gold_score_sft"] for rs in runs.values() for r in rs])[0]
-    for ax, (key, label) in zip(axes, (("kl", "KL to SFT (nats / response, sampled)"), ("cpu_minutes", "CPU-minutes (whole run)"))):
+    for ax, (key, label) in zip(
+        axes,
+        (
+            ("kl", "KL to SFT (nats / response, sampled)"),
+            ("cpu_minutes", "CPU-minutes (whole run)"),
+        ),
+    ):
         for i, (method, rs) in enumerate(runs.items()):
             color = f"C{i}"
-            ax.scatter([r[key] for r in rs], [r["gold_score"] for r in rs], s=14, color=color, alpha=0.5)
-            ax.scatter([mean_spread([r[key] for r in rs])[0]], [mean_spread([r["gold_score"] for r in rs])[0]],
-                       s=90, color=color, edgecolor="black", label=method.upper())
+            ax.scatter(
+                [r[key] for r in rs], [r["gold_score"] for r in rs], s=14, color=color, alpha=0.5
+            )
+            ax.scatter(
+                [mean_spread([r[key] for r in rs])[0]],
+                [mean_spread([r["gold_score"] for r in rs])[0]],
+                s=90,
+                color=color,
+                edgecolor="black",
+                label=method.upper(),
+            )
         ax.axhline(sft, color="gray", linestyle="--", linewidth=1, label="SFT")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out gold score (greedy)")
     axes[0].legend(fontsize=8)
-    fig.suptitle("PPO vs GRPO vs DPO from the same SFT model (small dots: seeds; large: mean)", fontsize=10)
+    fig.suptitle(
+        "PPO vs GRPO vs DPO from the same SFT model (small dots: seeds; large: mean)", fontsize=10
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -111,14 +152,25 @@ def main() -> None:
     args = parser.parse_args()
     runs = load_runs(args.out)
     if not runs:
-        raise SystemExit(f"no runs in {args.out}/ (expected {args.out}/<ppo|grpo|dpo>_s<seed>/summary.json)")
+        raise SystemExit(
+            f"no runs in {args.out}/ (expected {args.out}/<ppo|grpo|dpo>_s<seed>/summary.json)"
+        )
     text = tables(runs)
     print(text)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({m: [{k: r.get(k) for k in ["seed", "gold_score_sft"] + [c for c, _, _ in COLUMNS]} for r in rs]
-                   for m, rs in runs.items()}, f, indent=2)
+        json.dump(
+            {
+                m: [
+                    {k: r.get(k) for k in ["seed", "gold_score_sft"] + [c for c, _, _ in COLUMNS]}
+                    for r in rs
+                ]
+                for m, rs in runs.items()
+            },
+            f,
+            indent=2,
+        )
     plot(runs, args.plot)
     print(f"wrote {args.out}/results.md, {args.out}/results.json, {args.plot}")
 

@@ -60,7 +60,8 @@ def worker(args) -> None:
     for _ in range(args.steps):
         batch = trainer.get_batch(trainer.step)
         tokens += int(batch["attention_mask"].sum())
-        trainer.training_step()  # fetches the same batch again (cheap): data order is a function of the step
+        # fetches the same batch again (cheap): data order is a function of the step
+        trainer.training_step()
         trainer.step += 1
     seconds = time.perf_counter() - start
     total = reduce_sum(trainer.accelerator, {"tokens": tokens})["tokens"]
@@ -91,8 +92,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--fsdp", type=lambda v: v == "True", default=False,
                         help=argparse.SUPPRESS)
-    parser.add_argument("--mmap_threshold", type=int, default=131072,
-                        help="glibc MALLOC_MMAP_THRESHOLD_ of every run (0: glibc's dynamic default)")
+    parser.add_argument(
+        "--mmap_threshold",
+        type=int,
+        default=131072,
+        help="glibc MALLOC_MMAP_THRESHOLD_ of every run (0: glibc's dynamic default)",
+    )
     parser.add_argument("--out", default="out/bench_multiproc")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -106,12 +111,37 @@ def main():
         # reduce-scatter buffers end up in the heap and stay counted in RSS (2 FSDP ranks peaked at
         # 3,092-3,241 MiB instead of 1,960 MiB at opt-125m's architecture; docs/scaling.md).
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
-    flags = ["--model", args.model, "--batch_size", str(args.batch_size), "--max_len", str(args.max_len),
-             "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", args.out, "--worker"]
+    flags = [
+        "--model",
+        args.model,
+        "--batch_size",
+        str(args.batch_size),
+        "--max_len",
+        str(args.max_len),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--out",
+        args.out,
+        "--worker",
+    ]
     for procs, sharded in ((1, False), (2, False), (2, True)):
-        launcher = [sys.executable] if procs == 1 else [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port())]
+        launcher = (
+            [sys.executable]
+            if procs == 1
+            else [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(free_port()),
+            ]
+        )
         before = matmul_gflops(threads=1)
         cmd = launcher + [os.path.abspath(__file__)] + flags + ["--fsdp", str(sharded)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

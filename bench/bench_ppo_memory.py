@@ -34,21 +34,53 @@ def main():
     rows = []
     for peft in ("none", "lora"):
         out_dir = os.path.join(args.out, peft)
-        cmd = [sys.executable, "train_rlhf.py", "--sft_model", ckpt, "--rm_model", ckpt, "--peft", peft,
-               "--iterations", "1", "--rollout_batch", str(args.rollout_batch), "--mini_batch", str(args.mini_batch),
-               "--ppo_epochs", str(args.ppo_epochs), "--max_new_tokens", str(args.max_new_tokens),
-               "--eval_prompts", "none", "--test_prompts", "none", "--out_dir", out_dir]
+        cmd = [
+            sys.executable,
+            "train_rlhf.py",
+            "--sft_model",
+            ckpt,
+            "--rm_model",
+            ckpt,
+            "--peft",
+            peft,
+            "--iterations",
+            "1",
+            "--rollout_batch",
+            str(args.rollout_batch),
+            "--mini_batch",
+            str(args.mini_batch),
+            "--ppo_epochs",
+            str(args.ppo_epochs),
+            "--max_new_tokens",
+            str(args.max_new_tokens),
+            "--eval_prompts",
+            "none",
+            "--test_prompts",
+            "none",
+            "--out_dir",
+            out_dir,
+        ]
         start = time.time()
-        subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL
+        )
         summary = json.load(open(os.path.join(out_dir, "summary.json")))
         rows.append((peft, summary["peak_rss_mb"], summary["train_seconds"], time.time() - start))
-    print(f"opt-125m architecture, 1 PPO iteration: {args.rollout_batch} prompts x <= {args.max_new_tokens} new tokens, "
-          f"minibatch {args.mini_batch}, {args.ppo_epochs} PPO epoch(s), fp32")
-    print("| actor | peak RSS (MiB) | rollout + update (s) | process wall (s) |\n| --- | --- | --- | --- |")
+    print(
+        f"opt-125m architecture, 1 PPO iteration: {args.rollout_batch} prompts x <= {args.max_new_tokens} new tokens, "
+        f"minibatch {args.mini_batch}, {args.ppo_epochs} PPO epoch(s), fp32"
+    )
+    print(
+        "| actor | peak RSS (MiB) | rollout + update (s) | process wall (s) |\n| --- | --- | --- | --- |"
+    )
     for peft, rss, secs, wall in rows:
-        print(f"| {'full (separate reference)' if peft == 'none' else 'LoRA r=8 q,v (reference = adapters off)'} "
-              f"| {rss:,.0f} | {secs:.1f} | {wall:.1f} |")
-    print(f"LoRA saves {rows[0][1] - rows[1][1]:,.0f} MiB ({100 * (1 - rows[1][1] / rows[0][1]):.0f}%)")
+        print(
+            f"| {'full (separate reference)' if peft == 'none' else 'LoRA r=8 q,v (reference = adapters off)'} "
+            f"| {rss:,.0f} | {secs:.1f} | {wall:.1f} |"
+        )
+    print(
+        f"LoRA saves {rows[0][1] - rows[1][1]:,.0f} MiB ({100 * (1 - rows[1][1] / rows[0][1]):.0f}%)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,23 +29,40 @@ def main(out: str) -> None:
         match = re.fullmatch(r"(\w+)_s(\d+)", os.path.basename(os.path.dirname(path)))
         if match and match.group(1) in runs:
             runs[match.group(1)].append(json.load(open(path)))
-    types = sorted({k.split("/")[0] for rs in runs.values() for r in rs for k in r.get("per_type", {})
-                    if k.endswith("/correct")})
+    types = sorted(
+        {
+            k.split("/")[0]
+            for rs in runs.values()
+            for r in rs
+            for k in r.get("per_type", {})
+            if k.endswith("/correct")
+        }
+    )
     print("| variant | seeds | gold (greedy) | correct | format | KL | "
           + " | ".join(f"{t} correct vs SFT" for t in types) + " |")
     print("|" + " --- |" * (6 + len(types)))
     for variant, rs in runs.items():
         if not rs:
             continue
-        deltas = [spread([r["per_type"][f"{t}/correct"]["rlhf"] - r["per_type"][f"{t}/correct"]["sft"]
-                          for r in rs if f"{t}/correct" in r.get("per_type", {})]) for t in types]
+        deltas = [
+            spread(
+                [
+                    r["per_type"][f"{t}/correct"]["rlhf"] - r["per_type"][f"{t}/correct"]["sft"]
+                    for r in rs
+                    if f"{t}/correct" in r.get("per_type", {})
+                ]
+            )
+            for t in types
+        ]
         print(f"| {variant} | {len(rs)} | {spread([r['gold_score'] for r in rs])} | "
               f"{spread([r['correct'] for r in rs])} | {spread([r['format'] for r in rs])} | "
               f"{spread([r['kl'] for r in rs])} | " + " | ".join(deltas) + " |")
     sft = next((r for rs in runs.values() for r in rs), None)
     if sft:
-        print(f"\nSFT on the same test prompts: gold {sft['gold_score_sft']:.3f}, correct {sft['correct_sft']:.3f}, "
-              f"format {sft['format_sft']:.3f}")
+        print(
+            f"\nSFT on the same test prompts: gold {sft['gold_score_sft']:.3f}, correct {sft['correct_sft']:.3f}, "
+            f"format {sft['format_sft']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from utils import configure, quiet_transformers  # noqa: E402
 MODELS = "out/rm"  # comma-separated reward-model directories
 DATA = "ds/rm_test_ranked.jsonl"  # comma-separated comparison files (ranked, pairs or HH)
 MAX_LEN = 96  # tokens per prompt + response, as in training
-CHAT_TEMPLATE = False  # render with the tokenizer's chat template, as in training with --chat_template True
+# render with the tokenizer's chat template, as in training with --chat_template True
+CHAT_TEMPLATE = False
 LIMIT = 0  # ranked groups per file (0 = all)
 
 configure(globals())
@@ -31,13 +32,25 @@ def main():
         tokenizer = load_tokenizer(model_dir)
         model = load_reward_model(model_dir, tokenizer.pad_token_id).eval()
         for source in DATA.split(","):
-            data = RMDataset(source, tokenizer, MAX_LEN, limit=LIMIT or None, verbose=False, chat_template=CHAT_TEMPLATE,
-                             judge=gold_judge)
+            data = RMDataset(
+                source,
+                tokenizer,
+                MAX_LEN,
+                limit=LIMIT or None,
+                verbose=False,
+                chat_template=CHAT_TEMPLATE,
+                judge=gold_judge,
+            )
             m = evaluate_pairs(model, data, tokenizer.pad_token_id)
-            extra = "".join(f", {k} {m[k]:.4f} ({m['pairs_' + k.split('_')[1]]} pairs)"
-                            for k in ("accuracy_correctness", "accuracy_format", "accuracy_trade") if k in m)
-            print(f"{model_dir} on {source}: accuracy {m['accuracy']:.4f} ({m['pairs']} pairs){extra}, "
-                  f"margin {m['margin']:.3f}")
+            extra = "".join(
+                f", {k} {m[k]:.4f} ({m['pairs_' + k.split('_')[1]]} pairs)"
+                for k in ("accuracy_correctness", "accuracy_format", "accuracy_trade")
+                if k in m
+            )
+            print(
+                f"{model_dir} on {source}: accuracy {m['accuracy']:.4f} ({m['pairs']} pairs){extra}, "
+                f"margin {m['margin']:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # reward models on disjoint halves of the HH training pairs: PPO optimises the proxy (half A) and never sees
 # the judge (half B), which scores the held-out answers of SFT (the instruct model itself) and RLHF.
 #
-#   bash ../shared/tools/get-smollm2.sh      # once
+#   export GGUF=SmolLM2-135M-Instruct.Q4_1.gguf HH_DATA=dir/with/hh-harmless-{train,test}.jsonl   # required
 #   bash bench/pipeline_hh.sh                # ~80 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_ppo.png
 #   ITERATIONS=1 EVAL_LIMIT=4 RM_LIMIT=40 OUT=out/hh_smoke bash bench/pipeline_hh.sh   # smoke run
 #   STAGES=rms SEED=1 OUT=out/repeat/hh_r1 bash bench/pipeline_hh.sh   # only the two reward models (bench/repeat_runs.sh)
@@ -16,13 +16,16 @@
 # the first EVAL_LIMIT dialogues of hh-harmless-test.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-gguf="${GGUF:-$HOME/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}"
+gguf="${GGUF:-}"  # required: SmolLM2-135M-Instruct as a GGUF file
 out="${OUT:-out/hh_ppo}"
 rms="${RMS:-$out}"  # where rm_proxy and rm_judge are (trained by the rms stage into OUT)
-[ -f "$gguf" ] || { echo "error: $gguf not found (run: bash ../shared/tools/get-smollm2.sh, or set GGUF=...)" >&2; exit 4; }
+[ -f "$gguf" ] || { echo "error: GGUF='$gguf': not found (set GGUF=<SmolLM2-135M-Instruct GGUF file>)" >&2; exit 4; }
+hh="${HH_DATA:-}"  # required: the directory of hh-harmless-train.jsonl and hh-harmless-test.jsonl
+[ -f "$hh/hh-harmless-train.jsonl" ] && [ -f "$hh/hh-harmless-test.jsonl" ] || {
+  echo "error: HH_DATA='$hh': no hh-harmless-{train,test}.jsonl there (set HH_DATA=<their directory>)" >&2; exit 4; }
 export TQDM_DISABLE=1
 mkdir -p "$out/data"
-train=../shared/data/hh-harmless-train.jsonl test=../shared/data/hh-harmless-test.jsonl
+train="$hh/hh-harmless-train.jsonl" test="$hh/hh-harmless-test.jsonl"
 head -n 906 "$train" > "$out/data/proxy.jsonl"      # half A: the reward PPO optimises
 tail -n +907 "$train" > "$out/data/judge.jsonl"     # half B: the judge PPO never sees
 tail -n 300 "$test" > "$out/data/rm_test.jsonl"     # reward-model accuracy (not the PPO held-out prompts)

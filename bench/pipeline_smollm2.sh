@@ -3,7 +3,7 @@
 # on the shipped task, SFT -> reward model -> PPO, with LoRA and bf16 autocast, every prompt and response
 # rendered with the model's own chat template (--chat_template True in all three stages).
 #
-#   bash ../shared/tools/get-smollm2.sh      # once: the GGUF file (transformers reads it with `gguf`)
+#   export GGUF=SmolLM2-135M-Instruct.Q4_1.gguf   # required: the model (transformers reads it with `gguf`)
 #   bash bench/pipeline_smollm2.sh           # ~47 min on 2 cores: out/smollm2/{sft,rm,rlhf}, each with summary.json, timing.json
 #   STAGES="rm" SEED=1 OUT=out/repeat/smollm2_r1 SFT=out/smollm2/sft bash bench/pipeline_smollm2.sh   # only the RM, on an SFT model
 #   STAGES="rlhf" SFT=out/smollm2/sft RM=out/smollm2/rm OUT=out/smollm2_gold PPO_ARGS="--reward gold" bash bench/pipeline_smollm2.sh   # PPO only
@@ -15,9 +15,9 @@
 # matmul probe before and after); the last line prints the whole run's wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-gguf="${GGUF:-$HOME/.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}"
+gguf="${GGUF:-}"  # required: SmolLM2-135M-Instruct as a GGUF file
 out="${OUT:-out/smollm2}"
-[ -f "$gguf" ] || { echo "error: $gguf not found (run: bash ../shared/tools/get-smollm2.sh, or set GGUF=...)" >&2; exit 4; }
+[ -f "$gguf" ] || { echo "error: GGUF='$gguf': not found (set GGUF=<SmolLM2-135M-Instruct GGUF file>)" >&2; exit 4; }
 export TQDM_DISABLE=1
 lora="--peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_proj,o_proj"
 common="--chat_template True --bf16 True --seed ${SEED:-0} --save_interval 0"

@@ -3,8 +3,8 @@
     python bench/probe.py              # fp32 and bf16, 2048 x 2048, all threads, about 1 s each
     python bench/probe.py --threads 1
 
-These machines sometimes run at half speed for minutes (../shared/FACTS.md: ~200 GFLOP/s fp32 and ~680
-bf16 on 2 quiet threads). A timing is comparable with another only when the probes beside them agree.
+A shared machine can run at half speed for minutes (a quiet 2-thread CPU here gives ~200 GFLOP/s fp32
+and ~680 bf16). A timing is comparable with another only when the probes beside them agree.
 """
 import argparse
 import time
@@ -12,7 +12,9 @@ import time
 import torch
 
 
-def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 1.0, threads: int = None) -> float:
+def matmul_gflops(
+    dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 1.0, threads: int = None
+) -> float:
     """n x n matmul throughput in GFLOP/s (2 n^3 per product), products repeated for about `seconds`."""
     saved = torch.get_num_threads()
     if threads:
@@ -31,8 +33,11 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: fl
 
 def probe(threads: int = None) -> dict:
     """{'fp32_gflops', 'bf16_gflops', 'threads'} measured now."""
-    return {"fp32_gflops": matmul_gflops(torch.float32, threads=threads),
-            "bf16_gflops": matmul_gflops(torch.bfloat16, threads=threads), "threads": threads or torch.get_num_threads()}
+    return {
+        "fp32_gflops": matmul_gflops(torch.float32, threads=threads),
+        "bf16_gflops": matmul_gflops(torch.bfloat16, threads=threads),
+        "threads": threads or torch.get_num_threads(),
+    }
 
 
 def describe(p: dict) -> str:

@@ -5,6 +5,7 @@
 #
 #   bash bench/repeat_runs.sh                        # all parts, RUNS="0 1 2", into out/repeat
 #   PARTS=embedded bash bench/repeat_runs.sh         # only the embedded model's (~14 min on 2 cores)
+# The SmolLM2 parts need GGUF and HH_DATA (bench/pipeline_hh.sh).
 #
 # Parts (PARTS, default "embedded rm_hh hh_rms smollm2_rm hh_winrate"):
 #   embedded    train_rm.py and train_rlhf.py with --seed S from the SFT model SFT (default out/sft, trained
@@ -43,7 +44,8 @@ if has embedded; then
 fi
 if has rm_hh; then
   for s in $runs; do
-    done_ "$out/rm_hh/s$s/result.json" || python bench/bench_rm_hh.py --out_dir "$out/rm_hh/s$s"
+    done_ "$out/rm_hh/s$s/result.json" || python bench/bench_rm_hh.py --out_dir "$out/rm_hh/s$s" --model "${GGUF:-}" \
+        --train_file "${HH_DATA:-}/hh-harmless-train.jsonl" --test_file "${HH_DATA:-}/hh-harmless-test.jsonl"
   done
 fi
 if has hh_rms; then

@@ -13,7 +13,7 @@ data="$run/ds"
 export TQDM_DISABLE=1
 python bench/probe.py
 start=$(date +%s)
-python -m dataset.task --seed "$seed" --out "$data"
+python -m dataset.task_data --seed "$seed" --out "$data"
 python bench/timed.py "$run/sft" -- python train_sft.py --seed "$seed" --train_data "$data/sft_train.jsonl" \
     --eval_data "$data/sft_val.jsonl" --eval_prompts "$data/prompts_val.jsonl" \
     --test_data "$data/sft_test.jsonl" --test_prompts "$data/prompts_test.jsonl" --out_dir "$run/sft" $args

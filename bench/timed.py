@@ -25,7 +25,9 @@ def main() -> None:
     before = probe()
     start = time.time()
     with open(os.path.join(out_dir, "log.txt"), "w") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
@@ -36,7 +38,9 @@ def main() -> None:
     timing = {"wall_seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime,
               "peak_rss_mb": usage.ru_maxrss / 1024, "command": command, "returncode": code,
               "probe_before": before, "probe_after": after}
-    print(f"{wall:.0f} s wall, peak RSS {timing['peak_rss_mb']:.0f} MiB; before: {describe(before)}; after: {describe(after)}")
+    print(
+        f"{wall:.0f} s wall, peak RSS {timing['peak_rss_mb']:.0f} MiB; before: {describe(before)}; after: {describe(after)}"
+    )
     with open(os.path.join(out_dir, "timing.json"), "w") as f:
         json.dump(timing, f, indent=2)
     if code:

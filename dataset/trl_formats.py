@@ -36,9 +36,14 @@ def from_conversational(row: dict) -> dict:
 def implicit_prompt_turns(row: dict) -> list[dict]:
     """The turns a conversational implicit-prompt preference row's chosen and rejected share (its prompt)."""
     chosen, rejected = row["chosen"], row["rejected"]
-    n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    n = next(
+        (i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b),
+        min(len(chosen), len(rejected)),
+    )
     if n == 0:
-        raise DataError(f"{row['_where']}: 'chosen' and 'rejected' share no prompt turns (give 'prompt')")
+        raise DataError(
+            f"{row['_where']}: 'chosen' and 'rejected' share no prompt turns (give 'prompt')"
+        )
     return chosen[:n]
 
 

@@ -5,14 +5,29 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from dataset.sft import fit_lengths, pad, prompt_ids
+from dataset.chat import prompt_ids
+from dataset.tokens import fit_lengths, pad
 from model.loss import token_logprobs
-from model.reward import position_ids_for
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row gets the positions it would have
+    unpadded (OPT derives the same from the mask; Llama-style models need them passed).  (B, T) -> (B, T)"""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, return_scores: bool = False):
+def generate(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    return_scores: bool = False,
+):
     """Generate from left-padded prompts (KV cache, stop at EOS, no minimum length).
 
     Returns the full sequences (B, P + N): prompt left-padded to P, response right-padded with pad;
@@ -25,15 +40,30 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     was_training = model.training
     model.eval()  # dropout off
     input_ids = pad(prompt_ids, tokenizer.pad_token_id, side="left").to(model.device)  # (B, P)
-    attention_mask = pad([[1] * len(p) for p in prompt_ids], 0, side="left").to(model.device)  # (B, P)
-    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else dict(do_sample=False)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                              output_scores=return_scores, return_dict_in_generate=return_scores, **sampling)
-    holder = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's base holds it
-    saved, holder.generation_config = holder.generation_config, GenerationConfig()  # only `config` applies
+    # (B, P)
+    attention_mask = pad([[1] * len(p) for p in prompt_ids], 0, side="left").to(model.device)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+        if do_sample
+        else dict(do_sample=False)
+    )
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        output_scores=return_scores,
+        return_dict_in_generate=return_scores,
+        **sampling
+    )
+    # a PEFT model's base holds it
+    holder = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # only `config` applies
+    saved, holder.generation_config = holder.generation_config, GenerationConfig()
     try:
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+        )
     finally:
         holder.generation_config = saved
         model.train(was_training)
@@ -49,26 +79,54 @@ def decode_responses(tokenizer, sequences: torch.Tensor, prompt_len: int) -> lis
     for row in sequences[:, prompt_len:].tolist():
         if tokenizer.eos_token_id in row:
             row = row[: row.index(tokenizer.eos_token_id)]
-        texts.append(tokenizer.decode([t for t in row if t != tokenizer.pad_token_id], skip_special_tokens=True))
+        texts.append(
+            tokenizer.decode(
+                [t for t in row if t != tokenizer.pad_token_id], skip_special_tokens=True
+            )
+        )
     return texts
 
 
-def answer(model, tokenizer, rows: list[dict], max_prompt_len: int, max_new_tokens: int, batch_size: int = 64,
-           chat_template: bool = False, **sampling) -> list[str]:
+def answer(
+    model,
+    tokenizer,
+    rows: list[dict],
+    max_prompt_len: int,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    chat_template: bool = False,
+    **sampling
+) -> list[str]:
     """Answer each prompt row (greedy unless do_sample=True is passed)."""
     responses = []
     for i in range(0, len(rows), batch_size):
-        ids = [fit_lengths(prompt_ids(tokenizer, r, chat_template), [], max_prompt_len)[0] for r in rows[i: i + batch_size]]
+        ids = [
+            fit_lengths(prompt_ids(tokenizer, r, chat_template), [], max_prompt_len)[0]
+            for r in rows[i : i + batch_size]
+        ]
         seqs = generate(model, tokenizer, ids, max_new_tokens, **sampling)
         responses += decode_responses(tokenizer, seqs, max(len(p) for p in ids))
     return responses
 
 
-def respond(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16,
-            **sampling) -> list[str]:
+def respond(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    **sampling
+) -> list[str]:
     """The assistant's next turn in each conversation, rendered with the tokenizer's chat template."""
-    return answer(model, tokenizer, [{"messages": c} for c in conversations], 10 ** 9, max_new_tokens, batch_size,
-                  **sampling)
+    return answer(
+        model,
+        tokenizer,
+        [{"messages": c} for c in conversations],
+        10**9,
+        max_new_tokens,
+        batch_size,
+        **sampling
+    )
 
 
 @dataclass
@@ -81,7 +139,9 @@ class Responses:
     context_length: int  # P
 
 
-def sample_responses(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, **sampling) -> Responses:
+def sample_responses(
+    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, **sampling
+) -> Responses:
     """Generate a response to each prompt (token ids) and cut it after its first EOS: later tokens become
     pad and leave every mask, so nothing after EOS is scored or trained on."""
     sequences = generate(model, tokenizer, prompts, max_new_tokens, **sampling)  # (B, P + N)
@@ -91,8 +151,11 @@ def sample_responses(model, tokenizer, prompts: list[list[int]], max_new_tokens:
     after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # (B, N): strictly after the first EOS
     action_mask = (~after_eos).long()  # (B, N)
     sequences[:, P:] = response.masked_fill(after_eos, tokenizer.pad_token_id)
-    prompt_mask = pad([[1] * len(p) for p in prompts], 0, side="left").to(sequences.device)  # (B, P)
-    return Responses(sequences, torch.cat([prompt_mask, action_mask], 1), action_mask, is_eos.any(1), P)
+    # (B, P)
+    prompt_mask = pad([[1] * len(p) for p in prompts], 0, side="left").to(sequences.device)
+    return Responses(
+        sequences, torch.cat([prompt_mask, action_mask], 1), action_mask, is_eos.any(1), P
+    )
 
 
 def closed(out: Responses, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +169,13 @@ def closed(out: Responses, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torc
             torch.cat([out.attention_mask, cut[:, None].to(out.attention_mask.dtype)], 1))
 
 
-def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
-                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logprobs(
+    model,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the sampling distribution (divided by `temperature`, as the sampler did) that predict each
     response token (aligned one position left), and the log-probs of the tokens there. Scoring actor and
     reference this way makes PPO's ratio and KL refer to the policy that produced the samples.
@@ -115,7 +183,13 @@ def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
     used, and at PPO's shapes (prompts of ~100 tokens, 32 new) they were most of the head's work.
     Returns (logits (B, N, V), logprobs (B, N))."""
     n = sequences.size(1) - context_length  # N
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
-                   logits_to_keep=n + 1).logits[:, :-1]  # (B, N, V): positions P-1 .. P+N-2
+    logits = model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids_for(attention_mask),
+        logits_to_keep=n + 1,
+    ).logits[
+        :, :-1
+    ]  # (B, N, V): positions P-1 .. P+N-2
     logits = logits.float() / temperature
     return logits, token_logprobs(logits, sequences[:, context_length:])

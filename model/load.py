@@ -5,7 +5,7 @@ MODEL settings accepted by every script:
                         built deterministically on first use and cached in out/embedded/
   "facebook/opt-125m"   any hub id (needs the network once, then the HF cache)
   "out/sft"             a local directory written by save_pretrained
-  "dir/model.gguf"      a GGUF file (e.g. SmolLM2-135M from ../shared/tools/get-smollm2.sh; needs `gguf`)
+  "dir/model.gguf"      a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf; needs `gguf`)
 """
 import fcntl
 import hashlib
@@ -15,10 +15,15 @@ import shutil
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
-from dataset.chat import EMBEDDED_TEMPLATE, use_chat_format
-from dataset.sft import corpus_texts
+from dataset.chat import EMBEDDED_TEMPLATE, corpus_texts, use_chat_format
 from model.peft import load_adapter
 from utils import UserError, hub_reachable
 
@@ -47,12 +52,23 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A $B", special_tokens=[("</s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="</s> $A", pair="</s> $A $B", special_tokens=[("</s>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
 
 
 def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int = 0) -> str:
@@ -63,7 +79,7 @@ def build_embedded(data_dir: str = "ds", out_dir: str = EMBEDDED_DIR, seed: int 
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise ModelError(f"MODEL='embedded': needs the shipped data {', '.join(missing)} (restore "
-                         "it with git checkout, or run `python -m dataset.task` to write it)")
+                         "it with git checkout, or run `python -m dataset.task_data` to write it)")
     digest = hashlib.sha256(json.dumps([config, seed, EMBEDDED_TEMPLATE]).encode())
     for path in files:
         with open(path, "rb") as f:
@@ -92,7 +108,8 @@ def built(stamp: str, build_id: str) -> bool:
 def write_embedded(files: list[str], config: dict, seed: int, build_id: str, out_dir: str) -> None:
     """Build the embedded model and tokenizer in a temporary directory and swap it in by rename."""
     tokenizer = build_tokenizer(corpus_texts(files), config["vocab_size"])
-    tokenizer.chat_template = EMBEDDED_TEMPLATE  # its own small chat format (CHAT_TEMPLATE=True uses it)
+    # its own small chat format (CHAT_TEMPLATE=True uses it)
+    tokenizer.chat_template = EMBEDDED_TEMPLATE
     torch.manual_seed(seed)
     model = OPTForCausalLM(OPTConfig(**config))
     tmp = f"{out_dir}.tmp{os.getpid()}"
@@ -116,19 +133,26 @@ def resolve(name: str, setting: str = "MODEL") -> tuple[str, dict]:
         return os.path.dirname(name) or ".", {"gguf_file": os.path.basename(name)}
     if os.path.isdir(name):
         if not os.path.exists(os.path.join(name, "config.json")):
-            raise ModelError(f"{setting}={name!r}: the directory has no config.json, so it is not a saved model "
-                             "(give a directory written by save_pretrained, e.g. out/sft)")
+            raise ModelError(
+                f"{setting}={name!r}: the directory has no config.json, so it is not a saved model "
+                "(give a directory written by save_pretrained, e.g. out/sft)"
+            )
         return name, {}
     looks_local = (name.startswith((".", "/", "~")) or name.count("/") != 1
-                   or os.path.isdir(name.split("/")[0]))  # 'out/sft' with no out/sft/ is a mistyped path
+                   # 'out/sft' with no out/sft/ is a mistyped path
+                   or os.path.isdir(name.split("/")[0]))
     if looks_local:
-        raise ModelError(f"{setting}={name!r}: no such directory, and not a hub id of the form 'org/name' "
-                         "(check the path, give a hub id such as 'facebook/opt-125m', or 'embedded' for the built-in model)")
+        raise ModelError(
+            f"{setting}={name!r}: no such directory, and not a hub id of the form 'org/name' "
+            "(check the path, give a hub id such as 'facebook/opt-125m', or 'embedded' for the built-in model)"
+        )
     from huggingface_hub import try_to_load_from_cache
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()):
-        raise ModelError(f"{setting}={name!r} is not in the local Hugging Face cache and the hub cannot be "
-                         f"reached (go online once, or set {setting}='embedded', the built-in tiny OPT, or a local directory)")
+        raise ModelError(
+            f"{setting}={name!r} is not in the local Hugging Face cache and the hub cannot be "
+            f"reached (go online once, or set {setting}='embedded', the built-in tiny OPT, or a local directory)"
+        )
     return name, ({"local_files_only": True} if cached else {})
 
 
@@ -144,13 +168,17 @@ def from_pretrained(load, name: str, setting: str, **kw):
         return model
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: a cut file
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelError(f"{setting}={name!r}: cannot be loaded ({type(e).__name__}: {first}) "
-                         "(check that it is a complete save_pretrained directory, hub id or GGUF file)") from e
+        raise ModelError(
+            f"{setting}={name!r}: cannot be loaded ({type(e).__name__}: {first}) "
+            "(check that it is a complete save_pretrained directory, hub id or GGUF file)"
+        ) from e
 
 
 def load_tokenizer(name: str, setting: str = "MODEL"):
     """The tokenizer of a model setting, with the one pad rule every stage uses (see set_pad_token)."""
-    return set_pad_token(from_pretrained(AutoTokenizer.from_pretrained, name, setting), f"{setting}={name!r}")
+    return set_pad_token(
+        from_pretrained(AutoTokenizer.from_pretrained, name, setting), f"{setting}={name!r}"
+    )
 
 
 def set_pad_token(tok, where: str = "the tokenizer"):
@@ -161,8 +189,10 @@ def set_pad_token(tok, where: str = "the tokenizer"):
     if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
         return tok
     if tok.unk_token_id is None or tok.unk_token_id == tok.eos_token_id:
-        raise ModelError(f"{where}: the tokenizer pads with EOS (or has no pad token) and has no separate unknown "
-                         "token to pad with; add a pad token to the tokenizer (and resize the model's embeddings)")
+        raise ModelError(
+            f"{where}: the tokenizer pads with EOS (or has no pad token) and has no separate unknown "
+            "token to pad with; add a pad token to the tokenizer (and resize the model's embeddings)"
+        )
     tok.pad_token = tok.unk_token
     return tok
 
@@ -179,11 +209,19 @@ def load_checkpoint(path: str, setting: str = "MODEL"):
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")) \
             and os.path.isdir(os.path.join(path, "adapter")):
         return load_checkpoint(os.path.join(path, "adapter"), setting)
-    adapter = next((f for f in ("adapter_config.json", "bitfit_config.json") if os.path.exists(os.path.join(path, f))), None)
+    adapter = next(
+        (
+            f
+            for f in ("adapter_config.json", "bitfit_config.json")
+            if os.path.exists(os.path.join(path, f))
+        ),
+        None,
+    )
     if adapter is None:
         model, tok_dir = load_causal_lm(path, setting), path
     else:
-        if adapter == "bitfit_config.json":  # BitFit records no base: the merged model sits one level up
+        # BitFit records no base: the merged model sits one level up
+        if adapter == "bitfit_config.json":
             base = os.path.dirname(os.path.abspath(path))
         else:
             with open(os.path.join(path, adapter)) as f:

@@ -20,12 +20,15 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     -log p(labels[t] | tokens < t).  logits: (B, T, V); labels: (B, T), -100 = not supervised."""
     logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
     labels = labels[:, 1:]  # (B, T-1)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100
+    )
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(tokens[t]) under logits[t].  logits: (B, T, V) already aligned with tokens: (B, T)."""
-    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    # (B, T)
+    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
@@ -40,7 +43,9 @@ def pairwise_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) ->
     return -F.logsigmoid(chosen_scores.float() - rejected_scores.float()).mean()
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, all_reduce=None) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, all_reduce=None
+) -> torch.Tensor:
     """(x - mean) / std over the masked positions; masked-out positions come back as 0.  x, mask: (B, T)
 
     all_reduce: a function that sums a tensor over processes; with it, mean and std are those of the
@@ -54,7 +59,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return (out if shift_mean else out + mean) * mask
 
 
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+):
     """Generalised advantage estimation, PPO Eqs. 11-12 (Schulman et al. 2017, https://arxiv.org/abs/1707.06347):
 
         delta_t = r_t + gamma * V_{t+1} - V_t          (V after the last response token = 0)
@@ -76,8 +83,13 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     return advantages, (advantages + values) * mask
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_range: float) -> tuple[torch.Tensor, dict]:
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate objective, PPO Eq. 7, as a loss to minimise:
 
         rho = exp(logprobs - old_logprobs)
@@ -94,11 +106,20 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     with torch.no_grad():
         clipfrac = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
-    return loss, {"clipfrac": clipfrac.item(), "approx_kl": approx_kl.item(), "ratio": masked_mean(ratio, mask).item()}
+    return loss, {
+        "clipfrac": clipfrac.item(),
+        "approx_kl": approx_kl.item(),
+        "ratio": masked_mean(ratio, mask).item(),
+    }
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip_range: float) -> tuple[torch.Tensor, dict]:
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, dict]:
     """Clipped value loss (PPO2 / InstructGPT-style critic):
 
         V_clip = old_V + clip(V - old_V, -eps, eps)
@@ -110,12 +131,18 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
     with torch.no_grad():
         clipfrac = masked_mean(((values - returns) ** 2 < (clipped - returns) ** 2).float(), mask)
-        drift = masked_mean((values - old_values).abs(), mask)  # how far the critic moved from the rollout's values
+        # how far the critic moved from the rollout's values
+        drift = masked_mean((values - old_values).abs(), mask)
     return loss, {"value_clipfrac": clipfrac.item(), "value_drift": drift.item()}
 
 
-def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                         beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_penalized_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards of the RL objective, InstructGPT Eq. 2 without the ptx term:
 
         r_t = -beta * (log pi_RL(y_t) - log pi_SFT(y_t))  on every response token
@@ -125,7 +152,8 @@ def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logpr
     """
     kl = (logprobs - ref_logprobs) * mask  # (B, N)
     rewards = -beta * kl
-    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask.bool()  # (B, N): True only at the last token
+    # (B, N): True only at the last token
+    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask.bool()
     # equivalent loop: for i in range(B): rewards[i, mask[i].nonzero().max()] += scores[i]
     return rewards + last * scores[:, None], kl
 
@@ -136,7 +164,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+def sequence_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
     """log pi(y|x) = sum over response tokens t of log pi(y_t | x, y_<t): prompt and pad tokens add nothing.
 
     logits: (B, T, V) of the model on input_ids: (B, T); loss_mask: (B, T), 1 on the response tokens
@@ -145,8 +175,13 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: 
     return (logprobs * loss_mask[:, 1:].to(logprobs.dtype)).sum(-1)  # (B,)
 
 
-def dpo_loss(chosen_logprobs: torch.Tensor, rejected_logprobs: torch.Tensor, ref_chosen_logprobs: torch.Tensor,
-             ref_rejected_logprobs: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+def dpo_loss(
+    chosen_logprobs: torch.Tensor,
+    rejected_logprobs: torch.Tensor,
+    ref_chosen_logprobs: torch.Tensor,
+    ref_rejected_logprobs: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict]:
     """Direct preference optimisation, DPO Eq. 7 (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290):
 
         loss = -mean over pairs of log sigmoid(beta * ((log pi(y_w|x) - log pi_ref(y_w|x))
@@ -162,12 +197,18 @@ def dpo_loss(chosen_logprobs: torch.Tensor, rejected_logprobs: torch.Tensor, ref
     margin = chosen_rewards - rejected_rewards  # (P,)
     loss = -F.logsigmoid(margin).mean()
     with torch.no_grad():
-        stats = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(),
-                 "chosen_reward": chosen_rewards.mean().item(), "rejected_reward": rejected_rewards.mean().item()}
+        stats = {
+            "accuracy": (margin > 0).float().mean().item(),
+            "margin": margin.mean().item(),
+            "chosen_reward": chosen_rewards.mean().item(),
+            "rejected_reward": rejected_rewards.mean().item(),
+        }
     return loss, stats
 
 
-def group_advantages(rewards: torch.Tensor, scale_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, scale_std: bool = False, eps: float = 1e-6
+) -> torch.Tensor:
     """GRPO's outcome advantages, DeepSeekMath Sec. 4.1.2 (Shao et al. 2024, https://arxiv.org/abs/2402.03300):
 
         A_i = r_i - mean(r_1..r_G)                        within each group of G samples of one prompt
@@ -187,8 +228,16 @@ def group_advantages(rewards: torch.Tensor, scale_std: bool = False, eps: float 
     return advantages.masked_fill(std < eps, 0.0)
 
 
-def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, clip_range: float, beta: float, token_level: bool = True) -> tuple[torch.Tensor, dict]:
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    beta: float,
+    token_level: bool = True,
+) -> tuple[torch.Tensor, dict]:
     """GRPO objective, DeepSeekMath Eq. 3, as a loss to minimise:
 
         rho_t = pi(o_t) / pi_old(o_t)
@@ -208,16 +257,23 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     log_ratio = logprobs - old_logprobs  # (B, N)
     ratio = torch.exp(log_ratio)
     adv = advantages[:, None]  # (B, 1): every token of response i gets A_i
-    unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * adv  # (B, N)
+    # (B, N)
+    unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * adv
     surrogate = torch.min(unclipped, clipped)
     ref_log_ratio = ref_logprobs - logprobs  # log(pi_ref / pi)
     kl = torch.expm1(ref_log_ratio) - ref_log_ratio  # (B, N), k3 >= 0
     if token_level:
         loss = -masked_mean(surrogate - beta * kl, mask)  # over every response token of the batch
     else:
-        loss = -masked_mean(surrogate - beta * kl, mask, dim=1).mean()  # over each response's tokens, then responses
+        # over each response's tokens, then responses
+        loss = -masked_mean(surrogate - beta * kl, mask, dim=1).mean()
     with torch.no_grad():
-        clipfrac = masked_mean((clipped < unclipped).float(), mask)  # share of tokens where the clip is active
-        stats = {"clipfrac": clipfrac.item(), "kl_k3": masked_mean(kl, mask).item(), "ratio": masked_mean(ratio, mask).item(),
-                 "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask).item()}
+        # share of tokens where the clip is active
+        clipfrac = masked_mean((clipped < unclipped).float(), mask)
+        stats = {
+            "clipfrac": clipfrac.item(),
+            "kl_k3": masked_mean(kl, mask).item(),
+            "ratio": masked_mean(ratio, mask).item(),
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask).item(),
+        }
     return loss, stats

@@ -11,26 +11,32 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from dataset.chat import encode_text, reply_text, use_chat_format
-from dataset.sft import pad
+from dataset.tokens import pad
+from model.generate import position_ids_for
 from model.load import from_pretrained, load_tokenizer
 
 
 def load_reward_model(name: str, pad_token_id: int, setting: str = "MODEL", dtype=torch.float32):
     """A reward model from a saved RM, or a fresh scalar head on a causal LM (e.g. the SFT checkpoint)."""
-    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, setting, num_labels=1, dtype=dtype)
-    model.config.pad_token_id = pad_token_id  # Llama configs have none; the last-token lookup needs it
+    model = from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained,
+        name,
+        setting,
+        num_labels=1,
+        dtype=dtype,
+    )
+    # Llama configs have none; the last-token lookup needs it
+    model.config.pad_token_id = pad_token_id
     return model
-
-
-def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so a left-padded row gets the positions it would have
-    unpadded (OPT derives the same from the mask; Llama-style models need them passed).  (B, T) -> (B, T)"""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Score at the last non-pad token.  input_ids, attention_mask: (B, T) -> (B,)"""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask))
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_for(attention_mask),
+    )
     return out.logits.squeeze(-1).float()  # (B,)
 
 
@@ -46,7 +52,11 @@ def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     outputs = []
     handle = head.register_forward_hook(lambda module, args, out: outputs.append(out))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask))
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+        )
     finally:
         handle.remove()
     return outputs[0].squeeze(-1).float()  # (B, T)
@@ -62,15 +72,25 @@ def load_scorer(path: str, setting: str = "RM"):
 
 
 @torch.no_grad()
-def score_replies(model, tokenizer, conversations: list[list[dict]], replies: list[str], batch_size: int = 16,
-                  max_len: int = None) -> list[float]:
+def score_replies(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    replies: list[str],
+    batch_size: int = 16,
+    max_len: int = None,
+) -> list[float]:
     """Reward of each reply to its conversation, both rendered with the reward model's own chat template
     (its tokenizer's: the format it was trained on), read at the reply's end-of-turn token. max_len: keep
     only the last max_len tokens (the dialogue cut from the left, as the reward model's training data was)."""
     seqs = []
     for messages, reply in zip(conversations, replies):
         prompt, turn = reply_text(tokenizer, messages, reply)
-        seqs.append((encode_text(tokenizer, prompt) + encode_text(tokenizer, turn))[-max_len if max_len else 0:])
+        seqs.append(
+            (encode_text(tokenizer, prompt) + encode_text(tokenizer, turn))[
+                -max_len if max_len else 0 :
+            ]
+        )
     scores = []
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i: i + batch_size]

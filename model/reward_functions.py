@@ -19,7 +19,7 @@ import importlib.util
 import math
 import os
 
-from dataset.sft import render_prompt
+from dataset.chat import render_prompt
 from utils import ConfigError, UserError
 
 
@@ -36,7 +36,9 @@ def load_function(spec: str, judge=None):
     """'gold' or 'path/file.py:function' -> (name, function)."""
     if spec == "gold":
         if judge is None:
-            raise ConfigError("REWARD='gold': these prompts have no gold judge (use 'rm' or FILE.py:FUNCTION)")
+            raise ConfigError(
+                "REWARD='gold': these prompts have no gold judge (use 'rm' or FILE.py:FUNCTION)"
+            )
         return "gold", gold_function(judge)
     path, _, name = spec.rpartition(":")
     if not path.endswith(".py") or not name:
@@ -56,15 +58,21 @@ def load_function(spec: str, judge=None):
 def checked(name: str, scores, n: int) -> list[float]:
     """The scores as floats, or a UserError naming the function and what is wrong with its return."""
     if isinstance(scores, (str, bytes, dict)) or not hasattr(scores, "__len__"):
-        raise UserError(f"reward function {name}: returned {type(scores).__name__}, expected a list of "
-                        f"{n} floats (one per completion)")
+        raise UserError(
+            f"reward function {name}: returned {type(scores).__name__}, expected a list of "
+            f"{n} floats (one per completion)"
+        )
     scores = list(scores.tolist() if hasattr(scores, "tolist") else scores)
     if len(scores) != n:
-        raise UserError(f"reward function {name}: returned {len(scores)} values for {n} completions "
-                        "(return one float per completion)")
+        raise UserError(
+            f"reward function {name}: returned {len(scores)} values for {n} completions "
+            "(return one float per completion)"
+        )
     for i, s in enumerate(scores):
         if isinstance(s, bool) or not isinstance(s, (int, float)):
-            raise UserError(f"reward function {name}: value {i} is {s!r}, not a number (return floats)")
+            raise UserError(
+                f"reward function {name}: value {i} is {s!r}, not a number (return floats)"
+            )
         if not math.isfinite(s):
             raise UserError(f"reward function {name}: value {i} is {s} (return finite floats)")
     return [float(s) for s in scores]
@@ -85,22 +93,29 @@ def reward_functions(spec: str, weights: str, judge=None):
     except ValueError:
         raise ConfigError(f"REWARD_WEIGHTS={weights!r}: expected comma-separated numbers") from None
     if len(w) != len(functions):
-        raise ConfigError(f"REWARD_WEIGHTS={weights!r}: {len(w)} weights for {len(functions)} reward "
-                          f"functions in REWARD={spec!r} (give one per function)")
+        raise ConfigError(
+            f"REWARD_WEIGHTS={weights!r}: {len(w)} weights for {len(functions)} reward "
+            f"functions in REWARD={spec!r} (give one per function)"
+        )
 
     def reward_fn(rows: list[dict], responses: list[str]) -> list[float]:
         chat = ["messages" in r for r in rows]
         prompts = [r["messages"] if c else render_prompt(r) for r, c in zip(rows, chat)]
-        completions = [[{"role": "assistant", "content": x}] if c else x for x, c in zip(responses, chat)]
-        keys = sorted({k for r in rows for k in r if not k.startswith("_")} - {"prompt", "messages"})
+        completions = [
+            [{"role": "assistant", "content": x}] if c else x for x, c in zip(responses, chat)
+        ]
+        keys = sorted(
+            {k for r in rows for k in r if not k.startswith("_")} - {"prompt", "messages"}
+        )
         fields = {k: [r.get(k) for r in rows] for k in keys}
         total = [0.0] * len(rows)
         for (name, fn), weight in zip(functions, w):
             extra = {"rows": rows} if name == "gold" else {}
-            scores = checked(name, fn(prompts=prompts, completions=completions, **fields, **extra), len(rows))
+            scores = checked(
+                name, fn(prompts=prompts, completions=completions, **fields, **extra), len(rows)
+            )
             total = [t + weight * s for t, s in zip(total, scores)]
         return total
 
     reward_fn.names = [name for name, _ in functions]
     return reward_fn
-

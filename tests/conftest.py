@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models built from configs, and one short SFT run reused across tests."""
 import contextlib
 import io
+import json
 import os
 import runpy
 import subprocess
@@ -17,15 +18,90 @@ def trainer_configs(out_dir, **settings) -> dict:
     """loop= and optim= for a trainer built in a test: the given settings over small test values."""
     from trainer.base import LoopConfig, OptimConfig
 
-    loop = dict(out_dir=str(out_dir), max_steps=1, warmup_steps=0, grad_clip=1.0, eval_interval=0, log_interval=10,
-                save_interval=0, seed=0, bf16=False, resume=False, log_with="none", group_by_length=False, gradient_checkpointing=False,
-                fsdp=False, overwrite=False)
+    loop = dict(
+        out_dir=str(out_dir),
+        max_steps=1,
+        warmup_steps=0,
+        grad_clip=1.0,
+        eval_interval=0,
+        log_interval=10,
+        save_interval=0,
+        seed=0,
+        bf16=False,
+        resume=False,
+        log_with="none",
+        group_by_length=False,
+        gradient_checkpointing=False,
+        fsdp=False,
+        overwrite=False,
+    )
     optim = dict(lr=1e-3, weight_decay=0.0, batch_size=8, grad_accum=1)
     for key, value in settings.items():
         if key not in loop and key not in optim:
             raise TypeError(f"trainer_configs: unknown setting {key!r}")
         (loop if key in loop else optim)[key] = value
     return {"loop": LoopConfig(**loop), "optim": OptimConfig(**optim)}
+
+
+def tiny_model(seed: int = 0, dropout: float = 0.0, attention_dropout: float = None):
+    """A 2-layer, width-32 OPT with the embedded tokenizer's vocabulary, its weights drawn after
+    torch.manual_seed(seed). attention_dropout follows dropout unless given."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    attention_dropout = dropout if attention_dropout is None else attention_dropout
+    return OPTForCausalLM(
+        OPTConfig(
+            vocab_size=512,
+            hidden_size=32,
+            word_embed_proj_dim=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation_dropout=0.0,
+        )
+    )
+
+
+def make_sft_trainer(tok, data, out_dir, model=None, cls=None, run_config=None, **settings):
+    """An SFT trainer (or `cls`) on a tiny model, with no eval data and no judge: lr 3e-3, batch 8, a
+    log line every step, seed 1, unless `settings` say otherwise."""
+    from trainer.sft import SFTTrainer
+
+    args = {"lr": 3e-3, "batch_size": 8, "log_interval": 1, "seed": 1, **settings}
+    return (cls or SFTTrainer)(model or tiny_model(), tok, data, None, None,
+                               run_config={"test": True} if run_config is None else run_config,
+                               max_new_tokens=8, judge=None, **trainer_configs(out_dir, **args))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The embedded tokenizer (a test file may define its own, e.g. with a chat format installed)."""
+    from model.load import load_tokenizer
+
+    return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="module")
+def alpaca_tok():
+    """The embedded tokenizer with the Alpaca format installed as its chat template (CHAT_TEMPLATE=False)."""
+    from dataset.chat import use_chat_format
+    from model.load import load_tokenizer
+
+    tokenizer = load_tokenizer("embedded")
+    use_chat_format(tokenizer, False)
+    return tokenizer
+
+
+def write_jsonl(tmp_path, name: str, rows: list) -> str:
+    """Write rows as tmp_path/name, one JSON object per line; returns the path."""
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +111,14 @@ def _run_in_repo_root(monkeypatch):
 
 def run_script(*args, timeout=600) -> str:
     """Run a train_*.py script in a subprocess; fail with its output if it fails."""
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"},
+    )
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -71,7 +153,8 @@ def _run_in_process(args) -> tuple:
     printed, errors, code = io.StringIO(), io.StringIO(), None
     sys.argv = list(args)
     os.chdir(ROOT)
-    AcceleratorState._reset_state(True)  # accelerate keeps one mixed-precision setting per process; a script picks its own
+    # accelerate keeps one mixed-precision setting per process; a script picks its own
+    AcceleratorState._reset_state(True)
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
             runpy.run_path(os.path.join(ROOT, args[0]), run_name="__main__")
@@ -99,9 +182,27 @@ def sft_dir(tmp_path_factory) -> str:
     out = root / "sft_fixture"
     with FileLock(str(root / "sft_fixture.lock")):
         if not (out / "model.safetensors").exists():
-            run_inline("train_sft.py", "--out_dir", str(out), "--max_steps", "100", "--batch_size", "32", "--lr", "5e-3",
-                       "--eval_interval", "0", "--save_interval", "0", "--eval_limit", "40", "--test_limit", "20",
-                       "--warmup_steps", "10")
+            run_inline(
+                "train_sft.py",
+                "--out_dir",
+                str(out),
+                "--max_steps",
+                "100",
+                "--batch_size",
+                "32",
+                "--lr",
+                "5e-3",
+                "--eval_interval",
+                "0",
+                "--save_interval",
+                "0",
+                "--eval_limit",
+                "40",
+                "--test_limit",
+                "20",
+                "--warmup_steps",
+                "10",
+            )
     return str(out)
 
 

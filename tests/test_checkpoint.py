@@ -16,19 +16,15 @@ import trainer.checkpoint as ckpt
 from dataset.prompt import PromptDataset
 from dataset.rm import RMDataset
 from dataset.sft import SFTDataset
-from model.load import load_tokenizer
-from trainer.checkpoint import CheckpointError, OutDirLocked, Preempted, candidates, load_state
+from trainer.checkpoint import CheckpointError, candidates, load_state
+from trainer.lock import OutDirLocked
+from trainer.signals import Preempted
 from trainer.ppo import PPOConfig, PPOTrainer
 from trainer.rm import RMTrainer
 
-from conftest import ROOT, trainer_configs
+from conftest import ROOT, tiny_model, trainer_configs
 from test_ppo import PPO_SETTINGS
-from test_trainer import make_trainer, tiny_model
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded")
+from test_trainer import make_trainer
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +50,8 @@ class Boom(OSError):
 
 @pytest.mark.parametrize("where", ["tensors", "swap"])
 def test_save_failing_halfway_leaves_a_checkpoint_that_resumes_exactly(tok, data, tmp_path, monkeypatch, uninterrupted, where):
-    """The save at step 4 dies while writing the tensors, or between its two renames (the old code then
-    left only checkpoint.old, which resume ignored). A complete checkpoint is still there, the resumed
+    """The save at step 4 dies while writing the tensors, or between its two renames (leaving only
+    checkpoint.old, which resume must then find). A complete checkpoint is still there, the resumed
     run ends bitwise equal to the uninterrupted one, and metrics.jsonl holds each step once."""
     run = make_trainer(tok, data, tmp_path, save_interval=2)
     real_save, real_replace = ckpt.save_file, os.replace
@@ -127,7 +123,7 @@ def test_state_round_trips_through_safetensors_and_json(tmp_path):
     assert back["none"] is None and back["__odd"] == [1.5, "x"]
 
 
-HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from trainer.checkpoint import lock_out_dir; "
+HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from trainer.lock import lock_out_dir; "
         "lock_out_dir({out!r}); print('locked', flush=True); time.sleep(60)")
 
 
@@ -160,6 +156,19 @@ def signal_at(trainer, step, signum):
     trainer.training_step = step_with_signal
 
 
+def run_and_stop(make, tmp_path, step, signum, exit_code):
+    """Run make('full') to the end, and make('cut') until `signum` arrives during `step`: the cut run
+    must exit with `exit_code` and leave a checkpoint of that step. Returns (full, cut)."""
+    full = make("full")
+    full.fit()
+    cut = make("cut")
+    signal_at(cut, step, signum)
+    with pytest.raises(Preempted) as stopped:
+        cut.fit()
+    assert stopped.value.code == exit_code and load_state(str(tmp_path / "cut" / "checkpoint"))[0] == step
+    return full, cut
+
+
 def tiny_rm(seed):
     torch.manual_seed(seed)
     return OPTForSequenceClassification(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
@@ -183,13 +192,8 @@ def test_rm_stops_on_sigint_after_the_step_and_resumes_bitwise(tok, tmp_path):
         trainer.best_metric = "eval/margin"
         return trainer
 
-    full = rm_trainer("full")
-    full.fit()
-    cut = rm_trainer("cut")
-    signal_at(cut, 3, signal.SIGINT)
-    with pytest.raises(Preempted) as stopped:
-        cut.fit()
-    assert stopped.value.code == 130 and cut.step == 3 and load_state(str(tmp_path / "cut" / "checkpoint"))[0] == 3
+    full, cut = run_and_stop(rm_trainer, tmp_path, 3, signal.SIGINT, exit_code=130)
+    assert cut.step == 3
     resumed = rm_trainer("cut", seed=5, resume=True)
     resumed.fit()
     assert_same(list(full.model.parameters()), resumed.model)
@@ -209,13 +213,7 @@ def test_ppo_stops_on_sigterm_after_the_iteration_and_resumes_bitwise(tok, tmp_p
                           eval_prompts=None, run_config={},
                           loop=trainer_configs(tmp_path / out, max_steps=3, seed=0, log_interval=1, **kw)["loop"])
 
-    full = ppo_trainer("full")
-    full.fit()
-    cut = ppo_trainer("cut")
-    signal_at(cut, 2, signal.SIGTERM)
-    with pytest.raises(Preempted) as stopped:
-        cut.fit()
-    assert stopped.value.code == 143 and load_state(str(tmp_path / "cut" / "checkpoint"))[0] == 2
+    full, _ = run_and_stop(ppo_trainer, tmp_path, 2, signal.SIGTERM, exit_code=143)
     resumed = ppo_trainer("cut", seed=9, resume=True)
     torch.manual_seed(123)  # the checkpoint's RNG state, not this, drives the remaining rollouts
     resumed.fit()

@@ -98,8 +98,8 @@ def test_config_replay_without_out_dir_writes_to_a_new_out_dir(tmp_path, capsys)
     (["--max_steps", "-3"], "MAX_STEPS"), (["--max_len", "7"], "MAX_LEN"), (["--grad_clip", "-1"], "GRAD_CLIP"),
     (["--lora_r", "0"], "LORA_R"), (["--train_limit", "0"], "TRAIN_LIMIT")])
 def test_numeric_settings_out_of_range_are_one_line_errors(args, name):
-    """Each of these used to run silently wrong (gradient ascent, an untrained model saved with exit 0)
-    or crash mid-run (divide by zero): now a one-line error naming the setting and its range."""
+    """Each of these would run silently wrong (gradient ascent, an untrained model saved with exit 0)
+    or crash mid-run (divide by zero): instead, a one-line error naming the setting and its range."""
     ns = {"LR": 1e-3, "BATCH_SIZE": 8, "GRAD_ACCUM": 1, "LOG_INTERVAL": 10, "MAX_STEPS": 10, "MAX_LEN": 96,
           "GRAD_CLIP": 1.0, "LORA_R": 8, "TRAIN_LIMIT": None, "EVAL_LIMIT": None}
     with pytest.raises(ConfigError, match=rf"{name} must be") as err:

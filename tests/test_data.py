@@ -4,7 +4,8 @@ import json
 import pytest
 
 from dataset.io import DataError, read_rows
-from dataset.sft import SFT_FORMATS, SFTDataset, TruncationCounter, fit_lengths, sft_collate
+from dataset.sft import SFT_FORMATS, SFTDataset, sft_collate
+from dataset.tokens import TruncationCounter, fit_lengths
 from model.load import load_tokenizer
 
 
@@ -85,7 +86,7 @@ def test_unreachable_hub_dataset_is_one_clear_error():
 def test_hh_rows_are_prompts_up_to_the_last_assistant_turn(tmp_path):
     """An Anthropic HH row in a prompt file: the dialogue both replies share, as user/assistant messages
     ending with the user's turn (the reply PPO samples goes after it); a row that is no HH dialogue names its line."""
-    from dataset.sft import read_prompts
+    from dataset.prompt import read_prompts
 
     path = tmp_path / "hh.jsonl"
     good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help me\n\nAssistant: sure",

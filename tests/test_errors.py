@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from dataset.io import DataError, read_rows
-from dataset.rm import PAIR_FORMATS, RANKED_FORMATS
-from dataset.sft import PROMPT_FORMATS, SFT_FORMATS
+from dataset.comparisons import PAIR_FORMATS, RANKED_FORMATS
+from dataset.prompt import PROMPT_FORMATS
+from dataset.sft import SFT_FORMATS
 
 from conftest import ROOT
 

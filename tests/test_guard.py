@@ -5,21 +5,13 @@ import os
 
 import pytest
 import torch
-from transformers import OPTConfig, OPTForCausalLM
 
 from dataset.sft import SFTDataset
-from model.load import load_tokenizer
 from trainer.export import save_stage
 from trainer.checkpoint import load_state
 from trainer.guard import NonFiniteError
-from trainer.sft import SFTTrainer
 
-from conftest import trainer_configs
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded")
+from conftest import make_sft_trainer
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +19,8 @@ def data(tok):
     return SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=32, verbose=False)
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
-                                    num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
-                                    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0))
-
-
 def make_trainer(tok, data, out_dir, **kw):
-    args = dict(lr=3e-3, max_steps=3, batch_size=8, warmup_steps=0, log_interval=1, seed=1)
-    args.update(kw)
-    return SFTTrainer(tiny_model(), tok, data, None, None, run_config={"test": True}, max_new_tokens=8,
-                      judge=None, **trainer_configs(out_dir, **args))
+    return make_sft_trainer(tok, data, out_dir, **{"max_steps": 3, "warmup_steps": 0, **kw})
 
 
 def test_an_infinite_lr_stops_at_the_first_step_and_saves_nothing(tok, data, tmp_path):

@@ -8,35 +8,21 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from dataset.sft import SFTDataset, sft_collate
-from model.generate import response_logprobs
+from model.generate import position_ids_for, response_logprobs
 from model.loss import lm_loss, token_logprobs
-from model.load import load_tokenizer
 from model.peft import apply_peft
 from model.peft.prompt_tuning import text_logits
-from model.reward import position_ids_for
 from model.memory import checkpoint_layers
 from trainer.data_order import group_by_length
 from trainer.optim import adamw
 from trainer.sft import SFTTrainer, supervised_span
 
-from conftest import trainer_configs
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded")
+from conftest import tiny_model, trainer_configs
 
 
 @pytest.fixture(scope="module")
 def data(tok):
     return SFTDataset("ds/sft_train.jsonl", tok, max_len=96, limit=300, verbose=False)
-
-
-def tiny_model(dropout=0.0, seed=0):
-    torch.manual_seed(seed)
-    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64, num_hidden_layers=2,
-                                    num_attention_heads=2, max_position_embeddings=128, dropout=dropout,
-                                    attention_dropout=dropout, activation_dropout=0.0))
 
 
 def epoch_batches(trainer, n_batches):

@@ -80,7 +80,7 @@ def test_each_process_destroys_its_group_before_exit(two_procs):
 def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_path, fresh_accelerator):
     """2 processes x batch 8 end 3 steps with the weights of 1 process x batch 16 (same samples): the
     loss is the mean over the global batch's supervised tokens. Per-rank token means averaged over the
-    ranks put the weights about 0.17 apart (../shared/FACTS.md); float noise gives about 2e-4."""
+    ranks put the weights about 0.17 apart (measured once); float noise gives about 2e-4."""
     out, result = two_procs
     one = sft_run(str(tmp_path), batch_size=16)
     torch.manual_seed(0)
@@ -136,18 +136,25 @@ def test_kill_and_resume_two_processes_equals_uninterrupted(two_procs):
     assert result["resumed_step"] == 6 and torch.equal(result["full"], result["resumed"])
 
 
+def fake_accelerator(num_processes: int, distributed_type):
+    """A stand-in for accelerate's Accelerator class: rank 0 of `num_processes`, under `distributed_type`."""
+
+    class Fake:
+        process_index = 0
+
+        def __init__(self, **kwargs):
+            pass
+
+    Fake.num_processes, Fake.distributed_type = num_processes, distributed_type
+    return Fake
+
+
 def test_launch_without_a_process_group_refuses(monkeypatch):
     """WORLD_SIZE=2 from the launcher but a 1-process accelerator (what accelerate 1.15 does on CPU
     without cpu=True): stop with a clear error instead of running two copies of the job."""
     from accelerate.utils import DistributedType
 
-    class OneProcess:
-        num_processes, process_index, distributed_type = 1, 0, DistributedType.NO
-
-        def __init__(self, **kwargs):
-            pass
-
-    monkeypatch.setattr(dist, "Accelerator", OneProcess)
+    monkeypatch.setattr(dist, "Accelerator", fake_accelerator(1, DistributedType.NO))
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(dist.LaunchError, match="WORLD_SIZE=2.*refusing"):
         dist.make_accelerator()
@@ -161,12 +168,7 @@ def test_sharded_engine_requests_that_cannot_run_are_refused(monkeypatch):
 
     from trainer.dist import check_sharded_settings
 
-    class TwoProcesses:
-        num_processes, process_index, distributed_type = 2, 0, DistributedType.MULTI_CPU
-
-        def __init__(self, **kwargs):
-            pass
-
+    TwoProcesses = fake_accelerator(2, DistributedType.MULTI_CPU)
     monkeypatch.setattr(dist, "Accelerator", TwoProcesses)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

@@ -1,6 +1,6 @@
 """What a run does with what it finds in out_dir: resume only what it can continue, never start over an
 earlier run, never lose the last complete checkpoint or model, and a lock that cannot be redirected
-(trainer/outdir.py, trainer/checkpoint.py, model/load.py)."""
+(trainer/outdir.py, trainer/checkpoint.py, trainer/lock.py, model/load.py)."""
 import json
 import multiprocessing
 import os
@@ -8,22 +8,17 @@ import shutil
 
 import pytest
 import torch
-from transformers import OPTConfig, OPTForCausalLM
 
 from dataset.sft import SFTDataset
-from model.load import ModelError, build_embedded, load_causal_lm, load_tokenizer
+from model.load import ModelError, build_embedded, load_causal_lm
 from trainer import checkpoint as ckpt
 from trainer.export import save_stage
-from trainer.checkpoint import CheckpointError, OutDirLocked, drop_rows_after, lock_out_dir
+from trainer.checkpoint import CheckpointError, drop_rows_after
+from trainer.lock import OutDirLocked, lock_out_dir, release_lock
 from trainer.sft import SFTTrainer
 from utils import UserError
 
-from conftest import trainer_configs
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded")
+from conftest import make_sft_trainer, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +26,14 @@ def data(tok):
     return SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=32, verbose=False)
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
-                                    num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128))
+def outdir_model():
+    """The tiny model with OPTConfig's default dropouts (0.1, none in attention)."""
+    return tiny_model(dropout=0.1, attention_dropout=0.0)
 
 
 def make_trainer(tok, data, out_dir, run_config, cls=SFTTrainer, **kw):
-    args = dict(lr=3e-3, max_steps=3, batch_size=8, warmup_steps=0, log_interval=1, seed=1, save_interval=2)
-    args.update(kw)
-    return cls(tiny_model(), tok, data, None, None, run_config=run_config, max_new_tokens=8, judge=None,
-               **trainer_configs(out_dir, **args))
+    return make_sft_trainer(tok, data, out_dir, outdir_model(), cls, run_config,
+                            **{"max_steps": 3, "warmup_steps": 0, "save_interval": 2, **kw})
 
 
 RUN = {"LR": 3e-3, "SEED": 1, "TRAIN_DATA": "ds/sft_train.jsonl", "LOG_INTERVAL": 1}
@@ -53,7 +45,7 @@ def checkpointed(tok, data, tmp_path):
     trainer = make_trainer(tok, data, tmp_path, RUN, max_steps=2, save_interval=0)
     trainer.fit()
     trainer.save_checkpoint()
-    ckpt.release_lock(os.path.join(os.path.realpath(tmp_path), ".lock"))
+    release_lock(os.path.join(os.path.realpath(tmp_path), ".lock"))
     return tmp_path
 
 
@@ -88,7 +80,7 @@ def test_a_fresh_run_refuses_an_earlier_runs_out_dir_unless_overwrite(tok, data,
     assert not os.path.exists(checkpointed / "checkpoint") and "--overwrite True: removed" in capsys.readouterr().out
     trainer.fit()
     trainer.finish(tok, "none", {})
-    ckpt.release_lock(os.path.join(os.path.realpath(checkpointed), ".lock"))
+    release_lock(os.path.join(os.path.realpath(checkpointed), ".lock"))
     shutil.rmtree(checkpointed / "checkpoint")
     for resume in (False, True):  # a finished run: no checkpoint to resume either
         with pytest.raises(OutDirLocked, match="a finished run"):
@@ -97,7 +89,7 @@ def test_a_fresh_run_refuses_an_earlier_runs_out_dir_unless_overwrite(tok, data,
 
 def test_old_is_kept_until_a_new_checkpoint_is_verified(tmp_path):
     """Resume fell back to checkpoint.old because `checkpoint` is cut: the next save must not delete
-    .old before its own checkpoint is complete (it used to, first thing)."""
+    .old before its own checkpoint is complete (else a crash then would leave no checkpoint at all)."""
     path = str(tmp_path / "checkpoint")
     ckpt.save_checkpoint(path, {"w": torch.ones(3)}, 1, {})
     shutil.copytree(path, str(tmp_path / "step1"))
@@ -120,7 +112,7 @@ def test_a_half_written_last_metrics_line_does_not_block_resume(tmp_path):
 def test_a_failed_final_write_is_one_line_and_keeps_the_previous_model(tok, tmp_path, monkeypatch):
     """The final model is written aside and renamed in: a write that fails (a full disk) leaves the
     earlier model.safetensors whole and is one line; a model cut anyway is a one-line ModelError."""
-    save_stage(str(tmp_path), tiny_model(), tok, {}, "none", {})
+    save_stage(str(tmp_path), outdir_model(), tok, {}, "none", {})
     before = (tmp_path / "model.safetensors").read_bytes()
 
     def disk_full(*args, **kw):
@@ -128,7 +120,7 @@ def test_a_failed_final_write_is_one_line_and_keeps_the_previous_model(tok, tmp_
 
     monkeypatch.setattr(type(tok), "save_pretrained", disk_full)
     with pytest.raises(UserError, match="writing the trained model failed.*No space left"):
-        save_stage(str(tmp_path), tiny_model(), tok, {}, "none", {})
+        save_stage(str(tmp_path), outdir_model(), tok, {}, "none", {})
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert not os.path.exists(tmp_path / ".final.tmp")
     with open(tmp_path / "model.safetensors", "r+b") as f:

@@ -15,6 +15,7 @@ from model.peft.lora import lora_parameter_count
 from model.peft.p_tuning import p_tuning_parameter_count
 from model.peft.prefix_tuning import prefix_tuning_parameter_count
 from model.peft.prompt_tuning import prompt_tuning_parameter_count, text_logits
+from utils import ConfigError
 
 METHODS = ["lora", "bitfit", "prompt_tuning", "p_tuning", "prefix_tuning"]
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=48, num_attention_heads=4,
@@ -58,7 +59,7 @@ def opt125m():
 
 
 def test_counts_on_opt125m_are_exact(opt125m):
-    """The issue's counts, exactly: prompt tuning 7,680 of 125,246,976; prefix tuning 184,320 of 125,423,616;
+    """The parameter counts on opt-125m, exactly: prompt tuning 7,680 of 125,246,976; prefix tuning 184,320 of 125,423,616;
     LoRA r=4 on q,v 147,456 of 125,386,752; BitFit 102,144 of 125,239,296; p-tuning 1,779,456 (its formula)."""
     settings = dict(r=4, alpha=8, targets=("q_proj", "v_proj"), num_virtual_tokens=10)
     counts = {m: count_parameters(apply_peft(copy.deepcopy(opt125m), m, **settings)) for m in METHODS}
@@ -170,9 +171,9 @@ def test_reward_model_lora_trains_the_score_head():
 
 def test_unknown_setting_and_method_raise():
     """A mistyped setting or method name fails loudly instead of silently training something else."""
-    with pytest.raises(ValueError, match="unknown PEFT settings"):
+    with pytest.raises(ConfigError, match="unknown PEFT settings"):
         apply_peft(tiny_lm(), "lora", rank=4)
-    with pytest.raises(ValueError, match="expected one of"):
+    with pytest.raises(ConfigError, match="expected one of"):
         apply_peft(tiny_lm(), "adapters")
 
 

@@ -12,11 +12,11 @@ from dataset.prompt import PromptDataset
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from model.generate import generate
+from model.generate import generate, position_ids_for
 from model.load import ModelError, load_tokenizer, set_pad_token
 from model.loss import compute_gae, kl_penalized_rewards, masked_mean, masked_whiten
 from model.peft import apply_peft
-from model.reward import load_reward_model, position_ids_for, token_values
+from model.reward import load_reward_model, token_values
 from trainer.ppo import PPOConfig, PPOTrainer, adaptive_beta
 
 from conftest import ROOT, run_inline, run_refused, trainer_configs
@@ -319,7 +319,7 @@ def test_judge_rm_scores_held_out_and_rollout_answers(sft_dir, tmp_path):
     'gold' in side_by_side.jsonl is that model's score of the reply, and rollouts get a judge mean."""
     from model.reward import load_scorer, score_replies
     from dataset.chat import row_messages
-    from dataset.sft import read_prompts
+    from dataset.prompt import read_prompts
 
     judge_dir = str(tmp_path / "judge")
     tok = load_tokenizer(sft_dir)

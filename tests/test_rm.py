@@ -12,8 +12,8 @@ from conftest import ROOT, run_inline, trainer_configs
 from dataset.io import DataError
 from dataset.chat import chat_messages
 from dataset.task import gold_judge, rank_responses
-from dataset.rm import (RMDataset, encode_chat, pair_kind, ranked_pairs, read_comparisons,
-                        rm_collate, split_hh)
+from dataset.comparisons import read_comparisons, split_hh
+from dataset.rm import RMDataset, encode_chat, pair_kind, ranked_pairs, rm_collate
 from model.load import load_tokenizer
 from model.loss import pairwise_loss
 from model.reward import load_reward_model, reward_scores
@@ -293,8 +293,8 @@ def noisy_axis_preference(pairs: int = 120, hidden: int = 8, mislabelled: int = 
 
 
 def test_cv_picks_the_l2_by_held_out_log_loss_so_accuracy_ties_and_float_noise_cannot_flip_it():
-    """Issue 16: on HH, three L2 strengths tied exactly in CV accuracy and a float-level change in the
-    bf16 features flipped the pick (test 0.648 -> 0.624). Here all three strengths tie exactly at 0.9 CV
+    """On HH, three L2 strengths can tie exactly in CV accuracy, and then a float-level change in the
+    bf16 features flips an accuracy-based pick (test 0.648 -> 0.624). Here all three strengths tie exactly at 0.9 CV
     accuracy; the pick must be the lowest CV log-loss (0.1: neither the first listed, which the accuracy
     rule took, nor the strongest), and must stay the same when the features get 1e-6 relative noise."""
     features, chosen, rejected, group = noisy_axis_preference()

@@ -8,9 +8,11 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from dataset.sft import SFTDataset, TruncationCounter, fit_lengths
+from dataset.sft import SFTDataset
+from dataset.tokens import TruncationCounter, fit_lengths
 from model.load import load_tokenizer
-from trainer.checkpoint import Preempted, load_state
+from trainer.checkpoint import load_state
+from trainer.signals import Preempted
 from trainer.sft import SFTTrainer
 from utils import run_main
 
@@ -45,8 +47,8 @@ def test_a_second_signal_stops_at_once_with_128_plus_signal_and_keeps_the_checkp
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_outside_the_loop_is_one_line_and_128_plus_signal(signum, capsys):
-    """Before or after the loop (loading, the final write) SIGTERM used to kill silently and SIGINT to
-    print a traceback; the handlers are put back afterwards."""
+    """Before or after the loop (loading, the final write) SIGTERM would otherwise kill silently and
+    SIGINT print a traceback: both stop with one line; the handlers are put back afterwards."""
     before = signal.getsignal(signum)
     with pytest.raises(SystemExit) as stop:
         run_main(lambda: os.kill(os.getpid(), signum))

@@ -1,8 +1,8 @@
 """The shipped task: the gold judge's scale and the generator's determinism and disjoint splits."""
 import json
 
-from dataset import task
-from dataset.sft import render_prompt
+from dataset import task, task_data
+from dataset.chat import render_prompt
 
 
 def prompt(kind, inp):
@@ -24,9 +24,9 @@ def test_judge_scale():
 def split_contents(folder) -> dict:
     """{split: (prompts, comparisons)} over every file of a data folder: exact prompt texts and exact
     (prompt, chosen, rejected) triples (every ordered pair of a ranked row, and each pairs row)."""
-    out = {split: (set(), set()) for split in task.SPLITS}
+    out = {split: (set(), set()) for split in task_data.SPLITS}
     for path in sorted(folder.glob("*.jsonl")):
-        prompts, pairs = out[task.split_of(path.stem)]
+        prompts, pairs = out[task_data.split_of(path.stem)]
         for line in open(path, encoding="utf-8"):
             row = json.loads(line)
             text = task.row_text(row)
@@ -40,9 +40,9 @@ def split_contents(folder) -> dict:
 
 def assert_disjoint(folder):
     contents = split_contents(folder)
-    assert all(contents[s][0] for s in task.SPLITS), "a split has no files"
-    for i, a in enumerate(task.SPLITS):
-        for b in task.SPLITS[i + 1:]:
+    assert all(contents[s][0] for s in task_data.SPLITS), "a split has no files"
+    for i, a in enumerate(task_data.SPLITS):
+        for b in task_data.SPLITS[i + 1:]:
             shared = contents[a][0] & contents[b][0]
             assert not shared, f"{len(shared)} prompts in both {a} and {b}, e.g. {sorted(shared)[:2]}"
             assert not contents[a][1] & contents[b][1], f"comparisons in both {a} and {b}"
@@ -57,7 +57,7 @@ def test_shipped_splits_disjoint():
 def test_split_check_catches_a_leak(tmp_path):
     """The check itself fails when one test prompt is copied into a training file."""
     import pytest
-    task.generate(5, str(tmp_path), {k: 30 for k in task.SIZES})
+    task_data.generate(5, str(tmp_path), {k: 30 for k in task_data.SIZES})
     test_row = open(tmp_path / "prompts_test.jsonl").readline()
     with open(tmp_path / "prompts_train.jsonl", "a") as f:
         f.write(test_row)
@@ -68,17 +68,17 @@ def test_split_check_catches_a_leak(tmp_path):
 def test_generator_deterministic_and_disjoint(tmp_path):
     """Same seed, same files; a regenerated task (another seed) keeps its three splits disjoint,
     lookup kinds included (each split has its own countries and words)."""
-    small = {k: 60 for k in task.SIZES}
-    task.generate(3, str(tmp_path / "a"), small)
-    task.generate(3, str(tmp_path / "b"), small)
+    small = {k: 60 for k in task_data.SIZES}
+    task_data.generate(3, str(tmp_path / "a"), small)
+    task_data.generate(3, str(tmp_path / "b"), small)
     for name in ("sft_train", "rm_train_ranked", "prompts_test", "prompts_val"):
         assert (tmp_path / "a" / f"{name}.jsonl").read_bytes() == (tmp_path / "b" / f"{name}.jsonl").read_bytes()
     assert_disjoint(tmp_path / "a")
-    task.generate(1, str(tmp_path / "c"))  # full size, as `python -m dataset.task --seed 1` writes it
+    task_data.generate(1, str(tmp_path / "c"))  # full size, as `python -m dataset.task_data --seed 1` writes it
     assert_disjoint(tmp_path / "c")
     test_types = [json.loads(l)["type"] for l in open(tmp_path / "c" / "prompts_test.jsonl")]
     assert {t: test_types.count(t) for t in set(test_types)} == {t: 200 for t in task.MAIN_TYPES}
-    pools = task.item_pools(1)
+    pools = task_data.item_pools(1)
     for kind in ("capital", "opposite"):
         assert not set(pools["train"][kind]) & set(pools["test"][kind])
         assert not set(pools["val"][kind]) & set(pools["test"][kind])
@@ -90,5 +90,5 @@ def test_ranked_responses_strictly_ordered_by_judge():
     rng = random.Random(0)
     for kind in task.MAIN_TYPES:
         inp, ans = task.make_example(kind, rng)
-        scores = [task.score(prompt(kind, inp), r) for r in task.ranked_responses(kind, inp, ans, rng)]
+        scores = [task.score(prompt(kind, inp), r) for r in task_data.ranked_responses(kind, inp, ans, rng)]
         assert scores == [1.0, 0.6, 0.4, 0.0]

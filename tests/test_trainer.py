@@ -5,21 +5,15 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import AutoModelForCausalLM
 
 from dataset.sft import SFTDataset
-from model.load import ModelError, load_causal_lm, load_tokenizer, resolve
+from model.load import ModelError, load_causal_lm, resolve
 from trainer.base import NonFiniteLossError
 from trainer.optim import lr_factor
 from trainer.checkpoint import load_state
-from trainer.sft import SFTTrainer
 
-from conftest import run_inline, trainer_configs
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded")
+from conftest import make_sft_trainer, run_inline, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +21,8 @@ def data(tok):
     return SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=64, verbose=False)
 
 
-def tiny_model(seed=0):
-    """A 2-layer, width-32 OPT with the embedded tokenizer's vocabulary."""
-    torch.manual_seed(seed)
-    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
-                                    num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
-                                    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0))
-
-
 def make_trainer(tok, data, out_dir, model=None, **kw):
-    args = dict(lr=3e-3, max_steps=6, batch_size=8, warmup_steps=2, log_interval=1, seed=1)
-    args.update(kw)
-    return SFTTrainer(model or tiny_model(), tok, data, None, None, run_config={"test": True}, max_new_tokens=8,
-                      judge=None, **trainer_configs(out_dir, **args))
+    return make_sft_trainer(tok, data, out_dir, model, **{"max_steps": 6, "warmup_steps": 2, **kw})
 
 
 def test_sft_loss_falls_on_a_tiny_batch(tok, data, tmp_path):

@@ -1,5 +1,6 @@
 """What lets a run survive a cluster: checkpoints that a crash cannot break and that cannot run code,
-one run per output directory, and a clean stop on SIGTERM / SIGINT.
+one run per output directory (trainer/lock.py), and a clean stop on SIGTERM / SIGINT
+(trainer/signals.py); the names of those two are importable from here as well.
 
 A checkpoint is a directory (out_dir/checkpoint/) of three files:
 
@@ -17,22 +18,17 @@ and checkpoint.tmp -> checkpoint, then deletes checkpoint.old. A crash at any mo
 complete checkpoint among the three names; resume takes the newest complete one, and the next save
 first finishes an interrupted swap.
 """
-import atexit
-import fcntl
 import json
 import os
-import shlex
 import shutil
-import signal
-import socket
 import sys
-import threading
-import time
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from trainer.lock import OutDirLocked, lock_out_dir  # noqa: F401 (re-exported)
+from trainer.signals import Preempted, StopOnSignal, resume_command  # noqa: F401 (re-exported)
 from utils import UserError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
@@ -43,15 +39,6 @@ class CheckpointError(UserError):
     exit_code = 5
 
 
-class OutDirLocked(UserError):
-    """Another live run holds the output directory."""
-    exit_code = 6
-
-
-class Preempted(SystemExit):
-    """Raised after a SIGTERM / SIGINT once the checkpoint is written; exits with 128 + the signal number."""
-
-
 # ------------------------------------------------------------------ state <-> (tensors, JSON)
 def flatten(obj, tensors: dict, seen: dict):
     """A nest of dicts, lists, tuples, tensors and plain values -> JSON-able structure; tensors go to
@@ -60,7 +47,8 @@ def flatten(obj, tensors: dict, seen: dict):
         t = obj.detach().cpu().contiguous()
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
         if ident not in seen:
-            shares = any(k[0] == ident[0] for k in seen)  # a view of a stored tensor: safetensors needs a copy
+            # a view of a stored tensor: safetensors needs a copy
+            shares = any(k[0] == ident[0] for k in seen)
             seen[ident] = key = str(len(tensors))
             tensors[key] = t.clone() if shares else t
         return {"__tensor__": seen[ident]}
@@ -73,8 +61,14 @@ def flatten(obj, tensors: dict, seen: dict):
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: flatten(v, tensors, seen) for k, v in obj.items()}
-        return {"__dict__": [[flatten(k, tensors, seen), flatten(v, tensors, seen)] for k, v in obj.items()]}
-    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (tensors and plain values only)")
+        return {
+            "__dict__": [
+                [flatten(k, tensors, seen), flatten(v, tensors, seen)] for k, v in obj.items()
+            ]
+        }
+    raise TypeError(
+        f"cannot store a {type(obj).__name__} in a checkpoint (tensors and plain values only)"
+    )
 
 
 def unflatten(obj, tensors: dict):
@@ -126,7 +120,8 @@ def refuse_pickles(path: str) -> None:
                 raise CheckpointError(
                     f"{os.path.join(path, name)}: a pickle file in a checkpoint is never loaded, because loading a pickle "
                     "can run any code its author put in it (checkpoints of this version are state.safetensors + "
-                    "state.json; delete the directory, or train without --resume True)")
+                    "state.json; delete the directory, or train without --resume True)"
+                )
 
 
 def candidates(ckpt_dir: str, refuse: bool = True) -> list[tuple[int, str]]:
@@ -149,7 +144,8 @@ def finish_interrupted_swap(ckpt_dir: str) -> None:
     found = candidates(ckpt_dir, refuse=False)
     if found and found[0][1] != ckpt_dir:
         newest = found[0][1]
-        if os.path.exists(ckpt_dir):  # an older complete checkpoint (or an incomplete one) moves aside
+        # an older complete checkpoint (or an incomplete one) moves aside
+        if os.path.exists(ckpt_dir):
             shutil.rmtree(old if newest != old else tmp, ignore_errors=True)
             os.replace(ckpt_dir, old if newest != old else tmp)
         os.replace(newest, ckpt_dir)
@@ -191,12 +187,16 @@ def write_and_swap(ckpt_dir: str, state: dict, step: int, run_config: dict,
     meta = {"step": step, "state": flatten(state, tensors, {})}
     save_file(tensors, os.path.join(tmp, "state.safetensors"))
     fsync_path(os.path.join(tmp, "state.safetensors"))
-    write_json_synced(os.path.join(tmp, "run_config.json"), json.loads(json.dumps(run_config, default=str)))
-    write_json_synced(os.path.join(tmp, "state.json"), meta)  # last: the checkpoint is complete from here on
+    write_json_synced(
+        os.path.join(tmp, "run_config.json"), json.loads(json.dumps(run_config, default=str))
+    )
+    # last: the checkpoint is complete from here on
+    write_json_synced(os.path.join(tmp, "state.json"), meta)
     fsync_path(tmp)
     verify(tmp, tensors)
     if os.path.exists(ckpt_dir):
-        shutil.rmtree(old, ignore_errors=True)  # never the only complete copy: finish_interrupted_swap saw to it
+        # never the only complete copy: finish_interrupted_swap saw to it
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(ckpt_dir, old)
     os.replace(tmp, ckpt_dir)
     fsync_path(os.path.dirname(ckpt_dir) or ".")
@@ -221,8 +221,10 @@ def load_state(path: str) -> tuple[int, dict]:
         tensors = load_file(os.path.join(path, "state.safetensors"))
         return int(meta["step"]), unflatten(meta["state"], tensors)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}; delete it to start "
-                              "fresh)") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {e}; delete it to start "
+            "fresh)"
+        ) from None
 
 
 def load_newest(ckpt_dir: str, check=None) -> tuple[int, dict, str]:
@@ -238,7 +240,9 @@ def load_newest(ckpt_dir: str, check=None) -> tuple[int, dict, str]:
         except CheckpointError as e:
             print(f"warning: {e}; trying an older checkpoint", file=sys.stderr)
             errors.append(str(e))
-    raise CheckpointError(f"{ckpt_dir}: no loadable checkpoint ({'; '.join(errors) or 'none found'})")
+    raise CheckpointError(
+        f"{ckpt_dir}: no loadable checkpoint ({'; '.join(errors) or 'none found'})"
+    )
 
 
 def row_step(line: str) -> float:
@@ -257,103 +261,3 @@ def drop_rows_after(metrics_path: str, step: int) -> None:
         with open(metrics_path + ".part", "w") as f:
             f.writelines(rows)
         os.replace(metrics_path + ".part", metrics_path)
-
-
-# ------------------------------------------------------------------ one run per output directory
-_held = {}  # realpath of a lock file -> open file object, for locks this process holds
-
-
-def lock_out_dir(out_dir: str) -> str:
-    """Take out_dir/.lock (an flock held until the process ends; the file names the holder's PID).
-
-    A second run on the same directory raises OutDirLocked naming the holder. The kernel drops the
-    flock when its process dies, so a lock file left by a killed run is taken over (with a note).
-    Taking a lock this process already holds does nothing. Returns the lock file's path."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise OutDirLocked(f"{out_dir}: is a file, not a directory (give another --out_dir)")
-    os.makedirs(out_dir, exist_ok=True)
-    link = os.path.join(out_dir, ".lock")
-    if os.path.islink(link):  # writing through it would overwrite its target; release, delete it
-        raise OutDirLocked(f"{link}: is a symbolic link; a lock is never followed (delete it)")
-    path = os.path.join(os.path.realpath(out_dir), ".lock")
-    if path in _held:
-        return path
-    while True:
-        try:  # O_NOFOLLOW: a link made after the check above is refused too
-            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-            f = os.fdopen(os.open(path, flags, 0o644), "a+")
-        except OSError as e:
-            raise OutDirLocked(f"{path}: cannot open the lock file ({e.strerror}; delete it "
-                               "if it is a link)") from None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown process"
-            f.close()
-            raise OutDirLocked(f"{out_dir}: in use by another run ({holder}) (wait for it to finish, stop it, or "
-                               "give this run another --out_dir)") from None
-        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-            break  # locked the file that is still at `path` (not one a finishing run just deleted)
-        f.close()
-    f.seek(0)
-    previous = f.read().strip()
-    if previous:
-        print(f"note: {out_dir}/.lock was left by a run that is no longer running ({previous}); taking it over")
-    f.seek(0)
-    f.truncate()
-    f.write(f"PID {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-            f"{' '.join([os.path.basename(sys.executable)] + sys.argv)}\n")
-    f.flush()
-    _held[path] = f
-    atexit.register(release_lock, path)
-    return path
-
-
-def release_lock(path: str) -> None:
-    """Release a lock this process holds (done at exit; the kernel drops it however the process ends)."""
-    f = _held.pop(path, None)
-    if f is not None:
-        os.remove(path)  # removed while still locked: a run waiting on the old file notices (see above)
-        f.close()
-
-
-# ------------------------------------------------------------------ SIGTERM / SIGINT
-def resume_command() -> str:
-    """This process's command line with --resume True (any earlier --resume setting dropped)."""
-    args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip or a == "--resume":
-            skip = not skip
-            continue
-        if not a.startswith("--resume="):
-            args.append(a)
-    return shlex.join(["python", sys.argv[0], *args, "--resume", "True"])
-
-
-class StopOnSignal:
-    """Inside `with`, SIGTERM and SIGINT only record that a stop was asked for (`signum`); the loop
-    checks it after each step. A second signal stops at once, exiting with 128 + its number."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __enter__(self):
-        self.signum, self.previous = None, {}
-        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
-        return self
-
-    def handle(self, signum, frame):
-        if self.signum is not None:  # the checkpoints written so far are complete
-            print(f"\n{signal.Signals(signum).name} received again: stopping at once, without a "
-                  "checkpoint of this step (the last complete checkpoint is kept)",
-                  file=sys.stderr, flush=True)
-            raise Preempted(128 + signum)
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        return False

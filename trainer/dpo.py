@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from dataset.rm import flatten_groups, rm_collate
+from model.generate import position_ids_for
 from model.loss import dpo_loss, sequence_logprobs
-from model.reward import position_ids_for, reward_scores
+from model.reward import reward_scores
 from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.evaluate import Evaluator, Judge, reference_for
 from trainer.rm import pairwise_metrics

@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 
-from trainer.checkpoint import CheckpointError, OutDirLocked, candidates, fsync_path
+from trainer.checkpoint import CheckpointError, candidates, fsync_path
+from trainer.lock import OutDirLocked
 from utils import UserError
 
 # settings that do not change the trained weights: a resumed run may change them
@@ -57,7 +58,7 @@ def check_fresh_start(out_dir: str, ckpt_dir: str, resume: bool, overwrite: bool
 
 
 def saved_stage(path: str):
-    """The stage (trainer class name) a checkpoint records, or None (older checkpoints)."""
+    """The stage (trainer class name) a checkpoint records, or None (a checkpoint without one)."""
     try:
         with open(os.path.join(path, "state.json")) as f:
             state = json.load(f)["state"]

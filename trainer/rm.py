@@ -14,9 +14,10 @@ import time
 import torch
 
 from dataset.rm import flatten_groups, rm_collate
-from dataset.sft import pad
+from dataset.tokens import pad
+from model.generate import position_ids_for
 from model.loss import pairwise_loss
-from model.reward import position_ids_for, reward_scores
+from model.reward import reward_scores
 from trainer.base import LoopConfig, OptimConfig, Trainer
 
 

@@ -30,12 +30,21 @@ from model.peft.prefix_tuning import prefix_tuning_config
 from model.peft.prompt_tuning import prompt_tuning_config
 from utils import ConfigError
 
-PEFT_CONFIGS = {"lora": lora_config, "prompt_tuning": prompt_tuning_config, "p_tuning": p_tuning_config,
-                "prefix_tuning": prefix_tuning_config}
+PEFT_CONFIGS = {
+    "lora": lora_config,
+    "prompt_tuning": prompt_tuning_config,
+    "p_tuning": p_tuning_config,
+    "prefix_tuning": prefix_tuning_config,
+}
 METHODS = ("none", "bitfit", *PEFT_CONFIGS)
-SETTINGS = {"lora": ("r", "alpha", "dropout", "targets", "modules_to_save"), "prompt_tuning": ("num_virtual_tokens",),
-            "p_tuning": ("num_virtual_tokens", "encoder_hidden_size"),
-            "prefix_tuning": ("num_virtual_tokens", "projection"), "bitfit": (), "none": ()}
+SETTINGS = {
+    "lora": ("r", "alpha", "dropout", "targets", "modules_to_save"),
+    "prompt_tuning": ("num_virtual_tokens",),
+    "p_tuning": ("num_virtual_tokens", "encoder_hidden_size"),
+    "prefix_tuning": ("num_virtual_tokens", "projection"),
+    "bitfit": (),
+    "none": (),
+}
 
 
 def apply_peft(model, method: str, task: str = "causal", **settings):
@@ -47,7 +56,7 @@ def apply_peft(model, method: str, task: str = "causal", **settings):
         raise ConfigError(f"PEFT={method!r}: unknown method (expected one of {', '.join(METHODS)})")
     unknown = set(settings) - {k for names in SETTINGS.values() for k in names}
     if unknown:
-        raise ValueError(f"unknown PEFT settings {sorted(unknown)}; known: {SETTINGS}")
+        raise ConfigError(f"unknown PEFT settings {sorted(unknown)} (known: {SETTINGS})")
     settings = {k: v for k, v in settings.items() if k in SETTINGS[method]}
     if method == "none":
         return model
@@ -58,11 +67,24 @@ def apply_peft(model, method: str, task: str = "causal", **settings):
 
 def _fix_generate(model):
     """Route generate() of prompt-learning causal LMs through model/peft/generation.py (see its docstring)."""
-    if model.active_peft_config.is_prompt_learning and model.active_peft_config.task_type == "CAUSAL_LM":
-        model.generate = lambda input_ids, attention_mask, generation_config: generate_with_virtual_tokens(
-            model, input_ids, attention_mask, generation_config.max_new_tokens, generation_config.eos_token_id,
-            generation_config.pad_token_id, generation_config.do_sample, generation_config.temperature or 1.0,
-            generation_config.top_k or 0, generation_config.top_p or 1.0)
+    if (
+        model.active_peft_config.is_prompt_learning
+        and model.active_peft_config.task_type == "CAUSAL_LM"
+    ):
+        model.generate = (
+            lambda input_ids, attention_mask, generation_config: generate_with_virtual_tokens(
+                model,
+                input_ids,
+                attention_mask,
+                generation_config.max_new_tokens,
+                generation_config.eos_token_id,
+                generation_config.pad_token_id,
+                generation_config.do_sample,
+                generation_config.temperature or 1.0,
+                generation_config.top_k or 0,
+                generation_config.top_p or 1.0,
+            )
+        )
     return model
 
 
@@ -83,7 +105,8 @@ def disabled_adapters(model):
     LoRA actor itself, with no second copy of the weights. BitFit and full fine-tuning edit the base
     weights, so they have no base to return to: keep a separate reference model there."""
     if not isinstance(model, PeftModel):
-        raise ValueError("disabled_adapters needs a peft model (lora, prompt_tuning, p_tuning, prefix_tuning)")
+        raise ConfigError("disabled_adapters needs a peft model (lora, prompt_tuning, p_tuning, "
+                          "prefix_tuning); keep a separate reference model for bitfit and full")
     with model.disable_adapter():
         yield model
 
@@ -95,14 +118,18 @@ def save_adapter(model, out_dir: str) -> None:
         return
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if not all(n.endswith("bias") or n.startswith("score.") for n in trainable):
-        raise ValueError("not a PEFT model (full fine-tuning?): save it whole with save_pretrained")
+        raise ConfigError(
+            "not a PEFT model (full fine-tuning?): save it whole with save_pretrained"
+        )
     save_bitfit(model, out_dir)
 
 
 def load_adapter(base_model, adapter_dir: str, trainable: bool = False):
     """Put a saved adapter (peft or BitFit) on a freshly loaded base model."""
     if os.path.exists(os.path.join(adapter_dir, "adapter_config.json")):
-        return _fix_generate(PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=trainable))
+        return _fix_generate(
+            PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=trainable)
+        )
     return load_bitfit(base_model, adapter_dir)
 
 
@@ -114,7 +141,11 @@ def save_peft(model, out_dir: str, tokenizer=None) -> str:
     save_adapter(model, adapter_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
-    method = "bitfit" if not isinstance(model, PeftModel) else model.active_peft_config.peft_type.value.lower()
+    method = (
+        "bitfit"
+        if not isinstance(model, PeftModel)
+        else model.active_peft_config.peft_type.value.lower()
+    )
     if method in ("bitfit", "lora"):
         export_model(model).save_pretrained(out_dir)
         return f"{method}: adapter in {adapter_dir}/, merged full model in {out_dir}/"
@@ -128,6 +159,8 @@ def export_model(model):
     if not isinstance(model, PeftModel):
         return model
     if model.active_peft_config.peft_type.value != "LORA":
-        raise ValueError(f"{model.active_peft_config.peft_type.value} cannot be merged into the base model; "
-                         "load the base model and the adapter with load_adapter instead")
+        raise ConfigError(
+            f"{model.active_peft_config.peft_type.value} cannot be merged into the base "
+            "model (load the base model and the adapter with load_adapter instead)"
+        )
     return merge_lora(model)

@@ -22,7 +22,9 @@ WEIGHTS = "bitfit_biases.safetensors"
 def apply_bitfit(model: torch.nn.Module, task: str = "causal") -> torch.nn.Module:
     """Set requires_grad on biases only (and, for a reward model, on the new `score` head)."""
     for name, param in model.named_parameters():
-        param.requires_grad = name.endswith("bias") or (task == "reward" and name.startswith("score."))
+        param.requires_grad = name.endswith("bias") or (
+            task == "reward" and name.startswith("score.")
+        )
     return model
 
 
@@ -44,6 +46,12 @@ def load_bitfit(model: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:
     tensors = load_file(os.path.join(adapter_dir, WEIGHTS))
     missing = set(tensors) - set(dict(model.named_parameters()))
     if missing:
-        raise ValueError(f"{adapter_dir}: {len(missing)} saved biases have no parameter in the model, e.g. {sorted(missing)[:3]}")
+        # imported here: model/load.py loads adapters through this package
+        from model.load import ModelError
+
+        raise ModelError(
+            f"{adapter_dir}: {len(missing)} saved biases have no parameter in the model, "
+            f"e.g. {sorted(missing)[:3]} (give the base model the adapter was trained on)"
+        )
     model.load_state_dict(tensors, strict=False)
     return model

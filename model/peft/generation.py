@@ -15,7 +15,9 @@ at 0..n-1, the prompt after them), so left padding is exact for Llama-style mode
 import torch
 
 
-def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+def _pick(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
     """Next token from logits (B, V) -> (B,): argmax, or a sample after temperature, top-k and top-p."""
     if not do_sample:
         return logits.argmax(-1)
@@ -26,15 +28,25 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int,
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)  # (B, V)
         cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        # keep the smallest set whose mass reaches top_p
+        drop = cum - sorted_logits.softmax(-1) > top_p
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
 
 
 @torch.no_grad()
-def generate_with_virtual_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                                 eos_token_id: int, pad_token_id: int, do_sample: bool = False,
-                                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def generate_with_virtual_tokens(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
     """Same contract as `transformers` generate on left-padded prompts: input_ids, attention_mask (B, P)
     -> sequences (B, P + N), finished rows padded with pad_token_id, stopping early once all have EOS."""
     config, base = model.active_peft_config, model.get_base_model()
@@ -42,11 +54,20 @@ def generate_with_virtual_tokens(model, input_ids: torch.Tensor, attention_mask:
     mask = torch.cat([attention_mask.new_ones(B, n), attention_mask], dim=1)  # (B, n + P)
     positions = (mask.cumsum(1) - 1).clamp(min=0)  # (B, n + P)
     if config.peft_type.value == "PREFIX_TUNING":
-        out = base(input_ids=input_ids, attention_mask=mask, cache=model.get_prompt(B), position_ids=positions[:, n:],
-                   use_cache=True)
+        out = base(
+            input_ids=input_ids,
+            attention_mask=mask,
+            cache=model.get_prompt(B),
+            position_ids=positions[:, n:],
+            use_cache=True,
+        )
     else:
-        embeds = torch.cat([model.get_prompt(B).to(base.dtype), base.get_input_embeddings()(input_ids)], dim=1)  # (B, n + P, d)
-        out = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        embeds = torch.cat(
+            [model.get_prompt(B).to(base.dtype), base.get_input_embeddings()(input_ids)], dim=1
+        )  # (B, n + P, d)
+        out = base(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True
+        )
     new_tokens, done = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     for step in range(max_new_tokens):
         token = _pick(out.logits[:, -1], do_sample, temperature, top_k, top_p)  # (B,)

@@ -15,7 +15,8 @@ from peft import LoraConfig
 
 from model.peft.common import peft_task_type
 
-DEFAULT_TARGETS = ("q_proj", "v_proj")  # attention query and value projections, as in the LoRA paper
+# attention query and value projections, as in the LoRA paper
+DEFAULT_TARGETS = ("q_proj", "v_proj")
 
 
 def lora_config(task: str = "causal", r: int = 8, alpha: int = 16, dropout: float = 0.0,

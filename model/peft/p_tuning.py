@@ -17,10 +17,16 @@ from peft import PromptEncoderConfig
 from model.peft.common import peft_task_type
 
 
-def p_tuning_config(task: str = "causal", num_virtual_tokens: int = 10, encoder_hidden_size: int = None) -> PromptEncoderConfig:
+def p_tuning_config(
+    task: str = "causal", num_virtual_tokens: int = 10, encoder_hidden_size: int = None
+) -> PromptEncoderConfig:
     """MLP prompt encoder; encoder_hidden_size None means d_model (peft's default)."""
-    return PromptEncoderConfig(task_type=peft_task_type(task), num_virtual_tokens=num_virtual_tokens,
-                               encoder_reparameterization_type="MLP", encoder_hidden_size=encoder_hidden_size)
+    return PromptEncoderConfig(
+        task_type=peft_task_type(task),
+        num_virtual_tokens=num_virtual_tokens,
+        encoder_reparameterization_type="MLP",
+        encoder_hidden_size=encoder_hidden_size,
+    )
 
 
 def p_tuning_parameter_count(num_virtual_tokens: int, d_model: int, hidden: int = None) -> int:

@@ -15,7 +15,9 @@ from peft import PrefixTuningConfig
 from model.peft.common import peft_task_type
 
 
-def prefix_tuning_config(task: str = "causal", num_virtual_tokens: int = 10, projection: bool = False) -> PrefixTuningConfig:
+def prefix_tuning_config(
+    task: str = "causal", num_virtual_tokens: int = 10, projection: bool = False
+) -> PrefixTuningConfig:
     """projection=True trains an MLP that produces the prefix (the paper's reparameterisation)."""
     return PrefixTuningConfig(task_type=peft_task_type(task), num_virtual_tokens=num_virtual_tokens,
                               prefix_projection=projection)

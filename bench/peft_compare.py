@@ -1,7 +1,7 @@
 """One arm of the PEFT comparison (train_peft.py): adapt a pretrained model with one method for a fixed
 number of steps, then measure it. Each arm runs in its own process, so its peak memory is its own:
 
-    python -m trainer.peft_compare '<settings as JSON>' result.json
+    python -m bench.peft_compare '<settings as JSON>' result.json
 
 Measured, per method:
 * trainable parameters (model/peft count_parameters);
@@ -31,7 +31,8 @@ from trainer.evaluate import Judge
 from trainer.sft import SFTTrainer
 from utils import quiet_transformers, seed_everything
 
-OPT125M_ARCH = "opt125m-arch"  # model name for the in-memory opt-125m architecture (memory measurements)
+# model name for the in-memory opt-125m architecture (memory measurements)
+OPT125M_ARCH = "opt125m-arch"
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -52,7 +53,9 @@ def load_base(name: str):
 
 
 def dir_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    return sum(
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+    )
 
 
 def run_method(s: dict, judge: Judge) -> dict:
@@ -68,21 +71,42 @@ def run_method(s: dict, judge: Judge) -> dict:
     trainable, total = count_parameters(model)
     train = SFTDataset(s["train_data"], tokenizer, s["max_len"], verbose=False)
     eval_data = SFTDataset(s["eval_data"], tokenizer, s["max_len"], verbose=False)
-    prompts = PromptDataset(s["eval_data"], tokenizer, s["max_len"] - s["max_new_tokens"], s["eval_limit"], verbose=False).items
+    prompts = PromptDataset(
+        s["eval_data"],
+        tokenizer,
+        s["max_len"] - s["max_new_tokens"],
+        s["eval_limit"],
+        verbose=False,
+    ).items
     out_dir = os.path.join(s["out_dir"], s["method"])
     shutil.rmtree(out_dir, ignore_errors=True)
     steps = 0 if s["method"] == "base" else s["max_steps"]
-    loop = LoopConfig(out_dir=out_dir, max_steps=steps, warmup_steps=min(s["warmup_steps"], steps), grad_clip=1.0,
-                      eval_interval=0, log_interval=max(1, steps // 30), save_interval=0, seed=s["seed"], bf16=s["bf16"],
-                      resume=False, log_with="none", group_by_length=False, gradient_checkpointing=False,
-                      fsdp=False, overwrite=False)
+    loop = LoopConfig(
+        out_dir=out_dir,
+        max_steps=steps,
+        warmup_steps=min(s["warmup_steps"], steps),
+        grad_clip=1.0,
+        eval_interval=0,
+        log_interval=max(1, steps // 30),
+        save_interval=0,
+        seed=s["seed"],
+        bf16=s["bf16"],
+        resume=False,
+        log_with="none",
+        group_by_length=False,
+        gradient_checkpointing=False,
+        fsdp=False,
+        overwrite=False,
+    )
     optim = OptimConfig(lr=s["lr"], weight_decay=0.0, batch_size=s["batch_size"], grad_accum=1)
     trainer = SFTTrainer(model, tokenizer, train, None, None, loop=loop, optim=optim, run_config=s,
                          max_new_tokens=s["max_new_tokens"], judge=judge)
     start = time.time()
     trainer.fit()  # no eval data yet: the timed loop is training only
     seconds_per_step = (time.time() - start) / steps if steps else 0.0
-    trainer.eval_data, trainer.eval_prompts = (eval_data, prompts) if s["evaluate"] else (None, None)
+    trainer.eval_data, trainer.eval_prompts = (
+        (eval_data, prompts) if s["evaluate"] else (None, None)
+    )
     start_eval = time.time()
     final = trainer.run_evaluation()
     eval_seconds = time.time() - start_eval
@@ -90,33 +114,56 @@ def run_method(s: dict, judge: Judge) -> dict:
     curve = []
     if steps:
         with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-            curve = [(row["step"], row["train/loss"]) for row in map(json.loads, f) if "train/loss" in row]
+            curve = [
+                (row["step"], row["train/loss"])
+                for row in map(json.loads, f)
+                if "train/loss" in row
+            ]
     saved = os.path.join(out_dir, "saved")
-    if s["method"] in ("base", "full"):  # every weight (save_model: a GGUF-loaded model refuses save_pretrained)
+    # every weight (save_model: a GGUF-loaded model refuses save_pretrained)
+    if s["method"] in ("base", "full"):
         os.makedirs(saved)
         save_model(trainer.unwrap(trainer.model), os.path.join(saved, "model.safetensors"))
     else:
         save_adapter(trainer.unwrap(trainer.model), saved)
-    return {"method": s["method"], "trainable": trainable, "total": total, "lr": s["lr"], "steps": steps,
-            "eval_loss": final.get("eval/loss"), "gold_score": final.get("eval/gold_score"),
-            "correct": final.get("eval/correct"), "format": final.get("eval/format"),
-            "seconds_per_step": seconds_per_step, "eval_seconds": eval_seconds, "peak_rss_mb": peak,
-            "rss_after_load_mb": rss_loaded, "peak_over_load_mb": peak - rss_loaded, "saved_bytes": dir_bytes(saved),
-            "train_loss_curve": curve}
-
+    return {
+        "method": s["method"],
+        "trainable": trainable,
+        "total": total,
+        "lr": s["lr"],
+        "steps": steps,
+        "eval_loss": final.get("eval/loss"),
+        "gold_score": final.get("eval/gold_score"),
+        "correct": final.get("eval/correct"),
+        "format": final.get("eval/format"),
+        "seconds_per_step": seconds_per_step,
+        "eval_seconds": eval_seconds,
+        "peak_rss_mb": peak,
+        "rss_after_load_mb": rss_loaded,
+        "peak_over_load_mb": peak - rss_loaded,
+        "saved_bytes": dir_bytes(saved),
+        "train_loss_curve": curve,
+    }
 
 
 # ---------------------------------------------------------------------- report: tables and figure
-FORMULAS = {"bitfit": "every bias", "lora": "r (d_in + d_out) x 24 matrices", "prompt_tuning": "n d",
-            "p_tuning": "n d + 3 (d^2 + d)", "prefix_tuning": "n x 2 x layers x d"}
+FORMULAS = {
+    "bitfit": "every bias",
+    "lora": "r (d_in + d_out) x 24 matrices",
+    "prompt_tuning": "n d",
+    "p_tuning": "n d + 3 (d^2 + d)",
+    "prefix_tuning": "n x 2 x layers x d",
+}
 
 
 def counts_table(rows: list[dict]) -> str:
     lines = ["| method | trainable params | all params | trainable % | formula | formula value |",
              "| --- | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['trainable']:,} | {r['total']:,} | {100 * r['trainable'] / r['total']:.4f} "
-                     f"| {FORMULAS[r['method']]} | {r['formula']:,} |")
+        lines.append(
+            f"| {r['method']} | {r['trainable']:,} | {r['total']:,} | {100 * r['trainable'] / r['total']:.4f} "
+            f"| {FORMULAS[r['method']]} | {r['formula']:,} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -125,17 +172,26 @@ def _num(value, fmt: str) -> str:
 
 
 def summary_line(r: dict) -> str:
-    return (f"{r['method']:>14}: loss {_num(r['eval_loss'], '.3f')}, gold {_num(r['gold_score'], '.3f')}, "
-            f"{r['seconds_per_step']:.3f} s/step, peak {r['peak_rss_mb']:.0f} MiB, saved {r['saved_bytes'] / 1024:,.1f} KiB")
+    return (
+        f"{r['method']:>14}: loss {_num(r['eval_loss'], '.3f')}, gold {_num(r['gold_score'], '.3f')}, "
+        f"{r['seconds_per_step']:.3f} s/step, peak {r['peak_rss_mb']:.0f} MiB, saved {r['saved_bytes'] / 1024:,.1f} KiB"
+    )
 
 
 def comparison_table(results: list[dict], caption: str) -> str:
-    lines = [caption, "", "| method | lr | trainable params | held-out loss | gold score | s/step | peak RSS (MiB) "
-             "| peak - after load (MiB) | saved (KiB) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        caption,
+        "",
+        "| method | lr | trainable params | held-out loss | gold score | s/step | peak RSS (MiB) "
+        "| peak - after load (MiB) | saved (KiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
-        lines.append(f"| {r['method']} | {r['lr']:g} | {r['trainable']:,} | {_num(r['eval_loss'], '.3f')} | {_num(r['gold_score'], '.3f')} "
-                     f"| {r['seconds_per_step']:.3f} | {r['peak_rss_mb']:.0f} | {r['peak_over_load_mb']:.0f} "
-                     f"| {r['saved_bytes'] / 1024:,.1f} |")
+        lines.append(
+            f"| {r['method']} | {r['lr']:g} | {r['trainable']:,} | {_num(r['eval_loss'], '.3f')} | {_num(r['gold_score'], '.3f')} "
+            f"| {r['seconds_per_step']:.3f} | {r['peak_rss_mb']:.0f} | {r['peak_over_load_mb']:.0f} "
+            f"| {r['saved_bytes'] / 1024:,.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +203,8 @@ def plot_comparison(results: list[dict], path: str, title: str, memory: list[dic
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 5 if memory else 4, figsize=(22 if memory else 18, 4.2))
-    names = list(dict.fromkeys(r["method"] for r in results + (memory or [])))  # in order, once each
+    # in order, once each
+    names = list(dict.fromkeys(r["method"] for r in results + (memory or [])))
     colors = {name: f"C{i}" for i, name in enumerate(names)}
     for r in results:
         if r["train_loss_curve"]:
@@ -155,12 +212,19 @@ def plot_comparison(results: list[dict], path: str, title: str, memory: list[dic
             axes[0].plot(steps, losses, label=r["method"], color=colors[r["method"]])
     axes[0].set(title="training loss", xlabel="step", yscale="log")
     axes[0].legend(fontsize=8)
-    panels = [(results, "held-out loss", "eval_loss"), (results, "gold score, held-out prompts (max 1)", "gold_score"),
-              (results, "trainable parameters (log)", "trainable")]
+    panels = [
+        (results, "held-out loss", "eval_loss"),
+        (results, "gold score, held-out prompts (max 1)", "gold_score"),
+        (results, "trainable parameters (log)", "trainable"),
+    ]
     if memory:
         panels.append((memory, "opt-125m arch: peak RSS - after load (MiB)", "peak_over_load_mb"))
     for ax, (rows, label, key) in zip(axes[1:], panels):
-        ax.bar([r["method"] for r in rows], [r[key] for r in rows], color=[colors[r["method"]] for r in rows])
+        ax.bar(
+            [r["method"] for r in rows],
+            [r[key] for r in rows],
+            color=[colors[r["method"]] for r in rows],
+        )
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=60)
     axes[3].set_yscale("log")

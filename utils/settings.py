@@ -1,61 +1,23 @@
-"""Shared plumbing: command-line overrides of a script's constants, seeding, files, memory.
-
-Nothing algorithmic lives here.
-"""
+"""Command-line overrides of a script's constants: `configure(globals())` applies `--key value`,
+`--key=value` and `--config FILE` to the UPPERCASE settings, checks their types and ranges, and
+returns the resolved settings; `--help` lists them with their comments."""
 import ast
 import dataclasses
 import difflib
 import json
 import math
 import os
-import random
-import resource
-import signal
-import socket
 import sys
 
-import torch
-
-
-class UserError(Exception):
-    """A problem the user fixes (data, model, settings, output directory): `run_main` reports it as one
-    line, `error: <where>: <what> (<how to fix>)`, and exits with `exit_code`, without a traceback."""
-    exit_code = 1
-
-
-class ConfigError(UserError, ValueError):
-    """An unknown setting or a value of the wrong type."""
-    exit_code = 2
-
-
-def run_main(main) -> None:
-    """Run a script's main(); a UserError becomes one line on stderr and its exit code.
-    INSTRUCT_DEBUG=1 shows the traceback instead. SIGTERM / SIGINT outside the training loop (which
-    handles them itself: trainer/checkpoint.py StopOnSignal) stop with one line and exit
-    128 + the signal."""
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.signal(s, _stop_outside_loop) for s in signals}
-    try:
-        main()
-    except UserError as e:
-        if os.environ.get("INSTRUCT_DEBUG", "0") not in ("", "0"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _stop_outside_loop(signum, frame):
-    print(f"\nstopped by {signal.Signals(signum).name} outside the training loop (files already "
-          "written are complete: saves are written aside and renamed in)", file=sys.stderr,
-          flush=True)
-    sys.exit(128 + signum)
+from utils.errors import ConfigError
 
 
 def _is_setting(name: str, value) -> bool:
-    return name.isupper() and not name.startswith("_") and isinstance(value, (bool, int, float, str, list, tuple, dict, type(None)))
+    return (
+        name.isupper()
+        and not name.startswith("_")
+        and isinstance(value, (bool, int, float, str, list, tuple, dict, type(None)))
+    )
 
 
 def _parse_value(name: str, raw: str, default):
@@ -82,7 +44,8 @@ def _check_type(name: str, value, default, raw=None):
         value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif default == "auto":  # BF16='auto' also takes True / False (a replayed run_config records the choice)
+    # BF16='auto' also takes True / False (a replayed run_config records the choice)
+    elif default == "auto":
         ok = isinstance(value, (bool, str))
     else:
         ok = isinstance(value, type(default))
@@ -114,7 +77,9 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
         while i < len(argv):
             arg = argv[i]
             if not arg.startswith("--"):
-                raise ConfigError(f"{arg}: unexpected argument (give settings as --name value or --name=value)")
+                raise ConfigError(
+                    f"{arg}: unexpected argument (give settings as --name value or --name=value)"
+                )
             if "=" in arg:
                 key, raw = arg[2:].split("=", 1)
                 i += 1
@@ -122,12 +87,18 @@ def configure(namespace: dict, argv: list[str] = None) -> dict:
                 key, raw = arg[2:], argv[i + 1]
                 i += 2
             else:
-                raise ConfigError(f"{arg}: missing value (give it as {arg} <value> or {arg}=<value>)")
+                raise ConfigError(
+                    f"{arg}: missing value (give it as {arg} <value> or {arg}=<value>)"
+                )
             name = key.upper().replace("-", "_")
             if name not in settings:
                 close = difflib.get_close_matches(name, settings, n=3, cutoff=0.5)
-                hint = f"did you mean {', '.join('--' + c.lower() for c in close)}? " if close else ""
-                raise ConfigError(f"--{key}: unknown setting ({hint}valid: {', '.join('--' + s.lower() for s in settings)})")
+                hint = (
+                    f"did you mean {', '.join('--' + c.lower() for c in close)}? " if close else ""
+                )
+                raise ConfigError(
+                    f"--{key}: unknown setting ({hint}valid: {', '.join('--' + s.lower() for s in settings)})"
+                )
             value = _parse_value(name, raw, namespace[name])
             print(f"override: {name} = {value!r}")
             namespace[name] = settings[name] = value
@@ -184,7 +155,9 @@ def from_settings(cls, settings: dict, **names):
     """A config dataclass from a script's resolved settings: field `f` takes settings['F'] (its constant),
     or settings[names[f]] where the script names it otherwise (PPO: max_steps='ITERATIONS'). The
     dataclasses have no defaults, so every value comes from the script's one block of constants."""
-    return cls(**{f.name: settings[names.get(f.name, f.name.upper())] for f in dataclasses.fields(cls)})
+    return cls(
+        **{f.name: settings[names.get(f.name, f.name.upper())] for f in dataclasses.fields(cls)}
+    )
 
 
 def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list[str]:
@@ -196,15 +169,19 @@ def _apply_config_file(namespace: dict, settings: dict, argv: list[str]) -> list
             elif i + 1 < len(argv):
                 path, rest = argv[i + 1], argv[:i] + argv[i + 2:]
             else:
-                raise ConfigError("--config: missing value (a run_config.json, e.g. out/sft/run_config.json)")
+                raise ConfigError(
+                    "--config: missing value (a run_config.json, e.g. out/sft/run_config.json)"
+                )
             break
     else:
         return argv
     saved = read_settings_file(path, namespace)
     unknown = [k for k in saved if k not in settings]
     if unknown:
-        raise ConfigError(f"--config {path}: settings this script does not have: {', '.join(unknown)} "
-                          "(a run_config.json of another script?)")
+        raise ConfigError(
+            f"--config {path}: settings this script does not have: {', '.join(unknown)} "
+            "(a run_config.json of another script?)"
+        )
     for name, value in saved.items():
         namespace[name] = settings[name] = _check_type(name, value, namespace[name])
     print(f"config: {len(saved)} settings from {path}")
@@ -241,7 +218,9 @@ def read_settings_file(path: str, namespace: dict) -> dict:
         raise ConfigError(f"--config {path}: cannot read it ({e})") from None
     except Exception as e:  # json.JSONDecodeError or yaml.YAMLError, one line either way
         kind = "YAML" if is_yaml else "JSON"
-        raise ConfigError(f"--config {path}: cannot read it as {kind} ({' '.join(str(e).split())})") from None
+        raise ConfigError(
+            f"--config {path}: cannot read it as {kind} ({' '.join(str(e).split())})"
+        ) from None
     if not isinstance(saved, dict):
         raise ConfigError(f"--config {path}: expected a mapping of settings (name: value), "
                           f"like a run_config.json")
@@ -277,86 +256,3 @@ def settings_help(namespace: dict, settings: dict) -> str:
         if name not in seen:
             lines.append(f"  --{name.lower()} = {settings[name]!r}")
     return "\n".join(lines)
-
-
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers (one TCP connection, a few seconds at most)."""
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def write_json(path: str, obj) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def append_jsonl(path: str, obj: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(obj, default=float) + "\n")
-
-
-def quiet_transformers() -> None:
-    """Hide transformers' per-load progress bars and info lines (the run's own bar is the one to read)."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def plot_metrics(metrics_path: str, png_path: str, series: list[tuple[str, str]], title: str = "") -> bool:
-    """Plot metrics.jsonl columns against step, one panel per (key, label); missing keys are skipped,
-    and so is the whole figure when none was logged. Returns whether it wrote png_path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f]
-    series = [(k, label) for k, label in series if any(k in r for r in rows)]
-    if not series:
-        return False
-    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], series):
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, markersize=3)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return True
