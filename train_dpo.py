@@ -29,12 +29,12 @@ from utils import ConfigError, configure, plot_metrics, quiet_transformers, run_
 
 # models and data
 SFT_MODEL = "out/sft"  # the policy and the frozen reference start here
-TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # comparisons: ranked, chosen/rejected pairs, HH dialogues, or a hub name
-EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation comparisons: the implicit reward's accuracy during training ('none' to skip)
-EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: gold score and KL during training ('none' to skip)
+TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # comparisons: ranked, chosen/rejected pairs, HH dialogues, hub name
+EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation comparisons: implicit-reward accuracy ('none' to skip)
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: gold score and KL in training ('none' to skip)
 TEST_DATA = "ds/rm_test_ranked.jsonl"  # test comparisons: the reported implicit-reward accuracy ('none' to skip)
 TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported SFT vs DPO figures ('none': EVAL_PROMPTS)
-EVAL_RM = "none"  # a reward model to score the held-out answers with (e.g. out/rm), or 'none'; DPO never trains on it
+EVAL_RM = "none"  # a reward model that scores the held-out answers (e.g. out/rm), never trained on; or 'none'
 OUT_DIR = "out/dpo"  # checkpoint, metrics.jsonl, summary.json, dpo_curves.png
 MAX_LEN = 96  # tokens per prompt + response of a comparison (cut as in train_rm.py)
 MAX_PROMPT_LEN = 72  # held-out prompt tokens (as in train_rlhf.py)
@@ -42,21 +42,21 @@ MAX_NEW_TOKENS = 20  # answer length limit of the held-out evaluation (as in tra
 TEMPERATURE = 1.0  # sampling temperature of the held-out sampled answers (the KL figure)
 STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
-CHAT_TEMPLATE = "auto"  # 'auto': as SFT_MODEL was trained (its run_config.json); False: the Alpaca format; True: the tokenizer's own chat template (dataset/chat.py); saved with the model
-# DPO
+CHAT_TEMPLATE = "auto"  # 'auto': as SFT_MODEL was trained; False: the Alpaca format; True: the chat template
+# DPO (the loop settings' meaning: trainer/base.py LoopConfig and OptimConfig)
 BETA = 0.1  # strength of the implicit KL constraint: r(x, y) = BETA * log(pi(y|x) / pi_ref(y|x))
-MAX_STEPS = 150  # optimizer steps (150 x 16 ranked groups = 2,400 of the 3,000 groups, 14,400 pairs)
-BATCH_SIZE = 16  # ranked groups per micro-batch; each brings its K responses and K(K-1)/2 pairs
-GRAD_ACCUM = 1  # micro-batches per optimizer step
-LR = 3e-4  # peak learning rate (AdamW); 1e-3 broke answers ("The answer is cThe answer is c"), correct 0.62 -> 0.36
-WARMUP_STEPS = 10  # linear warmup, then cosine decay to 10% of LR
-WEIGHT_DECAY = 0.0  # AdamW weight decay on matrices
-GRAD_CLIP = 1.0  # max global gradient norm
-BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
-GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
-GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
-FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
-SEED = 0  # data order and sampling
+LR = 3e-4  # peak AdamW learning rate; 1e-3 broke the answers (correct 0.62 -> 0.36)
+MAX_STEPS = 150  # 150 x 16 ranked groups = 2,400 of the 3,000 groups, 14,400 pairs
+BATCH_SIZE = 16  # ranked groups per micro-batch, each with its K responses, K(K-1)/2 pairs
+WARMUP_STEPS = 10
+WEIGHT_DECAY = 0.0
+GRAD_ACCUM = 1
+GRAD_CLIP = 1.0
+BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
+SEED = 0  # also the sampling of held-out answers
+GRADIENT_CHECKPOINTING = False
+GROUP_BY_LENGTH = False
+FSDP = False  # with torchrun --nproc_per_node N
 # PEFT (model/peft/): a LoRA policy shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
 LORA_R = 8  # LoRA rank
@@ -66,12 +66,13 @@ LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 EVAL_INTERVAL = 50  # steps between held-out evaluations (0: only at the end)
 EVAL_LIMIT = 300  # validation prompts (None: all)
 TEST_LIMIT = None  # test prompts, and test comparisons of TEST_DATA (None: all)
-EVAL_BATCH_SIZE = 64  # groups per forward pass of the reference and held-out passes
-LOG_INTERVAL = 10  # steps between metrics.jsonl lines
-LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
-RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
-OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
+EVAL_BATCH_SIZE = 64  # comparison groups per forward pass (reference log-probs, implicit-reward accuracy)
+EVAL_PROMPT_BATCH = 100  # held-out prompts per generate call
+LOG_INTERVAL = 10
+LOG_WITH = "none"  # 'tensorboard', 'wandb' (comma-separated) or 'none'
+SAVE_INTERVAL = 0
+RESUME = False
+OVERWRITE = False
 
 config = configure(globals())
 

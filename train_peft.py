@@ -74,6 +74,7 @@ MEMORY_BATCH_SIZE = 8  # examples per step
 # evaluation
 EVAL_LIMIT = 200  # held-out prompts for the gold score (None: all)
 MAX_NEW_TOKENS = 16  # generation length for the gold score
+EVAL_BATCH_SIZE = 64  # held-out demonstrations per forward pass, prompts per generate call
 
 config = configure(globals())
 PEFT_SETTINGS = dict(r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")), num_virtual_tokens=NUM_VIRTUAL_TOKENS)
@@ -119,7 +120,8 @@ def run_arms(model: str, methods: list[str], steps: int, batch_size: int, evalua
         settings = {"method": method, "model": model, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA, "out_dir": out_dir,
                     "lr": LRS[method], "max_steps": steps, "batch_size": batch_size, "max_len": MAX_LEN,
                     "warmup_steps": WARMUP_STEPS, "bf16": BF16, "threads": THREADS, "seed": SEED, "evaluate": evaluate,
-                    "eval_limit": EVAL_LIMIT, "max_new_tokens": MAX_NEW_TOKENS, "peft_settings": PEFT_SETTINGS}
+                    "eval_limit": EVAL_LIMIT, "max_new_tokens": MAX_NEW_TOKENS, "eval_batch_size": EVAL_BATCH_SIZE,
+                    "peft_settings": PEFT_SETTINGS}
         path, log = os.path.join(out_dir, f"{method}.json"), os.path.join(out_dir, f"{method}.log")
         with open(log, "w") as f:
             proc = subprocess.run([sys.executable, "-m", "trainer.peft_compare", json.dumps(settings), path],

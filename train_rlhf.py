@@ -33,74 +33,75 @@ from trainer.ppo import PPOConfig, PPOTrainer
 from utils import (ConfigError, append_jsonl, configure, plot_metrics, quiet_transformers, run_main, seed_everything,
                    write_json)
 
-ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, no critic, KL in the loss)
+ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, KL in the loss)
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
-CRITIC_INIT = "zero_head"  # 'zero_head' (RM backbone, head zeroed: values start at 0, the mean of the normalised scores the returns are made of) or 'rm' (the critic starts as the reward model: raw-score units, which the value clip lets it leave only ~VALUE_CLIP per iteration)
-REWARD = "rm"  # 'rm' (the learned reward model), 'gold' (the task's gold judge: an upper bound, not RLHF), or reward functions FILE.py:FUNCTION, comma-separated (model/reward_functions.py; e.g. examples/task_rewards.py:correct)
-REWARD_WEIGHTS = ""  # comma-separated weights of the REWARD terms ('' : 1 each); the reward is their weighted sum
-PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows ending with a user turn)
+CRITIC_INIT = "zero_head"  # 'zero_head' (RM backbone, values start at 0) or 'rm'; see docs/ppo.md
+REWARD = "rm"  # 'rm', 'gold' (an upper bound) or FILE.py:FUNCTION,... (model/reward_functions.py)
+REWARD_WEIGHTS = ""  # comma-separated weights of the REWARD terms ('': 1 each); the reward is their sum
+PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
-EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: the evaluations during training (curves, choices)
-TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported SFT vs RLHF figures only ('none': EVAL_PROMPTS)
-JUDGE_RM = "none"  # 'none': the task's gold judge; or a second reward model (never trained on by PPO) that judges held-out and rollout answers instead
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: the evaluations during training
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported SFT vs RLHF figures ('none': EVAL_PROMPTS)
+JUDGE_RM = "none"  # 'none': the gold judge; or a second reward model, never trained on, judges instead
 OUT_DIR = "out/rlhf"  # checkpoint, metrics, summary, samples, plot
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
-CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's own chat template (dataset/chat.py); saved with the model
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's chat template (dataset/chat.py)
 # rollout
-ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early, then the policy over-optimises the RM
+ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early, then the RM is over-optimised
 ROLLOUT_BATCH = 64  # responses sampled per iteration (PPO: one per prompt; GRPO: GROUP_SIZE per prompt)
-GROUP_SIZE = 4  # GRPO: samples per prompt whose scores are normalised together (ROLLOUT_BATCH / GROUP_SIZE prompts)
+GROUP_SIZE = 4  # GRPO: samples per prompt whose scores are normalised together
 MAX_NEW_TOKENS = 20  # response length limit (no minimum length is forced)
 TEMPERATURE = 1.0  # sampling temperature of rollouts; actor and reference log-probs use the same one
 TOP_K = 0  # must stay 0: PPO samples the full distribution (the KL to the reference needs it)
 TOP_P = 1.0  # must stay 1.0, for the same reason
-# PPO
+# PPO (the loop settings' meaning: trainer/base.py LoopConfig; the loop's steps are ITERATIONS)
 PPO_EPOCHS = 4  # passes over each rollout batch
-STOP_APPROX_KL = 0.0  # > 0: stop an iteration's epochs once an epoch's mean approx KL (old || new) exceeds it
+STOP_APPROX_KL = 0.0  # > 0: stop an iteration's epochs once an epoch's mean approx KL exceeds it
 MINI_BATCH = 16  # rows per gradient step
 ACTOR_LR = 5e-5  # AdamW learning rate of the actor
 CRITIC_LR = 1e-4  # AdamW learning rate of the critic
-WEIGHT_DECAY = 0.0  # AdamW weight decay of actor and critic (matrices only)
-WARMUP_STEPS = 0  # iterations of linear LR warmup; then cosine decay to 0.1x at ITERATIONS
+WEIGHT_DECAY = 0.0  # actor and critic
+WARMUP_STEPS = 0  # in iterations
 CLIP_RANGE = 0.2  # epsilon of the clipped policy objective
 VALUE_CLIP = 0.2  # clip of the value loss around rollout values
 GAMMA = 1.0  # discount
 LAM = 0.95  # GAE lambda
 BETA = 0.2  # KL penalty coefficient (initial value when TARGET_KL is set); 0.05 let the policy hack the RM
-GRPO_LOSS = "token"  # GRPO: 'token' (mean over every response token: no length bias) or 'sequence' (DeepSeekMath's per-response mean; model/loss.py grpo_loss)
-GRPO_STD_SCALE = False  # GRPO: divide each group's advantages by its std (DeepSeekMath); off: a 1e-3 score gap stays small
-GRPO_BETA = 0.2  # GRPO: weight of the k3 KL-to-reference term in the loss (DeepSeekMath used 0.04; 0.04 over-optimised the RM here)
+GRPO_LOSS = "token"  # GRPO: 'token' (mean over all response tokens) or 'sequence' (model/loss.py grpo_loss)
+GRPO_STD_SCALE = False  # GRPO: divide each group's advantages by its std (DeepSeekMath)
+GRPO_BETA = 0.2  # GRPO: weight of the k3 KL term in the loss (DeepSeekMath: 0.04, which over-optimised here)
 TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
-KL_HORIZON = 1000  # adaptive controller horizon (rollouts): beta moves by up to 20% * ROLLOUT_BATCH / KL_HORIZON per iteration
+KL_HORIZON = 1000  # adaptive controller horizon, in rollouts
 PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
 PTX_BATCH = 16  # SFT rows per ptx loss
 MISSING_EOS_PENALTY = 1.0  # subtracted from the (normalised) score of a response that never emitted EOS
-CLOSE_TRUNCATED = False  # the reward model scores a response cut at MAX_NEW_TOKENS with EOS appended (as its training replies ended), not at its last, mid-sentence token
+CLOSE_TRUNCATED = False  # the RM scores a response cut at MAX_NEW_TOKENS with EOS appended
 NORMALIZE_SCORES = True  # running mean/std normalisation of reward-model scores
-GRAD_CLIP = 1.0  # max gradient norm, actor and critic separately
-BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
-FROZEN_BF16 = True  # with BF16: reference and reward model keep bf16 matrices (half the memory, bit-identical results)
-GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
-GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
-FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
-SEED = 0  # data order and sampling
+GRAD_CLIP = 1.0  # actor and critic separately
+BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
+FROZEN_BF16 = True  # with BF16: reference and reward model keep bf16 matrices (half the memory)
+SEED = 0  # also the sampling
+FSDP = False  # with torchrun --nproc_per_node N
+GRADIENT_CHECKPOINTING = False
+GROUP_BY_LENGTH = False
 # PEFT (model/peft/): a LoRA actor shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
 LORA_R = 8  # LoRA rank
 LORA_ALPHA = 16  # LoRA scale alpha
 LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
-# evaluation, logging, checkpoints
-EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at the end)
+# evaluation, logging, checkpoints (intervals in iterations)
+EVAL_INTERVAL = 10  # held-out gold evaluations (0: only at the end)
+EVAL_BATCH_SIZE = 100  # held-out prompts per generate call
 EVAL_LIMIT = 300  # validation prompts (None: all)
 TEST_LIMIT = None  # test prompts (None: all)
-SFT_EVAL = "run"  # 'run': evaluate the SFT policy on the held-out prompts before training (saved as OUT_DIR/sft_eval.json); or an earlier run's OUT_DIR whose sft_eval.json is reused (seed sweeps: the same SFT figures without two evaluation passes)
-LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
-LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 10  # iterations between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
-OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
+SFT_EVAL = "run"  # 'run': evaluate the SFT policy first (OUT_DIR/sft_eval.json); or a run's OUT_DIR to reuse
+LOG_INTERVAL = 1
+SAVE_INTERVAL = 10
+LOG_WITH = "none"  # 'tensorboard', 'wandb' (comma-separated) or 'none'
+RESUME = False
+OVERWRITE = False
 
 _DEFAULTS = {k: v for k, v in globals().items() if k.isupper()}  # before the command line changes them
 config = configure(globals())

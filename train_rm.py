@@ -30,42 +30,41 @@ from trainer.rm import RMTrainer, fit_head
 from utils import ConfigError, configure, quiet_transformers, run_main, seed_everything
 
 # model and data
-MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a local dir or a .gguf file; a fresh scalar head is added
-TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # ranked (responses best first), chosen/rejected pairs, HH dialogues, or a hub name
-EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation comparisons: evaluations and the best checkpoint ('none' to skip)
+MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a local dir or a .gguf; a new head
+TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # ranked rows, chosen/rejected pairs, HH dialogues, or a hub name
+EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation comparisons: evaluations, out_dir/best ('none' to skip)
 TEST_DATA = "ds/rm_test_ranked.jsonl"  # test comparisons: the reported accuracy only ('none' to skip)
 OUT_DIR = "out/rm"  # where the reward model, metrics.jsonl and summary.json go
 MAX_LEN = 96  # tokens per prompt + response; longer ones are cut (prompt from the left, see dataset/rm.py)
-TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and head); None: all. Saves backward compute.
-# 0: head only. The backbone stays frozen, its last-token features are computed once, and the head is fitted
-# by L2-regularised logistic regression on them (the pairwise loss with a linear score); MAX_STEPS..GRAD_CLIP unused
-HEAD_L2 = "0.01,0.03,0.1,0.3,1,3"  # head only: L2 strengths tried on standardised features; CV on the training pairs picks one
-CV_FOLDS = 5  # head only: cross-validation folds over the training groups
-CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (chat models, e.g. SmolLM2-Instruct); saved with the model
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's chat template (chat models)
 STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip them with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
 EVAL_LIMIT = None  # use only the first N held-out rows (None: all)
-# optimisation
-MAX_STEPS = 400  # optimizer steps
-BATCH_SIZE = 32  # prompts (ranked groups) per micro-batch; each brings its K responses and K(K-1)/2 pairs
-GRAD_ACCUM = 1  # micro-batches per optimizer step
-LR = 1e-3  # peak learning rate (AdamW); ~1e-5 for a pretrained 100M+ backbone
-WARMUP_STEPS = 20  # linear warmup, then cosine decay to 10% of LR
-WEIGHT_DECAY = 0.01  # AdamW weight decay on matrices
-GRAD_CLIP = 1.0  # max global gradient norm
-BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
-GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
-GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
-FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
-SEED = 0  # seeds the head's init and the data order
+# which weights train (head only: trainer/rm.py fit_head, docs/reward_model.md)
+TRAIN_LAYERS = None  # the top N blocks (+ final norm and head); None: all; 0: head only, the loop unused
+HEAD_L2 = "0.01,0.03,0.1,0.3,1,3"  # head only: L2 strengths to try; CV on the training pairs picks one
+CV_FOLDS = 5  # head only: cross-validation folds over the training groups
+# optimisation (the loop settings' meaning: trainer/base.py LoopConfig and OptimConfig)
+MAX_STEPS = 400
+LR = 1e-3  # peak AdamW learning rate; ~1e-5 for a pretrained 100M+ backbone
+BATCH_SIZE = 32  # prompts (ranked groups) per micro-batch, each with its K responses, K(K-1)/2 pairs
+GRAD_ACCUM = 1
+WARMUP_STEPS = 20
+WEIGHT_DECAY = 0.01
+GRAD_CLIP = 1.0
+SEED = 0  # also the head's initialisation
+BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
+FSDP = False  # with torchrun --nproc_per_node N
+GROUP_BY_LENGTH = False
+GRADIENT_CHECKPOINTING = False
 # evaluation, logging, checkpoints
-EVAL_INTERVAL = 50  # steps between evaluations (0: only at the end); the best is kept in out_dir/best
-EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
-LOG_INTERVAL = 10  # steps between metrics.jsonl lines
-LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 100  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
-OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
+EVAL_INTERVAL = 50  # steps between evaluations; the most accurate model is kept in out_dir/best
+EVAL_BATCH_SIZE = 64  # comparison groups per evaluation forward pass
+SAVE_INTERVAL = 100
+LOG_INTERVAL = 10
+LOG_WITH = "none"  # 'tensorboard', 'wandb' (comma-separated) or 'none'
+OVERWRITE = False
+RESUME = False
 # parameter-efficient fine-tuning (model/peft/); the new score head is always trained in full
 PEFT = "none"  # 'none' (full fine-tuning), 'lora' or 'bitfit'
 LORA_R = 8  # LoRA rank r

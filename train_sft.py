@@ -26,38 +26,39 @@ from trainer.sft import SFTTrainer
 from utils import configure, quiet_transformers, run_main, seed_everything
 
 # model and data
-MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id like 'facebook/opt-125m', a local dir or a .gguf file
-TRAIN_DATA = "ds/sft_train.jsonl"  # JSON/JSONL file or datasets hub name ('tatsu-lab/alpaca'); instruction/input/output, prompt/completion or messages
-EVAL_DATA = "ds/sft_val.jsonl"  # validation demonstrations for the eval loss during training ('none' to skip)
-EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts scored by the gold judge during training ('none' for data without a judge)
+MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id, a local dir or a .gguf file
+TRAIN_DATA = "ds/sft_train.jsonl"  # JSON/JSONL file or hub name ('tatsu-lab/alpaca'); formats: docs/sft.md
+EVAL_DATA = "ds/sft_val.jsonl"  # validation demonstrations: the eval loss in training ('none' to skip)
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts for the gold score ('none': data without a judge)
 TEST_DATA = "ds/sft_test.jsonl"  # test demonstrations: the reported loss, before and after ('none' to skip)
-TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported gold score, before and after ('none' to skip)
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported gold score ('none' to skip)
 OUT_DIR = "out/sft"  # where the checkpoint, metrics.jsonl and summary.json go
 MAX_LEN = 96  # tokens per example; longer ones are cut (prompt from the left, see dataset/sft.py)
-CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (dataset/chat.py); saved with the model
-# optimisation
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's chat template (dataset/chat.py)
+# optimisation (the loop settings' meaning: trainer/base.py LoopConfig and OptimConfig)
 MAX_STEPS = 900  # optimizer steps
-BATCH_SIZE = 64  # examples per micro-batch (per process)
-GRAD_ACCUM = 1  # micro-batches per optimizer step
-LR = 3e-3  # peak learning rate (AdamW); ~2e-5 for a pretrained opt-125m
-WARMUP_STEPS = 50  # linear warmup, then cosine decay to 10% of LR
-WEIGHT_DECAY = 0.01  # AdamW weight decay on matrices
-GRAD_CLIP = 1.0  # max global gradient norm
-BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
-GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
-GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
-FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
-SEED = 0  # seeds weights' init order, data order and sampling
+BATCH_SIZE = 64  # demonstrations per micro-batch, per process
+GRAD_ACCUM = 1
+LR = 3e-3  # peak AdamW learning rate; ~2e-5 for a pretrained opt-125m
+WARMUP_STEPS = 50
+WEIGHT_DECAY = 0.01
+GRAD_CLIP = 1.0
+BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
+SEED = 0  # also the order of weight initialisation and the sampling
+GROUP_BY_LENGTH = False
+GRADIENT_CHECKPOINTING = False
+FSDP = False  # with torchrun --nproc_per_node N
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)
-LOG_INTERVAL = 10  # steps between metrics.jsonl lines
-LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
-OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
+EVAL_BATCH_SIZE = 64  # demonstrations per forward pass, prompts per generate call
 MAX_NEW_TOKENS = 24  # generation length for the gold-score evaluation
 EVAL_LIMIT = 300  # validation prompts to score (None: all)
 TEST_LIMIT = None  # test prompts to score (None: all)
+LOG_INTERVAL = 10
+LOG_WITH = "none"  # 'tensorboard', 'wandb' (comma-separated) or 'none'
+SAVE_INTERVAL = 300
+RESUME = False
+OVERWRITE = False
 # parameter-efficient fine-tuning (model/peft/)
 PEFT = "none"  # 'none' (full fine-tuning), 'lora', 'bitfit', 'prompt_tuning', 'p_tuning' or 'prefix_tuning'
 LORA_R = 8  # LoRA rank r
@@ -85,7 +86,7 @@ def main():
                                                                      TEST_LIMIT, verbose=False, chat_template=CHAT_TEMPLATE).items
     trainer = SFTTrainer(model, tokenizer, train, eval_data, prompts, loop=LoopConfig.from_settings(config),
                          optim=OptimConfig.from_settings(config), run_config=config, max_new_tokens=MAX_NEW_TOKENS,
-                         judge=gold_judge)
+                         eval_batch_size=EVAL_BATCH_SIZE, judge=gold_judge)
     trainable, num_params = count_parameters(model)
     trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
     trainer.log(format_counts(trainable, num_params))

@@ -127,7 +127,7 @@ def run_sft(model_dir: str, out_dir: str, bf16: bool, levers: set) -> dict:
     data = SFTDataset(ALPACA, tokenizer, MAX_LEN, limit=DATA_ROWS, verbose=False)
     trainer = SFTTrainer(model, tokenizer, data, None, None, loop=loop_config(out_dir, bf16, levers),
                          optim=OptimConfig(lr=2e-5, weight_decay=0.0, batch_size=SFT_BATCH, grad_accum=1),
-                         run_config={}, max_new_tokens=1, judge=None)
+                         run_config={}, max_new_tokens=1, eval_batch_size=64, judge=None)
 
     def count(i):
         mask = trainer.get_batch(i)["attention_mask"]

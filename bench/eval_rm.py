@@ -21,6 +21,7 @@ DATA = "ds/rm_test_ranked.jsonl"  # comma-separated comparison files (ranked, pa
 MAX_LEN = 96  # tokens per prompt + response, as in training
 CHAT_TEMPLATE = False  # render with the tokenizer's chat template, as in training with --chat_template True
 LIMIT = 0  # ranked groups per file (0 = all)
+EVAL_BATCH_SIZE = 64  # comparison groups per forward pass
 
 configure(globals())
 
@@ -33,7 +34,7 @@ def main():
         for source in DATA.split(","):
             data = RMDataset(source, tokenizer, MAX_LEN, limit=LIMIT or None, verbose=False, chat_template=CHAT_TEMPLATE,
                              judge=gold_judge)
-            m = evaluate_pairs(model, data, tokenizer.pad_token_id)
+            m = evaluate_pairs(model, data, tokenizer.pad_token_id, EVAL_BATCH_SIZE)
             extra = "".join(f", {k} {m[k]:.4f} ({m['pairs_' + k.split('_')[1]]} pairs)"
                             for k in ("accuracy_correctness", "accuracy_format", "accuracy_trade") if k in m)
             print(f"{model_dir} on {source}: accuracy {m['accuracy']:.4f} ({m['pairs']} pairs){extra}, "

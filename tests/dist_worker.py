@@ -46,7 +46,8 @@ def sft_run(out_dir: str, batch_size: int, steps: int = 3, dropout: float = 0.0,
     data = SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=96, verbose=False)
     torch.manual_seed(0)
     model = OPTForCausalLM(tiny_config(dropout))
-    trainer = SFTTrainer(model, tok, data, None, None, run_config={}, max_new_tokens=8, judge=None,
+    trainer = SFTTrainer(model, tok, data, None, None, run_config={}, max_new_tokens=8, eval_batch_size=64,
+                         judge=None,
                          **trainer_configs(out_dir, lr=3e-3, max_steps=steps, batch_size=batch_size, warmup_steps=0,
                                            log_interval=1, seed=1, **kw))
     trainer.fit()

@@ -125,7 +125,8 @@ def dpo_and_grpo(out_dir: str) -> dict:
     policy = OPTForCausalLM(tiny_config())
     start = full_flat(policy)
     ranked = RMDataset(rm_data(out_dir), tok, 64, verbose=False)
-    dpo_cfg = DPOConfig(beta=0.1, max_new_tokens=8, temperature=1.0, eval_batch_size=64)
+    dpo_cfg = DPOConfig(beta=0.1, max_new_tokens=8, temperature=1.0, eval_batch_size=64,
+                        eval_prompt_batch=100)
     dpo = DPOTrainer(policy, copy.deepcopy(policy), tok, ranked, None, None, None, judge=None,
                      run_config={}, cfg=dpo_cfg,
                      **trainer_configs(os.path.join(out_dir, "dpo"), lr=1e-2, max_steps=1,

@@ -38,7 +38,7 @@ def make_trainer(tok, data, out_dir, **kw):
     args = dict(lr=3e-3, max_steps=3, batch_size=8, warmup_steps=0, log_interval=1, seed=1)
     args.update(kw)
     return SFTTrainer(tiny_model(), tok, data, None, None, run_config={"test": True}, max_new_tokens=8,
-                      judge=None, **trainer_configs(out_dir, **args))
+                      eval_batch_size=64, judge=None, **trainer_configs(out_dir, **args))
 
 
 def test_an_infinite_lr_stops_at_the_first_step_and_saves_nothing(tok, data, tmp_path):

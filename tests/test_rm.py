@@ -184,7 +184,7 @@ def toy_run(tok, tmp_path_factory):
     train = RMDataset(write_rows(tmp, "train.jsonl", rows[:40]), tok, 48, verbose=False)
     held = RMDataset(write_rows(tmp, "eval.jsonl", rows[40:]), tok, 48, verbose=False)
     model = tiny_rm(len(tok))
-    before = evaluate_pairs(model, held, tok.pad_token_id)
+    before = evaluate_pairs(model, held, tok.pad_token_id, 64)
     trainer = RMTrainer(model, tok, train, held, run_config={}, eval_batch_size=64,
                         **trainer_configs(tmp / "rm", lr=1e-2, max_steps=40, batch_size=8, warmup_steps=0, log_interval=100))
     trainer.fit()
@@ -195,7 +195,7 @@ def toy_run(tok, tmp_path_factory):
 def test_a_few_steps_on_a_toy_preference_raise_accuracy(toy_run):
     """Held-out pairwise accuracy rises from near chance (0.65 for this seed) to >= 0.9, margin > 0.5."""
     before, trainer, held, _ = toy_run
-    after = evaluate_pairs(trainer.unwrap(trainer.model), held, 1)
+    after = evaluate_pairs(trainer.unwrap(trainer.model), held, 1, 64)
     assert before["accuracy"] <= 0.8 and after["accuracy"] >= 0.9 and after["margin"] > 0.5
 
 
@@ -353,4 +353,4 @@ def test_train_rm_head_only_fits_the_head_and_saves_a_model_that_scores_the_same
         if not name.startswith("score"):
             assert torch.equal(p, sft_params[name]), name
     held = RMDataset(os.path.join(ROOT, "ds/rm_test_ranked.jsonl"), load_tokenizer(out), 96, limit=100, verbose=False)
-    assert evaluate_pairs(model, held, PAD)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)
+    assert evaluate_pairs(model, held, PAD, 64)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)

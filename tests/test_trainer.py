@@ -38,7 +38,7 @@ def make_trainer(tok, data, out_dir, model=None, **kw):
     args = dict(lr=3e-3, max_steps=6, batch_size=8, warmup_steps=2, log_interval=1, seed=1)
     args.update(kw)
     return SFTTrainer(model or tiny_model(), tok, data, None, None, run_config={"test": True}, max_new_tokens=8,
-                      judge=None, **trainer_configs(out_dir, **args))
+                      eval_batch_size=64, judge=None, **trainer_configs(out_dir, **args))
 
 
 def test_sft_loss_falls_on_a_tiny_batch(tok, data, tmp_path):

@@ -37,7 +37,8 @@ class DPOConfig:
     beta: float  # strength of the implicit KL constraint: r(x, y) = beta * log(pi(y|x) / pi_ref(y|x))
     max_new_tokens: int  # answer length limit of the held-out evaluation
     temperature: float  # sampling temperature of the held-out sampled answers (the KL figure)
-    eval_batch_size: int  # groups per forward pass of the reference and held-out passes
+    eval_batch_size: int  # comparison groups per forward pass of the reference and held-out passes
+    eval_prompt_batch: int  # held-out prompts per generate call (the sampled answers depend on it)
 
     from_settings = classmethod(from_settings)
 
@@ -71,7 +72,7 @@ class DPOTrainer(Trainer):
         rm = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
         self.tokenizer, self.cfg, self.eval_prompts = tokenizer, cfg, eval_prompts
         self.evaluate_policy = Evaluator(self.accelerator, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                                         temperature=cfg.temperature, batch_size=100, judge=judge,
+                                         temperature=cfg.temperature, batch_size=cfg.eval_prompt_batch, judge=judge,
                                          reward=(lambda items, out: reward_scores(rm, out.sequences, out.attention_mask))
                                          if rm is not None else None,
                                          reference=self.reference)

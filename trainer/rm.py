@@ -49,7 +49,7 @@ def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list, 
 
 
 @torch.no_grad()
-def evaluate_pairs(model, dataset, pad_id: int, batch_size: int = 64) -> dict:
+def evaluate_pairs(model, dataset, pad_id: int, batch_size: int) -> dict:
     """Pairwise metrics of `model` over every pair of an RMDataset (batch_size groups at a time)."""
     device = next(model.parameters()).device
     items = sorted(dataset.items, key=lambda it: max(map(len, it["sequences"])))  # similar lengths: less padding
@@ -101,7 +101,7 @@ class RMTrainer(Trainer):
 
 
 @torch.no_grad()
-def last_token_features(model, dataset, pad_id: int, batch_size: int = 16) -> tuple:
+def last_token_features(model, dataset, pad_id: int, batch_size: int) -> tuple:
     """What the score head reads, for every sequence of an RMDataset.
 
     Returns features (N, H) float32 (the backbone's final hidden state at each sequence's last token),

@@ -13,8 +13,6 @@ from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.dist import reduce_sum, shard
 from trainer.evaluate import Evaluator, Judge
 
-EVAL_BATCH_SIZE = 64  # rows per forward pass / generate call of the evaluation (memory, not a result)
-
 
 def supervised_span(labels: torch.Tensor) -> int:
     """How many final positions of a (B, T) label batch the loss needs logits for: from the position before
@@ -27,15 +25,17 @@ def supervised_span(labels: torch.Tensor) -> int:
 
 class SFTTrainer(Trainer):
     """eval_data: an SFTDataset (held-out loss) or None; eval_prompts: PromptDataset items answered greedily
-    and judged by judge(row, response) (the task's), or None."""
+    and judged by judge(row, response) (the task's), or None. eval_batch_size: demonstrations per forward
+    pass of the held-out loss and prompts per generate call (memory and speed, not a result)."""
 
     def __init__(self, model, tokenizer, train_data, eval_data, eval_prompts, *, loop: LoopConfig, optim: OptimConfig,
-                 run_config: dict, max_new_tokens: int, judge: Judge):
+                 run_config: dict, max_new_tokens: int, eval_batch_size: int, judge: Judge):
         super().__init__(model, train_data, lambda items: sft_collate(items, tokenizer.pad_token_id), loop=loop,
                          optim=optim, run_config=run_config)
-        self.tokenizer, self.eval_data, self.eval_prompts, self.eval_batch_size = tokenizer, eval_data, eval_prompts, EVAL_BATCH_SIZE
+        self.tokenizer, self.eval_data, self.eval_prompts = tokenizer, eval_data, eval_prompts
+        self.eval_batch_size = eval_batch_size
         self.evaluate_answers = Evaluator(self.accelerator, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0,
-                                          batch_size=EVAL_BATCH_SIZE, judge=judge)
+                                          batch_size=eval_batch_size, judge=judge)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         labels = batch["labels"]  # (B, T)
