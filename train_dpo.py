@@ -23,7 +23,7 @@ from model.peft import apply_peft, count_parameters, format_counts
 from model.reward import load_reward_model
 from trainer.base import LoopConfig, OptimConfig
 from trainer.dist import resolve_bf16
-from trainer.evaluate import test_evaluation
+from trainer.evaluate import comparison_summary, greedy_and_sampled, print_comparison, test_evaluation
 from trainer.dpo import DPOConfig, DPOTrainer
 from utils import ConfigError, configure, plot_metrics, quiet_transformers, run_main, seed_everything
 
@@ -107,9 +107,7 @@ def main():
 
     before = {}
     if test_prompts:  # the SFT policy on the test prompts: greedy for the gold score, sampled for the KL
-        sft = trainer.unwrap(trainer.model)
-        before = {"greedy": trainer.evaluate_policy(sft, test_prompts, do_sample=False),
-                  "sampled": trainer.evaluate_policy(sft, test_prompts, do_sample=True)}
+        before = greedy_and_sampled(trainer.evaluate_policy, trainer.unwrap(trainer.model), test_prompts)
         print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f})")
     if not trainer.resuming:  # step 0 of the curves: the SFT policy
         trainer.log_start(trainer.run_evaluation())
@@ -124,41 +122,20 @@ def main():
     if test_data is not None:  # the implicit reward's accuracy on the test comparisons
         tested = test_evaluation(trainer, eval_data=trainer.with_reference_logprobs(test_data.items), eval_prompts=None)
         summary.update({k[len("eval/"):]: v for k, v in tested.items() if k.startswith("eval/dpo_")})
-    if test_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
-        policy = trainer.unwrap(trainer.model)
-        after = {"greedy": trainer.evaluate_policy(policy, test_prompts, do_sample=False),
-                 "sampled": trainer.evaluate_policy(policy, test_prompts, do_sample=True)}
-        b, a = before["greedy"], after["greedy"]
-        summary.update(gold_score_sft=b["gold_score"], gold_score=a["gold_score"], correct_sft=b["correct"],
-                       correct=a["correct"], format_sft=b["format"], format=a["format"],
-                       gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
-                       kl=after["sampled"]["kl"], kl_greedy=a["kl"], reward_sft=b["reward"], reward=a["reward"],
-                       eval_prompts=len(test_prompts),
-                       per_type={k: {"sft": b[k], "dpo": a[k]} for k in a if "/" in k})
+    if test_prompts:
+        after = greedy_and_sampled(trainer.evaluate_policy, trainer.unwrap(trainer.model), test_prompts)
+        summary.update(comparison_summary(before, after, "DPO"))
     trainer.finish(tokenizer, PEFT, summary)
     if not trainer.accelerator.is_main_process:
         return
     if test_prompts:
-        report(b, a, before["sampled"], after["sampled"])
+        print_comparison(before, after, "DPO", f"{summary['split']} prompts: {len(test_prompts)}")
     plotted = plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "dpo_curves.png"),
                            [("train/loss", "DPO loss (train)"),
                             ("eval/dpo_accuracy", "implicit-reward accuracy (validation)"),
                             ("eval/gold_score", "gold score (validation, greedy)"),
                             ("eval/kl", "KL to SFT (greedy, nats / response)")])
     print(f"train {train_seconds:.0f} s" + (f"; wrote {OUT_DIR}/dpo_curves.png" if plotted else ""))
-
-
-def report(b: dict, a: dict, b_sampled: dict, a_sampled: dict) -> None:
-    """SFT vs DPO on the held-out prompts: overall (greedy; sampled in brackets) and per instruction type."""
-    print(f"\n{'':6}{'gold':>16}{'correct':>9}{'format':>8}{'KL':>7}")
-    for name, r, s in (("SFT", b, b_sampled), ("DPO", a, a_sampled)):
-        print(f"{name:6}{r['gold_score']:8.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}{r['format']:8.3f}{s['kl']:7.2f}")
-    print(f"\n{'type':10}{'correct SFT->DPO':>18}{'format SFT->DPO':>18}{'gold SFT->DPO':>16}")
-    for kind in sorted({k.split("/")[0] for k in a if "/" in k}):
-        print(f"{kind:10}{b[kind + '/correct']:9.2f} -> {a[kind + '/correct']:.2f}{b[kind + '/format']:10.2f} -> "
-              f"{a[kind + '/format']:.2f}{b[kind + '/gold']:8.2f} -> {a[kind + '/gold']:.2f}")
-    for rb, ra in list(zip(b["rows"], a["rows"]))[:6]:
-        print(f"{rb['input']!r:26} SFT: {rb['response']!r:28} (gold {rb['gold']:.1f})   DPO: {ra['response']!r:28} (gold {ra['gold']:.1f})")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 
 from dataset.chat import row_messages, use_chat_format
 from dataset.prompt import PromptDataset
-from dataset.sft import SFTDataset, render_prompt
+from dataset.sft import SFTDataset
 from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts
@@ -28,10 +28,11 @@ from model.reward import load_reward_model, load_scorer, score_replies
 from model.reward_functions import reward_functions
 from trainer.base import LoopConfig
 from trainer.dist import resolve_bf16
+from trainer.evaluate import (SFTEvalSettings, comparison_summary, greedy_and_sampled, print_comparison, read_sft_eval,
+                              sft_evaluation, write_side_by_side)
 from trainer.grpo import GRPOConfig, GRPOTrainer
 from trainer.ppo import PPOConfig, PPOTrainer
-from utils import (ConfigError, append_jsonl, configure, plot_metrics, quiet_transformers, run_main, seed_everything,
-                   write_json)
+from utils import ConfigError, configure, plot_metrics, quiet_transformers, run_main, seed_everything
 
 ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, KL in the loss)
 # models and data
@@ -109,11 +110,7 @@ config = configure(globals())
 _PPO_ONLY = ("BETA", "TARGET_KL", "KL_HORIZON", "PTX_COEF", "PTX_BATCH", "PTX_DATA", "CRITIC_LR", "CRITIC_INIT",
              "VALUE_CLIP", "GAMMA", "LAM")
 _GRPO_ONLY = ("GROUP_SIZE", "GRPO_BETA", "GRPO_LOSS", "GRPO_STD_SCALE")
-# the settings an SFT evaluation depends on: SFT_EVAL reuses one only where all of them match
-_SFT_EVAL_SETTINGS = ("SFT_MODEL", "RM_MODEL", "REWARD", "JUDGE_RM", "TEST_PROMPTS", "TEST_LIMIT", "MAX_PROMPT_LEN",
-                     "MAX_NEW_TOKENS", "TEMPERATURE", "CHAT_TEMPLATE", "BF16", "FROZEN_BF16", "PEFT", "CLOSE_TRUNCATED",
-                     "MISSING_EOS_PENALTY", "NORMALIZE_SCORES")
-_SETTINGS_AT_START = {k: config[k] for k in _SFT_EVAL_SETTINGS}  # as given (BF16 may be 'auto'): what SFT_EVAL compares
+sft_eval_settings = SFTEvalSettings.from_settings(config)  # as given: BF16 may still be 'auto'
 
 
 def check_algo_settings() -> None:
@@ -139,49 +136,12 @@ def reward_model_judge(path: str, max_len: int):
     return judge
 
 
-def read_sft_eval() -> dict | None:
-    """SFT_EVAL=DIR: DIR/sft_eval.json, checked before any model loads: the settings it was evaluated under
-    must be this run's (BF16 as resolved is checked once the model is loaded). None for SFT_EVAL='run'."""
-    if SFT_EVAL == "run":
-        return None
-    path = os.path.join(SFT_EVAL, "sft_eval.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: {path} not found (a run with SFT_EVAL='run' writes it)")
-    saved = json.load(open(path))
-    differ = [f"{k}={saved['settings'].get(k)!r} there, {config[k]!r} here" for k in _SFT_EVAL_SETTINGS
-              if json.dumps(saved["settings"].get(k)) != json.dumps(config[k])]
-    if differ:
-        raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: {path} was evaluated under other settings: {'; '.join(differ)}")
-    return saved
-
-
-def sft_evaluation(trainer, eval_prompts: list, saved: dict | None) -> dict:
-    """The SFT policy (the actor before any update) on the held-out prompts, greedy and sampled.
-
-    SFT_EVAL='run' evaluates it and saves OUT_DIR/sft_eval.json with the settings it depends on; SFT_EVAL=DIR
-    reuses DIR's (`saved`, read_sft_eval). The greedy figures are then what this run would compute; the
-    sampled ones are the earlier run's draw. Skipping the sampled pass also leaves the random stream where
-    it was, so the training differs from that of a run with SFT_EVAL='run' and the same seed."""
-    if saved is not None:
-        if saved["bf16_resolved"] != config["BF16"]:
-            raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: evaluated with BF16 resolved to {saved['bf16_resolved']}, "
-                              f"here it resolves to {config['BF16']}")
-        return {"greedy": saved["greedy"], "sampled": saved["sampled"]}
-    policy = trainer.unwrap(trainer.actor)
-    before = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
-              "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
-    if trainer.accelerator.is_main_process:
-        write_json(os.path.join(OUT_DIR, "sft_eval.json"),
-                   {"settings": _SETTINGS_AT_START, "bf16_resolved": config["BF16"], **before})
-    return before
-
-
 def main():
     if ALGO not in ("ppo", "grpo"):
         raise ConfigError(f"ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
     check_algo_settings()
     algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)  # checked before any model loads
-    saved_sft_eval = read_sft_eval()
+    saved_sft_eval = read_sft_eval(SFT_EVAL, sft_eval_settings)
     reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: the reward model scores (REWARD='rm')
     quiet_transformers()
     seed_everything(SEED)
@@ -219,7 +179,8 @@ def main():
 
     before = {}
     if test_prompts:  # the SFT policy (the actor before any update) on the test prompts
-        before = sft_evaluation(trainer, test_prompts, saved_sft_eval)
+        before = sft_evaluation(trainer, test_prompts, saved_sft_eval, sft_eval_settings, config["BF16"],
+                                os.path.join(OUT_DIR, "sft_eval.json"))
         trainer.log(f"SFT on the test prompts: gold {before['greedy']['gold_score']:.3f} "
                     f"(sampled {before['sampled']['gold_score']:.3f}), RM score {before['greedy']['reward']:.3f}")
     if eval_prompts:  # step 0 of the validation curve: the SFT policy
@@ -228,54 +189,22 @@ def main():
     start = time.time()
     trainer.fit()
     train_seconds = time.time() - start
-    if test_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
-        policy = trainer.unwrap(trainer.actor)
-        after = {"greedy": trainer.evaluate_policy(policy, test_prompts, do_sample=False),
-                 "sampled": trainer.evaluate_policy(policy, test_prompts, do_sample=True)}
     summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peft": PEFT, "reward": REWARD}
+    split = "test" if TEST_PROMPTS != "none" else "validation"
     if test_prompts:
-        summary.update(split="test" if TEST_PROMPTS != "none" else "validation", gold_score_sft=before["greedy"]["gold_score"], gold_score=after["greedy"]["gold_score"],
-                       gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
-                       reward_sft=before["greedy"]["reward"], reward=after["greedy"]["reward"],
-                       kl=after["sampled"]["kl"], kl_greedy=after["greedy"]["kl"], eval_prompts=len(test_prompts),
-                       per_type={k: {"sft": before["greedy"][k], "rlhf": after["greedy"][k]}
-                                 for k in after["greedy"] if "/" in k})
-        for key in ("correct", "format"):
-            summary[f"{key}_sft"], summary[key] = before["greedy"][key], after["greedy"][key]
+        after = greedy_and_sampled(trainer.evaluate_policy, trainer.unwrap(trainer.actor), test_prompts)
+        summary.update(split=split, **comparison_summary(before, after, "RLHF"))
     trainer.finish(tokenizer, PEFT, summary)
     if not trainer.accelerator.is_main_process:
         return
     if test_prompts:
-        report(before, after, test_prompts)
+        write_side_by_side(os.path.join(OUT_DIR, "side_by_side.jsonl"), test_prompts, before, after, "RLHF")
+        print_comparison(before, after, "RLHF", f"{split} prompts: {len(test_prompts)}")
     judged = "gold score" if JUDGE_RM == "none" else "judge RM score"
     plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, f"{ALGO}_curves.png"),
                  [(f"{ALGO}/score", "RM score (rollouts)"), (f"{ALGO}/gold_score", f"{judged} (rollouts)"),
                   ("eval/gold_score", f"{judged} (validation, greedy)"), (f"{ALGO}/kl", "KL to SFT (nats / response)")])
     print(f"wrote {OUT_DIR}/side_by_side.jsonl (SFT and RLHF answers) and {OUT_DIR}/{ALGO}_curves.png")
-
-
-def report(before: dict, after: dict, eval_prompts: list) -> None:
-    """Print SFT vs RLHF side by side (overall, per instruction type, a few answers) and save all answers."""
-    b, a = before["greedy"], after["greedy"]
-    split = "test" if TEST_PROMPTS != "none" else "validation"
-    print(f"\n{split} prompts: {len(eval_prompts)} (greedy; sampled in brackets)")
-    print(f"{'':14}{'gold':>14}{'correct':>9}{'format':>8}{'RM score':>10}{'KL':>7}")
-    for name, r, s in (("SFT", b, before["sampled"]), ("RLHF", a, after["sampled"])):
-        print(f"{name:14}{r['gold_score']:6.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}{r['format']:8.3f}{r['reward']:10.3f}{s['kl']:7.2f}")
-    kinds = sorted({k.split("/")[0] for k in a if "/" in k})
-    print(f"\n{'type':10}{'correct SFT->RLHF':>20}{'format SFT->RLHF':>20}{'gold SFT->RLHF':>18}")
-    for k in kinds:
-        print(f"{k:10}{b[k + '/correct']:10.2f} -> {a[k + '/correct']:.2f}{b[k + '/format']:12.2f} -> {a[k + '/format']:.2f}"
-              f"{b[k + '/gold']:10.2f} -> {a[k + '/gold']:.2f}")
-    path = os.path.join(OUT_DIR, "side_by_side.jsonl")
-    if os.path.exists(path):
-        os.remove(path)
-    print()
-    for i, (rb, ra) in enumerate(zip(b["rows"], a["rows"])):
-        append_jsonl(path, {"prompt": render_prompt(eval_prompts[i]["row"]), "sft": rb, "rlhf": ra})
-        if i < 6:
-            print(f"{rb['input']!r:26} SFT: {rb['response']!r:28} (rm {rb['reward']:+.2f}, gold {rb['gold']:.1f})   "
-                  f"RLHF: {ra['response']!r:28} (rm {ra['reward']:+.2f}, gold {ra['gold']:.1f})")
 
 
 if __name__ == "__main__":
