@@ -9,7 +9,7 @@ against full fine-tuning.
         --methods base,full,lora,prompt_tuning,p_tuning,prefix_tuning --max_steps 30 --batch_size 8 --warmup_steps 3 \
         --eval_limit 50 --lr_full 1e-4 --lr_lora 2e-3 --lr_prompt_tuning 3e-2 --lr_p_tuning 3e-3 --lr_prefix_tuning 1e-2 \
         --bf16 True --out_dir out/peft_smollm2 --plot pic/peft_comparison_smollm2.png
-                                             # SmolLM2-135M (../shared/tools/get-smollm2.sh); BitFit left out:
+                                             # SmolLM2-135M from a GGUF file; BitFit left out:
                                              # Llama layers have no biases
 
 1. Counts: each method on the opt-125m architecture (facebook/opt-125m if it is in the HF cache, else the
