@@ -1,15 +1,16 @@
 """Step 3 of InstructGPT: PPO against the reward model, with a KL penalty to the SFT model.
 
-    python train_sft.py && python train_rm.py && python train_rlhf.py   # the whole pipeline, embedded default
-    python train_rlhf.py --iterations 2 --rollout_batch 8 --mini_batch 4 --out_dir out/t   # smoke run
-    python train_rlhf.py --peft lora --actor_lr 1e-3          # LoRA actor; reference = actor with adapters off
-    python train_rlhf.py --reward gold                        # the gold judge as reward: an upper bound
-    python train_rlhf.py --algo grpo                          # GRPO: G samples per prompt, no critic (trainer/grpo.py)
+    python train_sft.py && python train_rm.py && python train_rlhf.py   # the whole pipeline
+    python train_rlhf.py --iterations 2 --rollout_batch 8 --mini_batch 4 --out_dir out/t   # smoke
+    python train_rlhf.py --peft lora --actor_lr 1e-3   # LoRA actor; reference = adapters off
+    python train_rlhf.py --reward gold                 # the gold judge as reward: an upper bound
+    python train_rlhf.py --algo grpo                   # G samples per prompt, no critic
 
 Four models: actor (from SFT_MODEL, trained), reference (SFT_MODEL, frozen), critic (from RM_MODEL,
-trained; a value per token) and reward model (RM_MODEL, frozen). Writes out_dir/: the actor as an HF
-checkpoint, metrics.jsonl, summary.json, side_by_side.jsonl (SFT vs RLHF answers), ppo_curves.png.
-GRPO (--algo grpo) drops the critic: the other samples of the same prompt are the baseline.
+trained; a value per token) and reward model (RM_MODEL, frozen). Writes out_dir/: the actor as an
+HF checkpoint, metrics.jsonl, summary.json, side_by_side.jsonl (SFT vs RLHF answers),
+ppo_curves.png. GRPO (--algo grpo) drops the critic: the other samples of the same prompt are the
+baseline.
 """
 import copy
 import json
@@ -28,33 +29,34 @@ from model.reward import load_reward_model, load_scorer, score_replies
 from model.reward_functions import reward_functions
 from trainer.base import LoopConfig
 from trainer.dist import resolve_bf16
-from trainer.evaluate import (SFTEvalSettings, comparison_summary, greedy_and_sampled, print_comparison, read_sft_eval,
-                              sft_evaluation, write_side_by_side)
+from trainer.evaluate import (SFTEvalSettings, comparison_summary, greedy_and_sampled,
+                              print_comparison, read_sft_eval, sft_evaluation, write_side_by_side)
 from trainer.grpo import GRPOConfig, GRPOTrainer
 from trainer.ppo import PPOConfig, PPOTrainer
-from utils import ConfigError, configure, plot_metrics, quiet_transformers, run_main, seed_everything
+from utils import (ConfigError, configure, plot_metrics, quiet_transformers, run_main,
+                   seed_everything)
 
-ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, KL in the loss)
+ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (no critic, KL in the loss)
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
 CRITIC_INIT = "zero_head"  # 'zero_head' (RM backbone, values start at 0) or 'rm'; see docs/ppo.md
 REWARD = "rm"  # 'rm', 'gold' (an upper bound) or FILE.py:FUNCTION,... (model/reward_functions.py)
-REWARD_WEIGHTS = ""  # comma-separated weights of the REWARD terms ('': 1 each); the reward is their sum
+REWARD_WEIGHTS = ""  # comma-separated weights of the REWARD terms ('': 1 each) in their sum
 PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
 EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: the evaluations during training
-TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported SFT vs RLHF figures ('none': EVAL_PROMPTS)
-JUDGE_RM = "none"  # 'none': the gold judge; or a second reward model, never trained on, judges instead
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported figures ('none': EVAL_PROMPTS)
+JUDGE_RM = "none"  # 'none': the gold judge; or a second reward model, never trained on
 OUT_DIR = "out/rlhf"  # checkpoint, metrics, summary, samples, plot
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
-CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's chat template (dataset/chat.py)
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's chat template
 # rollout
-ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early, then the RM is over-optimised
-ROLLOUT_BATCH = 64  # responses sampled per iteration (PPO: one per prompt; GRPO: GROUP_SIZE per prompt)
+ITERATIONS = 50  # rollout + update; the gold score peaks early, then the RM is over-optimised
+ROLLOUT_BATCH = 64  # responses per iteration (PPO: one per prompt; GRPO: GROUP_SIZE per prompt)
 GROUP_SIZE = 4  # GRPO: samples per prompt whose scores are normalised together
 MAX_NEW_TOKENS = 20  # response length limit (no minimum length is forced)
-TEMPERATURE = 1.0  # sampling temperature of rollouts; actor and reference log-probs use the same one
+TEMPERATURE = 1.0  # of the rollouts; actor and reference log-probs use the same one
 TOP_K = 0  # must stay 0: PPO samples the full distribution (the KL to the reference needs it)
 TOP_P = 1.0  # must stay 1.0, for the same reason
 # PPO (the loop settings' meaning: trainer/base.py LoopConfig; the loop's steps are ITERATIONS)
@@ -69,15 +71,15 @@ CLIP_RANGE = 0.2  # epsilon of the clipped policy objective
 VALUE_CLIP = 0.2  # clip of the value loss around rollout values
 GAMMA = 1.0  # discount
 LAM = 0.95  # GAE lambda
-BETA = 0.2  # KL penalty coefficient (initial value when TARGET_KL is set); 0.05 let the policy hack the RM
-GRPO_LOSS = "token"  # GRPO: 'token' (mean over all response tokens) or 'sequence' (model/loss.py grpo_loss)
+BETA = 0.2  # KL penalty coefficient (start value with TARGET_KL); 0.05 let the policy hack the RM
+GRPO_LOSS = "token"  # GRPO: 'token' (mean over all tokens) or 'sequence' (model/loss.py grpo_loss)
 GRPO_STD_SCALE = False  # GRPO: divide each group's advantages by its std (DeepSeekMath)
-GRPO_BETA = 0.2  # GRPO: weight of the k3 KL term in the loss (DeepSeekMath: 0.04, which over-optimised here)
+GRPO_BETA = 0.2  # GRPO: weight of the k3 KL term (DeepSeekMath's 0.04 over-optimised the RM here)
 TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
 KL_HORIZON = 1000  # adaptive controller horizon, in rollouts
 PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
 PTX_BATCH = 16  # SFT rows per ptx loss
-MISSING_EOS_PENALTY = 1.0  # subtracted from the (normalised) score of a response that never emitted EOS
+MISSING_EOS_PENALTY = 1.0  # subtracted from the normalised score of a response without EOS
 CLOSE_TRUNCATED = False  # the RM scores a response cut at MAX_NEW_TOKENS with EOS appended
 NORMALIZE_SCORES = True  # running mean/std normalisation of reward-model scores
 GRAD_CLIP = 1.0  # actor and critic separately
@@ -97,41 +99,44 @@ EVAL_INTERVAL = 10  # held-out gold evaluations (0: only at the end)
 EVAL_BATCH_SIZE = 100  # held-out prompts per generate call
 EVAL_LIMIT = 300  # validation prompts (None: all)
 TEST_LIMIT = None  # test prompts (None: all)
-SFT_EVAL = "run"  # 'run': evaluate the SFT policy first (OUT_DIR/sft_eval.json); or a run's OUT_DIR to reuse
+SFT_EVAL = "run"  # 'run': evaluate SFT (OUT_DIR/sft_eval.json); or an earlier OUT_DIR to reuse
 LOG_INTERVAL = 1
 SAVE_INTERVAL = 10
 LOG_WITH = "none"  # 'tensorboard', 'wandb' (comma-separated) or 'none'
 RESUME = False
 OVERWRITE = False
 
-_DEFAULTS = {k: v for k, v in globals().items() if k.isupper()}  # before the command line changes them
+_DEFAULTS = {k: v for k, v in globals().items() if k.isupper()}  # before the command line
 config = configure(globals())
-# PPO's settings that GRPO has no use for: changing one under ALGO='grpo' is an error, not silently ignored
-_PPO_ONLY = ("BETA", "TARGET_KL", "KL_HORIZON", "PTX_COEF", "PTX_BATCH", "PTX_DATA", "CRITIC_LR", "CRITIC_INIT",
-             "VALUE_CLIP", "GAMMA", "LAM")
+# PPO's settings that GRPO has no use for: changing one under ALGO='grpo' is an error, not silently
+# ignored
+_PPO_ONLY = ("BETA", "TARGET_KL", "KL_HORIZON", "PTX_COEF", "PTX_BATCH", "PTX_DATA", "CRITIC_LR",
+             "CRITIC_INIT", "VALUE_CLIP", "GAMMA", "LAM")
 _GRPO_ONLY = ("GROUP_SIZE", "GRPO_BETA", "GRPO_LOSS", "GRPO_STD_SCALE")
 sft_eval_settings = SFTEvalSettings.from_settings(config)  # as given: BF16 may still be 'auto'
 
 
 def check_algo_settings() -> None:
-    """A setting the chosen ALGO does not read must keep its default: --beta under GRPO (whose KL weight is
-    GRPO_BETA, in the loss) would otherwise be silently ignored."""
+    """A setting the chosen ALGO does not read must keep its default: --beta under GRPO (whose KL
+    weight is GRPO_BETA, in the loss) would otherwise be silently ignored."""
     unused = _PPO_ONLY if ALGO == "grpo" else _GRPO_ONLY
     changed = [k for k in unused if json.dumps(config[k]) != json.dumps(_DEFAULTS[k])]
     if changed:
         hint = " (GRPO's KL weight is --grpo_beta)" if "BETA" in changed and ALGO == "grpo" else ""
-        raise ConfigError(f"ALGO={ALGO!r} does not use {', '.join('--' + k.lower() for k in changed)}{hint}: "
-                          "leave them at their defaults, or choose the other ALGO")
+        flags = ", ".join("--" + k.lower() for k in changed)
+        raise ConfigError(f"ALGO={ALGO!r} does not use {flags}{hint}: leave them at their "
+                          "defaults, or choose the other ALGO")
 
 
 def reward_model_judge(path: str, max_len: int):
-    """JUDGE_RM: judge(row, response) by a reward model PPO never optimises (for data without a gold judge,
-    e.g. Anthropic HH): its score of the reply, in the reward model's own chat format. No correctness or
-    format verdicts (NaN)."""
+    """JUDGE_RM: judge(row, response) by a reward model PPO never optimises (for data without a
+    gold judge, e.g. Anthropic HH): its score of the reply, in the reward model's own chat format.
+    No correctness or format verdicts (NaN)."""
     model, tokenizer = load_scorer(path, "JUDGE_RM")
 
     def judge(row, response):
-        score = score_replies(model, tokenizer, [row_messages(row)], [response], batch_size=1, max_len=max_len)[0]
+        score = score_replies(model, tokenizer, [row_messages(row)], [response], batch_size=1,
+                              max_len=max_len)[0]
         return {"score": score, "correct": float("nan"), "format": float("nan")}
     return judge
 
@@ -140,9 +145,10 @@ def main():
     if ALGO not in ("ppo", "grpo"):
         raise ConfigError(f"ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
     check_algo_settings()
-    algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)  # checked before any model loads
+    # the settings are checked before any model loads
+    algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)
     saved_sft_eval = read_sft_eval(SFT_EVAL, sft_eval_settings)
-    reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: the reward model scores (REWARD='rm')
+    reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: REWARD='rm'
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
@@ -152,59 +158,84 @@ def main():
     if PEFT == "none":
         ref = copy.deepcopy(actor)
     elif PEFT == "lora":
-        actor, ref = apply_peft(actor, "lora", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(","))), None
+        actor = apply_peft(actor, "lora", r=LORA_R, alpha=LORA_ALPHA,
+                           targets=tuple(LORA_TARGETS.split(",")))
+        ref = None  # the actor with its adapters off
     else:
         raise ConfigError(f"PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
-    critic = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if ALGO == "ppo" else None
+    pad_id = tokenizer.pad_token_id
+    critic = load_reward_model(RM_MODEL, pad_id, "RM_MODEL") if ALGO == "ppo" else None
     if CRITIC_INIT not in ("rm", "zero_head"):
         raise ConfigError(f"CRITIC_INIT={CRITIC_INIT!r}: expected 'rm' or 'zero_head'")
-    if critic is not None and CRITIC_INIT == "zero_head":  # returns are in normalised-score units; the RM head speaks raw scores
+    # the returns are in normalised-score units, while the RM head speaks raw scores
+    if critic is not None and CRITIC_INIT == "zero_head":
         torch.nn.init.zeros_(critic.score.weight)
-    reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if reward_fn is None else None
+    reward_model = load_reward_model(RM_MODEL, pad_id, "RM_MODEL") if reward_fn is None else None
+
+    def prompt_items(path, limit):
+        return PromptDataset(path, tokenizer, MAX_PROMPT_LEN, limit=limit,
+                             chat_template=CHAT_TEMPLATE).items
+
     prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN, chat_template=CHAT_TEMPLATE)
-    eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
-                    if EVAL_PROMPTS != "none" else None)
-    test_prompts = (PromptDataset(TEST_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=TEST_LIMIT, chat_template=CHAT_TEMPLATE).items
-                    if TEST_PROMPTS != "none" else eval_prompts)  # the reported figures; never a choice
-    ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS, chat_template=CHAT_TEMPLATE) if PTX_COEF > 0 else None
-    judge = gold_judge if JUDGE_RM == "none" else reward_model_judge(JUDGE_RM, MAX_PROMPT_LEN + MAX_NEW_TOKENS)
+    eval_prompts = prompt_items(EVAL_PROMPTS, EVAL_LIMIT) if EVAL_PROMPTS != "none" else None
+    test_prompts = eval_prompts  # the reported figures; never a choice
+    if TEST_PROMPTS != "none":
+        test_prompts = prompt_items(TEST_PROMPTS, TEST_LIMIT)
+    max_len = MAX_PROMPT_LEN + MAX_NEW_TOKENS
+    ptx = None
+    if PTX_COEF > 0:
+        ptx = SFTDataset(PTX_DATA, tokenizer, max_len, chat_template=CHAT_TEMPLATE)
+    judge = gold_judge if JUDGE_RM == "none" else reward_model_judge(JUDGE_RM, max_len)
     wiring = dict(loop=LoopConfig.from_settings(config, max_steps="ITERATIONS"), run_config=config,
                   reward_fn=reward_fn, judge=judge, eval_prompts=eval_prompts)
     if ALGO == "grpo":
-        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, cfg=algo_config, **wiring)
+        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, cfg=algo_config,
+                              **wiring)
         trainer.log(f"actor: {format_counts(*count_parameters(actor))}; no critic")
     else:
-        trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, cfg=algo_config, ptx_data=ptx, **wiring)
-        trainer.log(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
+        trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, cfg=algo_config,
+                             ptx_data=ptx, **wiring)
+        trainer.log(f"actor: {format_counts(*count_parameters(actor))}; "
+                    f"critic: {format_counts(*count_parameters(critic))}")
 
     before = {}
     if test_prompts:  # the SFT policy (the actor before any update) on the test prompts
-        before = sft_evaluation(trainer, test_prompts, saved_sft_eval, sft_eval_settings, config["BF16"],
-                                os.path.join(OUT_DIR, "sft_eval.json"))
-        trainer.log(f"SFT on the test prompts: gold {before['greedy']['gold_score']:.3f} "
-                    f"(sampled {before['sampled']['gold_score']:.3f}), RM score {before['greedy']['reward']:.3f}")
+        before = sft_evaluation(trainer, test_prompts, saved_sft_eval, sft_eval_settings,
+                                config["BF16"], os.path.join(OUT_DIR, "sft_eval.json"))
+        greedy, sampled = before["greedy"], before["sampled"]
+        trainer.log(f"SFT on the test prompts: gold {greedy['gold_score']:.3f} "
+                    f"(sampled {sampled['gold_score']:.3f}), RM score {greedy['reward']:.3f}")
     if eval_prompts:  # step 0 of the validation curve: the SFT policy
-        start_eval = trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=False)
-        trainer.log_start({f"eval/{k}": v for k, v in start_eval.items() if k != "rows" and "/" not in k})
+        start_eval = trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts,
+                                             do_sample=False)
+        trainer.log_start({f"eval/{k}": v for k, v in start_eval.items()
+                           if k != "rows" and "/" not in k})
     start = time.time()
     trainer.fit()
     train_seconds = time.time() - start
-    summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peft": PEFT, "reward": REWARD}
+    summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds,
+               "peft": PEFT, "reward": REWARD}
     split = "test" if TEST_PROMPTS != "none" else "validation"
     if test_prompts:
-        after = greedy_and_sampled(trainer.evaluate_policy, trainer.unwrap(trainer.actor), test_prompts)
+        after = greedy_and_sampled(trainer.evaluate_policy, trainer.unwrap(trainer.actor),
+                                   test_prompts)
         summary.update(split=split, **comparison_summary(before, after, "RLHF"))
     trainer.finish(tokenizer, PEFT, summary)
     if not trainer.accelerator.is_main_process:
         return
     if test_prompts:
-        write_side_by_side(os.path.join(OUT_DIR, "side_by_side.jsonl"), test_prompts, before, after, "RLHF")
+        side_by_side = os.path.join(OUT_DIR, "side_by_side.jsonl")
+        write_side_by_side(side_by_side, test_prompts, before, after, "RLHF")
         print_comparison(before, after, "RLHF", f"{split} prompts: {len(test_prompts)}")
     judged = "gold score" if JUDGE_RM == "none" else "judge RM score"
-    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, f"{ALGO}_curves.png"),
-                 [(f"{ALGO}/score", "RM score (rollouts)"), (f"{ALGO}/gold_score", f"{judged} (rollouts)"),
-                  ("eval/gold_score", f"{judged} (validation, greedy)"), (f"{ALGO}/kl", "KL to SFT (nats / response)")])
-    print(f"wrote {OUT_DIR}/side_by_side.jsonl (SFT and RLHF answers) and {OUT_DIR}/{ALGO}_curves.png")
+    curves = [(f"{ALGO}/score", "RM score (rollouts)"),
+              (f"{ALGO}/gold_score", f"{judged} (rollouts)"),
+              ("eval/gold_score", f"{judged} (validation, greedy)"),
+              (f"{ALGO}/kl", "KL to SFT (nats / response)")]
+    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"),
+                 os.path.join(OUT_DIR, f"{ALGO}_curves.png"), curves)
+    print(f"wrote {OUT_DIR}/side_by_side.jsonl (SFT and RLHF answers) and "
+          f"{OUT_DIR}/{ALGO}_curves.png")
 
 
 if __name__ == "__main__":

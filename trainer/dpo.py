@@ -1,20 +1,21 @@
-"""DPO: the policy learns straight from comparisons, with no reward model and no sampling while training.
+"""DPO: the policy learns straight from comparisons, with no reward model and no sampling while
+training.
 
-Rafailov et al. 2023 (https://arxiv.org/abs/2305.18290) show that the KL-regularised RL objective of
-InstructGPT Eq. 2 is maximised by pi(y|x) proportional to pi_ref(y|x) exp(r(x, y) / beta). Turned around,
-the policy defines an implicit reward r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)) (+ a term of x alone,
-which cancels in a comparison), and the reward model's pairwise loss on that reward trains the policy
-itself (DPO Eq. 7, `model/loss.py: dpo_loss`).
+Rafailov et al. 2023 (https://arxiv.org/abs/2305.18290) show that the KL-regularised RL objective
+of InstructGPT Eq. 2 is maximised by pi(y|x) proportional to pi_ref(y|x) exp(r(x, y) / beta).
+Turned around, the policy defines an implicit reward r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)) (+
+a term of x alone, which cancels in a comparison), and the reward model's pairwise loss on that
+reward trains the policy itself (DPO Eq. 7, `model/loss.py: dpo_loss`).
 
 One step: every response of a batch of ranked groups goes through the policy once; its sequence
-log-prob is the sum over the response tokens (`sequence_logprobs`); every pair of the groups enters the
-loss. The reference (SFT) log-probs never change, so they are computed once, before training, for every
-training and held-out sequence. With a LoRA policy the reference is the same model with its adapters
-off, which at the start (LoRA B = 0) is the policy itself.
+log-prob is the sum over the response tokens (`sequence_logprobs`); every pair of the groups enters
+the loss. The reference (SFT) log-probs never change, so they are computed once, before training,
+for every training and held-out sequence. With a LoRA policy the reference is the same model with
+its adapters off, which at the start (LoRA B = 0) is the policy itself.
 
-Evaluation: the implicit reward's pairwise accuracy and margin on held-out comparisons, and the gold
-score and KL of greedy answers to held-out prompts, measured by the Evaluator PPO uses (trainer/evaluate.py),
-so DPO's gold score and KL figures measure exactly what PPO's do.
+Evaluation: the implicit reward's pairwise accuracy and margin on held-out comparisons, and the
+gold score and KL of greedy answers to held-out prompts, measured by the Evaluator PPO uses
+(trainer/evaluate.py), so DPO's gold score and KL figures measure exactly what PPO's do.
 """
 import math
 import time
@@ -59,8 +60,9 @@ def policy_sequence_logprobs(model, batch: dict) -> torch.Tensor:
 
 
 class DPOTrainer(Trainer):
-    """policy (trained), ref (frozen; None for a LoRA policy: the policy with adapters off). reward_model
-    (optional, never trained on) scores the held-out answers; judge(row, response) is the task's judgement."""
+    """policy (trained), ref (frozen; None for a LoRA policy: the policy with adapters off).
+    reward_model (optional, never trained on) scores the held-out answers; judge(row, response) is
+    the task's judgement."""
     nonfinite_hint = "Lower LR or BETA (BETA scales the log-ratios inside the loss), or GRAD_CLIP"
 
     def __init__(self, model, ref, tokenizer, train_data, eval_data, eval_prompts, reward_model, *, cfg: DPOConfig,
@@ -100,8 +102,9 @@ class DPOTrainer(Trainer):
         return out
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        # Dropout off, as the reference pass had it: with the policy equal to the reference the loss is
-        # then exactly log 2 at step 0, and the implicit reward does not jitter (TRL disables it too).
+        # Dropout off, as the reference pass had it: with the policy equal to the reference the
+        # loss is then exactly log 2 at step 0, and the implicit reward does not jitter (TRL
+        # disables it too).
         self.model.eval()
         logprobs = policy_sequence_logprobs(self.model, batch)  # (N,)
         ref, c, r = batch["ref_logprobs"], batch["chosen_index"], batch["rejected_index"]
@@ -109,8 +112,9 @@ class DPOTrainer(Trainer):
         return loss, {f"dpo/{k}": v for k, v in stats.items()}
 
     def loss_weight(self, batch: dict) -> float:
-        """dpo_loss averages over the batch's pairs: a micro-batch of 6 pairs weighs 6 times one of 1 in the
-        step's loss (groups of K ranked replies give K(K-1)/2 pairs each, so micro-batches differ)."""
+        """dpo_loss averages over the batch's pairs: a micro-batch of 6 pairs weighs 6 times one of
+        1 in the step's loss (groups of K ranked replies give K(K-1)/2 pairs each, so micro-batches
+        differ)."""
         return len(batch["chosen_index"])
 
     def implicit_reward_metrics(self) -> dict:

@@ -1,17 +1,17 @@
 """Held-out evaluation of a policy, one implementation for every stage (SFT, PPO, GRPO, DPO).
 
 Each prompt is answered (greedy or sampled at the rollout temperature); each answer gets the reward
-model's score, the task's judgement (gold score, correct, format) and its KL to the reference, summed over
-the response tokens (nats per response). `summarize_rows` turns the rows into means, overall and per
-instruction type, under one set of keys: gold_score, correct, format, reward, kl, '<type>/gold',
-'<type>/correct', '<type>/format'.
+model's score, the task's judgement (gold score, correct, format) and its KL to the reference,
+summed over the response tokens (nats per response). `summarize_rows` turns the rows into means,
+overall and per instruction type, under one set of keys: gold_score, correct, format, reward, kl,
+'<type>/gold', '<type>/correct', '<type>/format'.
 
-The task's judge and the reward come in as functions: the scripts pass the shipped task's `gold_judge`
-(dataset/task.py), and nothing in trainer/ imports the task.
+The task's judge and the reward come in as functions: the scripts pass the shipped task's
+`gold_judge` (dataset/task.py), and nothing in trainer/ imports the task.
 
 RLHF and DPO compare the SFT policy with the trained one on the same held-out prompts
-(`greedy_and_sampled`, `comparison_summary`, `print_comparison`); RLHF can reuse an earlier run's SFT
-evaluation (`SFTEvalSettings`, `read_sft_eval`, `sft_evaluation`).
+(`greedy_and_sampled`, `comparison_summary`, `print_comparison`); RLHF can reuse an earlier run's
+SFT evaluation (`SFTEvalSettings`, `read_sft_eval`, `sft_evaluation`).
 """
 import contextlib
 import json
@@ -35,10 +35,10 @@ NO_JUDGEMENT = {"score": float("nan"), "correct": float("nan"), "format": float(
 class Evaluator:
     """evaluator(policy, items, do_sample) -> summary dict (with 'rows'), on every rank.
 
-    items: PromptDataset items ({'prompt_ids', 'row'}). judge(row, response): the task's judgement, None
-    where it does not apply. reward(items, responses: Responses) -> (B,) scores. reference(policy): a context
-    manager that yields the reference model (for a LoRA policy: itself with adapters off). Without judge,
-    reward or reference the matching figures are NaN."""
+    items: PromptDataset items ({'prompt_ids', 'row'}). judge(row, response): the task's judgement,
+    None where it does not apply. reward(items, responses: Responses) -> (B,) scores.
+    reference(policy): a context manager that yields the reference model (for a LoRA policy: itself
+    with adapters off). Without judge, reward or reference the matching figures are NaN."""
 
     def __init__(self, accelerator, tokenizer, *, max_new_tokens: int, temperature: float, batch_size: int,
                  judge: Judge = None, reward: Callable = None, reference: Callable = None):
@@ -80,8 +80,9 @@ class Evaluator:
 
 
 def reference_for(ref) -> Callable:
-    """The `reference` an Evaluator (and PPO's rollout) takes: policy -> a context manager yielding `ref`,
-    or, with ref=None (a LoRA policy), the policy itself with its adapters off (no second copy of the weights)."""
+    """The `reference` an Evaluator (and PPO's rollout) takes: policy -> a context manager yielding
+    `ref`, or, with ref=None (a LoRA policy), the policy itself with its adapters off (no second
+    copy of the weights)."""
     @contextlib.contextmanager
     def reference(policy):
         if ref is not None:
@@ -115,9 +116,9 @@ def mean_judgement(judge: Judge, rows: list[dict], responses: list[str]) -> Opti
 
 
 def test_evaluation(trainer, **data) -> dict:
-    """trainer.run_evaluation() on other data (the test split): `data` replaces the trainer's evaluation
-    attributes (eval_data=..., eval_prompts=...) for this one call, and the result selects nothing (no
-    out_dir/best: choices are made on validation only)."""
+    """trainer.run_evaluation() on other data (the test split): `data` replaces the trainer's
+    evaluation attributes (eval_data=..., eval_prompts=...) for this one call, and the result
+    selects nothing (no out_dir/best: choices are made on validation only)."""
     saved = {name: getattr(trainer, name) for name in data}
     trainer.best_metric = None  # an instance attribute shadowing the class's
     try:
@@ -132,15 +133,17 @@ def test_evaluation(trainer, **data) -> dict:
 
 # ---------------------------------------------------------------------- SFT vs the trained policy
 def greedy_and_sampled(evaluate_policy: Callable, policy, prompts: list[dict]) -> dict:
-    """{'greedy': ..., 'sampled': ...}: an Evaluator's summaries of policy on prompts, greedy (the gold
-    score) then sampled at the rollout temperature (the KL figure). Every rank answers its share."""
+    """{'greedy': ..., 'sampled': ...}: an Evaluator's summaries of policy on prompts, greedy (the
+    gold score) then sampled at the rollout temperature (the KL figure). Every rank answers its
+    share."""
     return {"greedy": evaluate_policy(policy, prompts, do_sample=False),
             "sampled": evaluate_policy(policy, prompts, do_sample=True)}
 
 
 def comparison_summary(before: dict, after: dict, name: str) -> dict:
-    """summary.json's figures of the SFT policy (`before`, keys *_sft) and the trained one (`after`), both
-    from greedy_and_sampled on the same prompts; per_type holds {'sft': ..., name: ...} per type key."""
+    """summary.json's figures of the SFT policy (`before`, keys *_sft) and the trained one
+    (`after`), both from greedy_and_sampled on the same prompts; per_type holds {'sft': ..., name:
+    ...} per type key."""
     b, a = before["greedy"], after["greedy"]
     return {"gold_score_sft": b["gold_score"], "gold_score": a["gold_score"], "correct_sft": b["correct"],
             "correct": a["correct"], "format_sft": b["format"], "format": a["format"],
@@ -151,9 +154,9 @@ def comparison_summary(before: dict, after: dict, name: str) -> dict:
 
 
 def print_comparison(before: dict, after: dict, name: str, heading: str) -> None:
-    """SFT vs the trained policy (`name`: 'RLHF', 'DPO'): overall (greedy; sampled in brackets), per
-    instruction type, and the first answers side by side. The RM score column only where a reward model
-    (or reward function) scored the answers."""
+    """SFT vs the trained policy (`name`: 'RLHF', 'DPO'): overall (greedy; sampled in brackets),
+    per instruction type, and the first answers side by side. The RM score column only where a
+    reward model (or reward function) scored the answers."""
     b, a = before["greedy"], after["greedy"]
     rm = not math.isnan(b["reward"])
     print(f"\n{heading} (greedy; sampled in brackets)")
@@ -185,9 +188,10 @@ def write_side_by_side(path: str, prompts: list[dict], before: dict, after: dict
 # ---------------------------------------------------------------------- reusing an SFT evaluation
 @dataclass
 class SFTEvalSettings:
-    """What the SFT policy's held-out figures depend on: an earlier run's sft_eval.json is reused only
-    where every field is the same (train_rlhf.py --sft_eval DIR, for seed sweeps). Built from the script's
-    settings as given, before BF16='auto' is resolved; the resolved BF16 is checked separately."""
+    """What the SFT policy's held-out figures depend on: an earlier run's sft_eval.json is reused
+    only where every field is the same (train_rlhf.py --sft_eval DIR, for seed sweeps). Built from
+    the script's settings as given, before BF16='auto' is resolved; the resolved BF16 is checked
+    separately."""
     sft_model: str  # the policy evaluated
     rm_model: str  # the reward model behind the RM score column
     reward: str  # 'rm', 'gold' or reward functions: what the RM score column is
@@ -214,8 +218,9 @@ class SFTEvalSettings:
 
 
 def read_sft_eval(source: str, settings: SFTEvalSettings) -> Optional[dict]:
-    """source: 'run' (None: evaluate afresh) or an earlier run's OUT_DIR, whose sft_eval.json is returned
-    if it was evaluated under the same `settings`; ConfigError otherwise. Called before any model loads."""
+    """source: 'run' (None: evaluate afresh) or an earlier run's OUT_DIR, whose sft_eval.json is
+    returned if it was evaluated under the same `settings`; ConfigError otherwise. Called before
+    any model loads."""
     if source == "run":
         return None
     path = os.path.join(source, "sft_eval.json")
@@ -233,10 +238,11 @@ def sft_evaluation(trainer, prompts: list[dict], saved: Optional[dict], settings
                    bf16: bool, path: str) -> dict:
     """The SFT policy (the actor before any update) on held-out prompts, greedy and sampled.
 
-    Without `saved` it is evaluated and written to `path` (sft_eval.json) with `settings` and the resolved
-    `bf16`. With `saved` (read_sft_eval) the earlier run's figures are returned: the greedy ones are what
-    this run would compute, the sampled ones that run's draw. Skipping the sampled pass also leaves the
-    random stream where it was, so the training differs from that of a run that evaluates, same seed."""
+    Without `saved` it is evaluated and written to `path` (sft_eval.json) with `settings` and the
+    resolved `bf16`. With `saved` (read_sft_eval) the earlier run's figures are returned: the
+    greedy ones are what this run would compute, the sampled ones that run's draw. Skipping the
+    sampled pass also leaves the random stream where it was, so the training differs from that of a
+    run that evaluates, same seed."""
     if saved is not None:
         if saved["bf16_resolved"] != bf16:
             raise ConfigError(f"SFT_EVAL={saved['source']!r}: evaluated with BF16 resolved to "

@@ -1,4 +1,5 @@
-"""Reward model: the pairwise loss over ranked groups, and pairwise accuracy on held-out comparisons.
+"""Reward model: the pairwise loss over ranked groups, and pairwise accuracy on held-out
+comparisons.
 
 A batch is several prompts, each with its K responses; all N responses go through the model in one
 forward pass (each scored once), and every one of the batch's P pairs enters the loss together
@@ -28,10 +29,11 @@ def pair_scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list, scores: torch.Tensor = None,
                      types: list = None) -> dict:
-    """accuracy = mean[r_chosen > r_rejected], margin = mean[r_chosen - r_rejected], per pair kind too, and
-    the correctness-only accuracy per task type ('accuracy_correctness/add', ...): where the reward model
-    can tell a right answer from a wrong one, which is where PPO can raise correctness.
-    chosen, rejected: (P,); kinds, types: P labels or None; scores: (N,) every scored sequence."""
+    """accuracy = mean[r_chosen > r_rejected], margin = mean[r_chosen - r_rejected], per pair kind
+    too, and the correctness-only accuracy per task type ('accuracy_correctness/add', ...): where
+    the reward model can tell a right answer from a wrong one, which is where PPO can raise
+    correctness. chosen, rejected: (P,); kinds, types: P labels or None; scores: (N,) every scored
+    sequence."""
     margin = chosen - rejected  # (P,)
     out = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(), "pairs": len(margin)}
     for kind in ("correctness", "format", "trade"):
@@ -92,20 +94,22 @@ class RMTrainer(Trainer):
         return evaluate_pairs(self.model, self.eval_data, self.tokenizer.pad_token_id, self.eval_batch_size)
 
 
-# --- Head only: a frozen backbone's features, the scalar head fitted by logistic regression ---------
-# With the backbone frozen, the score is w . h, where h is the backbone's final hidden state at the last
-# non-pad token. The pairwise loss -log sigmoid(w . (h_chosen - h_rejected)) is then a logistic regression
-# on feature differences: compute h once for every sequence, fit w with L2 regularisation (its strength
-# picked by cross-validation on the training pairs), and write w into the model's score head. On 2 CPU
-# cores this costs one forward pass over the data instead of many training epochs through the backbone.
+# --- Head only: a frozen backbone's features, the scalar head fitted by logistic regression
+# --------- With the backbone frozen, the score is w . h, where h is the backbone's final hidden
+# state at the last non-pad token. The pairwise loss -log sigmoid(w . (h_chosen - h_rejected)) is
+# then a logistic regression on feature differences: compute h once for every sequence, fit w with
+# L2 regularisation (its strength picked by cross-validation on the training pairs), and write w
+# into the model's score head. On 2 CPU cores this costs one forward pass over the data instead of
+# many training epochs through the backbone.
 
 
 @torch.no_grad()
 def last_token_features(model, dataset, pad_id: int, batch_size: int) -> tuple:
     """What the score head reads, for every sequence of an RMDataset.
 
-    Returns features (N, H) float32 (the backbone's final hidden state at each sequence's last token),
-    chosen and rejected (P,) row indices of the pairs, and group (P,) the group each pair comes from."""
+    Returns features (N, H) float32 (the backbone's final hidden state at each sequence's last
+    token), chosen and rejected (P,) row indices of the pairs, and group (P,) the group each pair
+    comes from."""
     backbone = getattr(model, model.base_model_prefix)
     device = next(model.parameters()).device
     flat = flatten_groups(dataset.items)
@@ -142,14 +146,15 @@ def logistic_fit(diff: torch.Tensor, l2: float, max_iter: int = 200) -> torch.Te
 
 def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5, seed: int = 0,
                     tie_tol: float = 1e-4) -> dict:
-    """Fit the score head w on frozen features. The L2 strength is the one with the lowest `folds`-fold
-    cross-validated log-loss, the mean of -log sigmoid(margin) over held-out pairs (folds split by group:
-    pairs of one ranking stay together); strengths within `tie_tol` of the lowest tie, and the strongest
-    wins. Not accuracy: it moves in steps of one pair, so on HH three strengths tied exactly and float-level
-    noise in the bf16 features flipped the pick.
+    """Fit the score head w on frozen features. The L2 strength is the one with the lowest
+    `folds`-fold cross-validated log-loss, the mean of -log sigmoid(margin) over held-out pairs
+    (folds split by group: pairs of one ranking stay together); strengths within `tie_tol` of the
+    lowest tie, and the strongest wins. Not accuracy: it moves in steps of one pair, so on HH three
+    strengths tied exactly and float-level noise in the bf16 features flipped the pick.
 
     Features are standardised for the fit, so the returned raw-feature weight is w / std. Returns
-    {'weight' (H,), 'l2', 'cv_log_loss' {l2: loss}, 'cv_accuracy' {l2: accuracy}, 'train_accuracy', 'train_loss'}."""
+    {'weight' (H,), 'l2', 'cv_log_loss' {l2: loss}, 'cv_accuracy' {l2: accuracy}, 'train_accuracy',
+    'train_loss'}."""
     std = features.std(0) + 1e-4  # (H,)
     diff = (features[chosen] - features[rejected]) / std  # (P, H)
     num_groups = int(group.max()) + 1  # groups are numbered 0..G-1
@@ -176,9 +181,10 @@ def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5
 
 def fit_head(model, train, eval_data, pad_id: int, l2s: list, folds: int, seed: int, batch_size: int,
              bf16: bool = False, log=print) -> tuple[dict, dict, dict]:
-    """The head of a frozen reward model by logistic regression on its last-token features; the head
-    is written into `model.score`. Returns (fit from fit_linear_head, before, after), where before and
-    after are the pairwise metrics of `eval_data` under the untrained and the fitted head ({} if None)."""
+    """The head of a frozen reward model by logistic regression on its last-token features; the
+    head is written into `model.score`. Returns (fit from fit_linear_head, before, after), where
+    before and after are the pairwise metrics of `eval_data` under the untrained and the fitted
+    head ({} if None)."""
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = time.time()
