@@ -268,7 +268,7 @@ def test_logistic_head_recovers_a_linear_preference_and_cv_picks_the_l2():
     a, b = torch.arange(0, 600, 2), torch.arange(1, 600, 2)
     chosen, rejected = torch.where(utility[a] > utility[b], a, b), torch.where(utility[a] > utility[b], b, a)
     group = torch.arange(300)
-    fit = fit_linear_head(features[:400], chosen[:200], rejected[:200], group[:200], [1e-3, 1e3], folds=4)
+    fit = fit_linear_head(features[:400], chosen[:200], rejected[:200], group[:200], [1e-3, 1e3], folds=4, seed=0)
     assert set(fit["cv_accuracy"]) == {1e-3, 1e3} and fit["l2"] == 1e-3
     assert fit["cv_accuracy"][1e-3] >= 0.85 and fit["train_accuracy"] >= 0.9
     held = ((features[chosen[200:]] - features[rejected[200:]]) @ fit["weight"] > 0).float().mean().item()
@@ -299,13 +299,13 @@ def test_cv_picks_the_l2_by_held_out_log_loss_so_accuracy_ties_and_float_noise_c
     rule took, nor the strongest), and must stay the same when the features get 1e-6 relative noise."""
     features, chosen, rejected, group = noisy_axis_preference()
     l2s = [1e-3, 0.1, 10.0]
-    fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4)
+    fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4, seed=0)
     assert set(fit["cv_accuracy"].values()) == {0.9}, fit["cv_accuracy"]  # the exact tie this test is about
     assert set(fit["cv_log_loss"]) == set(l2s) and fit["l2"] == min(l2s, key=fit["cv_log_loss"].get) == 0.1
     assert fit["cv_log_loss"][0.1] < min(fit["cv_log_loss"][1e-3], fit["cv_log_loss"][10.0]) - 0.01
     for seed in (1, 2):
         noise = 1 + 1e-6 * torch.randn(features.shape, generator=torch.Generator().manual_seed(seed))
-        noisy = fit_linear_head(features * noise, chosen, rejected, group, l2s, folds=4)
+        noisy = fit_linear_head(features * noise, chosen, rejected, group, l2s, folds=4, seed=0)
         assert noisy["l2"] == 0.1
         assert noisy["cv_log_loss"] == pytest.approx(fit["cv_log_loss"], abs=1e-4)
 
@@ -315,7 +315,7 @@ def test_cv_log_loss_within_the_tolerance_counts_as_a_tie_and_the_stronger_l2_wi
     noise, not evidence: they tie, and the stronger one is used whichever order they are listed in."""
     features, chosen, rejected, group = noisy_axis_preference()
     for l2s in ([1e-9, 1e-8], [1e-8, 1e-9]):
-        fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4)
+        fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4, seed=0)
         assert abs(fit["cv_log_loss"][1e-9] - fit["cv_log_loss"][1e-8]) < 1e-4
         assert fit["l2"] == 1e-8
 

@@ -34,8 +34,9 @@ from utils import from_settings
 
 @dataclass
 class DPOConfig:
-    """DPO's own settings (the loop and optimizer ones are LoopConfig / OptimConfig); train_dpo.py builds it."""
-    beta: float  # strength of the implicit KL constraint: r(x, y) = beta * log(pi(y|x) / pi_ref(y|x))
+    """DPO's own settings (the loop's and optimizer's are LoopConfig / OptimConfig); train_dpo.py
+    builds it."""
+    beta: float  # implicit KL constraint's strength: r(x, y) = beta * log(pi(y|x) / pi_ref(y|x))
     max_new_tokens: int  # answer length limit of the held-out evaluation
     temperature: float  # sampling temperature of the held-out sampled answers (the KL figure)
     eval_batch_size: int  # comparison groups per forward pass of the reference and held-out passes
@@ -55,7 +56,8 @@ def dpo_collate(items: list, pad_id: int) -> dict:
 def policy_sequence_logprobs(model, batch: dict) -> torch.Tensor:
     """log pi(y|x) of each of the batch's N sequences, summed over response tokens.  -> (N,)"""
     mask = batch["attention_mask"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids_for(mask)).logits  # (N, T, V)
+    logits = model(input_ids=batch["input_ids"], attention_mask=mask,
+                   position_ids=position_ids_for(mask)).logits  # (N, T, V)
     return sequence_logprobs(logits, batch["input_ids"], batch["loss_mask"])  # (N,)
 
 
@@ -65,27 +67,40 @@ class DPOTrainer(Trainer):
     the task's judgement."""
     nonfinite_hint = "Lower LR or BETA (BETA scales the log-ratios inside the loss), or GRAD_CLIP"
 
-    def __init__(self, model, ref, tokenizer, train_data, eval_data, eval_prompts, reward_model, *, cfg: DPOConfig,
-                 loop: LoopConfig, optim: OptimConfig, run_config: dict, judge: Judge):
-        super().__init__(model, None, lambda items: dpo_collate(items, tokenizer.pad_token_id), loop=loop, optim=optim,
-                         run_config=run_config)
-        self.ref = ref.to(self.device).eval().requires_grad_(False) if ref is not None else None
+    def __init__(self, model, ref, tokenizer, train_data, eval_data, eval_prompts, reward_model, *,
+                 cfg: DPOConfig, loop: LoopConfig, optim: OptimConfig, run_config: dict,
+                 judge: Judge):
+        pad_id = tokenizer.pad_token_id
+        super().__init__(model, None, lambda items: dpo_collate(items, pad_id), loop=loop,
+                         optim=optim, run_config=run_config)
+
+        def frozen(module):
+            return module.to(self.device).eval().requires_grad_(False)
+
+        def reward(items, out):  # the reward model's score of each answer
+            return reward_scores(rm, out.sequences, out.attention_mask)
+
+        self.ref = frozen(ref) if ref is not None else None
         self.reference = reference_for(self.ref)
-        rm = reward_model.to(self.device).eval().requires_grad_(False) if reward_model is not None else None
+        rm = frozen(reward_model) if reward_model is not None else None
         self.tokenizer, self.cfg, self.eval_prompts = tokenizer, cfg, eval_prompts
-        self.evaluate_policy = Evaluator(self.accelerator, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                                         temperature=cfg.temperature, batch_size=cfg.eval_prompt_batch, judge=judge,
-                                         reward=(lambda items, out: reward_scores(rm, out.sequences, out.attention_mask))
-                                         if rm is not None else None,
+        self.evaluate_policy = Evaluator(self.accelerator, tokenizer,
+                                         max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature,
+                                         batch_size=cfg.eval_prompt_batch, judge=judge,
+                                         reward=reward if rm is not None else None,
                                          reference=self.reference)
         start = time.time()
         self.train_data = self.with_reference_logprobs(train_data.items)
         self.reference_seconds = time.time() - start  # part of DPO's training cost
-        self.eval_data = self.with_reference_logprobs(eval_data.items) if eval_data is not None else None
+        self.eval_data = None
+        if eval_data is not None:
+            self.eval_data = self.with_reference_logprobs(eval_data.items)
 
     @torch.no_grad()
     def with_reference_logprobs(self, items: list) -> list:
-        """Copies of the groups, each with 'ref_logprobs': log pi_ref(y|x) of its K sequences (one pass, once)."""
+        """Copies of the groups, each with 'ref_logprobs': log pi_ref(y|x) of its K sequences (one
+        pass, once)."""
         out = []
         policy = self.unwrap(self.model).eval()
         with self.reference(policy) as ref:
@@ -94,7 +109,7 @@ class DPOTrainer(Trainer):
                 batch = {k: v.to(self.device) if torch.is_tensor(v) else v
                          for k, v in rm_collate(chunk, self.tokenizer.pad_token_id).items()}
                 with self.accelerator.autocast():
-                    logprobs = policy_sequence_logprobs(ref, batch).float().cpu().tolist()  # N floats
+                    logprobs = policy_sequence_logprobs(ref, batch).float().cpu().tolist()  # N
                 for it in chunk:
                     k = len(it["sequences"])
                     out.append({**it, "ref_logprobs": logprobs[:k]})
@@ -127,13 +142,17 @@ class DPOTrainer(Trainer):
             logprobs = policy_sequence_logprobs(self.model, batch).float()  # (N,)
             rewards.append((self.cfg.beta * (logprobs - batch["ref_logprobs"])).cpu())  # (N,)
         rewards, flat = torch.cat(rewards), flatten_groups(self.eval_data)
-        chosen, rejected = rewards[torch.tensor(flat["chosen"])], rewards[torch.tensor(flat["rejected"])]  # (P,), (P,)
+        chosen = rewards[torch.tensor(flat["chosen"])]  # (P,)
+        rejected = rewards[torch.tensor(flat["rejected"])]  # (P,)
         metrics = pairwise_metrics(chosen, rejected, flat["kinds"], types=flat["types"])
         return {f"dpo_{k}": v for k, v in metrics.items() if not k.startswith("pairs")}
 
     def evaluate(self) -> dict:
         out = self.implicit_reward_metrics() if self.eval_data else {}
         if self.eval_prompts:
-            result = self.evaluate_policy(self.unwrap(self.model), self.eval_prompts, do_sample=False)
-            out.update({k: v for k, v in result.items() if k != "rows" and "/" not in k and math.isfinite(v)})  # NaN: no RM given
+            result = self.evaluate_policy(self.unwrap(self.model), self.eval_prompts,
+                                          do_sample=False)
+            # overall figures only; the RM score is NaN when no reward model was given
+            out.update({k: v for k, v in result.items()
+                        if k != "rows" and "/" not in k and math.isfinite(v)})
         return out

@@ -28,7 +28,8 @@ from model.peft import disabled_adapters
 from trainer.dist import gather_shards, shard
 from utils import ConfigError, append_jsonl, from_settings, write_json
 
-Judge = Callable[[dict, str], Optional[dict]]  # (prompt row, response) -> {'score', 'correct', 'format'} or None
+# judge(prompt row, response) -> {'score', 'correct', 'format'}, or None where it does not apply
+Judge = Callable[[dict, str], Optional[dict]]
 NO_JUDGEMENT = {"score": float("nan"), "correct": float("nan"), "format": float("nan")}
 
 
@@ -40,10 +41,13 @@ class Evaluator:
     reference(policy): a context manager that yields the reference model (for a LoRA policy: itself
     with adapters off). Without judge, reward or reference the matching figures are NaN."""
 
-    def __init__(self, accelerator, tokenizer, *, max_new_tokens: int, temperature: float, batch_size: int,
-                 judge: Judge = None, reward: Callable = None, reference: Callable = None):
-        self.accelerator, self.tokenizer, self.judge, self.reward, self.reference = accelerator, tokenizer, judge, reward, reference
-        self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
+    def __init__(self, accelerator, tokenizer, *, max_new_tokens: int, temperature: float,
+                 batch_size: int, judge: Judge = None, reward: Callable = None,
+                 reference: Callable = None):
+        self.accelerator, self.tokenizer = accelerator, tokenizer
+        self.judge, self.reward, self.reference = judge, reward, reference
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.batch_size = batch_size  # prompts per generate call
 
     @torch.no_grad()
     def __call__(self, policy, items: list[dict], do_sample: bool) -> dict:
@@ -54,24 +58,32 @@ class Evaluator:
             rows = [row for i in range(0, len(mine), self.batch_size)
                     for row in self.answer_rows(policy, mine[i: i + self.batch_size], do_sample)]
         policy.train(was_training)
-        return summarize_rows(gather_shards(self.accelerator, rows[:real]))  # all rows, in prompt order, on every rank
+        # all rows, in prompt order, on every rank
+        return summarize_rows(gather_shards(self.accelerator, rows[:real]))
 
     def answer_rows(self, policy, chunk: list[dict], do_sample: bool) -> list[dict]:
         """One batch: answers, then reward, judgement and summed KL to the reference of each."""
-        sampling = dict(do_sample=True, temperature=self.temperature) if do_sample else dict(do_sample=False)
-        out = sample_responses(policy, self.tokenizer, [it["prompt_ids"] for it in chunk], self.max_new_tokens, **sampling)
+        sampling = dict(do_sample=False)
+        if do_sample:
+            sampling = dict(do_sample=True, temperature=self.temperature)
+        out = sample_responses(policy, self.tokenizer, [it["prompt_ids"] for it in chunk],
+                               self.max_new_tokens, **sampling)
         nan = [float("nan")] * len(chunk)
         kl = self.kl_to_reference(policy, out) if self.reference is not None else nan
         rewards = self.reward(chunk, out).tolist() if self.reward is not None else nan
         rows = []
-        for it, response, r, k in zip(chunk, decode_responses(self.tokenizer, out.sequences, out.context_length), rewards, kl):
-            j = (self.judge(it["row"], response) if self.judge is not None else None) or NO_JUDGEMENT
-            rows.append({"type": it["row"].get("type"), "input": it["row"].get("input", ""), "response": response,
-                         "reward": r, "gold": j["score"], "correct": j["correct"], "format": j["format"], "kl": k})
+        responses = decode_responses(self.tokenizer, out.sequences, out.context_length)
+        for it, response, r, k in zip(chunk, responses, rewards, kl):
+            j = self.judge(it["row"], response) if self.judge is not None else None
+            j = j or NO_JUDGEMENT
+            rows.append({"type": it["row"].get("type"), "input": it["row"].get("input", ""),
+                         "response": response, "reward": r, "gold": j["score"],
+                         "correct": j["correct"], "format": j["format"], "kl": k})
         return rows
 
     def kl_to_reference(self, policy, out: Responses) -> list[float]:
-        """sum over response tokens of log pi(y_t) - log pi_ref(y_t), both at the sampling temperature."""
+        """sum over response tokens of log pi(y_t) - log pi_ref(y_t), both at the sampling
+        temperature."""
         args = (out.sequences, out.attention_mask, out.context_length, self.temperature)
         logprobs = response_logprobs(policy, *args)[1]  # (B, N)
         with self.reference(policy) as ref:
@@ -94,9 +106,11 @@ def reference_for(ref) -> Callable:
 
 
 def summarize_rows(rows: list[dict]) -> dict:
-    """Means over evaluation rows, overall and per instruction type ('<type>/gold', ...), plus the rows."""
+    """Means over evaluation rows, overall and per instruction type ('<type>/gold', ...), plus the
+    rows."""
     out = {"rows": rows}
-    for key, name in (("reward", "reward"), ("gold", "gold_score"), ("correct", "correct"), ("format", "format"), ("kl", "kl")):
+    for key, name in (("reward", "reward"), ("gold", "gold_score"), ("correct", "correct"),
+                      ("format", "format"), ("kl", "kl")):
         out[name] = sum(r[key] for r in rows) / len(rows)
     for kind in sorted({r["type"] for r in rows if r["type"]}):
         sel = [r for r in rows if r["type"] == kind]
@@ -145,11 +159,13 @@ def comparison_summary(before: dict, after: dict, name: str) -> dict:
     (`after`), both from greedy_and_sampled on the same prompts; per_type holds {'sft': ..., name:
     ...} per type key."""
     b, a = before["greedy"], after["greedy"]
-    return {"gold_score_sft": b["gold_score"], "gold_score": a["gold_score"], "correct_sft": b["correct"],
-            "correct": a["correct"], "format_sft": b["format"], "format": a["format"],
+    return {"gold_score_sft": b["gold_score"], "gold_score": a["gold_score"],
+            "correct_sft": b["correct"], "correct": a["correct"],
+            "format_sft": b["format"], "format": a["format"],
             "gold_score_sampled_sft": before["sampled"]["gold_score"],
             "gold_score_sampled": after["sampled"]["gold_score"], "kl": after["sampled"]["kl"],
-            "kl_greedy": a["kl"], "reward_sft": b["reward"], "reward": a["reward"], "eval_prompts": len(a["rows"]),
+            "kl_greedy": a["kl"], "reward_sft": b["reward"], "reward": a["reward"],
+            "eval_prompts": len(a["rows"]),
             "per_type": {k: {"sft": b[k], name.lower(): a[k]} for k in a if "/" in k}}
 
 
@@ -160,25 +176,31 @@ def print_comparison(before: dict, after: dict, name: str, heading: str) -> None
     b, a = before["greedy"], after["greedy"]
     rm = not math.isnan(b["reward"])
     print(f"\n{heading} (greedy; sampled in brackets)")
-    print(f"{'':14}{'gold':>14}{'correct':>9}{'format':>8}" + (f"{'RM score':>10}" if rm else "") + f"{'KL':>7}")
+    rm_header = f"{'RM score':>10}" if rm else ""
+    print(f"{'':14}{'gold':>14}{'correct':>9}{'format':>8}{rm_header}{'KL':>7}")
     for label, r, s in (("SFT", b, before["sampled"]), (name, a, after["sampled"])):
         reward = f"{r['reward']:10.3f}" if rm else ""
-        print(f"{label:14}{r['gold_score']:6.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}{r['format']:8.3f}"
-              f"{reward}{s['kl']:7.2f}")
+        print(f"{label:14}{r['gold_score']:6.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}"
+              f"{r['format']:8.3f}{reward}{s['kl']:7.2f}")
     arrow = f"SFT->{name}"
     print(f"\n{'type':10}{'correct ' + arrow:>20}{'format ' + arrow:>20}{'gold ' + arrow:>18}")
     for k in sorted({k.split("/")[0] for k in a if "/" in k}):
         print(f"{k:10}{b[k + '/correct']:10.2f} -> {a[k + '/correct']:.2f}"
-              f"{b[k + '/format']:12.2f} -> {a[k + '/format']:.2f}{b[k + '/gold']:10.2f} -> {a[k + '/gold']:.2f}")
+              f"{b[k + '/format']:12.2f} -> {a[k + '/format']:.2f}"
+              f"{b[k + '/gold']:10.2f} -> {a[k + '/gold']:.2f}")
     print()
-    scores = (lambda r: f"rm {r['reward']:+.2f}, gold {r['gold']:.1f}") if rm else (lambda r: f"gold {r['gold']:.1f}")
+    def scores(row):
+        return (f"rm {row['reward']:+.2f}, " if rm else "") + f"gold {row['gold']:.1f}"
+
     for rb, ra in list(zip(b["rows"], a["rows"]))[:6]:
         print(f"{rb['input']!r:26} SFT: {rb['response']!r:28} ({scores(rb)})   "
               f"{name}: {ra['response']!r:28} ({scores(ra)})")
 
 
-def write_side_by_side(path: str, prompts: list[dict], before: dict, after: dict, name: str) -> None:
-    """Every held-out prompt with the SFT and the trained policy's greedy answers, one JSON line each."""
+def write_side_by_side(path: str, prompts: list[dict], before: dict, after: dict,
+                       name: str) -> None:
+    """Every held-out prompt with the SFT and the trained policy's greedy answers, one JSON line
+    each."""
     if os.path.exists(path):
         os.remove(path)
     for item, rb, ra in zip(prompts, before["greedy"]["rows"], after["greedy"]["rows"]):
@@ -225,12 +247,15 @@ def read_sft_eval(source: str, settings: SFTEvalSettings) -> Optional[dict]:
         return None
     path = os.path.join(source, "sft_eval.json")
     if not os.path.isfile(path):
-        raise ConfigError(f"SFT_EVAL={source!r}: {path} not found (a run with SFT_EVAL='run' writes it)")
+        raise ConfigError(f"SFT_EVAL={source!r}: {path} not found (a run with SFT_EVAL='run' "
+                          "writes it)")
     saved = json.load(open(path))
-    differ = [f"{k}={saved['settings'].get(k)!r} there, {v!r} here" for k, v in settings.as_saved().items()
+    differ = [f"{k}={saved['settings'].get(k)!r} there, {v!r} here"
+              for k, v in settings.as_saved().items()
               if json.dumps(saved["settings"].get(k)) != json.dumps(v)]
     if differ:
-        raise ConfigError(f"SFT_EVAL={source!r}: {path} was evaluated under other settings: {'; '.join(differ)}")
+        raise ConfigError(f"SFT_EVAL={source!r}: {path} was evaluated under other settings: "
+                          f"{'; '.join(differ)}")
     return {**saved, "source": source}
 
 
