@@ -156,8 +156,8 @@ def greedy_and_sampled(evaluate_policy: Callable, policy, prompts: list[dict]) -
 
 def comparison_summary(before: dict, after: dict, name: str) -> dict:
     """summary.json's figures of the SFT policy (`before`, keys *_sft) and the trained one
-    (`after`), both from greedy_and_sampled on the same prompts; per_type holds {'sft': ..., name:
-    ...} per type key."""
+    (`after`), both from greedy_and_sampled on the same prompts. per_type: for each per-type key,
+    {'sft': before, name.lower(): after}."""
     b, a = before["greedy"], after["greedy"]
     return {"gold_score_sft": b["gold_score"], "gold_score": a["gold_score"],
             "correct_sft": b["correct"], "correct": a["correct"],
@@ -188,10 +188,11 @@ def print_comparison(before: dict, after: dict, name: str, heading: str) -> None
         print(f"{k:10}{b[k + '/correct']:10.2f} -> {a[k + '/correct']:.2f}"
               f"{b[k + '/format']:12.2f} -> {a[k + '/format']:.2f}"
               f"{b[k + '/gold']:10.2f} -> {a[k + '/gold']:.2f}")
-    print()
+
     def scores(row):
         return (f"rm {row['reward']:+.2f}, " if rm else "") + f"gold {row['gold']:.1f}"
 
+    print()
     for rb, ra in list(zip(b["rows"], a["rows"]))[:6]:
         print(f"{rb['input']!r:26} SFT: {rb['response']!r:28} ({scores(rb)})   "
               f"{name}: {ra['response']!r:28} ({scores(ra)})")
