@@ -1,5 +1,4 @@
-"""DPO (Rafailov et al. 2023): align the SFT model on comparisons directly, without a reward model
-or PPO.
+"""DPO (Rafailov et al. 2023): align the SFT model on comparisons, with no reward model or PPO.
 
     python train_sft.py && python train_dpo.py       # out/sft + the shipped rankings -> out/dpo
     python train_dpo.py --max_steps 5 --eval_limit 20 --out_dir out/t_dpo   # smoke run

@@ -1,5 +1,4 @@
-"""DPO: the policy learns straight from comparisons, with no reward model and no sampling while
-training.
+"""DPO: the policy learns straight from comparisons; no reward model, no sampling in training.
 
 Rafailov et al. 2023 (https://arxiv.org/abs/2305.18290) show that the KL-regularised RL objective
 of InstructGPT Eq. 2 is maximised by pi(y|x) proportional to pi_ref(y|x) exp(r(x, y) / beta).
@@ -109,7 +108,8 @@ class DPOTrainer(Trainer):
                 batch = {k: v.to(self.device) if torch.is_tensor(v) else v
                          for k, v in rm_collate(chunk, self.tokenizer.pad_token_id).items()}
                 with self.accelerator.autocast():
-                    logprobs = policy_sequence_logprobs(ref, batch).float().cpu().tolist()  # N
+                    logprobs = policy_sequence_logprobs(ref, batch).float()  # (N,)
+                logprobs = logprobs.cpu().tolist()
                 for it in chunk:
                     k = len(it["sequences"])
                     out.append({**it, "ref_logprobs": logprobs[:k]})

@@ -1,5 +1,4 @@
-"""Reward model: the pairwise loss over ranked groups, and pairwise accuracy on held-out
-comparisons.
+"""Reward model: the pairwise loss over ranked groups, and pairwise accuracy on held-out pairs.
 
 A batch is several prompts, each with its K responses; all N responses go through the model in one
 forward pass (each scored once), and every one of the batch's P pairs enters the loss together
