@@ -102,7 +102,7 @@ TEST_LIMIT = None  # test prompts (None: all)
 SFT_EVAL = "run"  # 'run': evaluate SFT (OUT_DIR/sft_eval.json); or an earlier OUT_DIR to reuse
 LOG_INTERVAL = 1
 SAVE_INTERVAL = 10
-LOG_WITH = "none"  # 'tensorboard', 'wandb' (comma-separated) or 'none'
+LOG_WITH = "none"
 RESUME = False
 OVERWRITE = False
 

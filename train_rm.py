@@ -64,7 +64,7 @@ EVAL_INTERVAL = 50  # steps between evaluations; the most accurate model is kept
 EVAL_BATCH_SIZE = 64  # comparison groups per evaluation forward pass
 SAVE_INTERVAL = 100
 LOG_INTERVAL = 10
-LOG_WITH = "none"  # 'tensorboard', 'wandb' (comma-separated) or 'none'
+LOG_WITH = "none"
 OVERWRITE = False
 RESUME = False
 # parameter-efficient fine-tuning (model/peft/); the new score head is always trained in full
