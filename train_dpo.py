@@ -1,14 +1,14 @@
-"""DPO (Rafailov et al. 2023): align the SFT model on comparisons directly, without a reward model or PPO.
+"""DPO (Rafailov et al. 2023): align the SFT model on comparisons, with no reward model or PPO.
 
-    python train_sft.py && python train_dpo.py       # embedded default: out/sft + the shipped rankings -> out/dpo
+    python train_sft.py && python train_dpo.py       # out/sft + the shipped rankings -> out/dpo
     python train_dpo.py --max_steps 5 --eval_limit 20 --out_dir out/t_dpo   # smoke run
-    python train_dpo.py --peft lora --lr 3e-3        # LoRA policy; the reference is the policy with adapters off
-    python train_dpo.py --eval_rm out/rm             # also report the reward model's score of the answers
+    python train_dpo.py --peft lora --lr 3e-3        # LoRA policy; reference = adapters off
+    python train_dpo.py --eval_rm out/rm             # also the reward model's score of the answers
 
-Reads the comparison files train_rm.py reads (dataset/rm.py): ranked rows give all K(K-1)/2 pairs, pair
-rows one pair, Anthropic HH rows their dialogue split. Writes out_dir/: the policy as an HF checkpoint,
-metrics.jsonl, summary.json (gold score before/after, correct, format, KL to SFT, time, memory) and
-dpo_curves.png.
+Reads the comparison files train_rm.py reads (dataset/rm.py): ranked rows give all K(K-1)/2 pairs,
+pair rows one pair, Anthropic HH rows their dialogue split. Writes out_dir/: the policy as an HF
+checkpoint, metrics.jsonl, summary.json (gold score before/after, correct, format, KL to SFT, time,
+memory) and dpo_curves.png.
 """
 import copy
 import os
@@ -23,40 +23,42 @@ from model.peft import apply_peft, count_parameters, format_counts
 from model.reward import load_reward_model
 from trainer.base import LoopConfig, OptimConfig
 from trainer.dist import resolve_bf16
-from trainer.evaluate import test_evaluation
+from trainer.evaluate import (comparison_summary, greedy_and_sampled, print_comparison,
+                              test_evaluation)
 from trainer.dpo import DPOConfig, DPOTrainer
-from utils import ConfigError, configure, plot_metrics, quiet_transformers, run_main, seed_everything
+from utils import (ConfigError, configure, plot_metrics, quiet_transformers, run_main,
+                   seed_everything)
 
 # models and data
 SFT_MODEL = "out/sft"  # the policy and the frozen reference start here
-TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # comparisons: ranked, chosen/rejected pairs, HH dialogues, or a hub name
-EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation comparisons: the implicit reward's accuracy during training ('none' to skip)
-EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: gold score and KL during training ('none' to skip)
-TEST_DATA = "ds/rm_test_ranked.jsonl"  # test comparisons: the reported implicit-reward accuracy ('none' to skip)
-TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported SFT vs DPO figures ('none': EVAL_PROMPTS)
-EVAL_RM = "none"  # a reward model to score the held-out answers with (e.g. out/rm), or 'none'; DPO never trains on it
+TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # comparisons, as train_rm.py reads them, or a hub name
+EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation: implicit-reward accuracy ('none' to skip)
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: gold score and KL ('none' to skip)
+TEST_DATA = "ds/rm_test_ranked.jsonl"  # test: the implicit-reward accuracy reported ('none': skip)
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported figures ('none': EVAL_PROMPTS)
+EVAL_RM = "none"  # a reward model that scores held-out answers (e.g. out/rm), or 'none'
 OUT_DIR = "out/dpo"  # checkpoint, metrics.jsonl, summary.json, dpo_curves.png
 MAX_LEN = 96  # tokens per prompt + response of a comparison (cut as in train_rm.py)
 MAX_PROMPT_LEN = 72  # held-out prompt tokens (as in train_rlhf.py)
 MAX_NEW_TOKENS = 20  # answer length limit of the held-out evaluation (as in train_rlhf.py)
 TEMPERATURE = 1.0  # sampling temperature of the held-out sampled answers (the KL figure)
-STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip with a warning, True = error
+STRICT = False  # HH rows whose two prompts differ: False = skip with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
-CHAT_TEMPLATE = "auto"  # 'auto': as SFT_MODEL was trained (its run_config.json); False: the Alpaca format; True: the tokenizer's own chat template (dataset/chat.py); saved with the model
-# DPO
+CHAT_TEMPLATE = "auto"  # 'auto': as SFT_MODEL was trained; False: Alpaca; True: the chat template
+# DPO (the loop settings' meaning: trainer/base.py LoopConfig and OptimConfig)
 BETA = 0.1  # strength of the implicit KL constraint: r(x, y) = BETA * log(pi(y|x) / pi_ref(y|x))
-MAX_STEPS = 150  # optimizer steps (150 x 16 ranked groups = 2,400 of the 3,000 groups, 14,400 pairs)
-BATCH_SIZE = 16  # ranked groups per micro-batch; each brings its K responses and K(K-1)/2 pairs
-GRAD_ACCUM = 1  # micro-batches per optimizer step
-LR = 3e-4  # peak learning rate (AdamW); 1e-3 broke answers ("The answer is cThe answer is c"), correct 0.62 -> 0.36
-WARMUP_STEPS = 10  # linear warmup, then cosine decay to 10% of LR
-WEIGHT_DECAY = 0.0  # AdamW weight decay on matrices
-GRAD_CLIP = 1.0  # max global gradient norm
-BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
-GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
-GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
-FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
-SEED = 0  # data order and sampling
+LR = 3e-4  # peak AdamW learning rate; 1e-3 broke the answers (correct 0.62 -> 0.36)
+MAX_STEPS = 150  # 150 x 16 ranked groups = 2,400 of the 3,000 groups, 14,400 pairs
+BATCH_SIZE = 16  # ranked groups per micro-batch, each with its K responses, K(K-1)/2 pairs
+WARMUP_STEPS = 10
+WEIGHT_DECAY = 0.0
+GRAD_ACCUM = 1
+GRAD_CLIP = 1.0
+BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
+SEED = 0  # also the sampling of held-out answers
+GRADIENT_CHECKPOINTING = False
+GROUP_BY_LENGTH = False
+FSDP = False  # with torchrun --nproc_per_node N
 # PEFT (model/peft/): a LoRA policy shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
 LORA_R = 8  # LoRA rank
@@ -66,12 +68,13 @@ LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 EVAL_INTERVAL = 50  # steps between held-out evaluations (0: only at the end)
 EVAL_LIMIT = 300  # validation prompts (None: all)
 TEST_LIMIT = None  # test prompts, and test comparisons of TEST_DATA (None: all)
-EVAL_BATCH_SIZE = 64  # groups per forward pass of the reference and held-out passes
-LOG_INTERVAL = 10  # steps between metrics.jsonl lines
-LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 0  # steps between resumable checkpoints (0: none)
-RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
-OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
+EVAL_BATCH_SIZE = 64  # comparison groups per reference or implicit-reward forward pass
+EVAL_PROMPT_BATCH = 100  # held-out prompts per generate call
+LOG_INTERVAL = 10
+LOG_WITH = "none"
+SAVE_INTERVAL = 0
+RESUME = False
+OVERWRITE = False
 
 config = configure(globals())
 
@@ -87,77 +90,76 @@ def main():
     policy = load_causal_lm(SFT_MODEL, "SFT_MODEL")
     config["BF16"] = resolve_bf16(BF16, policy)
     ref = copy.deepcopy(policy) if PEFT == "none" else None
-    policy = apply_peft(policy, PEFT, r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
+    policy = apply_peft(policy, PEFT, r=LORA_R, alpha=LORA_ALPHA,
+                        targets=tuple(LORA_TARGETS.split(",")))
     on_mismatch = "error" if STRICT else "skip"
-    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=chat, judge=gold_judge)
-    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch,
-                                                           chat_template=chat, judge=gold_judge)
-    eval_prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, EVAL_LIMIT,
-                                                                     chat_template=chat).items
-    test_data = None if TEST_DATA == "none" else RMDataset(TEST_DATA, tokenizer, MAX_LEN, on_mismatch, TEST_LIMIT,
-                                                           chat_template=chat, judge=gold_judge)
-    test_prompts = (eval_prompts if TEST_PROMPTS == "none"
-                    else PromptDataset(TEST_PROMPTS, tokenizer, MAX_PROMPT_LEN, TEST_LIMIT, chat_template=chat).items)
-    reward_model = None if EVAL_RM == "none" else load_reward_model(EVAL_RM, tokenizer.pad_token_id, "EVAL_RM")
+
+    def comparisons(path, limit):
+        return RMDataset(path, tokenizer, MAX_LEN, on_mismatch, limit, chat_template=chat,
+                         judge=gold_judge)
+
+    def prompt_items(path, limit):
+        return PromptDataset(path, tokenizer, MAX_PROMPT_LEN, limit, chat_template=chat).items
+
+    train = comparisons(TRAIN_DATA, TRAIN_LIMIT)
+    eval_data = None if EVAL_DATA == "none" else comparisons(EVAL_DATA, None)
+    eval_prompts = None if EVAL_PROMPTS == "none" else prompt_items(EVAL_PROMPTS, EVAL_LIMIT)
+    test_data = None if TEST_DATA == "none" else comparisons(TEST_DATA, TEST_LIMIT)
+    test_prompts = eval_prompts
+    if TEST_PROMPTS != "none":
+        test_prompts = prompt_items(TEST_PROMPTS, TEST_LIMIT)
+    reward_model = None
+    if EVAL_RM != "none":
+        reward_model = load_reward_model(EVAL_RM, tokenizer.pad_token_id, "EVAL_RM")
     trainer = DPOTrainer(policy, ref, tokenizer, train, eval_data, eval_prompts, reward_model,
-                         cfg=DPOConfig.from_settings(config), loop=LoopConfig.from_settings(config),
-                         optim=OptimConfig.from_settings(config), run_config=config, judge=gold_judge)
-    print(f"policy: {format_counts(*count_parameters(policy))}; {len(train)} training groups, {train.num_pairs} pairs")
+                         cfg=DPOConfig.from_settings(config),
+                         loop=LoopConfig.from_settings(config),
+                         optim=OptimConfig.from_settings(config), run_config=config,
+                         judge=gold_judge)
+    print(f"policy: {format_counts(*count_parameters(policy))}; {len(train)} training groups, "
+          f"{train.num_pairs} pairs")
 
     before = {}
-    if test_prompts:  # the SFT policy on the test prompts: greedy for the gold score, sampled for the KL
-        sft = trainer.unwrap(trainer.model)
-        before = {"greedy": trainer.evaluate_policy(sft, test_prompts, do_sample=False),
-                  "sampled": trainer.evaluate_policy(sft, test_prompts, do_sample=True)}
-        print(f"SFT: gold {before['greedy']['gold_score']:.3f} (sampled {before['sampled']['gold_score']:.3f})")
+    if test_prompts:  # the SFT policy on the test prompts: greedy (gold score), sampled (KL)
+        before = greedy_and_sampled(trainer.evaluate_policy, trainer.unwrap(trainer.model),
+                                    test_prompts)
+        print(f"SFT: gold {before['greedy']['gold_score']:.3f} "
+              f"(sampled {before['sampled']['gold_score']:.3f})")
     if not trainer.resuming:  # step 0 of the curves: the SFT policy
         trainer.log_start(trainer.run_evaluation())
     start = time.time()
     final = trainer.fit()
-    train_seconds = trainer.reference_seconds + time.time() - start  # the reference pass is part of the cost
+    # the reference pass is part of the cost
+    train_seconds = trainer.reference_seconds + time.time() - start
     summary = {"steps": MAX_STEPS, "beta": BETA, "lr": LR, "train_pairs": train.num_pairs,
                "train_loss": final.get("train/loss"), "train_seconds": train_seconds,
-               "reference_seconds": trainer.reference_seconds, **trainer.token_counts(train_seconds),
-               "peft": PEFT, "split": "test" if TEST_PROMPTS != "none" else "validation",
-               **{"val_" + k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/dpo_")}}
+               "reference_seconds": trainer.reference_seconds,
+               **trainer.token_counts(train_seconds), "peft": PEFT,
+               "split": "test" if TEST_PROMPTS != "none" else "validation",
+               **{"val_" + k[len("eval/"):]: v for k, v in final.items()
+                  if k.startswith("eval/dpo_")}}
     if test_data is not None:  # the implicit reward's accuracy on the test comparisons
-        tested = test_evaluation(trainer, eval_data=trainer.with_reference_logprobs(test_data.items), eval_prompts=None)
-        summary.update({k[len("eval/"):]: v for k, v in tested.items() if k.startswith("eval/dpo_")})
-    if test_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
-        policy = trainer.unwrap(trainer.model)
-        after = {"greedy": trainer.evaluate_policy(policy, test_prompts, do_sample=False),
-                 "sampled": trainer.evaluate_policy(policy, test_prompts, do_sample=True)}
-        b, a = before["greedy"], after["greedy"]
-        summary.update(gold_score_sft=b["gold_score"], gold_score=a["gold_score"], correct_sft=b["correct"],
-                       correct=a["correct"], format_sft=b["format"], format=a["format"],
-                       gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
-                       kl=after["sampled"]["kl"], kl_greedy=a["kl"], reward_sft=b["reward"], reward=a["reward"],
-                       eval_prompts=len(test_prompts),
-                       per_type={k: {"sft": b[k], "dpo": a[k]} for k in a if "/" in k})
+        test_items = trainer.with_reference_logprobs(test_data.items)
+        tested = test_evaluation(trainer, eval_data=test_items, eval_prompts=None)
+        summary.update({k[len("eval/"):]: v for k, v in tested.items()
+                        if k.startswith("eval/dpo_")})
+    if test_prompts:
+        after = greedy_and_sampled(trainer.evaluate_policy, trainer.unwrap(trainer.model),
+                                   test_prompts)
+        summary.update(comparison_summary(before, after, "DPO"))
     trainer.finish(tokenizer, PEFT, summary)
     if not trainer.accelerator.is_main_process:
         return
     if test_prompts:
-        report(b, a, before["sampled"], after["sampled"])
-    plotted = plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, "dpo_curves.png"),
-                           [("train/loss", "DPO loss (train)"),
-                            ("eval/dpo_accuracy", "implicit-reward accuracy (validation)"),
-                            ("eval/gold_score", "gold score (validation, greedy)"),
-                            ("eval/kl", "KL to SFT (greedy, nats / response)")])
-    print(f"train {train_seconds:.0f} s" + (f"; wrote {OUT_DIR}/dpo_curves.png" if plotted else ""))
-
-
-def report(b: dict, a: dict, b_sampled: dict, a_sampled: dict) -> None:
-    """SFT vs DPO on the held-out prompts: overall (greedy; sampled in brackets) and per instruction type."""
-    print(f"\n{'':6}{'gold':>16}{'correct':>9}{'format':>8}{'KL':>7}")
-    for name, r, s in (("SFT", b, b_sampled), ("DPO", a, a_sampled)):
-        print(f"{name:6}{r['gold_score']:8.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}{r['format']:8.3f}{s['kl']:7.2f}")
-    print(f"\n{'type':10}{'correct SFT->DPO':>18}{'format SFT->DPO':>18}{'gold SFT->DPO':>16}")
-    for kind in sorted({k.split("/")[0] for k in a if "/" in k}):
-        print(f"{kind:10}{b[kind + '/correct']:9.2f} -> {a[kind + '/correct']:.2f}{b[kind + '/format']:10.2f} -> "
-              f"{a[kind + '/format']:.2f}{b[kind + '/gold']:8.2f} -> {a[kind + '/gold']:.2f}")
-    for rb, ra in list(zip(b["rows"], a["rows"]))[:6]:
-        print(f"{rb['input']!r:26} SFT: {rb['response']!r:28} (gold {rb['gold']:.1f})   DPO: {ra['response']!r:28} (gold {ra['gold']:.1f})")
+        print_comparison(before, after, "DPO", f"{summary['split']} prompts: {len(test_prompts)}")
+    curves = [("train/loss", "DPO loss (train)"),
+              ("eval/dpo_accuracy", "implicit-reward accuracy (validation)"),
+              ("eval/gold_score", "gold score (validation, greedy)"),
+              ("eval/kl", "KL to SFT (greedy, nats / response)")]
+    plotted = plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"),
+                           os.path.join(OUT_DIR, "dpo_curves.png"), curves)
+    wrote = f"; wrote {OUT_DIR}/dpo_curves.png" if plotted else ""
+    print(f"train {train_seconds:.0f} s{wrote}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """Step 3 of InstructGPT: PPO against the reward model, with a KL penalty to the SFT model.
 
-    python train_sft.py && python train_rm.py && python train_rlhf.py   # the whole pipeline, embedded default
-    python train_rlhf.py --iterations 2 --rollout_batch 8 --mini_batch 4 --out_dir out/t   # smoke run
-    python train_rlhf.py --peft lora --actor_lr 1e-3          # LoRA actor; reference = actor with adapters off
-    python train_rlhf.py --reward gold                        # the gold judge as reward: an upper bound
-    python train_rlhf.py --algo grpo                          # GRPO: G samples per prompt, no critic (trainer/grpo.py)
+    python train_sft.py && python train_rm.py && python train_rlhf.py   # the whole pipeline
+    python train_rlhf.py --iterations 2 --rollout_batch 8 --mini_batch 4 --out_dir out/t   # smoke
+    python train_rlhf.py --peft lora --actor_lr 1e-3   # LoRA actor; reference = adapters off
+    python train_rlhf.py --reward gold                 # the gold judge as reward: an upper bound
+    python train_rlhf.py --algo grpo                   # G samples per prompt, no critic
 
 Four models: actor (from SFT_MODEL, trained), reference (SFT_MODEL, frozen), critic (from RM_MODEL,
-trained; a value per token) and reward model (RM_MODEL, frozen). Writes out_dir/: the actor as an HF
-checkpoint, metrics.jsonl, summary.json, side_by_side.jsonl (SFT vs RLHF answers), ppo_curves.png.
-GRPO (--algo grpo) drops the critic: the other samples of the same prompt are the baseline.
+trained; a value per token) and reward model (RM_MODEL, frozen). Writes out_dir/: the actor as an
+HF checkpoint, metrics.jsonl, summary.json, side_by_side.jsonl (SFT vs RLHF answers),
+ppo_curves.png. GRPO (--algo grpo) drops the critic: the other samples of the same prompt are the
+baseline.
 """
 import copy
 import json
@@ -28,160 +29,126 @@ from model.reward import load_reward_model, load_scorer, score_replies
 from model.reward_functions import reward_functions
 from trainer.base import LoopConfig
 from trainer.dist import resolve_bf16
+from trainer.evaluate import (SFTEvalSettings, comparison_summary, greedy_and_sampled,
+                              print_comparison, read_sft_eval, sft_evaluation, write_side_by_side)
 from trainer.grpo import GRPOConfig, GRPOTrainer
 from trainer.ppo import PPOConfig, PPOTrainer
-from utils import (ConfigError, append_jsonl, configure, plot_metrics, quiet_transformers, run_main, seed_everything,
-                   write_json)
+from utils import (ConfigError, configure, plot_metrics, quiet_transformers, run_main,
+                   seed_everything)
 
-ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (group-normalised scores, no critic, KL in the loss)
+ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (no critic, KL in the loss)
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
 RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
-CRITIC_INIT = "zero_head"  # 'zero_head' (RM backbone, head zeroed: values start at 0, the mean of the normalised scores the returns are made of) or 'rm' (the critic starts as the reward model: raw-score units, which the value clip lets it leave only ~VALUE_CLIP per iteration)
-REWARD = "rm"  # 'rm' (the learned reward model), 'gold' (the task's gold judge: an upper bound, not RLHF), or reward functions FILE.py:FUNCTION, comma-separated (model/reward_functions.py; e.g. examples/task_rewards.py:correct)
-REWARD_WEIGHTS = ""  # comma-separated weights of the REWARD terms ('' : 1 each); the reward is their weighted sum
-PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows ending with a user turn)
+CRITIC_INIT = "zero_head"  # 'zero_head' (RM backbone, values start at 0) or 'rm'; see docs/ppo.md
+REWARD = "rm"  # 'rm', 'gold' (an upper bound) or FILE.py:FUNCTION,... (model/reward_functions.py)
+REWARD_WEIGHTS = ""  # comma-separated weights of the REWARD terms ('': 1 each) in their sum
+PROMPTS = "ds/prompts_train.jsonl"  # rollout prompts (instruction/input, prompt, or messages rows)
 PTX_DATA = "ds/sft_train.jsonl"  # SFT demonstrations for the ptx LM loss (used when PTX_COEF > 0)
-EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: the evaluations during training (curves, choices)
-TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported SFT vs RLHF figures only ('none': EVAL_PROMPTS)
-JUDGE_RM = "none"  # 'none': the task's gold judge; or a second reward model (never trained on by PPO) that judges held-out and rollout answers instead
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: the evaluations during training
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported figures ('none': EVAL_PROMPTS)
+JUDGE_RM = "none"  # 'none': the gold judge; or a second reward model, never trained on
 OUT_DIR = "out/rlhf"  # checkpoint, metrics, summary, samples, plot
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
-CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's own chat template (dataset/chat.py); saved with the model
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the SFT tokenizer's chat template
 # rollout
-ITERATIONS = 50  # PPO iterations (rollout + update); the gold score peaks early, then the policy over-optimises the RM
-ROLLOUT_BATCH = 64  # responses sampled per iteration (PPO: one per prompt; GRPO: GROUP_SIZE per prompt)
-GROUP_SIZE = 4  # GRPO: samples per prompt whose scores are normalised together (ROLLOUT_BATCH / GROUP_SIZE prompts)
+ITERATIONS = 50  # rollout + update; the gold score peaks early, then the RM is over-optimised
+ROLLOUT_BATCH = 64  # responses per iteration (PPO: one per prompt; GRPO: GROUP_SIZE per prompt)
+GROUP_SIZE = 4  # GRPO: samples per prompt whose scores are normalised together
 MAX_NEW_TOKENS = 20  # response length limit (no minimum length is forced)
-TEMPERATURE = 1.0  # sampling temperature of rollouts; actor and reference log-probs use the same one
+TEMPERATURE = 1.0  # of the rollouts; actor and reference log-probs use the same one
 TOP_K = 0  # must stay 0: PPO samples the full distribution (the KL to the reference needs it)
 TOP_P = 1.0  # must stay 1.0, for the same reason
-# PPO
+# PPO (the loop settings' meaning: trainer/base.py LoopConfig; the loop's steps are ITERATIONS)
 PPO_EPOCHS = 4  # passes over each rollout batch
-STOP_APPROX_KL = 0.0  # > 0: stop an iteration's epochs once an epoch's mean approx KL (old || new) exceeds it
+STOP_APPROX_KL = 0.0  # > 0: stop an iteration's epochs once an epoch's mean approx KL exceeds it
 MINI_BATCH = 16  # rows per gradient step
 ACTOR_LR = 5e-5  # AdamW learning rate of the actor
 CRITIC_LR = 1e-4  # AdamW learning rate of the critic
-WEIGHT_DECAY = 0.0  # AdamW weight decay of actor and critic (matrices only)
-WARMUP_STEPS = 0  # iterations of linear LR warmup; then cosine decay to 0.1x at ITERATIONS
+WEIGHT_DECAY = 0.0  # actor and critic
+WARMUP_STEPS = 0  # in iterations
 CLIP_RANGE = 0.2  # epsilon of the clipped policy objective
 VALUE_CLIP = 0.2  # clip of the value loss around rollout values
 GAMMA = 1.0  # discount
 LAM = 0.95  # GAE lambda
-BETA = 0.2  # KL penalty coefficient (initial value when TARGET_KL is set); 0.05 let the policy hack the RM
-GRPO_LOSS = "token"  # GRPO: 'token' (mean over every response token: no length bias) or 'sequence' (DeepSeekMath's per-response mean; model/loss.py grpo_loss)
-GRPO_STD_SCALE = False  # GRPO: divide each group's advantages by its std (DeepSeekMath); off: a 1e-3 score gap stays small
-GRPO_BETA = 0.2  # GRPO: weight of the k3 KL-to-reference term in the loss (DeepSeekMath used 0.04; 0.04 over-optimised the RM here)
+BETA = 0.2  # KL penalty coefficient (start value with TARGET_KL); 0.05 let the policy hack the RM
+GRPO_LOSS = "token"  # GRPO: 'token' (mean over all tokens) or 'sequence' (model/loss.py grpo_loss)
+GRPO_STD_SCALE = False  # GRPO: divide each group's advantages by its std (DeepSeekMath)
+GRPO_BETA = 0.2  # GRPO: weight of the k3 KL term (DeepSeekMath's 0.04 over-optimised the RM here)
 TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
-KL_HORIZON = 1000  # adaptive controller horizon (rollouts): beta moves by up to 20% * ROLLOUT_BATCH / KL_HORIZON per iteration
+KL_HORIZON = 1000  # adaptive controller horizon, in rollouts
 PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
 PTX_BATCH = 16  # SFT rows per ptx loss
-MISSING_EOS_PENALTY = 1.0  # subtracted from the (normalised) score of a response that never emitted EOS
-CLOSE_TRUNCATED = False  # the reward model scores a response cut at MAX_NEW_TOKENS with EOS appended (as its training replies ended), not at its last, mid-sentence token
+MISSING_EOS_PENALTY = 1.0  # subtracted from the normalised score of a response without EOS
+CLOSE_TRUNCATED = False  # the RM scores a response cut at MAX_NEW_TOKENS with EOS appended
 NORMALIZE_SCORES = True  # running mean/std normalisation of reward-model scores
-GRAD_CLIP = 1.0  # max gradient norm, actor and critic separately
-BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
-FROZEN_BF16 = True  # with BF16: reference and reward model keep bf16 matrices (half the memory, bit-identical results)
-GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
-GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
-FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
-SEED = 0  # data order and sampling
+GRAD_CLIP = 1.0  # actor and critic separately
+BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
+FROZEN_BF16 = True  # with BF16: reference and reward model keep bf16 matrices (half the memory)
+SEED = 0  # also the sampling
+FSDP = False  # with torchrun --nproc_per_node N
+GRADIENT_CHECKPOINTING = False
+GROUP_BY_LENGTH = False
 # PEFT (model/peft/): a LoRA actor shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
 LORA_R = 8  # LoRA rank
 LORA_ALPHA = 16  # LoRA scale alpha
 LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
-# evaluation, logging, checkpoints
-EVAL_INTERVAL = 10  # iterations between held-out gold evaluations (0: only at the end)
+# evaluation, logging, checkpoints (intervals in iterations)
+EVAL_INTERVAL = 10  # held-out gold evaluations (0: only at the end)
+EVAL_BATCH_SIZE = 100  # held-out prompts per generate call
 EVAL_LIMIT = 300  # validation prompts (None: all)
 TEST_LIMIT = None  # test prompts (None: all)
-SFT_EVAL = "run"  # 'run': evaluate the SFT policy on the held-out prompts before training (saved as OUT_DIR/sft_eval.json); or an earlier run's OUT_DIR whose sft_eval.json is reused (seed sweeps: the same SFT figures without two evaluation passes)
-LOG_INTERVAL = 1  # iterations between metrics.jsonl lines
-LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 10  # iterations between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
-OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
+SFT_EVAL = "run"  # 'run': evaluate SFT (OUT_DIR/sft_eval.json); or an earlier OUT_DIR to reuse
+LOG_INTERVAL = 1
+SAVE_INTERVAL = 10
+LOG_WITH = "none"
+RESUME = False
+OVERWRITE = False
 
-_DEFAULTS = {k: v for k, v in globals().items() if k.isupper()}  # before the command line changes them
+_DEFAULTS = {k: v for k, v in globals().items() if k.isupper()}  # before the command line
 config = configure(globals())
-# PPO's settings that GRPO has no use for: changing one under ALGO='grpo' is an error, not silently ignored
-_PPO_ONLY = ("BETA", "TARGET_KL", "KL_HORIZON", "PTX_COEF", "PTX_BATCH", "PTX_DATA", "CRITIC_LR", "CRITIC_INIT",
-             "VALUE_CLIP", "GAMMA", "LAM")
+# PPO's settings that GRPO has no use for: changing one under ALGO='grpo' is an error, not silently
+# ignored
+_PPO_ONLY = ("BETA", "TARGET_KL", "KL_HORIZON", "PTX_COEF", "PTX_BATCH", "PTX_DATA", "CRITIC_LR",
+             "CRITIC_INIT", "VALUE_CLIP", "GAMMA", "LAM")
 _GRPO_ONLY = ("GROUP_SIZE", "GRPO_BETA", "GRPO_LOSS", "GRPO_STD_SCALE")
-# the settings an SFT evaluation depends on: SFT_EVAL reuses one only where all of them match
-_SFT_EVAL_SETTINGS = ("SFT_MODEL", "RM_MODEL", "REWARD", "JUDGE_RM", "TEST_PROMPTS", "TEST_LIMIT", "MAX_PROMPT_LEN",
-                     "MAX_NEW_TOKENS", "TEMPERATURE", "CHAT_TEMPLATE", "BF16", "FROZEN_BF16", "PEFT", "CLOSE_TRUNCATED",
-                     "MISSING_EOS_PENALTY", "NORMALIZE_SCORES")
-_SETTINGS_AT_START = {k: config[k] for k in _SFT_EVAL_SETTINGS}  # as given (BF16 may be 'auto'): what SFT_EVAL compares
+sft_eval_settings = SFTEvalSettings.from_settings(config)  # as given: BF16 may still be 'auto'
 
 
 def check_algo_settings() -> None:
-    """A setting the chosen ALGO does not read must keep its default: --beta under GRPO (whose KL weight is
-    GRPO_BETA, in the loss) would otherwise be silently ignored."""
+    """A setting the chosen ALGO does not read must keep its default: --beta under GRPO (whose KL
+    weight is GRPO_BETA, in the loss) would otherwise be silently ignored."""
     unused = _PPO_ONLY if ALGO == "grpo" else _GRPO_ONLY
     changed = [k for k in unused if json.dumps(config[k]) != json.dumps(_DEFAULTS[k])]
     if changed:
         hint = " (GRPO's KL weight is --grpo_beta)" if "BETA" in changed and ALGO == "grpo" else ""
-        raise ConfigError(f"ALGO={ALGO!r} does not use {', '.join('--' + k.lower() for k in changed)}{hint}: "
-                          "leave them at their defaults, or choose the other ALGO")
+        flags = ", ".join("--" + k.lower() for k in changed)
+        raise ConfigError(f"ALGO={ALGO!r} does not use {flags}{hint}: leave them at their "
+                          "defaults, or choose the other ALGO")
 
 
 def reward_model_judge(path: str, max_len: int):
-    """JUDGE_RM: judge(row, response) by a reward model PPO never optimises (for data without a gold judge,
-    e.g. Anthropic HH): its score of the reply, in the reward model's own chat format. No correctness or
-    format verdicts (NaN)."""
+    """JUDGE_RM: judge(row, response) by a reward model PPO never optimises (for data without a
+    gold judge, e.g. Anthropic HH): its score of the reply, in the reward model's own chat format.
+    No correctness or format verdicts (NaN)."""
     model, tokenizer = load_scorer(path, "JUDGE_RM")
 
     def judge(row, response):
-        score = score_replies(model, tokenizer, [row_messages(row)], [response], batch_size=1, max_len=max_len)[0]
+        score = score_replies(model, tokenizer, [row_messages(row)], [response], batch_size=1,
+                              max_len=max_len)[0]
         return {"score": score, "correct": float("nan"), "format": float("nan")}
     return judge
-
-
-def read_sft_eval() -> dict | None:
-    """SFT_EVAL=DIR: DIR/sft_eval.json, checked before any model loads: the settings it was evaluated under
-    must be this run's (BF16 as resolved is checked once the model is loaded). None for SFT_EVAL='run'."""
-    if SFT_EVAL == "run":
-        return None
-    path = os.path.join(SFT_EVAL, "sft_eval.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: {path} not found (a run with SFT_EVAL='run' writes it)")
-    saved = json.load(open(path))
-    differ = [f"{k}={saved['settings'].get(k)!r} there, {config[k]!r} here" for k in _SFT_EVAL_SETTINGS
-              if json.dumps(saved["settings"].get(k)) != json.dumps(config[k])]
-    if differ:
-        raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: {path} was evaluated under other settings: {'; '.join(differ)}")
-    return saved
-
-
-def sft_evaluation(trainer, eval_prompts: list, saved: dict | None) -> dict:
-    """The SFT policy (the actor before any update) on the held-out prompts, greedy and sampled.
-
-    SFT_EVAL='run' evaluates it and saves OUT_DIR/sft_eval.json with the settings it depends on; SFT_EVAL=DIR
-    reuses DIR's (`saved`, read_sft_eval). The greedy figures are then what this run would compute; the
-    sampled ones are the earlier run's draw. Skipping the sampled pass also leaves the random stream where
-    it was, so the training differs from that of a run with SFT_EVAL='run' and the same seed."""
-    if saved is not None:
-        if saved["bf16_resolved"] != config["BF16"]:
-            raise ConfigError(f"SFT_EVAL={SFT_EVAL!r}: evaluated with BF16 resolved to {saved['bf16_resolved']}, "
-                              f"here it resolves to {config['BF16']}")
-        return {"greedy": saved["greedy"], "sampled": saved["sampled"]}
-    policy = trainer.unwrap(trainer.actor)
-    before = {"greedy": trainer.evaluate_policy(policy, eval_prompts, do_sample=False),
-              "sampled": trainer.evaluate_policy(policy, eval_prompts, do_sample=True)}
-    if trainer.accelerator.is_main_process:
-        write_json(os.path.join(OUT_DIR, "sft_eval.json"),
-                   {"settings": _SETTINGS_AT_START, "bf16_resolved": config["BF16"], **before})
-    return before
 
 
 def main():
     if ALGO not in ("ppo", "grpo"):
         raise ConfigError(f"ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
     check_algo_settings()
-    algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)  # checked before any model loads
-    saved_sft_eval = read_sft_eval()
-    reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: the reward model scores (REWARD='rm')
+    # the settings are checked before any model loads
+    algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)
+    saved_sft_eval = read_sft_eval(SFT_EVAL, sft_eval_settings)
+    reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: REWARD='rm'
     quiet_transformers()
     seed_everything(SEED)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
@@ -191,90 +158,84 @@ def main():
     if PEFT == "none":
         ref = copy.deepcopy(actor)
     elif PEFT == "lora":
-        actor, ref = apply_peft(actor, "lora", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(","))), None
+        actor = apply_peft(actor, "lora", r=LORA_R, alpha=LORA_ALPHA,
+                           targets=tuple(LORA_TARGETS.split(",")))
+        ref = None  # the actor with its adapters off
     else:
         raise ConfigError(f"PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
-    critic = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if ALGO == "ppo" else None
+    pad_id = tokenizer.pad_token_id
+    critic = load_reward_model(RM_MODEL, pad_id, "RM_MODEL") if ALGO == "ppo" else None
     if CRITIC_INIT not in ("rm", "zero_head"):
         raise ConfigError(f"CRITIC_INIT={CRITIC_INIT!r}: expected 'rm' or 'zero_head'")
-    if critic is not None and CRITIC_INIT == "zero_head":  # returns are in normalised-score units; the RM head speaks raw scores
+    # the returns are in normalised-score units, while the RM head speaks raw scores
+    if critic is not None and CRITIC_INIT == "zero_head":
         torch.nn.init.zeros_(critic.score.weight)
-    reward_model = load_reward_model(RM_MODEL, tokenizer.pad_token_id, "RM_MODEL") if reward_fn is None else None
+    reward_model = load_reward_model(RM_MODEL, pad_id, "RM_MODEL") if reward_fn is None else None
+
+    def prompt_items(path, limit):
+        return PromptDataset(path, tokenizer, MAX_PROMPT_LEN, limit=limit,
+                             chat_template=CHAT_TEMPLATE).items
+
     prompts = PromptDataset(PROMPTS, tokenizer, MAX_PROMPT_LEN, chat_template=CHAT_TEMPLATE)
-    eval_prompts = (PromptDataset(EVAL_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=EVAL_LIMIT, chat_template=CHAT_TEMPLATE).items
-                    if EVAL_PROMPTS != "none" else None)
-    test_prompts = (PromptDataset(TEST_PROMPTS, tokenizer, MAX_PROMPT_LEN, limit=TEST_LIMIT, chat_template=CHAT_TEMPLATE).items
-                    if TEST_PROMPTS != "none" else eval_prompts)  # the reported figures; never a choice
-    ptx = SFTDataset(PTX_DATA, tokenizer, MAX_PROMPT_LEN + MAX_NEW_TOKENS, chat_template=CHAT_TEMPLATE) if PTX_COEF > 0 else None
-    judge = gold_judge if JUDGE_RM == "none" else reward_model_judge(JUDGE_RM, MAX_PROMPT_LEN + MAX_NEW_TOKENS)
+    eval_prompts = prompt_items(EVAL_PROMPTS, EVAL_LIMIT) if EVAL_PROMPTS != "none" else None
+    test_prompts = eval_prompts  # the reported figures; never a choice
+    if TEST_PROMPTS != "none":
+        test_prompts = prompt_items(TEST_PROMPTS, TEST_LIMIT)
+    max_len = MAX_PROMPT_LEN + MAX_NEW_TOKENS
+    ptx = None
+    if PTX_COEF > 0:
+        ptx = SFTDataset(PTX_DATA, tokenizer, max_len, chat_template=CHAT_TEMPLATE)
+    judge = gold_judge if JUDGE_RM == "none" else reward_model_judge(JUDGE_RM, max_len)
     wiring = dict(loop=LoopConfig.from_settings(config, max_steps="ITERATIONS"), run_config=config,
                   reward_fn=reward_fn, judge=judge, eval_prompts=eval_prompts)
     if ALGO == "grpo":
-        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, cfg=algo_config, **wiring)
+        trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, cfg=algo_config,
+                              **wiring)
         trainer.log(f"actor: {format_counts(*count_parameters(actor))}; no critic")
     else:
-        trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, cfg=algo_config, ptx_data=ptx, **wiring)
-        trainer.log(f"actor: {format_counts(*count_parameters(actor))}; critic: {format_counts(*count_parameters(critic))}")
+        trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, cfg=algo_config,
+                             ptx_data=ptx, **wiring)
+        trainer.log(f"actor: {format_counts(*count_parameters(actor))}; "
+                    f"critic: {format_counts(*count_parameters(critic))}")
 
     before = {}
     if test_prompts:  # the SFT policy (the actor before any update) on the test prompts
-        before = sft_evaluation(trainer, test_prompts, saved_sft_eval)
-        trainer.log(f"SFT on the test prompts: gold {before['greedy']['gold_score']:.3f} "
-                    f"(sampled {before['sampled']['gold_score']:.3f}), RM score {before['greedy']['reward']:.3f}")
+        before = sft_evaluation(trainer, test_prompts, saved_sft_eval, sft_eval_settings,
+                                config["BF16"], os.path.join(OUT_DIR, "sft_eval.json"))
+        greedy, sampled = before["greedy"], before["sampled"]
+        trainer.log(f"SFT on the test prompts: gold {greedy['gold_score']:.3f} "
+                    f"(sampled {sampled['gold_score']:.3f}), RM score {greedy['reward']:.3f}")
     if eval_prompts:  # step 0 of the validation curve: the SFT policy
-        start_eval = trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=False)
-        trainer.log_start({f"eval/{k}": v for k, v in start_eval.items() if k != "rows" and "/" not in k})
+        start_eval = trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts,
+                                             do_sample=False)
+        trainer.log_start({f"eval/{k}": v for k, v in start_eval.items()
+                           if k != "rows" and "/" not in k})
     start = time.time()
     trainer.fit()
     train_seconds = time.time() - start
-    if test_prompts:  # every rank answers its share of the prompts (trainer/evaluate.py)
-        policy = trainer.unwrap(trainer.actor)
-        after = {"greedy": trainer.evaluate_policy(policy, test_prompts, do_sample=False),
-                 "sampled": trainer.evaluate_policy(policy, test_prompts, do_sample=True)}
-    summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds, "peft": PEFT, "reward": REWARD}
+    summary = {"algo": ALGO, "iterations": ITERATIONS, "train_seconds": train_seconds,
+               "peft": PEFT, "reward": REWARD}
+    split = "test" if TEST_PROMPTS != "none" else "validation"
     if test_prompts:
-        summary.update(split="test" if TEST_PROMPTS != "none" else "validation", gold_score_sft=before["greedy"]["gold_score"], gold_score=after["greedy"]["gold_score"],
-                       gold_score_sampled_sft=before["sampled"]["gold_score"], gold_score_sampled=after["sampled"]["gold_score"],
-                       reward_sft=before["greedy"]["reward"], reward=after["greedy"]["reward"],
-                       kl=after["sampled"]["kl"], kl_greedy=after["greedy"]["kl"], eval_prompts=len(test_prompts),
-                       per_type={k: {"sft": before["greedy"][k], "rlhf": after["greedy"][k]}
-                                 for k in after["greedy"] if "/" in k})
-        for key in ("correct", "format"):
-            summary[f"{key}_sft"], summary[key] = before["greedy"][key], after["greedy"][key]
+        after = greedy_and_sampled(trainer.evaluate_policy, trainer.unwrap(trainer.actor),
+                                   test_prompts)
+        summary.update(split=split, **comparison_summary(before, after, "RLHF"))
     trainer.finish(tokenizer, PEFT, summary)
     if not trainer.accelerator.is_main_process:
         return
     if test_prompts:
-        report(before, after, test_prompts)
+        side_by_side = os.path.join(OUT_DIR, "side_by_side.jsonl")
+        write_side_by_side(side_by_side, test_prompts, before, after, "RLHF")
+        print_comparison(before, after, "RLHF", f"{split} prompts: {len(test_prompts)}")
     judged = "gold score" if JUDGE_RM == "none" else "judge RM score"
-    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"), os.path.join(OUT_DIR, f"{ALGO}_curves.png"),
-                 [(f"{ALGO}/score", "RM score (rollouts)"), (f"{ALGO}/gold_score", f"{judged} (rollouts)"),
-                  ("eval/gold_score", f"{judged} (validation, greedy)"), (f"{ALGO}/kl", "KL to SFT (nats / response)")])
-    print(f"wrote {OUT_DIR}/side_by_side.jsonl (SFT and RLHF answers) and {OUT_DIR}/{ALGO}_curves.png")
-
-
-def report(before: dict, after: dict, eval_prompts: list) -> None:
-    """Print SFT vs RLHF side by side (overall, per instruction type, a few answers) and save all answers."""
-    b, a = before["greedy"], after["greedy"]
-    split = "test" if TEST_PROMPTS != "none" else "validation"
-    print(f"\n{split} prompts: {len(eval_prompts)} (greedy; sampled in brackets)")
-    print(f"{'':14}{'gold':>14}{'correct':>9}{'format':>8}{'RM score':>10}{'KL':>7}")
-    for name, r, s in (("SFT", b, before["sampled"]), ("RLHF", a, after["sampled"])):
-        print(f"{name:14}{r['gold_score']:6.3f} ({s['gold_score']:.3f}){r['correct']:9.3f}{r['format']:8.3f}{r['reward']:10.3f}{s['kl']:7.2f}")
-    kinds = sorted({k.split("/")[0] for k in a if "/" in k})
-    print(f"\n{'type':10}{'correct SFT->RLHF':>20}{'format SFT->RLHF':>20}{'gold SFT->RLHF':>18}")
-    for k in kinds:
-        print(f"{k:10}{b[k + '/correct']:10.2f} -> {a[k + '/correct']:.2f}{b[k + '/format']:12.2f} -> {a[k + '/format']:.2f}"
-              f"{b[k + '/gold']:10.2f} -> {a[k + '/gold']:.2f}")
-    path = os.path.join(OUT_DIR, "side_by_side.jsonl")
-    if os.path.exists(path):
-        os.remove(path)
-    print()
-    for i, (rb, ra) in enumerate(zip(b["rows"], a["rows"])):
-        append_jsonl(path, {"prompt": render_prompt(eval_prompts[i]["row"]), "sft": rb, "rlhf": ra})
-        if i < 6:
-            print(f"{rb['input']!r:26} SFT: {rb['response']!r:28} (rm {rb['reward']:+.2f}, gold {rb['gold']:.1f})   "
-                  f"RLHF: {ra['response']!r:28} (rm {ra['reward']:+.2f}, gold {ra['gold']:.1f})")
+    curves = [(f"{ALGO}/score", "RM score (rollouts)"),
+              (f"{ALGO}/gold_score", f"{judged} (rollouts)"),
+              ("eval/gold_score", f"{judged} (validation, greedy)"),
+              (f"{ALGO}/kl", "KL to SFT (nats / response)")]
+    plot_metrics(os.path.join(OUT_DIR, "metrics.jsonl"),
+                 os.path.join(OUT_DIR, f"{ALGO}_curves.png"), curves)
+    print(f"wrote {OUT_DIR}/side_by_side.jsonl (SFT and RLHF answers) and "
+          f"{OUT_DIR}/{ALGO}_curves.png")
 
 
 if __name__ == "__main__":

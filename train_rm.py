@@ -1,15 +1,17 @@
 """Step 2 of InstructGPT: a reward model trained on ranked comparisons with the pairwise loss.
 
-    python train_sft.py && python train_rm.py            # embedded: SFT backbone + shipped rankings, 400 steps (~4.5 min of one quiet core)
+    python train_sft.py && python train_rm.py            # embedded SFT backbone, shipped rankings:
+                                                         # 400 steps, ~4.5 min of one quiet core
     python train_rm.py --max_steps 5 --out_dir out/t_rm  # a quick smoke run
-    python label_samples.py && python train_rm.py --train_data out/label/train.jsonl --eval_data out/label/eval.jsonl
-                                                         # comparisons of the SFT policy's own samples, ranked by the gold judge
-    python train_rm.py --train_layers 0                  # head only: frozen backbone, head by logistic regression (seconds)
-    python bench/bench_rm_hh.py                          # SmolLM2-135M on Anthropic HH harmless pairs (benchmark, ~11 min here)
+    python label_samples.py && python train_rm.py --train_data out/label/train.jsonl \
+        --eval_data out/label/eval.jsonl                 # the SFT policy's samples, judge-ranked
+    python train_rm.py --train_layers 0                  # head only, by logistic regression
+    python bench/bench_rm_hh.py                          # SmolLM2-135M on HH harmless (~11 min)
 
 Writes out_dir/: the reward model as an HF checkpoint that AutoModelForSequenceClassification
 (num_labels=1) loads (model, tokenizer, run_config.json), metrics.jsonl, summary.json; out_dir/best
-holds the checkpoint with the best held-out accuracy, and out_dir/ gets it at the end if it beats the last.
+holds the checkpoint with the best held-out accuracy, and out_dir/ gets it at the end if it beats
+the last.
 """
 import os
 import time
@@ -31,42 +33,41 @@ from trainer.rm import RMTrainer, fit_head
 from utils import ConfigError, configure, quiet_transformers, run_main, seed_everything
 
 # model and data
-MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a local dir or a .gguf file; a fresh scalar head is added
-TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # ranked (responses best first), chosen/rejected pairs, HH dialogues, or a hub name
-EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation comparisons: evaluations and the best checkpoint ('none' to skip)
-TEST_DATA = "ds/rm_test_ranked.jsonl"  # test comparisons: the reported accuracy only ('none' to skip)
+MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a dir or a .gguf; new head
+TRAIN_DATA = "ds/rm_train_ranked.jsonl"  # ranked rows, chosen/rejected pairs, HH, or a hub name
+EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation: evaluations and out_dir/best ('none' to skip)
+TEST_DATA = "ds/rm_test_ranked.jsonl"  # test comparisons: the reported accuracy ('none' to skip)
 OUT_DIR = "out/rm"  # where the reward model, metrics.jsonl and summary.json go
-MAX_LEN = 96  # tokens per prompt + response; longer ones are cut (prompt from the left, see dataset/rm.py)
-TRAIN_LAYERS = None  # train only the top N transformer blocks (+ final norm and head); None: all. Saves backward compute.
-# 0: head only. The backbone stays frozen, its last-token features are computed once, and the head is fitted
-# by L2-regularised logistic regression on them (the pairwise loss with a linear score); MAX_STEPS..GRAD_CLIP unused
-HEAD_L2 = "0.01,0.03,0.1,0.3,1,3"  # head only: L2 strengths tried on standardised features; CV on the training pairs picks one
-CV_FOLDS = 5  # head only: cross-validation folds over the training groups
-CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (chat models, e.g. SmolLM2-Instruct); saved with the model
-STRICT = False  # HH rows whose chosen/rejected prompts differ: False = skip them with a warning, True = error
+MAX_LEN = 96  # tokens per prompt + response; longer ones are cut (dataset/rm.py)
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's chat template
+STRICT = False  # HH rows whose two prompts differ: False = skip them with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
 EVAL_LIMIT = None  # use only the first N held-out rows (None: all)
-# optimisation
-MAX_STEPS = 400  # optimizer steps
-BATCH_SIZE = 32  # prompts (ranked groups) per micro-batch; each brings its K responses and K(K-1)/2 pairs
-GRAD_ACCUM = 1  # micro-batches per optimizer step
-LR = 1e-3  # peak learning rate (AdamW); ~1e-5 for a pretrained 100M+ backbone
-WARMUP_STEPS = 20  # linear warmup, then cosine decay to 10% of LR
-WEIGHT_DECAY = 0.01  # AdamW weight decay on matrices
-GRAD_CLIP = 1.0  # max global gradient norm
-BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
-GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
-GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
-FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
-SEED = 0  # seeds the head's init and the data order
+# which weights train (head only: trainer/rm.py fit_head, docs/reward_model.md)
+TRAIN_LAYERS = None  # top N blocks (+ final norm and head); None: all; 0: head only, no loop
+HEAD_L2 = "0.01,0.03,0.1,0.3,1,3"  # head only: L2 strengths; CV on the training pairs picks one
+CV_FOLDS = 5  # head only: cross-validation folds over the training groups
+# optimisation (the loop settings' meaning: trainer/base.py LoopConfig and OptimConfig)
+MAX_STEPS = 400
+LR = 1e-3  # peak AdamW learning rate; ~1e-5 for a pretrained 100M+ backbone
+BATCH_SIZE = 32  # ranked groups per micro-batch: K responses, K(K-1)/2 pairs each
+GRAD_ACCUM = 1
+WARMUP_STEPS = 20
+WEIGHT_DECAY = 0.01
+GRAD_CLIP = 1.0
+SEED = 0  # also the head's initialisation
+BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
+FSDP = False  # with torchrun --nproc_per_node N
+GROUP_BY_LENGTH = False
+GRADIENT_CHECKPOINTING = False
 # evaluation, logging, checkpoints
-EVAL_INTERVAL = 50  # steps between evaluations (0: only at the end); the best is kept in out_dir/best
-EVAL_BATCH_SIZE = 64  # groups per evaluation forward pass
-LOG_INTERVAL = 10  # steps between metrics.jsonl lines
-LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 100  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
-OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
+EVAL_INTERVAL = 50  # steps between evaluations; the most accurate model is kept in out_dir/best
+EVAL_BATCH_SIZE = 64  # comparison groups per evaluation forward pass
+SAVE_INTERVAL = 100
+LOG_INTERVAL = 10
+LOG_WITH = "none"
+OVERWRITE = False
+RESUME = False
 # parameter-efficient fine-tuning (model/peft/); the new score head is always trained in full
 PEFT = "none"  # 'none' (full fine-tuning), 'lora' or 'bitfit'
 LORA_R = 8  # LoRA rank r
@@ -81,7 +82,8 @@ def freeze_lower_layers(model, train_layers: int) -> None:
     stops at the first trainable block, and no activations are kept for the frozen ones."""
     blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
     frozen = list(blocks[: len(blocks) - train_layers].parameters())
-    frozen += [p for name, m in model.named_modules() if name.split(".")[-1].startswith("embed") for p in m.parameters()]
+    frozen += [p for name, m in model.named_modules() if name.split(".")[-1].startswith("embed")
+               for p in m.parameters()]
     for p in frozen:
         p.requires_grad_(False)
 
@@ -89,29 +91,34 @@ def freeze_lower_layers(model, train_layers: int) -> None:
 def check_settings() -> list[float]:
     """Fail on bad settings before anything is loaded; returns the HEAD_L2 strengths."""
     if TRAIN_LAYERS is not None and TRAIN_LAYERS < 0:
-        raise ConfigError(f"TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, 0 (head only) or None (all)")
+        raise ConfigError(f"TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, "
+                          "0 (head only) or None (all)")
     if PEFT not in ("none", "lora", "bitfit"):
         raise ConfigError(f"PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
     if TRAIN_LAYERS == 0 and PEFT != "none":
         raise ConfigError("TRAIN_LAYERS=0 fits the head only; it cannot be combined with PEFT")
     if TRAIN_LAYERS == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("TRAIN_LAYERS=0 (head only) runs in one process: start it with python, not torchrun/accelerate")
+        raise ConfigError("TRAIN_LAYERS=0 (head only) runs in one process: start it with python, "
+                          "not torchrun/accelerate")
     try:
         return [float(v) for v in HEAD_L2.split(",")]
     except ValueError:
-        raise ConfigError(f"HEAD_L2={HEAD_L2!r}: expected comma-separated numbers, e.g. '0.1,1'") from None
+        raise ConfigError(f"HEAD_L2={HEAD_L2!r}: expected comma-separated numbers, "
+                          "e.g. '0.1,1'") from None
 
 
 def rm_summary(ev: dict, accuracy_base, **extra) -> dict:
-    """summary.json: held-out metrics after training (ev), the accuracy before it, and run facts."""
+    """summary.json: held-out metrics after training (ev), the accuracy before it, run facts."""
+    per_type = {k.split("/", 1)[1]: v for k, v in ev.items()
+                if k.startswith("accuracy_correctness/")}
     return {"accuracy": ev.get("accuracy"), "accuracy_correctness": ev.get("accuracy_correctness"),
-            "accuracy_format": ev.get("accuracy_format"), "accuracy_trade": ev.get("accuracy_trade"),
-            "margin": ev.get("margin"), "eval_pairs": ev.get("pairs"),
-            "eval_pairs_correctness": ev.get("pairs_correctness"), "score_mean": ev.get("score_mean"),
-            "score_std": ev.get("score_std"), "accuracy_base": accuracy_base,
-            "accuracy_correctness_per_type": {k.split("/", 1)[1]: v for k, v in ev.items()
-                                              if k.startswith("accuracy_correctness/")}, **extra,
-            "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA, "test_data": TEST_DATA}
+            "accuracy_format": ev.get("accuracy_format"),
+            "accuracy_trade": ev.get("accuracy_trade"), "margin": ev.get("margin"),
+            "eval_pairs": ev.get("pairs"), "eval_pairs_correctness": ev.get("pairs_correctness"),
+            "score_mean": ev.get("score_mean"), "score_std": ev.get("score_std"),
+            "accuracy_base": accuracy_base, "accuracy_correctness_per_type": per_type, **extra,
+            "model": MODEL, "train_data": TRAIN_DATA, "eval_data": EVAL_DATA,
+            "test_data": TEST_DATA}
 
 
 def main():
@@ -119,25 +126,31 @@ def main():
     quiet_transformers()
     seed_everything(SEED)
     on_mismatch = "error" if STRICT else "skip"
-    tokenizer = load_tokenizer(MODEL)  # pads with a token that is not EOS (model/load.py set_pad_token)
+    tokenizer = load_tokenizer(MODEL)  # pads with a token that is not EOS (model/load.py)
     use_chat_format(tokenizer, CHAT_TEMPLATE)
     model = load_reward_model(MODEL, tokenizer.pad_token_id)
     config["BF16"] = resolve_bf16(BF16, model)
-    train = RMDataset(TRAIN_DATA, tokenizer, MAX_LEN, on_mismatch, TRAIN_LIMIT, chat_template=CHAT_TEMPLATE, judge=gold_judge)
-    eval_data = None if EVAL_DATA == "none" else RMDataset(EVAL_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,
-                                                            chat_template=CHAT_TEMPLATE, judge=gold_judge)
-    test_data = None if TEST_DATA == "none" else RMDataset(TEST_DATA, tokenizer, MAX_LEN, on_mismatch, EVAL_LIMIT,
-                                                            chat_template=CHAT_TEMPLATE, judge=gold_judge)
-    if TRAIN_LAYERS == 0:  # the head's L2 is chosen by cross-validation on train; the figures are the test split's
+
+    def comparisons(path, limit):
+        return RMDataset(path, tokenizer, MAX_LEN, on_mismatch, limit, chat_template=CHAT_TEMPLATE,
+                         judge=gold_judge)
+
+    train = comparisons(TRAIN_DATA, TRAIN_LIMIT)
+    eval_data = None if EVAL_DATA == "none" else comparisons(EVAL_DATA, EVAL_LIMIT)
+    test_data = None if TEST_DATA == "none" else comparisons(TEST_DATA, EVAL_LIMIT)
+    if TRAIN_LAYERS == 0:  # L2 by cross-validation on train; the figures are the test split's
         return head_only(model, tokenizer, train, test_data or eval_data, l2s)
     if TRAIN_LAYERS is not None:
         freeze_lower_layers(model, TRAIN_LAYERS)
-    model = apply_peft(model, PEFT, task="reward", r=LORA_R, alpha=LORA_ALPHA, targets=tuple(LORA_TARGETS.split(",")))
+    model = apply_peft(model, PEFT, task="reward", r=LORA_R, alpha=LORA_ALPHA,
+                       targets=tuple(LORA_TARGETS.split(",")))
     trainer = RMTrainer(model, tokenizer, train, eval_data, loop=LoopConfig.from_settings(config),
-                        optim=OptimConfig.from_settings(config), run_config=config, eval_batch_size=EVAL_BATCH_SIZE)
+                        optim=OptimConfig.from_settings(config), run_config=config,
+                        eval_batch_size=EVAL_BATCH_SIZE)
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    trainer.log(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); {len(train)} training groups, {train.num_pairs} pairs")
+    trainer.log(f"reward model on {MODEL} ({num_params:,} parameters, {num_trainable:,} trained); "
+                f"{len(train)} training groups, {train.num_pairs} pairs")
     # the reward model before training (fresh head); not when resuming: the step-0 evaluation would
     # compete for out_dir/best with the resumed run's best before its checkpoint is loaded
     before = trainer.run_evaluation() if eval_data is not None and not trainer.resuming else {}
@@ -149,9 +162,12 @@ def main():
     final = trainer.fit()
     train_seconds = time.time() - start
     best_dir = os.path.join(OUT_DIR, "best")
-    if (PEFT == "none" and trainer.best_value is not None and trainer.best_value > final.get("eval/accuracy", 0.0)
-            and not is_sharded(trainer.accelerator)):  # a sharded model takes no plain state dict; out_dir/best stays
-        trainer.unwrap(trainer.model).load_state_dict(load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
+    last_accuracy = final.get("eval/accuracy", 0.0)
+    # a sharded model takes no plain state dict: out_dir/best then stays where it is
+    if (PEFT == "none" and trainer.best_value is not None and trainer.best_value > last_accuracy
+            and not is_sharded(trainer.accelerator)):
+        trainer.unwrap(trainer.model).load_state_dict(
+            load_reward_model(best_dir, tokenizer.pad_token_id).state_dict())
         final.update(trainer.run_evaluation())
         trainer.log(f"the last step was not the best: {OUT_DIR}/ gets {best_dir}/ "
                     f"(validation accuracy {final['eval/accuracy']:.4f})")
@@ -160,24 +176,26 @@ def main():
         final.update(test_evaluation(trainer, eval_data=test_data))
     ev = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
     summary = rm_summary(ev, before.get("eval/accuracy"), train_loss=final.get("train/loss"),
-                         split="test" if test_data is not None else "validation", val_accuracy=val_accuracy,
-                         steps=MAX_STEPS, train_pairs=train.num_pairs, train_seconds=train_seconds, num_params=num_params,
+                         split="test" if test_data is not None else "validation",
+                         val_accuracy=val_accuracy, steps=MAX_STEPS, train_pairs=train.num_pairs,
+                         train_seconds=train_seconds, num_params=num_params,
                          **trainer.token_counts(train_seconds))
-    trainer.finish(tokenizer, PEFT, summary)  # PEFT: adapter in OUT_DIR/adapter, merged reward model in OUT_DIR
+    trainer.finish(tokenizer, PEFT, summary)  # PEFT: OUT_DIR/adapter, and the merged model
     trainer.log(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
 
 
 def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
-    """TRAIN_LAYERS=0: features of the frozen backbone once, the head by logistic regression (trainer/rm.py)."""
+    """TRAIN_LAYERS=0: the frozen backbone's features once, the head by logistic regression
+    (trainer/rm.py fit_head)."""
     lock_out_dir(OUT_DIR)  # one run per output directory, as the Trainer does
     check_fresh_start(OUT_DIR, os.path.join(OUT_DIR, "checkpoint"), RESUME, OVERWRITE, True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.eval().requires_grad_(False).to(device)
-    print(f"reward model on {MODEL}: backbone frozen, head fitted on {len(train)} training groups, "
-          f"{train.num_pairs} pairs")
+    print(f"reward model on {MODEL}: backbone frozen, head fitted on {len(train)} training "
+          f"groups, {train.num_pairs} pairs")
     start = time.time()
-    fit, before, after = fit_head(model, train, eval_data, tokenizer.pad_token_id, l2s, CV_FOLDS, SEED,
-                                  EVAL_BATCH_SIZE, bf16=config["BF16"])
+    fit, before, after = fit_head(model, train, eval_data, tokenizer.pad_token_id, l2s, CV_FOLDS,
+                                  SEED, EVAL_BATCH_SIZE, bf16=config["BF16"])
     summary = rm_summary(after, before.get("accuracy"), train_loss=fit["train_loss"],
                          train_accuracy=fit["train_accuracy"], head_l2=fit["l2"],
                          length_corr=after.get("length_corr"),
@@ -186,7 +204,8 @@ def head_only(model, tokenizer, train, eval_data, l2s: list[float]) -> None:
                          train_pairs=train.num_pairs, train_seconds=time.time() - start,
                          num_params=sum(p.numel() for p in model.parameters()))
     print(", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
-    print(save_stage(OUT_DIR, model.cpu(), tokenizer, config, "none", summary))  # what Trainer.finish writes
+    # what Trainer.finish writes
+    print(save_stage(OUT_DIR, model.cpu(), tokenizer, config, "none", summary))
 
 
 if __name__ == "__main__":

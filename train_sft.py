@@ -1,15 +1,17 @@
 """Step 1 of InstructGPT: supervised fine-tuning on instruction -> response demonstrations.
 
-    python train_sft.py                                  # embedded tiny OPT on ds/, ~3 min on 2 CPU cores
+    python train_sft.py                                  # embedded tiny OPT, ds/: ~3 min, 2 cores
     python train_sft.py --max_steps 20 --out_dir out/t   # a quick smoke run
-    python train_sft.py --peft lora --lora_r 8 --lr 3e-3 --out_dir out/sft_lora   # LoRA instead of full fine-tuning
-    python train_sft.py --model facebook/opt-125m --train_data tatsu-lab/alpaca --eval_data none --eval_prompts none \
-        --max_len 512 --batch_size 8 --grad_accum 4 --lr 2e-5 --bf16 True   # opt-125m on Alpaca (online once)
+    python train_sft.py --peft lora --lora_r 8 --lr 3e-3 --out_dir out/sft_lora   # LoRA
+    python train_sft.py --model facebook/opt-125m --train_data tatsu-lab/alpaca --eval_data none \
+        --eval_prompts none --max_len 512 --batch_size 8 --grad_accum 4 --lr 2e-5 --bf16 True
+                                                         # opt-125m on Alpaca (online once)
     torchrun --nproc_per_node 2 train_sft.py             # two processes (CPU gloo or GPUs)
 
 Writes out_dir/: an HF checkpoint (model, tokenizer, generation config, run_config.json),
-metrics.jsonl, summary.json; out_dir/checkpoint/ holds the resumable training state (--resume True).
-With PEFT the adapter goes to out_dir/adapter/; LoRA and BitFit also write the merged full model to out_dir/.
+metrics.jsonl, summary.json; out_dir/checkpoint/ holds the resumable training state (--resume
+True). With PEFT the adapter goes to out_dir/adapter/; LoRA and BitFit also write the merged full
+model to out_dir/.
 """
 import time
 
@@ -26,40 +28,41 @@ from trainer.sft import SFTTrainer
 from utils import configure, quiet_transformers, run_main, seed_everything
 
 # model and data
-MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id like 'facebook/opt-125m', a local dir or a .gguf file
-TRAIN_DATA = "ds/sft_train.jsonl"  # JSON/JSONL file or datasets hub name ('tatsu-lab/alpaca'); instruction/input/output, prompt/completion or messages
-EVAL_DATA = "ds/sft_val.jsonl"  # validation demonstrations for the eval loss during training ('none' to skip)
-EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts scored by the gold judge during training ('none' for data without a judge)
-TEST_DATA = "ds/sft_test.jsonl"  # test demonstrations: the reported loss, before and after ('none' to skip)
-TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported gold score, before and after ('none' to skip)
+MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id, a local dir or a .gguf file
+TRAIN_DATA = "ds/sft_train.jsonl"  # JSON/JSONL file or hub name ('tatsu-lab/alpaca'): docs/sft.md
+EVAL_DATA = "ds/sft_val.jsonl"  # validation demonstrations: the eval loss ('none' to skip)
+EVAL_PROMPTS = "ds/prompts_val.jsonl"  # validation prompts: the gold score ('none': no judge)
+TEST_DATA = "ds/sft_test.jsonl"  # test demonstrations: the reported loss ('none' to skip)
+TEST_PROMPTS = "ds/prompts_test.jsonl"  # test prompts: the reported gold score ('none' to skip)
 OUT_DIR = "out/sft"  # where the checkpoint, metrics.jsonl and summary.json go
 MAX_LEN = 96  # tokens per example; longer ones are cut (prompt from the left, see dataset/sft.py)
-CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's own chat template (dataset/chat.py); saved with the model
-# optimisation
+CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's template (dataset/chat.py)
+# optimisation (the loop settings' meaning: trainer/base.py LoopConfig and OptimConfig)
 MAX_STEPS = 900  # optimizer steps
-BATCH_SIZE = 64  # examples per micro-batch (per process)
-GRAD_ACCUM = 1  # micro-batches per optimizer step
-LR = 3e-3  # peak learning rate (AdamW); ~2e-5 for a pretrained opt-125m
-WARMUP_STEPS = 50  # linear warmup, then cosine decay to 10% of LR
-WEIGHT_DECAY = 0.01  # AdamW weight decay on matrices
-GRAD_CLIP = 1.0  # max global gradient norm
-BF16 = "auto"  # bfloat16 autocast: True, False, or 'auto' (on where the CPU/GPU has native bf16 and the model is >= 256 wide: ~2-3x faster for opt-125m here; off for the tiny embedded model)
-GROUP_BY_LENGTH = False  # batches of similar lengths (less padding, same items per epoch; trainer/base.py group_by_length)
-GRADIENT_CHECKPOINTING = False  # recompute each layer in the backward pass: less activation memory, about one more forward pass of compute (trainer/base.py checkpoint_layers)
-FSDP = False  # shard weights, gradients and AdamW state over the processes (FSDP2; torchrun --nproc_per_node N)
-SEED = 0  # seeds weights' init order, data order and sampling
+BATCH_SIZE = 64  # demonstrations per micro-batch, per process
+GRAD_ACCUM = 1
+LR = 3e-3  # peak AdamW learning rate; ~2e-5 for a pretrained opt-125m
+WARMUP_STEPS = 50
+WEIGHT_DECAY = 0.01
+GRAD_CLIP = 1.0
+BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
+SEED = 0  # also the new weights' initialisation and the sampling
+GROUP_BY_LENGTH = False
+GRADIENT_CHECKPOINTING = False
+FSDP = False  # with torchrun --nproc_per_node N
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)
-LOG_INTERVAL = 10  # steps between metrics.jsonl lines
-LOG_WITH = "none"  # experiment trackers beside metrics.jsonl: 'tensorboard', 'wandb' (comma-separated) or 'none'
-SAVE_INTERVAL = 300  # steps between resumable checkpoints (0: none; SIGTERM/SIGINT always write one)
-RESUME = False  # continue OUT_DIR/checkpoint (of this stage, with the same training settings)
-OVERWRITE = False  # start afresh over a checkpoint or finished run in OUT_DIR (deletes them)
+EVAL_BATCH_SIZE = 64  # demonstrations per forward pass, prompts per generate call
 MAX_NEW_TOKENS = 24  # generation length for the gold-score evaluation
 EVAL_LIMIT = 300  # validation prompts to score (None: all)
 TEST_LIMIT = None  # test prompts to score (None: all)
+LOG_INTERVAL = 10
+LOG_WITH = "none"
+SAVE_INTERVAL = 300
+RESUME = False
+OVERWRITE = False
 # parameter-efficient fine-tuning (model/peft/)
-PEFT = "none"  # 'none' (full fine-tuning), 'lora', 'bitfit', 'prompt_tuning', 'p_tuning' or 'prefix_tuning'
+PEFT = "none"  # 'none' (full), 'lora', 'bitfit', 'prompt_tuning', 'p_tuning' or 'prefix_tuning'
 LORA_R = 8  # LoRA rank r
 LORA_ALPHA = 16  # LoRA scale alpha: the update is (alpha / r) * B A
 LORA_TARGETS = "q_proj,v_proj"  # comma-separated names of the linear layers LoRA adapts
@@ -74,35 +77,50 @@ def main():
     tokenizer = load_tokenizer(MODEL)
     use_chat_format(tokenizer, CHAT_TEMPLATE)
     model = apply_peft(load_causal_lm(MODEL), PEFT, task="causal", r=LORA_R, alpha=LORA_ALPHA,
-                       targets=tuple(LORA_TARGETS.split(",")), num_virtual_tokens=NUM_VIRTUAL_TOKENS)
+                       targets=tuple(LORA_TARGETS.split(",")),
+                       num_virtual_tokens=NUM_VIRTUAL_TOKENS)
     config["BF16"] = resolve_bf16(BF16, model)
-    train = SFTDataset(TRAIN_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
-    eval_data = None if EVAL_DATA == "none" else SFTDataset(EVAL_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
-    prompts = None if EVAL_PROMPTS == "none" else PromptDataset(EVAL_PROMPTS, tokenizer, MAX_LEN - MAX_NEW_TOKENS, EVAL_LIMIT,
-                                                                verbose=False, chat_template=CHAT_TEMPLATE).items
-    test_data = None if TEST_DATA == "none" else SFTDataset(TEST_DATA, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
-    test_prompts = None if TEST_PROMPTS == "none" else PromptDataset(TEST_PROMPTS, tokenizer, MAX_LEN - MAX_NEW_TOKENS,
-                                                                     TEST_LIMIT, verbose=False, chat_template=CHAT_TEMPLATE).items
-    trainer = SFTTrainer(model, tokenizer, train, eval_data, prompts, loop=LoopConfig.from_settings(config),
-                         optim=OptimConfig.from_settings(config), run_config=config, max_new_tokens=MAX_NEW_TOKENS,
+
+    def demonstrations(path):
+        return SFTDataset(path, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
+
+    def prompt_items(path, limit):  # prompts leave MAX_NEW_TOKENS of MAX_LEN for the answer
+        return PromptDataset(path, tokenizer, MAX_LEN - MAX_NEW_TOKENS, limit, verbose=False,
+                             chat_template=CHAT_TEMPLATE).items
+
+    train = demonstrations(TRAIN_DATA)
+    eval_data = None if EVAL_DATA == "none" else demonstrations(EVAL_DATA)
+    prompts = None if EVAL_PROMPTS == "none" else prompt_items(EVAL_PROMPTS, EVAL_LIMIT)
+    test_data = None if TEST_DATA == "none" else demonstrations(TEST_DATA)
+    test_prompts = None if TEST_PROMPTS == "none" else prompt_items(TEST_PROMPTS, TEST_LIMIT)
+    trainer = SFTTrainer(model, tokenizer, train, eval_data, prompts,
+                         loop=LoopConfig.from_settings(config),
+                         optim=OptimConfig.from_settings(config), run_config=config,
+                         max_new_tokens=MAX_NEW_TOKENS, eval_batch_size=EVAL_BATCH_SIZE,
                          judge=gold_judge)
     trainable, num_params = count_parameters(model)
-    trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; PEFT={PEFT}")
+    trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; "
+                f"PEFT={PEFT}")
     trainer.log(format_counts(trainable, num_params))
-    trainer.log_start(trainer.run_evaluation())  # validation, before SFT (a resumed run loads its checkpoint in fit())
-    before = test_evaluation(trainer, eval_data=test_data, eval_prompts=test_prompts)  # the reported figures
+    # validation before SFT (a resumed run loads its checkpoint in fit()); then the reported
+    # figures
+    trainer.log_start(trainer.run_evaluation())
+    before = test_evaluation(trainer, eval_data=test_data, eval_prompts=test_prompts)
     start = time.time()
     fitted = trainer.fit()
     train_seconds = time.time() - start
     final = test_evaluation(trainer, eval_data=test_data, eval_prompts=test_prompts)
-    summary = {"gold_score_base": before.get("eval/gold_score"), "gold_score": final.get("eval/gold_score"),
+    summary = {"gold_score_base": before.get("eval/gold_score"),
+               "gold_score": final.get("eval/gold_score"),
                "correct": final.get("eval/correct"), "format": final.get("eval/format"),
                "eval_loss_base": before.get("eval/loss"), "eval_loss": final.get("eval/loss"),
-               "train_loss": fitted.get("train/loss"), "steps": MAX_STEPS, "train_seconds": train_seconds,
-               "split": "test", "num_params": num_params, "trainable_params": trainable, "peft": PEFT,
-               "model": MODEL, **trainer.token_counts(train_seconds)}
+               "train_loss": fitted.get("train/loss"), "steps": MAX_STEPS,
+               "train_seconds": train_seconds, "split": "test", "num_params": num_params,
+               "trainable_params": trainable, "peft": PEFT, "model": MODEL,
+               **trainer.token_counts(train_seconds)}
     trainer.finish(tokenizer, PEFT, summary)
-    trainer.log(f"gold score (test prompts, greedy): before {summary['gold_score_base']} -> after {summary['gold_score']}")
+    trainer.log(f"gold score (test prompts, greedy): before {summary['gold_score_base']} "
+                f"-> after {summary['gold_score']}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def worker(args) -> None:
                       gradient_checkpointing=False, fsdp=args.fsdp)
     optim = OptimConfig(lr=1e-3, weight_decay=0.0, batch_size=args.batch_size, grad_accum=1)
     trainer = SFTTrainer(model, tok, data, None, None, loop=loop, optim=optim, run_config={},
-                         max_new_tokens=1, judge=None)
+                         max_new_tokens=1, eval_batch_size=64, judge=None)
     del model  # the trainer holds the (sharded) model
     for _ in range(args.warmup):  # first steps allocate and warm caches
         trainer.training_step()

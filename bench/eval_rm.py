@@ -22,6 +22,7 @@ MAX_LEN = 96  # tokens per prompt + response, as in training
 # render with the tokenizer's chat template, as in training with --chat_template True
 CHAT_TEMPLATE = False
 LIMIT = 0  # ranked groups per file (0 = all)
+EVAL_BATCH_SIZE = 64  # comparison groups per forward pass
 
 configure(globals())
 
@@ -41,7 +42,7 @@ def main():
                 chat_template=CHAT_TEMPLATE,
                 judge=gold_judge,
             )
-            m = evaluate_pairs(model, data, tokenizer.pad_token_id)
+            m = evaluate_pairs(model, data, tokenizer.pad_token_id, EVAL_BATCH_SIZE)
             extra = "".join(
                 f", {k} {m[k]:.4f} ({m['pairs_' + k.split('_')[1]]} pairs)"
                 for k in ("accuracy_correctness", "accuracy_format", "accuracy_trade")

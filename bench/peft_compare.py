@@ -100,7 +100,8 @@ def run_method(s: dict, judge: Judge) -> dict:
     )
     optim = OptimConfig(lr=s["lr"], weight_decay=0.0, batch_size=s["batch_size"], grad_accum=1)
     trainer = SFTTrainer(model, tokenizer, train, None, None, loop=loop, optim=optim, run_config=s,
-                         max_new_tokens=s["max_new_tokens"], judge=judge)
+                         max_new_tokens=s["max_new_tokens"], eval_batch_size=s["eval_batch_size"],
+                         judge=judge)
     start = time.time()
     trainer.fit()  # no eval data yet: the timed loop is training only
     seconds_per_step = (time.time() - start) / steps if steps else 0.0

@@ -51,6 +51,7 @@ def run_sft(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> d
         optim=OptimConfig(lr=2e-5, weight_decay=0.0, batch_size=s["SFT_BATCH"], grad_accum=1),
         run_config={},
         max_new_tokens=1,
+        eval_batch_size=64,
         judge=None,
     )
 
@@ -139,6 +140,7 @@ def run_ppo(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> d
         normalize_scores=True,
         frozen_bf16="frozen_bf16" in levers,
         close_truncated=False,
+        eval_batch_size=100,
     )
     trainer = PPOTrainer(
         actor,

@@ -75,7 +75,7 @@ def make_sft_trainer(tok, data, out_dir, model=None, cls=None, run_config=None, 
     args = {"lr": 3e-3, "batch_size": 8, "log_interval": 1, "seed": 1, **settings}
     return (cls or SFTTrainer)(model or tiny_model(), tok, data, None, None,
                                run_config={"test": True} if run_config is None else run_config,
-                               max_new_tokens=8, judge=None, **trainer_configs(out_dir, **args))
+                               max_new_tokens=8, eval_batch_size=64, judge=None, **trainer_configs(out_dir, **args))
 
 
 @pytest.fixture(scope="module")

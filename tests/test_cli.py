@@ -41,7 +41,7 @@ def test_help_shows_defaults_comments_and_groups(monkeypatch, capsys):
         runpy.run_path("train_sft.py", run_name="__main__")
     out = capsys.readouterr().out
     assert "--max_steps = 900\n      optimizer steps" in out
-    assert out.index("\noptimisation:") < out.index("--max_steps =") < out.index("\nevaluation, logging")
+    assert out.index("\noptimisation (") < out.index("--max_steps =") < out.index("\nevaluation, logging")
 
 
 def ns():

@@ -83,7 +83,8 @@ def test_sequence_logprobs_ignore_prompt_and_pad_tokens(tok, ranked):
 def test_one_dpo_step_raises_the_chosen_minus_rejected_log_ratio_margin(tok, ranked, tmp_path):
     """At step 0 the policy is the reference: the loss is log 2 and every margin 0. One optimizer step on
     the batch makes (log pi/pi_ref)(chosen) - (log pi/pi_ref)(rejected) positive on average."""
-    cfg = DPOConfig(beta=0.1, max_new_tokens=8, temperature=1.0, eval_batch_size=64)
+    cfg = DPOConfig(beta=0.1, max_new_tokens=8, temperature=1.0, eval_batch_size=64,
+                    eval_prompt_batch=100)
     trainer = DPOTrainer(tiny_model(), tiny_model(), tok, ranked, None, None, None, cfg=cfg, run_config={}, judge=None,
                          **trainer_configs(tmp_path, lr=1e-2, max_steps=1, batch_size=len(ranked), log_interval=1))
     batch = trainer.get_batch(0)
@@ -128,7 +129,8 @@ def test_dpo_micro_batches_weighted_by_pair_count(tok, ranked, tmp_path):
                       "rejected": "12"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     data = RMDataset(str(path), tok, max_len=64, verbose=False)
-    cfg = DPOConfig(beta=0.1, max_new_tokens=8, temperature=1.0, eval_batch_size=64)
+    cfg = DPOConfig(beta=0.1, max_new_tokens=8, temperature=1.0, eval_batch_size=64,
+                    eval_prompt_batch=100)
 
     def stepped(batch_size, grad_accum):
         trainer = DPOTrainer(tiny_model(), tiny_model(), tok, data, None, None, None, cfg=cfg, run_config={},

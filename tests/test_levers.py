@@ -46,7 +46,8 @@ def test_grouped_trainer_sees_every_item_once_per_epoch_with_less_padding(tok, d
     per_epoch = len(data) // 10  # batch 10 divides the 300 items
     counts = {}
     for group in (False, True):
-        trainer = SFTTrainer(tiny_model(), tok, data, None, None, run_config={}, max_new_tokens=4, judge=None,
+        trainer = SFTTrainer(tiny_model(), tok, data, None, None, run_config={}, max_new_tokens=4,
+                             eval_batch_size=64, judge=None,
                              **trainer_configs(tmp_path / str(group), batch_size=10, group_by_length=group))
         batches = epoch_batches(trainer, per_epoch)
         seen = sorted(tuple(ids) for b in batches for ids, m in zip(b["input_ids"].tolist(), b["attention_mask"].tolist())

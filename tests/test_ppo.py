@@ -31,7 +31,7 @@ def starts_in_format(rows, responses):
 PPO_SETTINGS = dict(actor_lr=1e-4, critic_lr=1e-4, weight_decay=0.0, rollout_batch=16, mini_batch=8, ppo_epochs=2,
                     stop_approx_kl=0.0, max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, beta=0.05, target_kl=0.0,
                     kl_horizon=1000, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
-                    missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False)
+                    missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False, eval_batch_size=100)
 
 
 def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, dropout=0.0, bf16=False, tokenizer_dir=None,

@@ -184,7 +184,7 @@ def toy_run(tok, tmp_path_factory):
     train = RMDataset(write_rows(tmp, "train.jsonl", rows[:40]), tok, 48, verbose=False)
     held = RMDataset(write_rows(tmp, "eval.jsonl", rows[40:]), tok, 48, verbose=False)
     model = tiny_rm(len(tok))
-    before = evaluate_pairs(model, held, tok.pad_token_id)
+    before = evaluate_pairs(model, held, tok.pad_token_id, 64)
     trainer = RMTrainer(model, tok, train, held, run_config={}, eval_batch_size=64,
                         **trainer_configs(tmp / "rm", lr=1e-2, max_steps=40, batch_size=8, warmup_steps=0, log_interval=100))
     trainer.fit()
@@ -195,7 +195,7 @@ def toy_run(tok, tmp_path_factory):
 def test_a_few_steps_on_a_toy_preference_raise_accuracy(toy_run):
     """Held-out pairwise accuracy rises from near chance (0.65 for this seed) to >= 0.9, margin > 0.5."""
     before, trainer, held, _ = toy_run
-    after = evaluate_pairs(trainer.unwrap(trainer.model), held, 1)
+    after = evaluate_pairs(trainer.unwrap(trainer.model), held, 1, 64)
     assert before["accuracy"] <= 0.8 and after["accuracy"] >= 0.9 and after["margin"] > 0.5
 
 
@@ -268,7 +268,7 @@ def test_logistic_head_recovers_a_linear_preference_and_cv_picks_the_l2():
     a, b = torch.arange(0, 600, 2), torch.arange(1, 600, 2)
     chosen, rejected = torch.where(utility[a] > utility[b], a, b), torch.where(utility[a] > utility[b], b, a)
     group = torch.arange(300)
-    fit = fit_linear_head(features[:400], chosen[:200], rejected[:200], group[:200], [1e-3, 1e3], folds=4)
+    fit = fit_linear_head(features[:400], chosen[:200], rejected[:200], group[:200], [1e-3, 1e3], folds=4, seed=0)
     assert set(fit["cv_accuracy"]) == {1e-3, 1e3} and fit["l2"] == 1e-3
     assert fit["cv_accuracy"][1e-3] >= 0.85 and fit["train_accuracy"] >= 0.9
     held = ((features[chosen[200:]] - features[rejected[200:]]) @ fit["weight"] > 0).float().mean().item()
@@ -299,13 +299,13 @@ def test_cv_picks_the_l2_by_held_out_log_loss_so_accuracy_ties_and_float_noise_c
     rule took, nor the strongest), and must stay the same when the features get 1e-6 relative noise."""
     features, chosen, rejected, group = noisy_axis_preference()
     l2s = [1e-3, 0.1, 10.0]
-    fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4)
+    fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4, seed=0)
     assert set(fit["cv_accuracy"].values()) == {0.9}, fit["cv_accuracy"]  # the exact tie this test is about
     assert set(fit["cv_log_loss"]) == set(l2s) and fit["l2"] == min(l2s, key=fit["cv_log_loss"].get) == 0.1
     assert fit["cv_log_loss"][0.1] < min(fit["cv_log_loss"][1e-3], fit["cv_log_loss"][10.0]) - 0.01
     for seed in (1, 2):
         noise = 1 + 1e-6 * torch.randn(features.shape, generator=torch.Generator().manual_seed(seed))
-        noisy = fit_linear_head(features * noise, chosen, rejected, group, l2s, folds=4)
+        noisy = fit_linear_head(features * noise, chosen, rejected, group, l2s, folds=4, seed=0)
         assert noisy["l2"] == 0.1
         assert noisy["cv_log_loss"] == pytest.approx(fit["cv_log_loss"], abs=1e-4)
 
@@ -315,7 +315,7 @@ def test_cv_log_loss_within_the_tolerance_counts_as_a_tie_and_the_stronger_l2_wi
     noise, not evidence: they tie, and the stronger one is used whichever order they are listed in."""
     features, chosen, rejected, group = noisy_axis_preference()
     for l2s in ([1e-9, 1e-8], [1e-8, 1e-9]):
-        fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4)
+        fit = fit_linear_head(features, chosen, rejected, group, l2s, folds=4, seed=0)
         assert abs(fit["cv_log_loss"][1e-9] - fit["cv_log_loss"][1e-8]) < 1e-4
         assert fit["l2"] == 1e-8
 
@@ -353,4 +353,4 @@ def test_train_rm_head_only_fits_the_head_and_saves_a_model_that_scores_the_same
         if not name.startswith("score"):
             assert torch.equal(p, sft_params[name]), name
     held = RMDataset(os.path.join(ROOT, "ds/rm_test_ranked.jsonl"), load_tokenizer(out), 96, limit=100, verbose=False)
-    assert evaluate_pairs(model, held, PAD)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)
+    assert evaluate_pairs(model, held, PAD, 64)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)

@@ -27,7 +27,8 @@ def test_a_second_signal_stops_at_once_with_128_plus_signal_and_keeps_the_checkp
     torch.manual_seed(0)
     model = OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
                                      num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128))
-    trainer = SFTTrainer(model, tok, data, None, None, run_config={}, max_new_tokens=8, judge=None,
+    trainer = SFTTrainer(model, tok, data, None, None, run_config={}, max_new_tokens=8, eval_batch_size=64,
+                         judge=None,
                          **trainer_configs(tmp_path, max_steps=5, save_interval=2, batch_size=4))
     original = trainer.compute_loss
 

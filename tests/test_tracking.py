@@ -28,8 +28,9 @@ def test_tensorboard_gets_every_metrics_line_with_the_same_keys(tmp_path):
     tok = load_tokenizer("embedded")
     data = SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=32, verbose=False)
     trainer = SFTTrainer(tiny_model(), tok, data, data, None, run_config={"LR": 3e-3, "X": None}, max_new_tokens=8,
-                         judge=None, **trainer_configs(tmp_path, lr=3e-3, max_steps=4, batch_size=8, eval_interval=2,
-                                                       log_interval=1, log_with="tensorboard"))
+                         eval_batch_size=64, judge=None,
+                         **trainer_configs(tmp_path, lr=3e-3, max_steps=4, batch_size=8, eval_interval=2,
+                                           log_interval=1, log_with="tensorboard"))
     trainer.fit()
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     keys = {k for line in lines for k in line} - {"step", "time"}
@@ -62,5 +63,6 @@ def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path):
     tok = load_tokenizer("embedded")
     data = SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=8, verbose=False)
     with pytest.raises(ConfigError, match="LOG_WITH='tensorbored'"):
-        SFTTrainer(tiny_model(), tok, data, None, None, run_config={}, max_new_tokens=8, judge=None,
+        SFTTrainer(tiny_model(), tok, data, None, None, run_config={}, max_new_tokens=8, eval_batch_size=64,
+                   judge=None,
                    **trainer_configs(tmp_path, max_steps=1, batch_size=4, log_with="tensorbored"))

@@ -44,6 +44,7 @@ class GRPOConfig:
     normalize_scores: bool  # running mean/std normalisation of reward-model scores (before the group's)
     frozen_bf16: bool  # with bf16 autocast: the frozen reference and reward model keep bf16 matrices (PPOConfig)
     close_truncated: bool  # the reward model reads a cut response with EOS appended (PPOConfig)
+    eval_batch_size: int  # held-out prompts per generate call of the evaluation
 
     def __post_init__(self):
         if self.group_size < 2 or self.rollout_batch % self.group_size:

@@ -111,8 +111,8 @@ class OnPolicyTrainer(Trainer):
         self.sampling = dict(do_sample=True, temperature=cfg.temperature)  # the full distribution
         self.reference = reference_for(self.ref)  # policy -> context yielding the reference model
         self.evaluate_policy = Evaluator(self.accelerator, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                                         temperature=cfg.temperature, batch_size=100, judge=judge,
-                                         reward=self.reward, reference=self.reference)
+                                         temperature=cfg.temperature, batch_size=cfg.eval_batch_size,
+                                         judge=judge, reward=self.reward, reference=self.reference)
         self.score_moments, self.last_rows, self.warned_truncation = RunningMoments(), [], False
         self.last_eval = None  # the latest greedy evaluation, rows included (evaluate)
 

@@ -54,6 +54,7 @@ class PPOConfig:
     normalize_scores: bool  # running mean/std normalisation of reward-model scores
     frozen_bf16: bool  # with bf16 autocast: the frozen reference and reward model keep bf16 matrices (half their memory, same numbers)
     close_truncated: bool  # the reward model reads a response cut by max_new_tokens with EOS appended (model/generate.py closed)
+    eval_batch_size: int  # held-out prompts per generate call of the evaluation
 
     def __post_init__(self):
         check_rollout_settings(self)

@@ -1,4 +1,4 @@
-"""Reward model: the pairwise loss over ranked groups, and pairwise accuracy on held-out comparisons.
+"""Reward model: the pairwise loss over ranked groups, and pairwise accuracy on held-out pairs.
 
 A batch is several prompts, each with its K responses; all N responses go through the model in one
 forward pass (each scored once), and every one of the batch's P pairs enters the loss together
@@ -22,26 +22,29 @@ from trainer.base import LoopConfig, OptimConfig, Trainer
 
 
 def pair_scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Score each sequence once, then gather the pairs -> (chosen (P,), rejected (P,), scores (N,))."""
+    """Score every sequence once; gather the pairs -> chosen (P,), rejected (P,), scores (N,)."""
     scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (N,)
-    return scores[batch["chosen_index"]], scores[batch["rejected_index"]], scores  # (P,), (P,), (N,)
+    return scores[batch["chosen_index"]], scores[batch["rejected_index"]], scores
 
 
-def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list, scores: torch.Tensor = None,
-                     types: list = None) -> dict:
-    """accuracy = mean[r_chosen > r_rejected], margin = mean[r_chosen - r_rejected], per pair kind too, and
-    the correctness-only accuracy per task type ('accuracy_correctness/add', ...): where the reward model
-    can tell a right answer from a wrong one, which is where PPO can raise correctness.
-    chosen, rejected: (P,); kinds, types: P labels or None; scores: (N,) every scored sequence."""
+def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list,
+                     scores: torch.Tensor = None, types: list = None) -> dict:
+    """accuracy = mean[r_chosen > r_rejected], margin = mean[r_chosen - r_rejected], per pair kind
+    too, and the correctness-only accuracy per task type ('accuracy_correctness/add', ...): where
+    the reward model can tell a right answer from a wrong one, which is where PPO can raise
+    correctness. chosen, rejected: (P,); kinds, types: P labels or None; scores: (N,) every scored
+    sequence."""
     margin = chosen - rejected  # (P,)
-    out = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(), "pairs": len(margin)}
+    out = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(),
+           "pairs": len(margin)}
     for kind in ("correctness", "format", "trade"):
         sel = torch.tensor([k == kind for k in kinds], dtype=torch.bool)  # (P,)
         if sel.any():
             out[f"accuracy_{kind}"] = (margin[sel] > 0).float().mean().item()
             out[f"pairs_{kind}"] = int(sel.sum())
     for t in sorted({t for t in types or [] if t is not None}):
-        sel = torch.tensor([k == "correctness" and u == t for k, u in zip(kinds, types)], dtype=torch.bool)  # (P,)
+        sel = torch.tensor([k == "correctness" and u == t for k, u in zip(kinds, types)],
+                           dtype=torch.bool)  # (P,)
         if sel.any():
             out[f"accuracy_correctness/{t}"] = (margin[sel] > 0).float().mean().item()
     if scores is not None:
@@ -50,10 +53,11 @@ def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor, kinds: list, 
 
 
 @torch.no_grad()
-def evaluate_pairs(model, dataset, pad_id: int, batch_size: int = 64) -> dict:
-    """Pairwise metrics of `model` over every pair of an RMDataset (batch_size groups at a time)."""
+def evaluate_pairs(model, dataset, pad_id: int, batch_size: int) -> dict:
+    """Pairwise metrics of `model` over every pair of an RMDataset, batch_size groups at a time."""
     device = next(model.parameters()).device
-    items = sorted(dataset.items, key=lambda it: max(map(len, it["sequences"])))  # similar lengths: less padding
+    # similar lengths together: less padding
+    items = sorted(dataset.items, key=lambda it: max(map(len, it["sequences"])))
     chosen, rejected, scores, kinds, types = [], [], [], [], []
     for i in range(0, len(items), batch_size):
         batch = rm_collate(items[i: i + batch_size], pad_id)
@@ -64,23 +68,27 @@ def evaluate_pairs(model, dataset, pad_id: int, batch_size: int = 64) -> dict:
         scores.append(s.cpu())
         kinds += batch["kinds"]
         types += batch["types"]
-    return pairwise_metrics(torch.cat(chosen), torch.cat(rejected), kinds, torch.cat(scores), types)
+    return pairwise_metrics(torch.cat(chosen), torch.cat(rejected), kinds, torch.cat(scores),
+                            types)
 
 
 class RMTrainer(Trainer):
     best_metric = "eval/accuracy"  # out_dir/best keeps the most accurate reward model seen
 
-    def __init__(self, model, tokenizer, train_data, eval_data, *, loop: LoopConfig, optim: OptimConfig,
-                 run_config: dict, eval_batch_size: int):
-        super().__init__(model, train_data, lambda items: rm_collate(items, tokenizer.pad_token_id), loop=loop,
+    def __init__(self, model, tokenizer, train_data, eval_data, *, loop: LoopConfig,
+                 optim: OptimConfig, run_config: dict, eval_batch_size: int):
+        pad_id = tokenizer.pad_token_id
+        super().__init__(model, train_data, lambda items: rm_collate(items, pad_id), loop=loop,
                          optim=optim, run_config=run_config)
-        self.tokenizer, self.eval_data, self.eval_batch_size = tokenizer, eval_data, eval_batch_size
+        self.tokenizer, self.eval_data = tokenizer, eval_data
+        self.eval_batch_size = eval_batch_size  # comparison groups per evaluation forward pass
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         chosen, rejected, _ = pair_scores(self.model, batch)  # (P,), (P,)
         with torch.no_grad():
             margin = (chosen - rejected).float()  # (P,)
-        metrics = {"train/accuracy": (margin > 0).float().mean().item(), "train/margin": margin.mean().item()}
+        metrics = {"train/accuracy": (margin > 0).float().mean().item(),
+                   "train/margin": margin.mean().item()}
         return pairwise_loss(chosen, rejected), metrics
 
     def loss_weight(self, batch: dict) -> float:
@@ -90,50 +98,58 @@ class RMTrainer(Trainer):
     def evaluate(self) -> dict:
         if self.eval_data is None:
             return {}
-        return evaluate_pairs(self.model, self.eval_data, self.tokenizer.pad_token_id, self.eval_batch_size)
+        return evaluate_pairs(self.model, self.eval_data, self.tokenizer.pad_token_id,
+                              self.eval_batch_size)
 
 
-# --- Head only: a frozen backbone's features, the scalar head fitted by logistic regression ---------
-# With the backbone frozen, the score is w . h, where h is the backbone's final hidden state at the last
-# non-pad token. The pairwise loss -log sigmoid(w . (h_chosen - h_rejected)) is then a logistic regression
-# on feature differences: compute h once for every sequence, fit w with L2 regularisation (its strength
-# picked by cross-validation on the training pairs), and write w into the model's score head. On 2 CPU
-# cores this costs one forward pass over the data instead of many training epochs through the backbone.
+# --- Head only: a frozen backbone's features, the scalar head fitted by logistic regression
+# --------- With the backbone frozen, the score is w . h, where h is the backbone's final hidden
+# state at the last non-pad token. The pairwise loss -log sigmoid(w . (h_chosen - h_rejected)) is
+# then a logistic regression on feature differences: compute h once for every sequence, fit w with
+# L2 regularisation (its strength picked by cross-validation on the training pairs), and write w
+# into the model's score head. On 2 CPU cores this costs one forward pass over the data instead of
+# many training epochs through the backbone.
 
 
 @torch.no_grad()
-def last_token_features(model, dataset, pad_id: int, batch_size: int = 16) -> tuple:
+def last_token_features(model, dataset, pad_id: int, batch_size: int) -> tuple:
     """What the score head reads, for every sequence of an RMDataset.
 
-    Returns features (N, H) float32 (the backbone's final hidden state at each sequence's last token),
-    chosen and rejected (P,) row indices of the pairs, and group (P,) the group each pair comes from."""
+    Returns features (N, H) float32 (the backbone's final hidden state at each sequence's last
+    token), chosen and rejected (P,) row indices of the pairs, and group (P,) the group each pair
+    comes from."""
     backbone = getattr(model, model.base_model_prefix)
     device = next(model.parameters()).device
     flat = flatten_groups(dataset.items)
     seqs = flat["sequences"]
-    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))  # similar lengths per batch: less padding
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))  # similar lengths: less padding
     features = None
     for i in range(0, len(order), batch_size):
         rows = order[i: i + batch_size]
         ids = pad([seqs[k] for k in rows], pad_id).to(device)  # (B, T), right-padded
         mask = pad([[1] * len(seqs[k]) for k in rows], 0).to(device)  # (B, T)
-        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).last_hidden_state
-        last = hidden[torch.arange(len(rows), device=device), mask.sum(-1) - 1].float().cpu()  # (B, H)
+        hidden = backbone(input_ids=ids, attention_mask=mask,
+                          position_ids=position_ids_for(mask)).last_hidden_state  # (B, T, H)
+        last = hidden[torch.arange(len(rows), device=device), mask.sum(-1) - 1]  # (B, H)
+        last = last.float().cpu()
         if features is None:
             features = torch.zeros(len(seqs), last.shape[-1])
         features[rows] = last
-    return features, torch.tensor(flat["chosen"]), torch.tensor(flat["rejected"]), torch.tensor(flat["group"])
+    return (features, torch.tensor(flat["chosen"]), torch.tensor(flat["rejected"]),
+            torch.tensor(flat["group"]))
 
 
 def logistic_fit(diff: torch.Tensor, l2: float, max_iter: int = 200) -> torch.Tensor:
-    """w minimising mean(-log sigmoid(diff @ w)) + l2 * |w|^2 (L-BFGS, full batch).  diff: (P, H) -> (H,)"""
+    """w minimising mean(-log sigmoid(diff @ w)) + l2 * |w|^2 (L-BFGS, full batch).
+    diff: (P, H) -> (H,)"""
     w = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
     diff = diff.double()
     opt = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = pairwise_loss(diff @ w, torch.zeros(len(diff), dtype=diff.dtype)) + l2 * (w * w).sum()
+        zeros = torch.zeros(len(diff), dtype=diff.dtype)  # the pairwise loss of diff @ w against 0
+        loss = pairwise_loss(diff @ w, zeros) + l2 * (w * w).sum()
         loss.backward()
         return loss
 
@@ -141,21 +157,24 @@ def logistic_fit(diff: torch.Tensor, l2: float, max_iter: int = 200) -> torch.Te
     return w.detach().float()
 
 
-def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5, seed: int = 0,
+def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int, seed: int,
                     tie_tol: float = 1e-4) -> dict:
-    """Fit the score head w on frozen features. The L2 strength is the one with the lowest `folds`-fold
-    cross-validated log-loss, the mean of -log sigmoid(margin) over held-out pairs (folds split by group:
-    pairs of one ranking stay together); strengths within `tie_tol` of the lowest tie, and the strongest
-    wins. Not accuracy: it moves in steps of one pair, so on HH three strengths tied exactly and float-level
-    noise in the bf16 features flipped the pick.
+    """Fit the score head w on frozen features. The L2 strength is the one with the lowest
+    `folds`-fold cross-validated log-loss, the mean of -log sigmoid(margin) over held-out pairs
+    (folds split by group: pairs of one ranking stay together); strengths within `tie_tol` of the
+    lowest tie, and the strongest wins. Not accuracy: it moves in steps of one pair, so on HH three
+    strengths tied exactly and float-level noise in the bf16 features flipped the pick.
 
     Features are standardised for the fit, so the returned raw-feature weight is w / std. Returns
-    {'weight' (H,), 'l2', 'cv_log_loss' {l2: loss}, 'cv_accuracy' {l2: accuracy}, 'train_accuracy', 'train_loss'}."""
+    {'weight' (H,), 'l2', 'cv_log_loss' {l2: loss}, 'cv_accuracy' {l2: accuracy}, 'train_accuracy',
+    'train_loss'}."""
     std = features.std(0) + 1e-4  # (H,)
     diff = (features[chosen] - features[rejected]) / std  # (P, H)
     num_groups = int(group.max()) + 1  # groups are numbered 0..G-1
-    fold_of = torch.empty(num_groups, dtype=torch.long)  # each group to one fold, in a seeded random order
-    fold_of[torch.randperm(num_groups, generator=torch.Generator().manual_seed(seed))] = torch.arange(num_groups) % folds
+    # each group to one fold, in a seeded random order
+    fold_of = torch.empty(num_groups, dtype=torch.long)
+    shuffled = torch.randperm(num_groups, generator=torch.Generator().manual_seed(seed))
+    fold_of[shuffled] = torch.arange(num_groups) % folds
     pair_fold = fold_of[group]  # (P,)
     cv_loss, cv_accuracy = {}, {}
     for l2 in l2s:
@@ -167,7 +186,8 @@ def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5
             right += (margin > 0).sum().item()
         cv_loss[l2], cv_accuracy[l2] = loss_sum / len(diff), right / len(diff)
     lowest = min(cv_loss.values())
-    best = max(l2 for l2 in l2s if cv_loss[l2] <= lowest + tie_tol)  # ties: the strongest regularisation
+    # ties: the strongest regularisation
+    best = max(l2 for l2 in l2s if cv_loss[l2] <= lowest + tie_tol)
     w = logistic_fit(diff, best)
     margin = diff @ w
     return {"weight": w / std, "l2": best, "cv_log_loss": cv_loss, "cv_accuracy": cv_accuracy,
@@ -175,11 +195,12 @@ def fit_linear_head(features, chosen, rejected, group, l2s: list, folds: int = 5
             "train_loss": pairwise_loss(margin, torch.zeros_like(margin)).item()}
 
 
-def fit_head(model, train, eval_data, pad_id: int, l2s: list, folds: int, seed: int, batch_size: int,
-             bf16: bool = False, log=print) -> tuple[dict, dict, dict]:
-    """The head of a frozen reward model by logistic regression on its last-token features; the head
-    is written into `model.score`. Returns (fit from fit_linear_head, before, after), where before and
-    after are the pairwise metrics of `eval_data` under the untrained and the fitted head ({} if None)."""
+def fit_head(model, train, eval_data, pad_id: int, l2s: list, folds: int, seed: int,
+             batch_size: int, bf16: bool, log=print) -> tuple[dict, dict, dict]:
+    """The head of a frozen reward model by logistic regression on its last-token features; the
+    head is written into `model.score`. Returns (fit from fit_linear_head, before, after), where
+    before and after are the pairwise metrics of `eval_data` under the untrained and the fitted
+    head ({} if None)."""
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = time.time()
@@ -187,7 +208,8 @@ def fit_head(model, train, eval_data, pad_id: int, l2s: list, folds: int, seed: 
         features, chosen, rejected, group = last_token_features(model, train, pad_id, batch_size)
     log(f"features of {len(features)} training sequences: {time.time() - start:.0f} s")
     fit = fit_linear_head(features, chosen, rejected, group, l2s, folds, seed)
-    cv = ", ".join(f"{k:g}: {v:.4f} / {fit['cv_accuracy'][k]:.4f}" for k, v in fit["cv_log_loss"].items())
+    cv = ", ".join(f"{k:g}: {v:.4f} / {fit['cv_accuracy'][k]:.4f}"
+                   for k, v in fit["cv_log_loss"].items())
     log(f"cross-validated log-loss / accuracy by L2: {cv}; using {fit['l2']:g} "
         f"(training accuracy {fit['train_accuracy']:.4f})")
     before, after = {}, {}
@@ -195,16 +217,19 @@ def fit_head(model, train, eval_data, pad_id: int, l2s: list, folds: int, seed: 
         with autocast:
             ev, c, r, _ = last_token_features(model, eval_data, pad_id, batch_size)
         flat = flatten_groups(eval_data.items)
-        lengths = torch.tensor([len(q) - p for q, p in zip(flat["sequences"], flat["prompt_lengths"])],
-                               dtype=torch.float)
-        fresh = model.score.weight.detach().float().cpu()[0]  # the untrained head, for the before figure
+        lengths = torch.tensor([len(q) - p for q, p in zip(flat["sequences"],
+                                                           flat["prompt_lengths"])],
+                               dtype=torch.float)  # (N,) response tokens
+        fresh = model.score.weight.detach().float().cpu()[0]  # the untrained head (before)
         before = pairwise_metrics(ev[c] @ fresh, ev[r] @ fresh, flat["kinds"])
         w = fit["weight"]
         after = pairwise_metrics(ev[c] @ w, ev[r] @ w, flat["kinds"], ev @ w, flat["types"])
         margin = (ev[c] - ev[r]) @ w  # (P,)
-        after["length_corr"] = torch.corrcoef(torch.stack([margin, lengths[c] - lengths[r]]))[0, 1].item()
-        log(f"held-out accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} ({after['pairs']} pairs); "
-            f"correlation of the margin with the length difference {after['length_corr']:+.3f}")
+        both = torch.stack([margin, lengths[c] - lengths[r]])  # (2, P)
+        after["length_corr"] = torch.corrcoef(both)[0, 1].item()
+        log(f"held-out accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} "
+            f"({after['pairs']} pairs); correlation of the margin with the length difference "
+            f"{after['length_corr']:+.3f}")
     with torch.no_grad():
         model.score.weight.copy_(fit["weight"][None].to(device))
         if getattr(model.score, "bias", None) is not None:

@@ -1,8 +1,8 @@
 """SFT: next-token loss on the response tokens (and EOS) of instruction demonstrations.
 
-Evaluation: the held-out loss on demonstrations, and the task judge's mean score of greedy answers to
-held-out prompts (what a labeller would think of the model, not just how well it imitates), by the
-Evaluator every stage uses (trainer/evaluate.py).
+Evaluation: the held-out loss on demonstrations, and the task judge's mean score of greedy answers
+to held-out prompts (what a labeller would think of the model, not just how well it imitates), by
+the Evaluator every stage uses (trainer/evaluate.py).
 """
 import torch
 
@@ -13,35 +13,40 @@ from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.dist import reduce_sum, shard
 from trainer.evaluate import Evaluator, Judge
 
-EVAL_BATCH_SIZE = 64  # rows per forward pass / generate call of the evaluation (memory, not a result)
-
 
 def supervised_span(labels: torch.Tensor) -> int:
-    """How many final positions of a (B, T) label batch the loss needs logits for: from the position before
-    the batch's first supervised label to the end. Prompt tokens before it (in every row) need no logits;
-    with a 50k vocabulary their LM-head product and softmax were a large share of a step."""
+    """How many final positions of a (B, T) label batch the loss needs logits for: from the
+    position before the batch's first supervised label to the end. Prompt tokens before it (in
+    every row) need no logits; with a 50k vocabulary their LM-head product and softmax were a large
+    share of a step."""
     supervised = (labels != -100).any(0).nonzero()
     first = int(supervised[0]) if len(supervised) else labels.size(1) - 1
     return labels.size(1) - max(first - 1, 0)
 
 
 class SFTTrainer(Trainer):
-    """eval_data: an SFTDataset (held-out loss) or None; eval_prompts: PromptDataset items answered greedily
-    and judged by judge(row, response) (the task's), or None."""
+    """eval_data: an SFTDataset (held-out loss) or None; eval_prompts: PromptDataset items answered
+    greedily and judged by judge(row, response) (the task's), or None. eval_batch_size:
+    demonstrations per forward pass of the held-out loss and prompts per generate call."""
 
-    def __init__(self, model, tokenizer, train_data, eval_data, eval_prompts, *, loop: LoopConfig, optim: OptimConfig,
-                 run_config: dict, max_new_tokens: int, judge: Judge):
-        super().__init__(model, train_data, lambda items: sft_collate(items, tokenizer.pad_token_id), loop=loop,
+    def __init__(self, model, tokenizer, train_data, eval_data, eval_prompts, *, loop: LoopConfig,
+                 optim: OptimConfig, run_config: dict, max_new_tokens: int, eval_batch_size: int,
+                 judge: Judge):
+        pad_id = tokenizer.pad_token_id
+        super().__init__(model, train_data, lambda items: sft_collate(items, pad_id), loop=loop,
                          optim=optim, run_config=run_config)
-        self.tokenizer, self.eval_data, self.eval_prompts, self.eval_batch_size = tokenizer, eval_data, eval_prompts, EVAL_BATCH_SIZE
-        self.evaluate_answers = Evaluator(self.accelerator, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0,
-                                          batch_size=EVAL_BATCH_SIZE, judge=judge)
+        self.tokenizer, self.eval_data, self.eval_prompts = tokenizer, eval_data, eval_prompts
+        self.eval_batch_size = eval_batch_size
+        self.evaluate_answers = Evaluator(self.accelerator, tokenizer,
+                                          max_new_tokens=max_new_tokens, temperature=1.0,
+                                          batch_size=eval_batch_size, judge=judge)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         labels = batch["labels"]  # (B, T)
         keep = supervised_span(labels)  # the last `keep` positions hold every logit the loss reads
+        # (B, keep, V): the LM head skips the prompt span every row shares
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            logits_to_keep=keep).logits  # (B, keep, V): the LM head skips the shared prompt span
+                            logits_to_keep=keep).logits
         return lm_loss(text_logits(logits, labels[:, -keep:]), labels[:, -keep:]), {}
 
     def loss_weight(self, batch: dict) -> float:
@@ -52,11 +57,13 @@ class SFTTrainer(Trainer):
         """Mean loss over supervised tokens of the held-out demonstrations (token-weighted; the
         batches are shared out over the ranks and the sums all-reduced)."""
         total, count, model = 0.0, 0, self.unwrap(self.model)
-        starts, real = shard(self.accelerator, list(range(0, len(self.eval_data), self.eval_batch_size)))
-        for j, i in enumerate(starts):  # same count on every rank; the top-up copies (j >= real) do not count
-            batch = sft_collate(self.eval_data.items[i: i + self.eval_batch_size], self.tokenizer.pad_token_id)
+        size = self.eval_batch_size
+        starts, real = shard(self.accelerator, list(range(0, len(self.eval_data), size)))
+        for j, i in enumerate(starts):  # the same count on every rank; top-ups (j >= real) add 0
+            batch = sft_collate(self.eval_data.items[i: i + size], self.tokenizer.pad_token_id)
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
             logits = text_logits(logits, batch["input_ids"])  # (B, T, V)
             n = int((batch["labels"][:, 1:] != -100).sum()) if j < real else 0
             total, count = total + lm_loss(logits, batch["labels"]).item() * n, count + n
@@ -68,6 +75,7 @@ class SFTTrainer(Trainer):
         if self.eval_data is not None:
             out["loss"] = self.eval_loss()
         if self.eval_prompts:
-            answers = self.evaluate_answers(self.unwrap(self.model), self.eval_prompts, do_sample=False)  # greedy
+            answers = self.evaluate_answers(self.unwrap(self.model), self.eval_prompts,
+                                            do_sample=False)
             out.update({k: answers[k] for k in ("gold_score", "correct", "format")})
         return out
