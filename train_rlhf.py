@@ -13,6 +13,7 @@ ppo_curves.png. GRPO (--algo grpo) drops the critic: the other samples of the sa
 baseline.
 """
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -110,9 +111,10 @@ _DEFAULTS = {k: v for k, v in globals().items() if k.isupper()}  # before the co
 config = configure(globals())
 # PPO's settings that GRPO has no use for: changing one under ALGO='grpo' is an error, not silently
 # ignored
-_PPO_ONLY = ("BETA", "TARGET_KL", "KL_HORIZON", "PTX_COEF", "PTX_BATCH", "PTX_DATA", "CRITIC_LR",
-             "CRITIC_INIT", "VALUE_CLIP", "GAMMA", "LAM")
-_GRPO_ONLY = ("GROUP_SIZE", "GRPO_BETA", "GRPO_LOSS", "GRPO_STD_SCALE")
+_PPO_FIELDS = {f.name.upper() for f in dataclasses.fields(PPOConfig)}
+_GRPO_FIELDS = {f.name.upper() for f in dataclasses.fields(GRPOConfig)}
+_PPO_ONLY = sorted(_PPO_FIELDS - _GRPO_FIELDS) + ["PTX_DATA", "CRITIC_INIT"]  # + what the script reads for PPO
+_GRPO_ONLY = sorted(_GRPO_FIELDS - _PPO_FIELDS)
 sft_eval_settings = SFTEvalSettings.from_settings(config)  # as given: BF16 may still be 'auto'
 
 

@@ -18,6 +18,7 @@ machine gave. "model GFLOP/s" counts 6 N FLOP per padded token (N = the paramete
 tied LM head included).
 Prints a table and writes OUT_DIR/results.json.
 """
+
 import json
 import os
 import subprocess
@@ -27,9 +28,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.probe import describe, probe  # noqa: E402
 from bench.throughput_parts import build_model, row, without_runs  # noqa: E402
 from bench.throughput_stages import STAGES  # noqa: E402
+
 # noqa: E402
-from utils import (ConfigError, UserError, configure, peak_rss_mb, quiet_transformers, run_main,
-                   seed_everything, write_json)
+from utils import (
+    ConfigError,
+    UserError,
+    configure,
+    peak_rss_mb,
+    quiet_transformers,
+    run_main,
+    seed_everything,
+    write_json,
+)
 
 RUNS = "sft-fp32,sft-fp32+group,sft-bf16,sft-bf16+group,rm-fp32,rm-bf16,rm-bf16+group,ppo-fp32,ppo-bf16,ppo-bf16+frozen_bf16+group,ppo-bf16+frozen_bf16+group+ckpt"
 TOKENIZER = ""  # required: SmolLM2-135M-Instruct's GGUF file, whose tokenizer tokenizes the data
@@ -92,8 +102,10 @@ def main() -> None:
         parse_run(run)
     for name, path in (("alpaca", ALPACA), ("hh", HH)):
         if not path or not os.path.exists(path):
-            raise ConfigError(f"--{name} {path!r}: not found (give the path of the file: "
-                              "see the usage at the top of bench/bench_throughput.py)")
+            raise ConfigError(
+                f"--{name} {path!r}: not found (give the path of the file: "
+                "see the usage at the top of bench/bench_throughput.py)"
+            )
     quiet_transformers()
     build_model(OUT_DIR, TOKENIZER)
     path = os.path.join(OUT_DIR, "results.json")

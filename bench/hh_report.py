@@ -30,76 +30,36 @@ def main() -> None:
     summary = json.load(open(os.path.join(RUN_DIR, "summary.json")))
     tokenizer = load_tokenizer(RUN_DIR, "RUN_DIR")
     sft, rlhf = [r["sft"] for r in rows], [r["rlhf"] for r in rows]
-    judged = win_rate(
-        outcomes(
-            [r["gold"] for r in sft],
-            [r["gold"] for r in rlhf],
-            [r["response"] for r in sft],
-            [r["response"] for r in rlhf],
-        ),
-        BOOTSTRAP,
-        SEED,
-    )
-    proxy = win_rate(
-        outcomes(
-            [r["reward"] for r in sft],
-            [r["reward"] for r in rlhf],
-            [r["response"] for r in sft],
-            [r["response"] for r in rlhf],
-        ),
-        BOOTSTRAP,
-        SEED,
-    )
+    judged = win_rate(outcomes([r["gold"] for r in sft], [r["gold"] for r in rlhf], [r["response"] for r in sft],
+                               [r["response"] for r in rlhf]), BOOTSTRAP, SEED)
+    proxy = win_rate(outcomes([r["reward"] for r in sft], [r["reward"] for r in rlhf], [r["response"] for r in sft],
+                              [r["response"] for r in rlhf]), BOOTSTRAP, SEED)
     mean = lambda xs: sum(xs) / len(xs)
-    n_tokens = lambda answers: [
-        len(tokenizer(a["response"], add_special_tokens=False)["input_ids"]) for a in answers
-    ]
+    n_tokens = lambda answers: [len(tokenizer(a["response"], add_special_tokens=False)["input_ids"]) for a in answers]
     length = lambda answers: mean(n_tokens(answers))
-    report = {
-        "prompts": len(rows),
-        "judge_win_rate": judged,
-        "proxy_win_rate": proxy,
-        "judge_mean": {
-            "sft": mean([r["gold"] for r in sft]),
-            "rlhf": mean([r["gold"] for r in rlhf]),
-        },
-        "proxy_mean": {
-            "sft": mean([r["reward"] for r in sft]),
-            "rlhf": mean([r["reward"] for r in rlhf]),
-        },
-        "kl_sampled": summary.get("kl"),
-        "kl_greedy": summary.get("kl_greedy"),
-        "mean_length_tokens": {"sft": length(sft), "rlhf": length(rlhf)},
-        "iterations": summary.get("iterations"),
-        "agreement": agreement(sft, rlhf, n_tokens(sft), n_tokens(rlhf)),
-    }
+    report = {"prompts": len(rows), "judge_win_rate": judged, "proxy_win_rate": proxy,
+              "judge_mean": {"sft": mean([r["gold"] for r in sft]), "rlhf": mean([r["gold"] for r in rlhf])},
+              "proxy_mean": {"sft": mean([r["reward"] for r in sft]), "rlhf": mean([r["reward"] for r in rlhf])},
+              "kl_sampled": summary.get("kl"), "kl_greedy": summary.get("kl_greedy"),
+              "mean_length_tokens": {"sft": length(sft), "rlhf": length(rlhf)}, "iterations": summary.get("iterations"),
+              "agreement": agreement(sft, rlhf, n_tokens(sft), n_tokens(rlhf))}
     write_json(os.path.join(RUN_DIR, "report.json"), report)
     j, p = judged, proxy
     print(f"{len(rows)} held-out HH prompts, greedy answers, RLHF vs SFT")
-    print(
-        f"judge RM win rate {j['win_rate']:.3f} [{j['ci95'][0]:.3f}, {j['ci95'][1]:.3f}] "
-        f"({j['b_wins']} wins / {j['ties']} ties / {j['a_wins']} losses); proxy RM win rate {p['win_rate']:.3f} "
-        f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]"
-    )
-    print(
-        f"judge mean {report['judge_mean']['sft']:+.3f} -> {report['judge_mean']['rlhf']:+.3f}; proxy mean "
-        f"{report['proxy_mean']['sft']:+.3f} -> {report['proxy_mean']['rlhf']:+.3f}; KL {report['kl_sampled']:.2f} nats "
-        f"(sampled); reply length {report['mean_length_tokens']['sft']:.1f} -> {report['mean_length_tokens']['rlhf']:.1f} tokens"
-    )
+    print(f"judge RM win rate {j['win_rate']:.3f} [{j['ci95'][0]:.3f}, {j['ci95'][1]:.3f}] "
+          f"({j['b_wins']} wins / {j['ties']} ties / {j['a_wins']} losses); proxy RM win rate {p['win_rate']:.3f} "
+          f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]")
+    print(f"judge mean {report['judge_mean']['sft']:+.3f} -> {report['judge_mean']['rlhf']:+.3f}; proxy mean "
+          f"{report['proxy_mean']['sft']:+.3f} -> {report['proxy_mean']['rlhf']:+.3f}; KL {report['kl_sampled']:.2f} nats "
+          f"(sampled); reply length {report['mean_length_tokens']['sft']:.1f} -> {report['mean_length_tokens']['rlhf']:.1f} tokens")
     a = report["agreement"]
-    print(
-        f"proxy-judge correlation of scores: SFT answers {a['proxy_judge_sft']:+.2f}, RLHF answers "
-        f"{a['proxy_judge_rlhf']:+.2f}, per-prompt change SFT -> RLHF {a['proxy_judge_change']:+.2f}; with reply "
-        f"length: proxy {a['proxy_length']:+.2f}, judge {a['judge_length']:+.2f}"
-    )
+    print(f"proxy-judge correlation of scores: SFT answers {a['proxy_judge_sft']:+.2f}, RLHF answers "
+          f"{a['proxy_judge_rlhf']:+.2f}, per-prompt change SFT -> RLHF {a['proxy_judge_change']:+.2f}; with reply "
+          f"length: proxy {a['proxy_length']:+.2f}, judge {a['judge_length']:+.2f}")
     for row in rows[:SHOW]:
         print(f"\nprompt (last turn): {row['sft']['input'] or row['prompt'][-200:]!r}")
-        print(
-            f"  SFT  (judge {row['sft']['gold']:+.2f}, proxy {row['sft']['reward']:+.2f}): {row['sft']['response']!r}"
-        )
-        print(
-            f"  RLHF (judge {row['rlhf']['gold']:+.2f}, proxy {row['rlhf']['reward']:+.2f}): {row['rlhf']['response']!r}"
-        )
+        print(f"  SFT  (judge {row['sft']['gold']:+.2f}, proxy {row['sft']['reward']:+.2f}): {row['sft']['response']!r}")
+        print(f"  RLHF (judge {row['rlhf']['gold']:+.2f}, proxy {row['rlhf']['reward']:+.2f}): {row['rlhf']['response']!r}")
     if PLOT != "none":
         plot(os.path.join(RUN_DIR, "metrics.jsonl"), PLOT)
         print(f"\nwrote {PLOT}")
@@ -112,16 +72,11 @@ def agreement(sft: list, rlhf: list, sft_len: list, rlhf_len: list) -> dict:
     in tokens, over both sets of answers."""
     from statistics import correlation
     proxy, judge = [a["reward"] for a in sft + rlhf], [a["gold"] for a in sft + rlhf]
-    return {
-        "proxy_judge_sft": correlation([a["reward"] for a in sft], [a["gold"] for a in sft]),
-        "proxy_judge_rlhf": correlation([a["reward"] for a in rlhf], [a["gold"] for a in rlhf]),
-        "proxy_judge_change": correlation(
-            [b["reward"] - a["reward"] for a, b in zip(sft, rlhf)],
-            [b["gold"] - a["gold"] for a, b in zip(sft, rlhf)],
-        ),
-        "proxy_length": correlation(proxy, sft_len + rlhf_len),
-        "judge_length": correlation(judge, sft_len + rlhf_len),
-    }
+    return {"proxy_judge_sft": correlation([a["reward"] for a in sft], [a["gold"] for a in sft]),
+            "proxy_judge_rlhf": correlation([a["reward"] for a in rlhf], [a["gold"] for a in rlhf]),
+            "proxy_judge_change": correlation([b["reward"] - a["reward"] for a, b in zip(sft, rlhf)],
+                                              [b["gold"] - a["gold"] for a, b in zip(sft, rlhf)]),
+            "proxy_length": correlation(proxy, sft_len + rlhf_len), "judge_length": correlation(judge, sft_len + rlhf_len)}
 
 
 def plot(metrics_path: str, out: str) -> None:
@@ -134,49 +89,20 @@ def plot(metrics_path: str, out: str) -> None:
     evals = [l for l in lines if "eval/gold_score" in l]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     def smooth(xs, k=4):  # mean of the last k rollouts: one rollout is 16 prompts, and noisy
-        return [
-            sum(xs[max(0, i - k + 1) : i + 1]) / len(xs[max(0, i - k + 1) : i + 1])
-            for i in range(len(xs))
-        ]
+        return [sum(xs[max(0, i - k + 1): i + 1]) / len(xs[max(0, i - k + 1): i + 1]) for i in range(len(xs))]
 
     steps = [l["step"] for l in train]
-    for key, label, color in (
-        ("ppo/score", "proxy RM (optimised)", "tab:blue"),
-        ("ppo/gold_score", "judge RM (held out)", "tab:red"),
-    ):
+    for key, label, color in (("ppo/score", "proxy RM (optimised)", "tab:blue"), ("ppo/gold_score", "judge RM (held out)", "tab:red")):
         ys = [l[key] - train[0][key] for l in train]
         left.plot(steps, ys, color=color, alpha=0.25)
         left.plot(steps, smooth(ys), label=f"{label}, mean of 4", color=color)
     for key, color in (("eval/reward", "tab:blue"), ("eval/gold_score", "tab:red")):
-        left.plot(
-            [l["step"] for l in evals],
-            [l[key] - evals[0][key] for l in evals],
-            "o--",
-            color=color,
-            alpha=0.6,
-        )
-    left.set(
-        xlabel="PPO iteration",
-        ylabel="score - first value",
-        title="rollouts (lines), held-out greedy (dots)",
-    )
+        left.plot([l["step"] for l in evals], [l[key] - evals[0][key] for l in evals], "o--", color=color, alpha=0.6)
+    left.set(xlabel="PPO iteration", ylabel="score - first value", title="rollouts (lines), held-out greedy (dots)")
     left.legend(fontsize=8)
-    for key, label, color in (
-        ("ppo/gold_score", "judge RM", "tab:red"),
-        ("ppo/score", "proxy RM", "tab:blue"),
-    ):
-        right.scatter(
-            [l["ppo/kl"] for l in train],
-            [l[key] - train[0][key] for l in train],
-            color=color,
-            label=label,
-            s=14,
-        )
-    right.set(
-        xlabel="KL to SFT (nats / response, rollouts)",
-        ylabel="score - first value",
-        title="score against KL",
-    )
+    for key, label, color in (("ppo/gold_score", "judge RM", "tab:red"), ("ppo/score", "proxy RM", "tab:blue")):
+        right.scatter([l["ppo/kl"] for l in train], [l[key] - train[0][key] for l in train], color=color, label=label, s=14)
+    right.set(xlabel="KL to SFT (nats / response, rollouts)", ylabel="score - first value", title="score against KL")
     right.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -1,5 +1,6 @@
 """The pieces of bench/bench_throughput.py that read none of its settings: the model it measures, the
 timing of training steps, and the table row of a result."""
+
 import dataclasses
 import os
 import time
@@ -17,12 +18,15 @@ def build_model(out_dir: str, tokenizer_file: str) -> str:
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     if not tokenizer_file or not os.path.exists(tokenizer_file):
-        raise ConfigError(f"--tokenizer {tokenizer_file!r}: not found (give the path of the "
-                          "SmolLM2-135M-Instruct GGUF file)")
+        raise ConfigError(
+            f"--tokenizer {tokenizer_file!r}: not found (give the path of the "
+            "SmolLM2-135M-Instruct GGUF file)"
+        )
     from transformers import AutoTokenizer, OPTForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_file),
-                                              gguf_file=os.path.basename(tokenizer_file))
+    tokenizer = AutoTokenizer.from_pretrained(
+        os.path.dirname(tokenizer_file), gguf_file=os.path.basename(tokenizer_file)
+    )
     cfg = opt125m_config()
     cfg.dropout = 0.1  # facebook/opt-125m's config (attention and activation dropout are 0.0 there)
     cfg.bos_token_id, cfg.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -43,9 +47,7 @@ def matmul_params(model) -> int:
 def known_fields(cls, **values):
     """cls(**values) without the values cls has no field for (so the benchmark also runs against
     trainers whose configs have fewer fields)."""
-    return cls(
-        **{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}}
-    )
+    return cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 
 def timed_steps(trainer, warmup: int, steps: int, count, on_timed_start=lambda: None) -> dict:

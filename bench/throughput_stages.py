@@ -1,6 +1,7 @@
 """The runs of bench/bench_throughput.py, one function per stage: each builds the stage's models and
 trainer on the opt-125m architecture, times its training steps and returns the figures. `s` holds the
 benchmark's resolved settings (its constants after the command-line overrides)."""
+
 import copy
 import time
 
@@ -73,12 +74,7 @@ def run_rm(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> di
     tokenizer = load_tokenizer(model_dir)
     model = load_reward_model(model_dir, tokenizer.pad_token_id)
     data = RMDataset(
-        s["HH"],
-        tokenizer,
-        s["MAX_LEN"],
-        on_mismatch="common_prefix",
-        limit=s["DATA_ROWS"],
-        verbose=False,
+        s["HH"], tokenizer, s["MAX_LEN"], on_mismatch="common_prefix", limit=s["DATA_ROWS"], verbose=False
     )
     trainer = RMTrainer(
         model,
@@ -93,12 +89,18 @@ def run_rm(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> di
 
     def count(i):
         batch = trainer.get_batch(i)
-        return {"pairs": len(batch["chosen_index"]), "tokens": int(batch["attention_mask"].sum()),
-                "padded_tokens": batch["attention_mask"].numel()}
+        return {
+            "pairs": len(batch["chosen_index"]),
+            "tokens": int(batch["attention_mask"].sum()),
+            "padded_tokens": batch["attention_mask"].numel(),
+        }
 
     r = timed_steps(trainer, s["WARMUP"], s["RM_STEPS"], count)
-    r.update(pairs_per_s=r["pairs"] / r["seconds"], tokens_per_s=r["tokens"] / r["seconds"],
-             matmul_params=matmul_params(model))
+    r.update(
+        pairs_per_s=r["pairs"] / r["seconds"],
+        tokens_per_s=r["tokens"] / r["seconds"],
+        matmul_params=matmul_params(model),
+    )
     r["model_gflops"] = 6 * r["matmul_params"] * r["padded_tokens"] / r["seconds"] / 1e9
     return r
 
@@ -111,9 +113,7 @@ def run_ppo(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> d
     ref = copy.deepcopy(actor)
     critic = load_reward_model(model_dir, tokenizer.pad_token_id)
     reward_model = load_reward_model(model_dir, tokenizer.pad_token_id)
-    prompts = PromptDataset(
-        s["ALPACA"], tokenizer, s["MAX_PROMPT_LEN"], limit=s["DATA_ROWS"], verbose=False
-    )
+    prompts = PromptDataset(s["ALPACA"], tokenizer, s["MAX_PROMPT_LEN"], limit=s["DATA_ROWS"], verbose=False)
     cfg = known_fields(
         PPOConfig,
         actor_lr=1e-6,
@@ -165,6 +165,7 @@ def run_ppo(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> d
             out = fn(*args, **kwargs)
             phases[name] += time.perf_counter() - start
             return out
+
         return wrapper
 
     sample = ppo_module.sample_responses
@@ -195,9 +196,13 @@ def run_ppo(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> d
     )
     ppo_module.sample_responses = sample
     n = s["PPO_ITERATIONS"]
-    r.update(seconds_per_iteration=r["seconds"] / n, generate_s=phases["generate"] / n,
-             score_s=(phases["experience"] - phases["generate"]) / n, learn_s=phases["learn"] / n,
-             sequence_shapes=lengths)
+    r.update(
+        seconds_per_iteration=r["seconds"] / n,
+        generate_s=phases["generate"] / n,
+        score_s=(phases["experience"] - phases["generate"]) / n,
+        learn_s=phases["learn"] / n,
+        sequence_shapes=lengths,
+    )
     return r
 
 

@@ -29,18 +29,8 @@ ax.axis("off")
 
 def box(x, y, w, h, text, face, edge="#555555", style="-", bold=False, mono=False, size=FONT):
     """A rounded box with centred text; (x, y) is the lower-left corner."""
-    ax.add_patch(
-        FancyBboxPatch(
-            (x, y),
-            w,
-            h,
-            boxstyle="round,pad=0,rounding_size=1.2",
-            facecolor=face,
-            edgecolor=edge,
-            linewidth=1.0,
-            linestyle=style,
-        )
-    )
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=1.2", facecolor=face,
+                                edgecolor=edge, linewidth=1.0, linestyle=style))
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, linespacing=1.35,
             fontweight="bold" if bold else "normal", family="monospace" if mono else "sans-serif")
 
@@ -49,39 +39,15 @@ def arrow(points, color="#444444"):
     """An orthogonal (or straight) line through points, with an arrow head on the last segment."""
     xs, ys = zip(*points)
     ax.plot(xs[:-1], ys[:-1], color=color, linewidth=1.1, solid_capstyle="round")
-    ax.annotate(
-        "",
-        xy=points[-1],
-        xytext=points[-2],
-        arrowprops=dict(
-            arrowstyle="-|>", color=color, linewidth=1.1, mutation_scale=9, shrinkA=0, shrinkB=0
-        ),
-    )
+    ax.annotate("", xy=points[-1], xytext=points[-2],
+                arrowprops=dict(arrowstyle="-|>", color=color, linewidth=1.1, mutation_scale=9, shrinkA=0, shrinkB=0))
 
 
 def panel(x, w, face, title, script):
-    ax.add_patch(
-        FancyBboxPatch(
-            (x, 8),
-            w,
-            50,
-            boxstyle="round,pad=0,rounding_size=2",
-            facecolor=face,
-            edgecolor=EDGE[face],
-            linewidth=1.2,
-        )
-    )
+    ax.add_patch(FancyBboxPatch((x, 8), w, 50, boxstyle="round,pad=0,rounding_size=2", facecolor=face,
+                                edgecolor=EDGE[face], linewidth=1.2))
     ax.text(x + 2, 55, title, ha="left", va="center", fontsize=9.5, fontweight="bold")
-    ax.text(
-        x + 2,
-        51.5,
-        script,
-        ha="left",
-        va="center",
-        fontsize=8,
-        family="monospace",
-        color="#333333",
-    )
+    ax.text(x + 2, 51.5, script, ha="left", va="center", fontsize=8, family="monospace", color="#333333")
 
 
 def output(x, y, name, face):
@@ -91,38 +57,17 @@ def output(x, y, name, face):
 # Step 1: SFT
 panel(1, 34, SFT, "Step 1  SFT", "train_sft.py")
 box(3, 34, 30, 13, "Demonstrations\ninstruction → response\nds/sft_train.jsonl", DATA)
-box(
-    3,
-    12,
-    30,
-    17,
-    "Fine-tune the model\n(embedded tiny OPT or\nfacebook/opt-125m)\nloss: next-token cross-entropy\non response tokens + EOS only",
-    "white",
-    edge=EDGE[SFT],
-)
+box(3, 12, 30, 17, "Fine-tune the model\n(embedded tiny OPT or\nfacebook/opt-125m)\nloss: next-token cross-entropy\non response tokens + EOS only",
+    "white", edge=EDGE[SFT])
 arrow([(18, 34), (18, 29)])
 output(37, 20.5, "out/sft", SFT)
 arrow([(33, 20.5), (37, 20.5)])
 
 # Step 2: reward model
 panel(49, 34, RM, "Step 2  Reward model", "train_rm.py")
-box(
-    51,
-    34,
-    30,
-    13,
-    "K ranked responses per prompt\nds/rm_train_ranked.jsonl\n(ranked by the gold judge,\nstanding in for labellers)",
-    DATA,
-)
-box(
-    51,
-    12,
-    30,
-    17,
-    "SFT backbone + scalar head\nscore r(x, y) at the EOS\nloss: -log σ(r_chosen - r_rejected)\nover all K(K-1)/2 pairs",
-    "white",
-    edge=EDGE[RM],
-)
+box(51, 34, 30, 13, "K ranked responses per prompt\nds/rm_train_ranked.jsonl\n(ranked by the gold judge,\nstanding in for labellers)", DATA)
+box(51, 12, 30, 17, "SFT backbone + scalar head\nscore r(x, y) at the EOS\nloss: -log σ(r_chosen - r_rejected)\nover all K(K-1)/2 pairs",
+    "white", edge=EDGE[RM])
 arrow([(66, 34), (66, 29)])
 arrow([(47, 20.5), (51, 20.5)])
 output(85, 20.5, "out/rm", RM)
@@ -130,19 +75,13 @@ arrow([(81, 20.5), (85, 20.5)])
 
 # Step 3: PPO, four models on the left, one iteration on the right
 panel(97, 62, PPO, "Step 3  PPO", "train_rlhf.py")
-models = [
-    ("reward model\nout/rm, frozen", 42, "--"),
-    ("critic (values)\nfrom out/rm, trained", 33.5, "-"),
-    ("actor (policy)\nfrom out/sft, trained", 25, "-"),
-    ("reference\nout/sft, frozen", 16.5, "--"),
-]
+models = [("reward model\nout/rm, frozen", 42, "--"), ("critic (values)\nfrom out/rm, trained", 33.5, "-"),
+          ("actor (policy)\nfrom out/sft, trained", 25, "-"), ("reference\nout/sft, frozen", 16.5, "--")]
 for text, y, style in models:
     box(102, y - 3.5, 19.5, 7, text, "white", edge=EDGE[PPO], style=style)
-# out/rm -> reward model, critic
-arrow([(95, 20.5), (98.5, 20.5), (98.5, 42), (102, 42)], color=EDGE[RM])
+arrow([(95, 20.5), (98.5, 20.5), (98.5, 42), (102, 42)], color=EDGE[RM])  # out/rm -> reward model, critic
 arrow([(98.5, 33.5), (102, 33.5)], color=EDGE[RM])
-# out/sft -> reference, actor
-arrow([(42, 18), (42, 4), (99.8, 4), (99.8, 16.5), (102, 16.5)], color=EDGE[SFT])
+arrow([(42, 18), (42, 4), (99.8, 4), (99.8, 16.5), (102, 16.5)], color=EDGE[SFT])  # out/sft -> reference, actor
 arrow([(99.8, 16.5), (99.8, 25), (102, 25)], color=EDGE[SFT])
 steps = ["prompts (ds/prompts_train.jsonl)\n→ the actor samples responses",
          "frozen RM scores each response;\nper-token KL penalty to the reference",
@@ -155,16 +94,7 @@ for i, text in enumerate(steps):
         arrow([(140.75, y + 8), (140.75, y + 6.4)])
 output(135.75, 13, "out/rlhf", PPO)
 arrow([(140.75, 19), (140.75, 15.5)])
-ax.text(
-    157,
-    51.5,
-    "one iteration, repeated",
-    ha="right",
-    va="center",
-    fontsize=FONT - 0.6,
-    color="#555555",
-    style="italic",
-)
+ax.text(157, 51.5, "one iteration, repeated", ha="right", va="center", fontsize=FONT - 0.6, color="#555555", style="italic")
 ax.text(103, 10.2, "dashed: frozen", fontsize=FONT - 0.6, color="#555555", style="italic")
 
 fig.savefig(OUT, dpi=150, facecolor="white")

@@ -18,23 +18,9 @@ def trainer_configs(out_dir, **settings) -> dict:
     """loop= and optim= for a trainer built in a test: the given settings over small test values."""
     from trainer.base import LoopConfig, OptimConfig
 
-    loop = dict(
-        out_dir=str(out_dir),
-        max_steps=1,
-        warmup_steps=0,
-        grad_clip=1.0,
-        eval_interval=0,
-        log_interval=10,
-        save_interval=0,
-        seed=0,
-        bf16=False,
-        resume=False,
-        log_with="none",
-        group_by_length=False,
-        gradient_checkpointing=False,
-        fsdp=False,
-        overwrite=False,
-    )
+    loop = dict(out_dir=str(out_dir), max_steps=1, warmup_steps=0, grad_clip=1.0, eval_interval=0,
+                log_interval=10, save_interval=0, seed=0, bf16=False, resume=False, log_with="none",
+                group_by_length=False, gradient_checkpointing=False, fsdp=False, overwrite=False)
     optim = dict(lr=1e-3, weight_decay=0.0, batch_size=8, grad_accum=1)
     for key, value in settings.items():
         if key not in loop and key not in optim:
@@ -51,20 +37,10 @@ def tiny_model(seed: int = 0, dropout: float = 0.0, attention_dropout: float = N
 
     torch.manual_seed(seed)
     attention_dropout = dropout if attention_dropout is None else attention_dropout
-    return OPTForCausalLM(
-        OPTConfig(
-            vocab_size=512,
-            hidden_size=32,
-            word_embed_proj_dim=32,
-            ffn_dim=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=128,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation_dropout=0.0,
-        )
-    )
+    return OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
+                                    num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
+                                    dropout=dropout, attention_dropout=attention_dropout,
+                                    activation_dropout=0.0))
 
 
 def make_sft_trainer(tok, data, out_dir, model=None, cls=None, run_config=None, **settings):
