@@ -40,7 +40,7 @@ from model.peft.prefix_tuning import prefix_tuning_parameter_count
 from model.peft.prompt_tuning import prompt_tuning_parameter_count
 from bench.peft_compare import (OPT125M_ARCH, comparison_table, counts_table, plot_comparison,
                                   summary_line)
-from utils import configure, quiet_transformers, run_main, write_json
+from utils import UserError, configure, quiet_transformers, run_main, write_json
 
 # parameter counts
 COUNTS = True  # print the parameter counts on opt-125m first
@@ -139,7 +139,7 @@ def run_arms(model: str, methods: list[str], steps: int, batch_size: int, evalua
             proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT,
                                   env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
-            sys.exit(f"error: method {method} failed; see {log}")
+            raise UserError(f"method {method} failed; see {log}")
         with open(path) as f:
             results.append(json.load(f))
         print(summary_line(results[-1]))
@@ -155,8 +155,8 @@ def main():
         try:
             resolve(MODEL)
         except ModelError as e:
-            sys.exit(f"error: {e}. The default MODEL, out/sft, is written by "
-                     "`python train_sft.py` (~3 min).")
+            raise ModelError(f"{e}. The default MODEL, out/sft, is written by "
+                             "`python train_sft.py` (~3 min).") from None
         print(f"comparison on {MODEL}: {MAX_STEPS} steps x {BATCH_SIZE} examples per method")
         report["results"] = run_arms(MODEL, METHODS.split(","), MAX_STEPS, BATCH_SIZE, True,
                                      OUT_DIR)

@@ -1,12 +1,13 @@
 """PEFT (model/peft/): exact parameter counts, LoRA's zero init and merge, what a training step may
 change, adapter save/load, generation with virtual tokens, and the train_peft.py / train_sft.py wiring."""
 import copy
+import os
 
 import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM, OPTForSequenceClassification
 
-from conftest import run_inline
+from conftest import run_inline, run_refused
 from model.load import opt125m_config
 from model.loss import lm_loss
 from model.peft import apply_peft, count_parameters, disabled_adapters, export_model, format_counts, load_adapter, save_adapter
@@ -195,3 +196,14 @@ def test_train_peft_and_sft_peft_smoke(tmp_path, monkeypatch):
     from model.load import load_causal_lm
     assert PeftConfig.from_pretrained(sft + "/adapter").peft_type.value == "LORA"
     assert type(load_causal_lm(sft)) is OPTForCausalLM
+
+
+def test_train_peft_names_a_missing_model_in_one_line(tmp_path):
+    """A comparison on a MODEL that is not there stops before any arm runs, with one error line that
+    says how the default MODEL is made (no traceback, nothing in OUT_DIR but the folder)."""
+    code, err = run_refused("train_peft.py", "--counts", "False", "--model", str(tmp_path / "nowhere"),
+                            "--out_dir", str(tmp_path / "peft"))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 4  # ModelError's exit code
+    assert len(lines) == 1 and lines[0].startswith("error:") and "python train_sft.py" in lines[0], err
+    assert os.listdir(tmp_path / "peft") == []
