@@ -1,16 +1,18 @@
 """The training loop every stage uses. Nothing here knows about RLHF.
 
-Owns: the accelerator (device, mixed precision, processes: `accelerate launch` and `torchrun` need no
-new code; trainer/dist.py checks the processes really form one group), gradient accumulation and
-clipping, evaluation cadence, a tqdm bar with the live loss, `metrics.jsonl`, and one run at a time per
-out_dir (a lock file). Around it, each in its own file: AdamW and the schedule (trainer/optim.py), data
-order (trainer/data_order.py), exact resume and signals (trainer/resume.py), what a stage leaves in
-out_dir (trainer/export.py), the numeric guards (trainer/guard.py).
+Owns: the accelerator (device, mixed precision, processes: `accelerate launch` and `torchrun` need
+no new code; trainer/dist.py checks the processes really form one group), gradient accumulation and
+clipping, evaluation cadence, a tqdm bar with the live loss, `metrics.jsonl`, and one run at a time
+per out_dir (a lock file). Around it, each in its own file: AdamW and the schedule
+(trainer/optim.py), data order (trainer/data_order.py), exact resume and signals
+(trainer/resume.py), what a stage leaves in out_dir (trainer/export.py), the numeric guards
+(trainer/guard.py).
 
-Subclasses fill in `compute_loss(batch) -> (loss, metrics)`, `loss_weight(batch)` (how many terms the
-loss averages over: supervised tokens, pairs) and, if needed, `evaluate()`; on-policy trainers replace
-`training_step` and extend `state_dict` / `load_state_dict` (trainer/onpolicy.py). Every stage starts
-with `log_start` (the model before training is step 0 of metrics.jsonl) and ends with `finish`.
+Subclasses fill in `compute_loss(batch) -> (loss, metrics)`, `loss_weight(batch)` (how many terms
+the loss averages over: supervised tokens, pairs) and, if needed, `evaluate()`; on-policy trainers
+replace `training_step` and extend `state_dict` / `load_state_dict` (trainer/onpolicy.py). Every
+stage starts with `log_start` (the model before training is step 0 of metrics.jsonl) and ends with
+`finish`.
 
 Several processes equal one: each step's loss is the mean over the terms of the whole global batch
 (all micro-batches of all ranks), so 2 processes x batch b take the step 1 process x batch 2b takes,
@@ -42,11 +44,13 @@ __all__ = ["LoopConfig", "OptimConfig", "Trainer", "NonFiniteLossError"]
 
 
 class Trainer(Resumable, Exports):
-    best_metric = None  # an eval metric to maximise: each new best is saved to out_dir/best (the RM sets it)
+    # an eval metric to maximise: each new best is saved to out_dir/best (the RM sets it)
+    best_metric = None
     nonfinite_hint = "Lower LR (or GRAD_CLIP)"  # what exit 7 advises; DPO adds BETA
 
     def __init__(self, model, train_data, collate, *, loop: LoopConfig, optim: OptimConfig, run_config: dict):
-        """model: the trained model, with optim its AdamW and batch (None: a test of the loop alone)."""
+        """model: the trained model, with optim its AdamW and batch (None: a test of the loop
+        alone)."""
         self.accelerator = make_accelerator("bf16" if loop.bf16 else "no")
         self.device = self.accelerator.device
         self.train_data, self.collate, self.loop, self.run_config = train_data, collate, loop, run_config
@@ -58,8 +62,10 @@ class Trainer(Resumable, Exports):
         self.ckpt_dir = os.path.join(self.out_dir, "checkpoint")
         is_main = self.accelerator.is_main_process
         if is_main:
-            lock_out_dir(self.out_dir)  # before touching anything in it: a second run on out_dir stops here
-        self.resuming = loop.resume and bool(candidates(self.ckpt_dir))  # candidates refuses pickle checkpoints
+            # before touching anything in it: a second run on out_dir stops here
+            lock_out_dir(self.out_dir)
+        # candidates refuses pickle checkpoints
+        self.resuming = loop.resume and bool(candidates(self.ckpt_dir))
         if not self.resuming:  # never over an earlier run's checkpoint or model (unless overwrite)
             outdir.check_fresh_start(self.out_dir, self.ckpt_dir, loop.resume, loop.overwrite, is_main)
         else:  # another stage's checkpoint, or other training settings: refused before any work
@@ -73,8 +79,9 @@ class Trainer(Resumable, Exports):
         if model is not None:
             self.model, self.optimizer = self.prepare_trained(model, optim.lr, optim.weight_decay)
             self.scheduler = self.lr_schedule(self.optimizer)
-        if self.accelerator.process_index > 0:  # own random numbers per rank (dropout, sampling); rank 0
-            seed_everything(loop.seed + 1000003 * self.accelerator.process_index)  # keeps the 1-process stream
+        # own random numbers per rank (dropout, sampling); rank 0 keeps the 1-process stream
+        if self.accelerator.process_index > 0:
+            seed_everything(loop.seed + 1000003 * self.accelerator.process_index)
 
     def prepare_trained(self, model, lr: float, weight_decay: float):
         """(model, its AdamW), ready for the accelerator (trainer/optim.py)."""
@@ -102,8 +109,8 @@ class Trainer(Resumable, Exports):
     def training_step(self) -> dict:
         """One optimizer step over `grad_accum` micro-batches; returns the step's metrics.
 
-        The step's loss is sum over all terms of the global batch / their total count W (all-reduced):
-        micro-batch j of rank r, with mean loss L_rj over its w_rj terms, back-propagates
+        The step's loss is sum over all terms of the global batch / their total count W
+        (all-reduced): micro-batch j of rank r, with mean loss L_rj over its w_rj terms, back-propagates
         L_rj * w_rj * world / W, and DDP's gradient average over ranks divides the world back out."""
         self.model.train()
         batches = [self.get_batch(self.step * self.grad_accum + micro) for micro in range(self.grad_accum)]
@@ -111,7 +118,8 @@ class Trainer(Resumable, Exports):
         masks = [b["attention_mask"] for b in batches if "attention_mask" in b]
         counts = reduce_sum(self.accelerator, {"w": sum(weights), "tokens": float(sum(m.sum() for m in masks)),
                                                "padded": float(sum(m.numel() for m in masks))})
-        self.train_tokens += int(counts["tokens"])  # non-pad tokens; padded: what the forward passes computed
+        # non-pad tokens; padded: what the forward passes computed
+        self.train_tokens += int(counts["tokens"])
         self.train_tokens_padded += int(counts["padded"])
         total = max(counts["w"], 1e-12)  # W
         sums = {}
@@ -124,7 +132,8 @@ class Trainer(Resumable, Exports):
                 self.accelerator.backward(loss * (weight * self.accelerator.num_processes / total))
             for k, v in {"train/loss": loss.item(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * weight
-        totals = {k: v / total for k, v in reduce_sum(self.accelerator, sums).items()}  # global means
+        # global means
+        totals = {k: v / total for k, v in reduce_sum(self.accelerator, sums).items()}
         grad_norm = self.clip_and_check(self.model)
         if grad_norm is not None:  # DeepSpeed clips inside its engine and returns None
             totals["train/grad_norm"] = grad_norm
@@ -136,8 +145,8 @@ class Trainer(Resumable, Exports):
         return totals
 
     def get_batch(self, index: int) -> dict:
-        """Micro-batch number `index` of this process: samples (index * world + rank) * batch_size onward
-        of the run (trainer/data_order.py), collated and on the device."""
+        """Micro-batch number `index` of this process: samples (index * world + rank) * batch_size
+        onward of the run (trainer/data_order.py), collated and on the device."""
         world, rank, n = self.accelerator.num_processes, self.accelerator.process_index, len(self.train_data)
         first = (index * world + rank) * self.batch_size
         items = []
@@ -213,7 +222,8 @@ class Trainer(Resumable, Exports):
         guard.check_loss(self.accelerator, loss, **guard.where(self))
 
     def clip_and_check(self, model) -> float:
-        """Clip `model`'s gradients to GRAD_CLIP; stop before the optimizer step if their norm is not finite."""
+        """Clip `model`'s gradients to GRAD_CLIP; stop before the optimizer step if their norm is
+        not finite."""
         norm = self.accelerator.clip_grad_norm_(model.parameters(), self.loop.grad_clip)
         return guard.check_grad_norm(self.accelerator, norm, **guard.where(self))
 
@@ -222,13 +232,15 @@ class Trainer(Resumable, Exports):
 
     # ------------------------------------------------------------------ logs
     def token_counts(self, seconds: float) -> dict:
-        """summary.json's throughput: tokens the training steps processed (non-pad, and padded) per second."""
+        """summary.json's throughput: tokens the training steps processed (non-pad, and padded) per
+        second."""
         return {"train_tokens": self.train_tokens, "train_tokens_padded": self.train_tokens_padded,
                 "tokens_per_second": self.train_tokens / max(seconds, 1e-9),
                 "padded_tokens_per_second": self.train_tokens_padded / max(seconds, 1e-9)}
 
     def log_start(self, metrics: dict) -> None:
-        """Step 0 of metrics.jsonl (and of the curves): the model before training. A resumed run has it."""
+        """Step 0 of metrics.jsonl (and of the curves): the model before training. A resumed run has
+        it."""
         if not self.resuming:
             self.write_metrics(metrics)
 
@@ -248,6 +260,7 @@ class Trainer(Resumable, Exports):
             tqdm.write(text)
 
     def log_text(self, key: str, text: str) -> None:
-        """Text (e.g. a markdown table of sample completions) to the experiment trackers, at this step."""
+        """Text (e.g. a markdown table of sample completions) to the experiment trackers, at this
+        step."""
         if self.accelerator.trackers:
             self.accelerator.log({key: text}, step=self.step)

@@ -1,5 +1,6 @@
-"""What a stage leaves in out_dir: the trained model as a Hugging Face checkpoint (or its PEFT adapter),
-the tokenizer, run_config.json and summary.json, written aside and renamed in (never a cut model file)."""
+"""What a stage leaves in out_dir: the trained model as a Hugging Face checkpoint (or its PEFT
+adapter), the tokenizer, run_config.json and summary.json, written aside and renamed in (never a cut
+model file)."""
 import os
 
 from model.peft import save_peft
@@ -19,11 +20,12 @@ class Exports:
             if tokenizer is not None:
                 tokenizer.save_pretrained(out_dir)
             write_json(os.path.join(out_dir, "run_config.json"), self.run_config)
-        self.accelerator.wait_for_everyone()  # other ranks may read it next (train_rm.py reloads out_dir/best)
+        # other ranks may read it next (train_rm.py reloads out_dir/best)
+        self.accelerator.wait_for_everyone()
 
     def finish(self, tokenizer, peft: str, summary: dict) -> None:
-        """The end of every stage: save_stage of the trained model. A collective under FSDP / ZeRO-3 (the
-        state dict is gathered); the main process writes."""
+        """The end of every stage: save_stage of the trained model. A collective under FSDP / ZeRO-3
+        (the state dict is gathered); the main process writes."""
         self.check_weights("final weights")
         state = self.full_state(self.model) if peft == "none" else None
         if self.accelerator.is_main_process:
@@ -40,10 +42,11 @@ class Exports:
 
 def save_stage(out_dir: str, model, tokenizer, run_config: dict, peft: str, summary: dict,
                state_dict=None) -> str:
-    """Write what a stage leaves in out_dir: the model as an HF checkpoint (peft != 'none': model/peft's
-    save_peft, the adapter in out_dir/adapter and the merged model where the method merges), the tokenizer,
-    run_config.json and summary.json (peak_rss_mb added). Returns a line saying what was written.
-    Trainer.finish and the head-only reward model (trainer/rm.py) both end here."""
+    """Write what a stage leaves in out_dir: the model as an HF checkpoint (peft != 'none':
+    model/peft's save_peft, the adapter in out_dir/adapter and the merged model where the method
+    merges), the tokenizer, run_config.json and summary.json (peak_rss_mb added). Returns a line
+    saying what was written. Trainer.finish and the head-only reward model (trainer/rm.py) both end
+    here."""
     tensors = state_dict.values() if state_dict is not None else model.parameters()
     if not guard.all_finite([t for t in tensors if t.is_floating_point()]):
         raise guard.NonFiniteError(f"{out_dir}: the weights to save hold NaN or inf; nothing was "

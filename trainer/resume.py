@@ -1,9 +1,10 @@
 """The trainer's side of exact resume: what a checkpoint holds and how a run stops on a signal.
 
-A checkpoint is the trainer's full state (its models, optimizers, schedulers and counters: `state_dict`),
-every rank's random generators and the step; trainer/checkpoint.py writes it crash-safe, without pickle.
-Loading refuses another stage's checkpoint or other training settings (trainer/outdir.py). SIGTERM /
-SIGINT finish the current step on every rank, write a checkpoint and exit with 128 + the signal number.
+A checkpoint is the trainer's full state (its models, optimizers, schedulers and counters:
+`state_dict`), every rank's random generators and the step; trainer/checkpoint.py writes it crash-
+safe, without pickle. Loading refuses another stage's checkpoint or other training settings
+(trainer/outdir.py). SIGTERM / SIGINT finish the current step on every rank, write a checkpoint and
+exit with 128 + the signal number.
 """
 import os
 
@@ -23,7 +24,8 @@ class Resumable:
         """The full training state, written by the main process (every rank its shards under FSDP)."""
         self.check_weights("weights to checkpoint")
         self.accelerator.wait_for_everyone()
-        rng = all_ranks(self.accelerator, rng_state())  # every rank's generators: dropout, sampling differ per rank
+        # every rank's generators: dropout, sampling differ per rank
+        rng = all_ranks(self.accelerator, rng_state())
         state = {"trainer": self.state_dict(), "rng": rng, "best_value": self.best_value,
                  "stage": type(self).__name__}  # resume refuses another stage's checkpoint
         if self.loop.fsdp:  # every rank writes its shards; the main process the rest, then swaps
@@ -44,7 +46,8 @@ class Resumable:
         self.load_state_dict(state["trainer"])
         self.best_value = state["best_value"]
         set_rng_state(self.rank_rng_state(state["rng"]))
-        if self.accelerator.is_main_process:  # lines a killed run logged after its checkpoint are redone
+        # lines a killed run logged after its checkpoint are redone
+        if self.accelerator.is_main_process:
             drop_rows_after(os.path.join(self.out_dir, "metrics.jsonl"), self.step)
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -57,7 +60,8 @@ class Resumable:
         return saved[self.accelerator.process_index]
 
     def stop_requested(self, stop: StopOnSignal) -> int:
-        """The signal number if any process received SIGTERM / SIGINT (all stop at the same step), else 0."""
+        """The signal number if any process received SIGTERM / SIGINT (all stop at the same step),
+        else 0."""
         signum = stop.signum or 0
         if self.accelerator.num_processes > 1:
             signum = int(self.accelerator.gather(torch.tensor([signum], device=self.device)).max())
