@@ -1,4 +1,4 @@
-"""Data order as a pure function of (seed, sample index): a resumed run skips no dataloader.
+"""Data order as a pure function of (seed, sample index), so resuming needs no dataloader state.
 
 Sample k of a run is item perm_e[k % N] of the dataset, with perm_e a seeded permutation for
 epoch e = k // N; with GROUP_BY_LENGTH, each epoch's permutation is rearranged so that each batch holds
