@@ -157,3 +157,19 @@ def test_embedded_model_builds_once_under_concurrent_starts_and_ignores_user_fil
         ids = pool.map(_build, [args] * 3)
     assert len(set(ids)) == 1 and ids[0] == open("out/embedded/build_id.txt").read()
     assert sorted(os.listdir(tmp_path)) == ["ds", "embedded", "embedded.lock"]
+
+
+def test_an_evaluation_setting_that_shapes_a_stage_blocks_its_resume(tmp_path):
+    """EVAL_BATCH_SIZE only batches evaluation in most stages, so a resume may change it; DPO computes
+    the reference log-probs of its training comparisons in chunks of that size, so there a change is
+    refused like any training setting."""
+    import json
+
+    from trainer.dpo import DPOTrainer
+    from trainer.outdir import check_resumable
+
+    (tmp_path / "run_config.json").write_text(json.dumps({"LR": 1e-3, "EVAL_BATCH_SIZE": 64}))
+    now = {"LR": 1e-3, "EVAL_BATCH_SIZE": 32}
+    check_resumable(str(tmp_path), "SFTTrainer", now, SFTTrainer.shaping_settings)  # allowed
+    with pytest.raises(CheckpointError, match="EVAL_BATCH_SIZE 64 -> 32"):
+        check_resumable(str(tmp_path), "DPOTrainer", now, DPOTrainer.shaping_settings)

@@ -47,6 +47,7 @@ class Trainer(Resumable, Exports):
     # an eval metric to maximise: each new best is saved to out_dir/best (the RM sets it)
     best_metric = None
     nonfinite_hint = "Lower LR (or GRAD_CLIP)"  # what exit 7 advises; DPO adds BETA
+    shaping_settings = frozenset()  # evaluation settings that shape this stage's training (outdir.py)
 
     def __init__(self, model, train_data, collate, *, loop: LoopConfig, optim: OptimConfig, run_config: dict):
         """model: the trained model, with optim its AdamW and batch (None: a test of the loop
@@ -69,7 +70,8 @@ class Trainer(Resumable, Exports):
         if not self.resuming:  # never over an earlier run's checkpoint or model (unless overwrite)
             outdir.check_fresh_start(self.out_dir, self.ckpt_dir, loop.resume, loop.overwrite, is_main)
         else:  # another stage's checkpoint, or other training settings: refused before any work
-            outdir.check_resumable(candidates(self.ckpt_dir)[0][1], type(self).__name__, run_config)
+            outdir.check_resumable(candidates(self.ckpt_dir)[0][1], type(self).__name__, run_config,
+                                   self.shaping_settings)
         if loop.resume and not self.resuming:
             self.log(f"--resume True: no checkpoint in {self.ckpt_dir}; starting from step 0")
         metrics_path = os.path.join(self.out_dir, "metrics.jsonl")

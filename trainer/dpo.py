@@ -66,6 +66,9 @@ class DPOTrainer(Trainer):
     reward_model (optional, never trained on) scores the held-out answers; judge(row, response) is
     the task's judgement."""
     nonfinite_hint = "Lower LR or BETA (BETA scales the log-ratios inside the loss), or GRAD_CLIP"
+    # the reference log-probs of the training comparisons are computed in chunks of this size, and
+    # another padding can round them differently
+    shaping_settings = frozenset({"EVAL_BATCH_SIZE"})
 
     def __init__(self, model, ref, tokenizer, train_data, eval_data, eval_prompts, reward_model, *,
                  cfg: DPOConfig, loop: LoopConfig, optim: OptimConfig, run_config: dict,

@@ -18,9 +18,10 @@ from trainer.lock import OutDirLocked
 from utils import UserError
 
 # settings that do not change the trained weights: a resumed run may change them
+# (a stage where one of them does shape training says so: Trainer.shaping_settings)
 NOT_SHAPING = {"RESUME", "OVERWRITE", "OUT_DIR", "EVAL_INTERVAL", "LOG_INTERVAL", "LOG_WITH",
                "SAVE_INTERVAL", "EVAL_LIMIT", "EVAL_DATA", "EVAL_PROMPTS", "EVAL_BATCH_SIZE",
-               "TEST_LIMIT", "TEST_DATA", "TEST_PROMPTS"}
+               "EVAL_PROMPT_BATCH", "TEST_LIMIT", "TEST_DATA", "TEST_PROMPTS"}
 OVERRIDE = "--overwrite True starts afresh (deleting the checkpoint)"
 
 
@@ -67,9 +68,10 @@ def saved_stage(path: str):
         return None
 
 
-def check_resumable(path: str, stage: str, run_config: dict) -> None:
+def check_resumable(path: str, stage: str, run_config: dict, shaping: frozenset = frozenset()) -> None:
     """Refuse to resume the checkpoint at `path` if another stage wrote it or a setting that shapes
-    training differs; the one-line error names every difference."""
+    training differs (those outside NOT_SHAPING, and `shaping`); the one-line error names every
+    difference."""
     written_by = saved_stage(path)
     if written_by is not None and written_by != stage:
         raise CheckpointError(f"{path}: a checkpoint of {written_by}, not of {stage}: this stage "
@@ -84,7 +86,7 @@ def check_resumable(path: str, stage: str, run_config: dict) -> None:
         return repr(settings[key]) if key in settings else "(none)"
 
     diffs = [f"{k} {show(saved, k)} -> {show(now, k)}" for k in sorted(set(saved) | set(now))
-             if k not in NOT_SHAPING and show(saved, k) != show(now, k)]
+             if (k not in NOT_SHAPING or k in shaping) and show(saved, k) != show(now, k)]
     if diffs:
         raise CheckpointError(f"{path}: written with other settings than this run's: "
                               f"{'; '.join(diffs)} (resume with the checkpoint's settings, e.g. "

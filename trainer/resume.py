@@ -38,7 +38,7 @@ class Resumable:
 
     def load_checkpoint(self) -> None:
         def check(path: str) -> None:
-            outdir.check_resumable(path, type(self).__name__, self.run_config)
+            outdir.check_resumable(path, type(self).__name__, self.run_config, self.shaping_settings)
         self.step, state, path = load_newest(self.ckpt_dir, check)
         fsdp.check_resumable(path, state, self.loop.fsdp)
         if self.loop.fsdp:
