@@ -18,43 +18,19 @@ from trainer.sft import SFTTrainer
 
 
 def loop_config(out_dir: str, bf16: bool, levers: set) -> LoopConfig:
-    return known_fields(
-        LoopConfig,
-        out_dir=out_dir,
-        max_steps=10**6,
-        warmup_steps=0,
-        grad_clip=1.0,
-        eval_interval=0,
-        log_interval=1,
-        save_interval=0,
-        seed=0,
-        bf16=bf16,
-        resume=False,
-        log_with="none",
-        group_by_length="group" in levers,
-        gradient_checkpointing="ckpt" in levers,
-        overwrite=True,
-        fsdp=False,
-    )
+    return known_fields(LoopConfig, out_dir=out_dir, max_steps=10**6, warmup_steps=0, grad_clip=1.0,
+                        eval_interval=0, log_interval=1, save_interval=0, seed=0, bf16=bf16, resume=False,
+                        log_with="none", group_by_length="group" in levers,
+                        gradient_checkpointing="ckpt" in levers, overwrite=True, fsdp=False)
 
 
 def run_sft(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> dict:
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir)
     data = SFTDataset(s["ALPACA"], tokenizer, s["MAX_LEN"], limit=s["DATA_ROWS"], verbose=False)
-    trainer = SFTTrainer(
-        model,
-        tokenizer,
-        data,
-        None,
-        None,
-        loop=loop_config(out_dir, bf16, levers),
-        optim=OptimConfig(lr=2e-5, weight_decay=0.0, batch_size=s["SFT_BATCH"], grad_accum=1),
-        run_config={},
-        max_new_tokens=1,
-        eval_batch_size=64,
-        judge=None,
-    )
+    optim = OptimConfig(lr=2e-5, weight_decay=0.0, batch_size=s["SFT_BATCH"], grad_accum=1)
+    trainer = SFTTrainer(model, tokenizer, data, None, None, loop=loop_config(out_dir, bf16, levers), optim=optim,
+                         run_config={}, max_new_tokens=1, eval_batch_size=64, judge=None)
 
     def count(i):
         mask = trainer.get_batch(i)["attention_mask"]
@@ -76,16 +52,9 @@ def run_rm(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> di
     data = RMDataset(
         s["HH"], tokenizer, s["MAX_LEN"], on_mismatch="common_prefix", limit=s["DATA_ROWS"], verbose=False
     )
-    trainer = RMTrainer(
-        model,
-        tokenizer,
-        data,
-        None,
-        loop=loop_config(out_dir, bf16, levers),
-        optim=OptimConfig(lr=1e-5, weight_decay=0.0, batch_size=s["RM_PAIRS"], grad_accum=1),
-        run_config={},
-        eval_batch_size=8,
-    )
+    optim = OptimConfig(lr=1e-5, weight_decay=0.0, batch_size=s["RM_PAIRS"], grad_accum=1)
+    trainer = RMTrainer(model, tokenizer, data, None, loop=loop_config(out_dir, bf16, levers), optim=optim,
+                        run_config={}, eval_batch_size=8)
 
     def count(i):
         batch = trainer.get_batch(i)
@@ -114,49 +83,16 @@ def run_ppo(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> d
     critic = load_reward_model(model_dir, tokenizer.pad_token_id)
     reward_model = load_reward_model(model_dir, tokenizer.pad_token_id)
     prompts = PromptDataset(s["ALPACA"], tokenizer, s["MAX_PROMPT_LEN"], limit=s["DATA_ROWS"], verbose=False)
-    cfg = known_fields(
-        PPOConfig,
-        actor_lr=1e-6,
-        critic_lr=1e-5,
-        weight_decay=0.0,
-        rollout_batch=s["PPO_PROMPTS"],
-        mini_batch=s["PPO_MINI_BATCH"],
-        ppo_epochs=s["PPO_EPOCHS"],
-        stop_approx_kl=0.0,
-        max_new_tokens=s["PPO_NEW_TOKENS"],
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        beta=0.2,
-        target_kl=0.0,
-        kl_horizon=1000,
-        gamma=1.0,
-        lam=0.95,
-        clip_range=0.2,
-        value_clip=0.2,
-        ptx_coef=0.0,
-        ptx_batch=8,
-        missing_eos_penalty=1.0,
-        normalize_scores=True,
-        frozen_bf16="frozen_bf16" in levers,
-        close_truncated=False,
-        eval_batch_size=100,
-    )
-    trainer = PPOTrainer(
-        actor,
-        ref,
-        critic,
-        reward_model,
-        tokenizer,
-        prompts,
-        cfg=cfg,
-        loop=loop_config(out_dir, bf16, levers),
-        run_config={},
-        ptx_data=None,
-        reward_fn=None,
-        judge=None,
-        eval_prompts=None,
-    )
+    cfg = known_fields(PPOConfig, actor_lr=1e-6, critic_lr=1e-5, weight_decay=0.0,
+                       rollout_batch=s["PPO_PROMPTS"], mini_batch=s["PPO_MINI_BATCH"],
+                       ppo_epochs=s["PPO_EPOCHS"], stop_approx_kl=0.0, max_new_tokens=s["PPO_NEW_TOKENS"],
+                       temperature=1.0, top_k=0, top_p=1.0, beta=0.2, target_kl=0.0, kl_horizon=1000,
+                       gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=8,
+                       missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16="frozen_bf16" in levers,
+                       close_truncated=False, eval_batch_size=100)
+    trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, cfg=cfg,
+                         loop=loop_config(out_dir, bf16, levers), run_config={}, ptx_data=None,
+                         reward_fn=None, judge=None, eval_prompts=None)
     phases = {"generate": 0.0, "experience": 0.0, "learn": 0.0}
 
     def timed(name, fn):

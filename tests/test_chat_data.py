@@ -118,12 +118,8 @@ def test_chat_template_true_renders_alpaca_rows_with_the_tokenizers_own_template
 def test_long_conversation_is_cut_from_the_left_keeping_bos_and_last_reply(tok, tmp_path):
     """Over MAX_LEN, a conversation loses its oldest tokens (BOS kept) and keeps its last reply whole,
     with every kept label still aligned to its token."""
-    full = SFTDataset(
-        write_jsonl(tmp_path, "f.jsonl", [{"messages": CONVERSATION}]), tok, 512, verbose=False
-    ).items[0]
-    cut = SFTDataset(
-        write_jsonl(tmp_path, "c.jsonl", [{"messages": CONVERSATION}]), tok, 30, verbose=False
-    ).items[0]
+    path = write_jsonl(tmp_path, "c.jsonl", [{"messages": CONVERSATION}])
+    full, cut = (SFTDataset(path, tok, max_len, verbose=False).items[0] for max_len in (512, 30))
     n = len(cut["input_ids"])
     assert n == 30 and cut["input_ids"][0] == tok.bos_token_id
     assert (
