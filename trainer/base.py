@@ -2,11 +2,11 @@
 
 Owns: the accelerator (device, mixed precision, processes: `accelerate launch` and `torchrun` need
 no new code; trainer/dist.py checks the processes really form one group), gradient accumulation and
-clipping, evaluation cadence, a tqdm bar with the live loss, `metrics.jsonl`, and one run at a time
-per out_dir (a lock file). Around it, each in its own file: AdamW and the schedule
+clipping, evaluation cadence, a tqdm bar with the live loss, and one run at a time per out_dir (a
+lock file). Around it, each in its own file: AdamW and the schedule
 (trainer/optim.py), data order (trainer/data_order.py), exact resume and signals
 (trainer/resume.py), what a stage leaves in out_dir (trainer/export.py), the numeric guards
-(trainer/guard.py).
+(trainer/guard.py), metrics.jsonl and the trackers (trainer/tracking.py).
 
 Subclasses fill in `compute_loss(batch) -> (loss, metrics)`, `loss_weight(batch)` (how many terms
 the loss averages over: supervised tokens, pairs) and, if needed, `evaluate()`; on-policy trainers
@@ -36,14 +36,14 @@ from trainer.export import Exports
 from trainer.optim import prepare_trained, warmup_cosine
 from trainer.resume import Resumable
 from trainer.settings import LoopConfig, OptimConfig
-from trainer.tracking import end_trackers, start_trackers
-from utils import append_jsonl, seed_everything
+from trainer.tracking import MetricsLog, end_trackers, start_trackers
+from utils import seed_everything
 
 NonFiniteLossError = guard.NonFiniteError  # the name callers already catch
 __all__ = ["LoopConfig", "OptimConfig", "Trainer", "NonFiniteLossError"]
 
 
-class Trainer(Resumable, Exports):
+class Trainer(Resumable, Exports, MetricsLog):
     # an eval metric to maximise: each new best is saved to out_dir/best (the RM sets it)
     best_metric = None
     nonfinite_hint = "Lower LR (or GRAD_CLIP)"  # what exit 7 advises; DPO adds BETA
@@ -231,38 +231,3 @@ class Trainer(Resumable, Exports):
 
     def check_weights(self, what: str = "updated weights") -> None:
         guard.check_weights(self.accelerator, self.trained_models(), what, **guard.where(self))
-
-    # ------------------------------------------------------------------ logs
-    def token_counts(self, seconds: float) -> dict:
-        """summary.json's throughput: tokens the training steps processed (non-pad, and padded) per
-        second."""
-        return {"train_tokens": self.train_tokens, "train_tokens_padded": self.train_tokens_padded,
-                "tokens_per_second": self.train_tokens / max(seconds, 1e-9),
-                "padded_tokens_per_second": self.train_tokens_padded / max(seconds, 1e-9)}
-
-    def log_start(self, metrics: dict) -> None:
-        """Step 0 of metrics.jsonl (and of the curves): the model before training. A resumed run has
-        it."""
-        if not self.resuming:
-            self.write_metrics(metrics)
-
-    def write_metrics(self, metrics: dict) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        append_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), {"step": self.step, "time": time.time(), **metrics})
-        if self.accelerator.trackers:  # the same keys and values, x = step
-            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            self.accelerator.log(numbers, step=self.step)
-        if any(k.startswith("eval/") for k in metrics):
-            self.log(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                                      if k.startswith("eval/")))
-
-    def log(self, text: str) -> None:
-        if self.accelerator.is_main_process:
-            tqdm.write(text)
-
-    def log_text(self, key: str, text: str) -> None:
-        """Text (e.g. a markdown table of sample completions) to the experiment trackers, at this
-        step."""
-        if self.accelerator.trackers:
-            self.accelerator.log({key: text}, step=self.step)

@@ -8,10 +8,12 @@ sample completions at each evaluation as a text table. TensorBoard writes under 
     tensorboard --logdir out
 """
 import os
+import time
 
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
-from utils import ConfigError
+from utils import ConfigError, append_jsonl
 
 
 def start_trackers(accelerator: Accelerator, log_with: str, out_dir: str, run_config: dict) -> None:
@@ -48,3 +50,42 @@ def markdown_table(rows: list[dict]) -> str:
     cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v).replace("|", "\\|").replace("\n", "\\n")
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     return "\n".join(lines + ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows])
+
+
+class MetricsLog:
+    """Mixed into Trainer: metrics.jsonl, the trackers and the console, main process only (uses its
+    accelerator, out_dir, step, resuming and token counters)."""
+
+    def token_counts(self, seconds: float) -> dict:
+        """summary.json's throughput: tokens the training steps processed (non-pad, and padded) per
+        second."""
+        return {"train_tokens": self.train_tokens, "train_tokens_padded": self.train_tokens_padded,
+                "tokens_per_second": self.train_tokens / max(seconds, 1e-9),
+                "padded_tokens_per_second": self.train_tokens_padded / max(seconds, 1e-9)}
+
+    def log_start(self, metrics: dict) -> None:
+        """Step 0 of metrics.jsonl (and of the curves): the model before training. A resumed run has
+        it."""
+        if not self.resuming:
+            self.write_metrics(metrics)
+
+    def write_metrics(self, metrics: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        append_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), {"step": self.step, "time": time.time(), **metrics})
+        if self.accelerator.trackers:  # the same keys and values, x = step
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            self.accelerator.log(numbers, step=self.step)
+        if any(k.startswith("eval/") for k in metrics):
+            self.log(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                      if k.startswith("eval/")))
+
+    def log(self, text: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(text)
+
+    def log_text(self, key: str, text: str) -> None:
+        """Text (e.g. a markdown table of sample completions) to the experiment trackers, at this
+        step."""
+        if self.accelerator.trackers:
+            self.accelerator.log({key: text}, step=self.step)
