@@ -98,6 +98,7 @@ LORA_TARGETS = "q_proj,v_proj"  # comma-separated module names LoRA adapts
 # evaluation, logging, checkpoints (intervals in iterations)
 EVAL_INTERVAL = 10  # held-out gold evaluations (0: only at the end)
 EVAL_BATCH_SIZE = 100  # held-out prompts per generate call
+EVAL_SAMPLED = False  # evaluations also sample: gold, RM score and KL (bench/overoptimisation.sh)
 EVAL_LIMIT = 300  # validation prompts (None: all)
 TEST_LIMIT = None  # test prompts (None: all)
 SFT_EVAL = "run"  # 'run': evaluate SFT (OUT_DIR/sft_eval.json); or an earlier OUT_DIR to reuse

@@ -19,6 +19,15 @@ def test_overrides_both_forms_and_int_for_float():
     assert cfg == {k: ns[k] for k in cfg} and "lower" not in cfg  # only UPPERCASE constants are settings
 
 
+def test_a_limit_with_a_number_default_takes_none():
+    """EVAL_LIMIT = 300 says '(None: all)': `--eval_limit None` means all rows; other int settings refuse None."""
+    ns = {**settings(), "EVAL_LIMIT": 300}
+    configure(ns, ["--eval_limit", "None"])
+    assert ns["EVAL_LIMIT"] is None
+    with pytest.raises(ConfigError, match="--max_steps: expected int"):
+        configure(settings(), ["--max_steps", "None"])
+
+
 def test_unknown_setting_names_closest():
     """A typo names the closest valid setting instead of being ignored."""
     with pytest.raises(ConfigError, match="--max_steps"):

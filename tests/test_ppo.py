@@ -31,7 +31,8 @@ def starts_in_format(rows, responses):
 PPO_SETTINGS = dict(actor_lr=1e-4, critic_lr=1e-4, weight_decay=0.0, rollout_batch=16, mini_batch=8, ppo_epochs=2,
                     stop_approx_kl=0.0, max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, beta=0.05, target_kl=0.0,
                     kl_horizon=1000, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
-                    missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False, eval_batch_size=100)
+                    missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False, eval_batch_size=100,
+                    eval_sampled=False)
 
 
 def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, dropout=0.0, bf16=False, tokenizer_dir=None,
@@ -398,3 +399,24 @@ def test_an_overflowing_actor_or_critic_step_stops_before_any_save(sft_dir, tmp_
     with pytest.raises(NonFiniteError, match="updated weights is non-finite.*ACTOR_LR / CRITIC_LR"):
         trainer.fit()
     assert not os.path.exists(tmp_path / "checkpoint")
+
+
+def test_sampled_evaluation_reports_samples_and_leaves_training_alone(sft_dir, tmp_path):
+    """EVAL_SAMPLED: each evaluation also samples its answers (gold, RM score and KL of samples: the
+    over-optimisation curve) under random numbers of its own, so the next rollout is the one a run
+    without it draws."""
+    results, rollouts = [], []
+    for sampled in (False, True):
+        trainer = make_trainer(sft_dir, tmp_path / str(sampled), eval_sampled=sampled)
+        trainer.eval_prompts = PromptDataset("ds/prompts_val.jsonl", trainer.tokenizer, 72, limit=8,
+                                             verbose=False).items
+        torch.manual_seed(0)
+        results.append(trainer.run_evaluation())
+        rollouts.append(trainer.make_experience(trainer.get_batch(0)["items"]).sequences)
+    plain, with_samples = results
+    assert not any(k.startswith("eval/sampled_") for k in plain)
+    for key in ("gold_score", "correct", "format", "reward", "kl"):
+        assert with_samples[f"eval/{key}"] == plain[f"eval/{key}"]  # the greedy figures are unchanged
+        assert math.isfinite(with_samples[f"eval/sampled_{key}"])
+    assert with_samples["eval/sampled_kl"] == 0.0  # the actor is still the reference
+    assert torch.equal(rollouts[0], rollouts[1])

@@ -45,6 +45,7 @@ class GRPOConfig:
     frozen_bf16: bool  # with bf16 autocast: the frozen reference and reward model keep bf16 matrices (PPOConfig)
     close_truncated: bool  # the reward model reads a cut response with EOS appended (PPOConfig)
     eval_batch_size: int  # held-out prompts per generate call of the evaluation
+    eval_sampled: bool  # evaluations also sample (PPOConfig)
 
     def __post_init__(self):
         if self.group_size < 2 or self.rollout_batch % self.group_size:

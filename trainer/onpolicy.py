@@ -281,7 +281,13 @@ class OnPolicyTrainer(Trainer):
             self.log(f"  {row['input']!r:24} -> {row['response']!r:32} rm={row['reward']:+.2f} "
                      f"gold={row['gold']:.1f} kl={row['kl']:.2f}")
         self.log_text("eval/samples", markdown_table(self.last_rows[: self.eval_rows_shown]))
-        return {k: v for k, v in result.items() if "/" not in k}
+        out = {k: v for k, v in result.items() if "/" not in k}
+        if self.cfg.eval_sampled:  # gold, RM score and KL of samples: the over-optimisation curve
+            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # training draws the same random numbers either way
+                sampled = self.evaluate_policy(self.unwrap(self.actor), self.eval_prompts, do_sample=True)
+            out.update({f"sampled_{k}": v for k, v in sampled.items() if k != "rows" and "/" not in k})
+        return out
 
     def state_dict(self) -> dict:
         return {"actor": self.unwrap(self.actor).state_dict(), "actor_opt": self.actor_opt.state_dict(),

@@ -21,7 +21,7 @@ from utils import UserError
 # (a stage where one of them does shape training says so: Trainer.shaping_settings)
 NOT_SHAPING = {"RESUME", "OVERWRITE", "OUT_DIR", "EVAL_INTERVAL", "LOG_INTERVAL", "LOG_WITH",
                "SAVE_INTERVAL", "EVAL_LIMIT", "EVAL_DATA", "EVAL_PROMPTS", "EVAL_BATCH_SIZE",
-               "EVAL_PROMPT_BATCH", "TEST_LIMIT", "TEST_DATA", "TEST_PROMPTS"}
+               "EVAL_PROMPT_BATCH", "EVAL_SAMPLED", "TEST_LIMIT", "TEST_DATA", "TEST_PROMPTS"}
 OVERRIDE = "--overwrite True starts afresh (deleting the checkpoint)"
 
 

@@ -55,6 +55,7 @@ class PPOConfig:
     frozen_bf16: bool  # with bf16 autocast: the frozen reference and reward model keep bf16 matrices (half their memory, same numbers)
     close_truncated: bool  # the reward model reads a response cut by max_new_tokens with EOS appended (model/generate.py closed)
     eval_batch_size: int  # held-out prompts per generate call of the evaluation
+    eval_sampled: bool  # each evaluation during training also samples: gold, RM score and KL of samples
 
     def __post_init__(self):
         check_rollout_settings(self)

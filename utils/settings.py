@@ -33,7 +33,7 @@ def _parse_value(name: str, raw: str, default):
 def _check_type(name: str, value, default, raw=None):
     """The value if its type matches the default's (an int is accepted for a float), else ConfigError."""
     raw = value if raw is None else raw
-    if default is None:
+    if default is None or (value is None and name.endswith("_LIMIT")):  # a limit of None: all rows
         return value
     if isinstance(default, bool):
         if isinstance(value, str) and value.lower() in ("true", "false"):
