@@ -16,7 +16,8 @@ import os
 import re
 import statistics
 
-METHODS = ("ppo", "grpo", "dpo")
+METHODS = ("ppo", "grpo", "dpo", "bon")
+LABELS = {"ppo": "PPO", "grpo": "GRPO", "dpo": "DPO", "bon": "best-of-N"}  # bon: bench/best_of_n.py
 COLUMNS = [  # (key, header, format)
     ("gold_score", "gold (greedy)", "{:.3f}"),
     ("correct", "correct", "{:.3f}"),
@@ -75,7 +76,7 @@ def tables(runs: dict) -> str:
     ]
     for method, rs in runs.items():
         lines.append(
-            f"| {method.upper()} | {len(rs)} | "
+            f"| {LABELS[method]} | {len(rs)} | "
             + " | ".join(cell([r.get(k) for r in rs], fmt) for k, _, fmt in COLUMNS)
             + " |"
         )
@@ -86,7 +87,7 @@ def tables(runs: dict) -> str:
         "",
         "Greedy gold score by instruction type (mean over runs; correct / format in brackets):",
         "",
-        "| type | SFT | " + " | ".join(m.upper() for m in runs) + " |",
+        "| type | SFT | " + " | ".join(LABELS[m] for m in runs) + " |",
         "| --- | ---: | " + " | ".join("---:" for _ in runs) + " |",
     ]
     for kind in kinds:
@@ -100,6 +101,10 @@ def tables(runs: dict) -> str:
                 f"{mean_spread([after(r, 'format') for r in rs])[0]:.2f})"
             )
         lines.append("| " + " | ".join(row) + " |")
+    if "bon" in runs:
+        lines += ["", "best-of-N trains nothing: its gold, correct and format are those of the answer it keeps (a sample), "
+                  "its KL is log N - (N - 1) / N, and its time is that of sampling and scoring N answers per test "
+                  "prompt (bench/best_of_n.py)."]
     return "\n".join(lines)
 
 
@@ -129,7 +134,7 @@ def plot(runs: dict, path: str) -> None:
                 s=90,
                 color=color,
                 edgecolor="black",
-                label=method.upper(),
+                label=LABELS[method],
             )
         ax.axhline(sft, color="gray", linestyle="--", linewidth=1, label="SFT")
         ax.set_xlabel(label)
@@ -137,7 +142,7 @@ def plot(runs: dict, path: str) -> None:
     axes[0].set_ylabel("held-out gold score (greedy)")
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        "PPO vs GRPO vs DPO from the same SFT model (small dots: seeds; large: mean)", fontsize=10
+        "PPO vs GRPO vs DPO vs best-of-N from the same SFT model (small dots: seeds; large: mean)", fontsize=10
     )
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -153,7 +158,7 @@ def main() -> None:
     runs = load_runs(args.out)
     if not runs:
         raise SystemExit(
-            f"no runs in {args.out}/ (expected {args.out}/<ppo|grpo|dpo>_s<seed>/summary.json)"
+            f"no runs in {args.out}/ (expected {args.out}/<ppo|grpo|dpo|bon>_s<seed>/summary.json)"
         )
     text = tables(runs)
     print(text)

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# PPO vs DPO vs GRPO on the embedded task: the same SFT checkpoint (and, for PPO and GRPO, the same
-# reward model), each method with its default settings, one run per seed; then the README table
-# (mean and spread over seeds) and pic/alignment_comparison.png (gold score against KL and CPU-minutes).
+# PPO vs DPO vs GRPO vs best-of-N (N = 16) on the embedded task: the same SFT checkpoint (and, for PPO,
+# GRPO and best-of-N, the same reward model), each method with its default settings, one run per seed;
+# then the README table (mean and spread over seeds) and pic/alignment_comparison.png (gold score against KL and CPU-minutes).
 #
 #   bash bench/compare_alignment.sh            # 3 seeds into out/compare (the README figures; ~30 min quiet)
 #   SEEDS=0 OUT=out/compare_tiny PLOT=out/compare_tiny/alignment.png \
 #     PPO_ARGS="--iterations 2 --eval_limit 20" GRPO_ARGS="--iterations 2 --eval_limit 20" \
-#     DPO_ARGS="--max_steps 3 --eval_limit 20" bash bench/compare_alignment.sh      # a quick check of the pipeline
+#     DPO_ARGS="--max_steps 3 --eval_limit 20" BON_ARGS="--n 2 --limit 20" \
+#     bash bench/compare_alignment.sh      # a quick check of the pipeline
 #
 # Settings (environment): SEEDS ("0 1 2"), OUT (out/compare), SFT (out/sft) and RM (out/rm), trained here
-# with their defaults if missing, PLOT (pic/alignment_comparison.png), and PPO_ARGS / DPO_ARGS / GRPO_ARGS,
-# extra overrides for one method. Each run's wall time, CPU time and peak memory come from bench/timed.py.
+# with their defaults if missing, PLOT (pic/alignment_comparison.png), and PPO_ARGS / DPO_ARGS / GRPO_ARGS /
+# BON_ARGS, extra overrides for one method. Each run's wall time, CPU time and peak memory come from bench/timed.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds="${SEEDS:-0 1 2}"
@@ -28,5 +29,7 @@ for seed in $seeds; do
         --rm_model "$rm_dir" --out_dir "$out/grpo_s$seed" ${GRPO_ARGS:-}
     python bench/timed.py "$out/dpo_s$seed" -- python train_dpo.py --seed "$seed" --sft_model "$sft" --eval_rm "$rm_dir" \
         --out_dir "$out/dpo_s$seed" ${DPO_ARGS:-}
+    python bench/timed.py "$out/bon_s$seed" -- python bench/best_of_n.py --seed "$seed" --sft_model "$sft" \
+        --rm_model "$rm_dir" --out_dir "$out/bon_s$seed" ${BON_ARGS:-}
 done
 python bench/alignment_table.py "$out" --plot "$plot"
