@@ -26,7 +26,7 @@ from dataset.sft import SFTDataset
 from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
 from model.peft import apply_peft, count_parameters, format_counts
-from model.reward import load_reward_model, load_scorer, score_replies
+from model.reward import RewardEnsemble, load_reward_model, load_scorer, score_replies
 from model.reward_functions import reward_functions
 from trainer.base import LoopConfig
 from trainer.dist import resolve_bf16
@@ -40,7 +40,9 @@ from utils import (ConfigError, configure, plot_metrics, quiet_transformers, run
 ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (no critic, KL in the loss)
 # models and data
 SFT_MODEL = "out/sft"  # actor and reference start here
-RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation
+RM_MODEL = "out/rm"  # reward model (frozen) and critic initialisation; several, comma-separated: an ensemble
+RM_ENSEMBLE = "mean"  # several RM_MODELs: 'mean', 'min' or 'mean_minus_std' of the standardised scores
+RM_ENSEMBLE_LAMBDA = 1.0  # 'mean_minus_std': reward = mean - lambda * std across the members
 CRITIC_INIT = "zero_head"  # 'zero_head' (RM backbone, values start at 0) or 'rm'; see docs/ppo.md
 REWARD = "rm"  # 'rm', 'gold' (an upper bound) or FILE.py:FUNCTION,... (model/reward_functions.py)
 REWARD_WEIGHTS = ""  # comma-separated weights of the REWARD terms ('': 1 each) in their sum
@@ -63,6 +65,7 @@ TOP_P = 1.0  # must stay 1.0, for the same reason
 # PPO (the loop settings' meaning: trainer/base.py LoopConfig; the loop's steps are ITERATIONS)
 PPO_EPOCHS = 4  # passes over each rollout batch
 STOP_APPROX_KL = 0.0  # > 0: stop an iteration's epochs once an epoch's mean approx KL exceeds it
+STOP_DISAGREEMENT = 0.0  # > 0, several RM_MODELs: end the run once their disagreement on rollouts rises this much
 MINI_BATCH = 16  # rows per gradient step
 ACTOR_LR = 5e-5  # AdamW learning rate of the actor
 CRITIC_LR = 1e-4  # AdamW learning rate of the critic
@@ -148,6 +151,11 @@ def main():
     if ALGO not in ("ppo", "grpo"):
         raise ConfigError(f"ALGO={ALGO!r}: expected 'ppo' or 'grpo'")
     check_algo_settings()
+    if STOP_DISAGREEMENT and (len(RM_MODEL.split(",")) < 2 or REWARD != "rm"):
+        raise ConfigError(f"STOP_DISAGREEMENT={STOP_DISAGREEMENT:g} reads the disagreement of several reward "
+                          "models: give RM_MODEL as a comma-separated list (and REWARD='rm'), or leave it at 0")
+    if RM_ENSEMBLE not in RewardEnsemble.combines:
+        raise ConfigError(f"RM_ENSEMBLE={RM_ENSEMBLE!r}: expected one of {', '.join(RewardEnsemble.combines)}")
     # the settings are checked before any model loads
     algo_config = (GRPOConfig if ALGO == "grpo" else PPOConfig).from_settings(config)
     saved_sft_eval = read_sft_eval(SFT_EVAL, sft_eval_settings)
@@ -167,13 +175,19 @@ def main():
     else:
         raise ConfigError(f"PEFT={PEFT!r}: PPO supports 'none' and 'lora'")
     pad_id = tokenizer.pad_token_id
-    critic = load_reward_model(RM_MODEL, pad_id, "RM_MODEL") if ALGO == "ppo" else None
+    rm_paths = RM_MODEL.split(",")
+    critic = load_reward_model(rm_paths[0], pad_id, "RM_MODEL") if ALGO == "ppo" else None
     if CRITIC_INIT not in ("rm", "zero_head"):
         raise ConfigError(f"CRITIC_INIT={CRITIC_INIT!r}: expected 'rm' or 'zero_head'")
     # the returns are in normalised-score units, while the RM head speaks raw scores
     if critic is not None and CRITIC_INIT == "zero_head":
         torch.nn.init.zeros_(critic.score.weight)
-    reward_model = load_reward_model(RM_MODEL, pad_id, "RM_MODEL") if reward_fn is None else None
+    reward_model = None
+    if reward_fn is None:
+        members = [load_reward_model(path, pad_id, "RM_MODEL") for path in rm_paths]
+        # an ensemble is standardised on the SFT policy's samples when the trainer starts (model/reward.py)
+        reward_model = (members[0] if len(members) == 1
+                        else RewardEnsemble(members, RM_ENSEMBLE, RM_ENSEMBLE_LAMBDA))
 
     def prompt_items(path, limit):
         return PromptDataset(path, tokenizer, MAX_PROMPT_LEN, limit=limit,

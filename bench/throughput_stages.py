@@ -90,7 +90,7 @@ def run_ppo(s: dict, model_dir: str, out_dir: str, bf16: bool, levers: set) -> d
                        gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=8,
                        missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16="frozen_bf16" in levers,
                        close_truncated=False, eval_batch_size=100,
-                       eval_sampled=False)
+                       eval_sampled=False, stop_disagreement=0.0)
     trainer = PPOTrainer(actor, ref, critic, reward_model, tokenizer, prompts, cfg=cfg,
                          loop=loop_config(out_dir, bf16, levers), run_config={}, ptx_data=None,
                          reward_fn=None, judge=None, eval_prompts=None)

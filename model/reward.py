@@ -9,6 +9,7 @@ num_labels=1), so a saved reward model loads in any tool with
 """
 import torch
 from transformers import AutoModelForSequenceClassification
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from dataset.chat import encode_text, reply_text, use_chat_format
 from dataset.tokens import pad
@@ -28,6 +29,54 @@ def load_reward_model(name: str, pad_token_id: int, setting: str = "MODEL", dtyp
     # Llama configs have none; the last-token lookup needs it
     model.config.pad_token_id = pad_token_id
     return model
+
+
+class RewardEnsemble(torch.nn.Module):
+    """k frozen reward models read as one conservative reward (Coste et al. 2023, "Reward Model Ensembles Help
+    Mitigate Overoptimization"). Each member's score is standardised (`calibrate`: its mean and std on the SFT
+    policy's own samples), then combined per response: 'mean', 'min' (the worst case) or 'mean_minus_std'
+    (mean - lam * std across members: uncertainty costs reward). Called like a sequence classifier
+    (`reward_scores` works on it); `member_scores` gives the k standardised scores."""
+
+    combines = ("mean", "min", "mean_minus_std")
+
+    def __init__(self, members: list, combine: str, lam: float):
+        super().__init__()
+        if combine not in self.combines:
+            raise ValueError(f"combine={combine!r}: expected one of {self.combines}")
+        self.members, self.combine, self.lam = torch.nn.ModuleList(members), combine, lam
+        self.register_buffer("shift", torch.zeros(len(members)))
+        self.register_buffer("scale", torch.ones(len(members)))
+
+    def get_input_embeddings(self):
+        return None  # members are sequence classifiers: no LM head tied to an embedding (model/memory.py)
+
+    def member_scores(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+        """(B, T) -> (B, k) standardised scores."""
+        raw = torch.stack([m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+                           .logits.squeeze(-1).float() for m in self.members], -1)
+        return (raw - self.shift) / self.scale
+
+    def combined(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B, k) member scores -> (B,) the ensemble's reward."""
+        if self.combine == "mean":
+            return scores.mean(-1)
+        if self.combine == "min":
+            return scores.min(-1).values
+        return scores.mean(-1) - self.lam * scores.std(-1)
+
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        return SequenceClassifierOutput(
+            logits=self.combined(self.member_scores(input_ids, attention_mask, position_ids))[:, None])
+
+    @torch.no_grad()
+    def calibrate(self, input_ids, attention_mask) -> None:
+        """Each member's mean and std over these sequences become its shift and scale."""
+        self.shift.zero_()
+        self.scale.fill_(1.0)
+        raw = self.member_scores(input_ids, attention_mask, position_ids_for(attention_mask))  # (B, k)
+        self.shift.copy_(raw.mean(0))
+        self.scale.copy_(raw.std(0).clamp(min=1e-6))
 
 
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ def ppo_checks(out_dir: str) -> dict:
                     stop_approx_kl=0.0, max_new_tokens=8, temperature=0.7, top_k=0, top_p=1.0, beta=0.1, target_kl=0.01,
                     kl_horizon=100, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
                     missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False, eval_batch_size=100,
-                    eval_sampled=False)
+                    eval_sampled=False, stop_disagreement=0.0)
     trainer = PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, cfg=cfg, ptx_data=None,
                          reward_fn=length_reward, judge=gold_judge, eval_prompts=None, run_config={},
                          loop=trainer_configs(out_dir, max_steps=2, seed=0)["loop"])

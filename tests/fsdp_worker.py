@@ -64,7 +64,7 @@ def ppo_run(out_dir: str, rollout_batch: int, steps: int, use_fsdp: bool, dropou
                     kl_horizon=100, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2,
                     ptx_coef=0.0, ptx_batch=4, missing_eos_penalty=1.0, normalize_scores=True,
                     frozen_bf16=True, close_truncated=False, eval_batch_size=100,
-                    eval_sampled=False)
+                    eval_sampled=False, stop_disagreement=0.0)
     loop = trainer_configs(out_dir, max_steps=steps, seed=0, bf16=bf16, fsdp=use_fsdp)["loop"]
     return PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, cfg=cfg,
                       ptx_data=None, reward_fn=prompt_reward, judge=None, eval_prompts=None,
@@ -140,7 +140,7 @@ def dpo_and_grpo(out_dir: str) -> dict:
                      grpo_beta=0.04, grpo_loss="token", grpo_std_scale=False, stop_approx_kl=0.0,
                      clip_range=0.2, missing_eos_penalty=1.0,
                      normalize_scores=True, frozen_bf16=True, close_truncated=False, eval_batch_size=100,
-                    eval_sampled=False)
+                    eval_sampled=False, stop_disagreement=0.0)
     grpo = GRPOTrainer(actor, copy.deepcopy(actor), None, tok, prompts, cfg=cfg,
                        reward_fn=lambda rows, responses: [len(r) / 5 for r in responses],
                        judge=None, eval_prompts=None, run_config={},

@@ -29,7 +29,7 @@ def make_trainer(sft_dir, tmp_path, max_steps=1, **kw):
                     max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, grpo_beta=0.04, clip_range=0.2,
                     grpo_loss="token", grpo_std_scale=False, stop_approx_kl=0.0,
                     missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False, eval_batch_size=100,
-                    eval_sampled=False)
+                    eval_sampled=False, stop_disagreement=0.0)
     settings.update(kw)
     return GRPOTrainer(actor, copy.deepcopy(actor), None, tok, prompts, cfg=GRPOConfig(**settings),
                        reward_fn=starts_in_format, judge=gold_judge, eval_prompts=None, run_config={},

@@ -16,7 +16,7 @@ from model.generate import generate, position_ids_for
 from model.load import ModelError, load_tokenizer, set_pad_token
 from model.loss import compute_gae, kl_penalized_rewards, masked_mean, masked_whiten
 from model.peft import apply_peft
-from model.reward import load_reward_model, token_values
+from model.reward import RewardEnsemble, load_reward_model, reward_scores, token_values
 from trainer.ppo import PPOConfig, PPOTrainer, adaptive_beta
 
 from conftest import ROOT, run_inline, run_refused, trainer_configs
@@ -32,7 +32,7 @@ PPO_SETTINGS = dict(actor_lr=1e-4, critic_lr=1e-4, weight_decay=0.0, rollout_bat
                     stop_approx_kl=0.0, max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, beta=0.05, target_kl=0.0,
                     kl_horizon=1000, gamma=1.0, lam=0.95, clip_range=0.2, value_clip=0.2, ptx_coef=0.0, ptx_batch=4,
                     missing_eos_penalty=1.0, normalize_scores=True, frozen_bf16=True, close_truncated=False, eval_batch_size=100,
-                    eval_sampled=False)
+                    eval_sampled=False, stop_disagreement=0.0)
 
 
 def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, dropout=0.0, bf16=False, tokenizer_dir=None,
@@ -46,7 +46,7 @@ def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, drop
     if lora:
         actor = apply_peft(actor, "lora", r=4, alpha=8, targets=("q_proj", "v_proj"))
     critic = load_reward_model(sft_dir, tok.pad_token_id)
-    rm = load_reward_model(sft_dir, tok.pad_token_id) if reward_model else None
+    rm = load_reward_model(sft_dir, tok.pad_token_id) if reward_model is True else (reward_model or None)
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 72, limit=256, verbose=False)
     cfg = PPOConfig(**{**PPO_SETTINGS, **kw})
     return PPOTrainer(actor, ref, critic, rm, tok, prompts, cfg=cfg, ptx_data=None,
@@ -420,3 +420,81 @@ def test_sampled_evaluation_reports_samples_and_leaves_training_alone(sft_dir, t
         assert math.isfinite(with_samples[f"eval/sampled_{key}"])
     assert with_samples["eval/sampled_kl"] == 0.0  # the actor is still the reference
     assert torch.equal(rollouts[0], rollouts[1])
+
+
+def two_reward_models(sft_dir):
+    """Two reward models on the SFT backbone whose score heads differ (seeds 1 and 2)."""
+    tok = load_tokenizer(sft_dir)
+    members = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        members.append(load_reward_model(sft_dir, tok.pad_token_id).eval())
+    return members
+
+
+def test_reward_ensemble_standardises_then_combines(sft_dir):
+    """Each member is standardised on the calibration sequences (mean 0, std 1 there); 'mean', 'min' and
+    'mean_minus_std' combine the standardised scores; identical members disagree nowhere."""
+    members = two_reward_models(sft_dir)
+    tok = load_tokenizer(sft_dir)
+    prompts = PromptDataset("ds/prompts_train.jsonl", tok, 72, limit=16, verbose=False).items
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(it["prompt_ids"]) for it in prompts], batch_first=True,
+                                          padding_value=tok.pad_token_id)
+    mask = (ids != tok.pad_token_id).long()
+    ensemble = RewardEnsemble(members, "mean_minus_std", 0.5)
+    ensemble.calibrate(ids, mask)
+    z = ensemble.member_scores(ids, mask, position_ids_for(mask))  # (16, 2)
+    assert torch.allclose(z.mean(0), torch.zeros(2), atol=1e-5) and torch.allclose(z.std(0), torch.ones(2), atol=1e-5)
+    assert not torch.allclose(z[:, 0], z[:, 1])  # the members differ
+    assert torch.allclose(reward_scores(ensemble, ids, mask), z.mean(1) - 0.5 * z.std(1), atol=1e-6)
+    ensemble.combine = "min"
+    assert torch.allclose(reward_scores(ensemble, ids, mask), z.min(1).values, atol=1e-6)
+    twins = RewardEnsemble([members[0], members[0]], "mean_minus_std", 1.0)
+    twins.calibrate(ids, mask)
+    assert torch.allclose(reward_scores(twins, ids, mask), twins.member_scores(ids, mask, position_ids_for(mask))[:, 0])
+
+
+def test_ppo_with_a_reward_ensemble_logs_disagreement_and_samples_as_without(sft_dir, tmp_path):
+    """The ensemble is calibrated on the SFT policy's own samples under random numbers of its own: the
+    first rollout is the one a single reward model's run draws, and the members' disagreement is logged."""
+    single = make_trainer(sft_dir, tmp_path / "single", reward_model=two_reward_models(sft_dir)[0])
+    torch.manual_seed(0)
+    first = single.make_experience(single.get_batch(0)["items"]).sequences
+    ensemble = RewardEnsemble(two_reward_models(sft_dir), "mean_minus_std", 1.0)
+    trainer = make_trainer(sft_dir, tmp_path / "ensemble", reward_model=ensemble)
+    assert not torch.equal(ensemble.scale, torch.ones(2))  # calibrated when the trainer was built
+    torch.manual_seed(0)
+    assert torch.equal(trainer.make_experience(trainer.get_batch(0)["items"]).sequences, first)
+    metrics = trainer.training_step()
+    assert metrics["ppo/rm_disagreement"] > 0 and math.isfinite(metrics["ppo/score"])
+
+
+def test_stop_disagreement_compares_the_last_window_with_the_first():
+    """STOP_DISAGREEMENT: the run ends at the first iteration whose last-window mean disagreement exceeds
+    the threshold times the first window's; a flat disagreement never stops it."""
+    from types import SimpleNamespace
+
+    def iterations_run(values, threshold):
+        fake = SimpleNamespace(cfg=SimpleNamespace(stop_disagreement=threshold), name="ppo", disagreements=[],
+                               disagreement_window=2)
+        for i, v in enumerate(values, 1):
+            if PPOTrainer.stop_early(fake, {"ppo/rm_disagreement": v}):
+                return i
+        return None
+
+    rising = [0.2, 0.2, 0.2, 0.3, 0.4, 0.5]  # windows of 2: (0.2, 0.2) against (0.3, 0.4) = 1.75x at 5
+    assert iterations_run(rising, 1.5) == 5
+    assert iterations_run(rising, 3.0) is None
+    assert iterations_run([0.2] * 6, 1.01) is None
+    assert iterations_run(rising, 0.0) is None  # 0: off
+
+
+def test_ppo_ends_early_when_the_ensemble_disagrees_more(sft_dir, tmp_path, capsys):
+    """Through the loop: a run told to stop at any rise ends before MAX_STEPS and says why."""
+    ensemble = RewardEnsemble(two_reward_models(sft_dir), "mean", 1.0)
+    trainer = make_trainer(sft_dir, tmp_path, reward_model=ensemble, max_steps=6, stop_disagreement=1e-6,
+                           rollout_batch=8, mini_batch=8)
+    trainer.disagreement_window = 1
+    trainer.fit()
+    assert trainer.step == 2 and len(trainer.disagreements) == 2
+    assert "step 2: stopping before MAX_STEPS=6: the reward models' disagreement" in capsys.readouterr().out

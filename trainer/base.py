@@ -100,6 +100,11 @@ class Trainer(Resumable, Exports, MetricsLog):
     def evaluate(self) -> dict:
         return {}
 
+    def stop_early(self, metrics: dict) -> str:
+        """After each step: '' to go on, or the reason to end the run at this step (with its last
+        evaluation, and the model written as at the last step)."""
+        return ""
+
     def loss_weight(self, batch: dict) -> float:
         """How many terms compute_loss(batch) averages over (1: every micro-batch counts the same)."""
         return 1.0
@@ -175,7 +180,8 @@ class Trainer(Resumable, Exports, MetricsLog):
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(metrics.items())[:4]})
-                last = self.step == self.max_steps
+                stop_early = self.stop_early(metrics)  # '' to go on, else why the run ends here
+                last = self.step == self.max_steps or bool(stop_early)
                 if last or (loop.eval_interval and self.step % loop.eval_interval == 0):
                     metrics.update(self.run_evaluation())
                 if self.step % loop.log_interval == 0 or last or any(k.startswith("eval/") for k in metrics):
@@ -186,6 +192,9 @@ class Trainer(Resumable, Exports, MetricsLog):
                 if signum:
                     bar.close()
                     self.stop_after_signal(signum)
+                if stop_early:
+                    self.log(f"step {self.step}: stopping before MAX_STEPS={self.max_steps}: {stop_early}")
+                    break
         bar.close()
         end_trackers(self.accelerator)
         metrics["train_seconds"] = time.time() - start

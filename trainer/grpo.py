@@ -39,6 +39,7 @@ class GRPOConfig:
     grpo_loss: str  # 'token': mean over every response token of the batch; 'sequence': DeepSeekMath's per-response mean
     grpo_std_scale: bool  # divide each group's advantages by the group's std (DeepSeekMath); off: mean baseline only
     stop_approx_kl: float  # > 0: skip the iteration's remaining epochs once an epoch's mean approx KL exceeds it
+    stop_disagreement: float  # > 0: end the run once the reward ensemble disagrees this many times more (PPOConfig)
     clip_range: float  # epsilon of the clipped ratio
     missing_eos_penalty: float  # subtracted from the (normalised) score of a response that never emitted EOS
     normalize_scores: bool  # running mean/std normalisation of reward-model scores (before the group's)

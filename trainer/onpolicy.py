@@ -17,10 +17,11 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from model.generate import Responses, closed, decode_responses, response_logprobs, sample_responses
+from model.generate import (Responses, closed, decode_responses, position_ids_for, response_logprobs,
+                            sample_responses)
 from model.loss import masked_mean
 from model.memory import frozen_model
-from model.reward import reward_scores
+from model.reward import RewardEnsemble, reward_scores
 from trainer.base import Trainer
 from trainer.dist import mean_over_ranks
 from trainer.evaluate import Evaluator, Judge, mean_judgement, reference_for
@@ -92,6 +93,7 @@ class OnPolicyTrainer(Trainer):
     prompts each process draws per iteration."""
     name = ""  # the metrics' prefix: 'ppo', 'grpo'
     eval_rows_shown = 4  # held-out answers printed (and sent to the trackers) at each evaluation
+    disagreement_window = 5  # iterations averaged on each side of STOP_DISAGREEMENT's comparison
     nonfinite_hint = "Lower ACTOR_LR (or GRAD_CLIP)"
 
     def __init__(self, actor, ref, reward_model, tokenizer, prompts, *, cfg, loop: LoopConfig,
@@ -115,6 +117,10 @@ class OnPolicyTrainer(Trainer):
                                          judge=judge, reward=self.reward, reference=self.reference)
         self.score_moments, self.last_rows, self.warned_truncation = RunningMoments(), [], False
         self.last_eval = None  # the latest greedy evaluation, rows included (evaluate)
+        self.last_disagreement = None  # a reward ensemble's mean std across members on the latest rollout
+        self.disagreements = []  # its value at every iteration so far (STOP_DISAGREEMENT)
+        if isinstance(self.reward_model, RewardEnsemble):
+            self.calibrate_ensemble()
 
     # ------------------------------------------------------------------ forward passes
     def forward_in_chunks(self, fn, sequences, attention_mask) -> torch.Tensor:
@@ -145,8 +151,30 @@ class OnPolicyTrainer(Trainer):
         tok = self.tokenizer
         sequences, attention_mask = (closed(out, tok.eos_token_id, tok.pad_token_id) if self.cfg.close_truncated
                                      else (out.sequences, out.attention_mask))
+        if isinstance(self.reward_model, RewardEnsemble):  # the members' own scores: their disagreement is logged
+            members = self.forward_in_chunks(
+                lambda s, m: self.reward_model.member_scores(s, m, position_ids_for(m)), sequences,
+                attention_mask)  # (B, k)
+            self.last_disagreement = members.std(-1).mean().item()
+            return self.reward_model.combined(members)
         return self.forward_in_chunks(lambda s, m: reward_scores(self.reward_model, s, m), sequences,
                                       attention_mask)
+
+    @torch.no_grad()
+    def calibrate_ensemble(self) -> None:
+        """Standardise each member of a reward ensemble on the SFT policy's samples for the first ROLLOUT_BATCH
+        training prompts. Its own seeded random numbers: the same on every rank and on resume, and training
+        draws what it would draw without an ensemble."""
+        actor = self.unwrap(self.actor).eval()
+        items = [self.train_data[i] for i in range(min(len(self.train_data), self.cfg.rollout_batch))]
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), self.accelerator.autocast(), gathered(actor):
+            torch.manual_seed(self.seed)
+            out = sample_responses(actor, self.tokenizer, [it["prompt_ids"] for it in items],
+                                   self.cfg.max_new_tokens, **self.sampling)
+            tok = self.tokenizer
+            self.reward_model.calibrate(*(closed(out, tok.eos_token_id, tok.pad_token_id) if self.cfg.close_truncated
+                                          else (out.sequences, out.attention_mask)))
 
     # ------------------------------------------------------------------ phase 1: rollout
     # Every forward pass (sampling, actor, reference, critic, reward model) runs in eval mode (no dropout)
@@ -245,6 +273,8 @@ class OnPolicyTrainer(Trainer):
         rollout = {"score": exp.raw_scores.mean().item(), "kl": exp.kl.sum(1).mean().item(),
                    "kl_per_token": masked_mean(exp.kl, mask).item(), **self.extra_metrics(exp),
                    "response_length": mask.sum(1).mean().item(), "truncated_frac": 1 - has_eos.mean().item()}
+        if self.last_disagreement is not None:
+            rollout["rm_disagreement"] = self.last_disagreement
         gold = mean_judgement(self.judge, [it["row"] for it in items],
                               decode_responses(self.tokenizer, exp.sequences, exp.context_length))
         if gold is not None:
@@ -289,9 +319,28 @@ class OnPolicyTrainer(Trainer):
             out.update({f"sampled_{k}": v for k, v in sampled.items() if k != "rows" and "/" not in k})
         return out
 
+    def stop_early(self, metrics: dict) -> str:
+        """STOP_DISAGREEMENT (a reward ensemble): end the run once the members' disagreement on the rollouts,
+        averaged over the last `disagreement_window` iterations, exceeds STOP_DISAGREEMENT times its average
+        over the first ones. The policy has then left the samples the reward models agree on; the gold judge
+        plays no part."""
+        key = f"{self.name}/rm_disagreement"
+        if not self.cfg.stop_disagreement or key not in metrics:
+            return ""
+        self.disagreements.append(metrics[key])  # averaged over the ranks: every rank stops together
+        w = self.disagreement_window
+        if len(self.disagreements) < 2 * w:
+            return ""
+        first, last = sum(self.disagreements[:w]) / w, sum(self.disagreements[-w:]) / w
+        if last <= self.cfg.stop_disagreement * first:
+            return ""
+        return (f"the reward models' disagreement on the rollouts rose {last / first:.2f}x "
+                f"({first:.3f} -> {last:.3f}; STOP_DISAGREEMENT={self.cfg.stop_disagreement:g})")
+
     def state_dict(self) -> dict:
         return {"actor": self.unwrap(self.actor).state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "actor_sched": self.actor_sched.state_dict(), "score_moments": vars(self.score_moments)}
+                "actor_sched": self.actor_sched.state_dict(), "score_moments": vars(self.score_moments),
+                "disagreements": list(self.disagreements)}
 
     def sharded_state(self) -> dict:
         return {"actor": self.actor, "actor_opt": (self.actor, self.actor_opt)}
@@ -301,3 +350,4 @@ class OnPolicyTrainer(Trainer):
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.actor_sched.load_state_dict(state["actor_sched"])
         vars(self.score_moments).update(state["score_moments"])
+        self.disagreements = list(state.get("disagreements", []))

@@ -37,6 +37,7 @@ class PPOConfig:
     mini_batch: int  # rows per gradient step; divides rollout_batch
     ppo_epochs: int  # passes over each rollout batch
     stop_approx_kl: float  # > 0: skip the iteration's remaining epochs once an epoch's mean approx KL exceeds it
+    stop_disagreement: float  # > 0 (a reward ensemble): end the run once the members' disagreement on the rollouts rises this many times (OnPolicyTrainer.stop_early)
     max_new_tokens: int  # response length limit
     temperature: float  # sampling temperature; the log-probs of actor and reference use the same one
     top_k: int  # must be 0: see __post_init__

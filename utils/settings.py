@@ -121,7 +121,8 @@ AT_LEAST_ONE = ("BATCH_SIZE", "GRAD_ACCUM", "LOG_INTERVAL", "MAX_STEPS", "ITERAT
                 "TRAIN_LIMIT", "EVAL_LIMIT", "MAX_PROMPT_LEN")
 NON_NEGATIVE = ("GRAD_CLIP", "WEIGHT_DECAY", "WARMUP_STEPS", "EVAL_INTERVAL", "SAVE_INTERVAL",
                 "MEMORY_STEPS", "SEED", "TARGET_KL", "STOP_APPROX_KL", "PTX_COEF", "BETA",
-                "GRPO_BETA", "TEMPERATURE", "TOP_K", "TRAIN_LAYERS")
+                "GRPO_BETA", "TEMPERATURE", "TOP_K", "TRAIN_LAYERS", "STOP_DISAGREEMENT",
+                "RM_ENSEMBLE_LAMBDA")
 UNIT_INTERVAL = ("GAMMA", "LAM", "TOP_P")
 MIN_MAX_LEN = 8  # a prompt and a response need a few tokens each; below, a slice goes negative
 
