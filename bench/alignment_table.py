@@ -16,7 +16,7 @@ import os
 import re
 import statistics
 
-METHODS = ("ppo", "grpo", "dpo", "bon")
+METHODS = ("ppo", "grpo", "dpo", "bon")  # first, in this order; any other <name>_s<seed> folder follows
 LABELS = {"ppo": "PPO", "grpo": "GRPO", "dpo": "DPO", "bon": "best-of-N"}  # bon: bench/best_of_n.py
 COLUMNS = [  # (key, header, format)
     ("gold_score", "gold (greedy)", "{:.3f}"),
@@ -32,11 +32,12 @@ COLUMNS = [  # (key, header, format)
 
 
 def load_runs(out: str) -> dict:
-    """{method: [run dict, one per seed]} for every OUT/<method>_s<seed>/ with a summary.json."""
-    runs = {m: [] for m in METHODS}
+    """{method: [run dict, one per seed]} for every OUT/<method>_s<seed>/ with a summary.json; METHODS
+    first, then the others by name."""
+    runs = {}
     for path in sorted(glob.glob(os.path.join(out, "*_s*", "summary.json"))):
         match = re.fullmatch(r"(\w+)_s(\d+)", os.path.basename(os.path.dirname(path)))
-        if not match or match.group(1) not in runs:
+        if not match:
             continue
         with open(path) as f:
             run = json.load(f)
@@ -46,8 +47,9 @@ def load_runs(out: str) -> dict:
                    wall_minutes=timing.get("wall_seconds", float("nan")) / 60,
                    cpu_minutes=timing.get("cpu_seconds", float("nan")) / 60)
         run["peak_rss_mb"] = max(run["peak_rss_mb"], timing.get("peak_rss_mb", 0))
-        runs[match.group(1)].append(run)
-    return {m: r for m, r in runs.items() if r}
+        runs.setdefault(match.group(1), []).append(run)
+    order = [m for m in METHODS if m in runs] + sorted(m for m in runs if m not in METHODS)
+    return {m: runs[m] for m in order}
 
 
 def mean_spread(values: list) -> tuple[float, float]:
@@ -76,7 +78,7 @@ def tables(runs: dict) -> str:
     ]
     for method, rs in runs.items():
         lines.append(
-            f"| {LABELS[method]} | {len(rs)} | "
+            f"| {LABELS.get(method, method)} | {len(rs)} | "
             + " | ".join(cell([r.get(k) for r in rs], fmt) for k, _, fmt in COLUMNS)
             + " |"
         )
@@ -87,7 +89,7 @@ def tables(runs: dict) -> str:
         "",
         "Greedy gold score by instruction type (mean over runs; correct / format in brackets):",
         "",
-        "| type | SFT | " + " | ".join(LABELS[m] for m in runs) + " |",
+        "| type | SFT | " + " | ".join(LABELS.get(m, m) for m in runs) + " |",
         "| --- | ---: | " + " | ".join("---:" for _ in runs) + " |",
     ]
     for kind in kinds:
@@ -100,6 +102,21 @@ def tables(runs: dict) -> str:
                 f"{cell([after(r, 'gold') for r in rs], '{:.2f}')} ({mean_spread([after(r, 'correct') for r in rs])[0]:.2f} / "
                 f"{mean_spread([after(r, 'format') for r in rs])[0]:.2f})"
             )
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Correct by instruction type: SFT, and each method's mean over runs with its change from SFT:",
+        "",
+        "| type | SFT | " + " | ".join(LABELS.get(m, m) for m in runs) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in runs) + " |",
+    ]
+    for kind in kinds:
+        sft_correct = mean_spread([r["per_type"][f"{kind}/correct"]["sft"] for rs in runs.values() for r in rs])[0]
+        row = [kind, f"{sft_correct:.3f}"]
+        for rs in runs.values():
+            mean = mean_spread([next(v for k, v in r["per_type"][f"{kind}/correct"].items() if k != "sft")
+                                for r in rs])[0]
+            row.append(f"{mean:.3f} ({mean - sft_correct:+.3f})")
         lines.append("| " + " | ".join(row) + " |")
     if "bon" in runs:
         lines += ["", "best-of-N trains nothing: its gold, correct and format are those of the answer it keeps (a sample), "
@@ -134,7 +151,7 @@ def plot(runs: dict, path: str) -> None:
                 s=90,
                 color=color,
                 edgecolor="black",
-                label=LABELS[method],
+                label=LABELS.get(method, method),
             )
         ax.axhline(sft, color="gray", linestyle="--", linewidth=1, label="SFT")
         ax.set_xlabel(label)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# PPO's remedies against reward over-optimisation, each against today's default, from the same SFT model and
+# seeds; every figure on the test prompts, nothing chosen by the gold judge:
+#   ppo        the default: one reward model
+#   ensemble   three reward models (seeds 0, 1, 2), reward = mean - std of their standardised scores
+#   stop       the ensemble, and the run ends once their disagreement on the rollouts rises 1.5x
+#   iterated   half the labels up front, half on the round-1 policy's own samples (bench/iterated_rlhf.sh)
+# Then the table (gold, correct, format and KL; per type) and OUT/remedies.png.
+#
+#   bash bench/remedies.sh           # 3 seeds into out/remedies (about 2 hours on 2 cores)
+#   SEEDS=0 OUT=out/remedies_tiny PPO_ARGS="--iterations 2 --eval_limit 20 --test_limit 20" \
+#     RM_ARGS="--max_steps 5 --eval_limit 20" bash bench/remedies.sh      # a quick check of the pipeline
+#
+# Settings (environment): SEEDS ("0 1 2"), SFT (out/sft), RM (out/rm: the default reward model, seed 0), OUT,
+# PPO_ARGS (extra train_rlhf.py overrides of every PPO run), RM_ARGS (of the reward models trained here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seeds="${SEEDS:-0 1 2}"
+sft="${SFT:-out/sft}"
+rm0="${RM:-out/rm}"
+out="${OUT:-out/remedies}"
+export TQDM_DISABLE=1
+[ -f "$sft/config.json" ] || python train_sft.py --out_dir "$sft"
+[ -f "$rm0/config.json" ] || python train_rm.py --model "$sft" --out_dir "$rm0" ${RM_ARGS:-}
+for s in 1 2; do
+    [ -f "$out/rm_seed$s/config.json" ] || python train_rm.py --model "$sft" --seed "$s" \
+        --out_dir "$out/rm_seed$s" ${RM_ARGS:-}
+done
+ensemble="$rm0,$out/rm_seed1,$out/rm_seed2"
+ppo() {  # OUT_DIR, then train_rlhf.py settings
+    local dir=$1
+    shift
+    [ -f "$dir/summary.json" ] || python bench/timed.py "$dir" -- python train_rlhf.py --sft_model "$sft" \
+        --eval_interval 0 --out_dir "$dir" "$@" ${PPO_ARGS:-}
+}
+for seed in $seeds; do
+    ppo "$out/ppo_s$seed" --seed "$seed" --rm_model "$rm0"
+    ppo "$out/ensemble_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std
+    ppo "$out/stop_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std \
+        --stop_disagreement 1.5
+    SEED=$seed SFT=$sft OUT="$out/iterated" RUN="$out/iterated_s$seed" LABEL_ARGS="${LABEL_ARGS:-}" \
+        bash bench/iterated_rlhf.sh
+done
+python bench/alignment_table.py "$out" --plot "$out/remedies.png"
