@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Iterated RLHF within the shipped labelling budget, as InstructGPT collected its comparisons: the reward model
-# starts on the first half of the shipped ranked groups; PPO round 1 trains against it; the round-1 policy's
+# Iterated RLHF within the shipped labelling budget, as InstructGPT collected its comparisons: the reward
+# model starts on the first half of the shipped ranked groups; PPO round 1 trains against it; the round-1 policy's
 # own samples on the other half's prompts are ranked by the simulated labeller (label_samples.py); the reward
 # model continues on both halves; PPO round 2 starts again from the SFT model against it. At most as many
 # labelled groups in all as the shipped file holds (prompts whose samples all tie are left out).
@@ -22,7 +22,8 @@ export TQDM_DISABLE=1
 mkdir -p "$out"
 groups=$(grep -c . ds/rm_train_ranked.jsonl)
 half=$((groups / 2))
-[ -f "$out/rm0/config.json" ] || python train_rm.py --model "$sft" --train_limit "$half" --out_dir "$out/rm0" ${RM_ARGS:-}
+[ -f "$out/rm0/config.json" ] || python train_rm.py --model "$sft" --train_limit "$half" --out_dir "$out/rm0" \
+    ${RM_ARGS:-}
 # round 1: its figures are on the validation prompts (--test_prompts none); nothing is chosen by them
 [ -f "$out/round1_s$seed/summary.json" ] || python train_rlhf.py --sft_model "$sft" --rm_model "$out/rm0" \
     --seed "$seed" --eval_interval 0 --test_prompts none --out_dir "$out/round1_s$seed" ${PPO_ARGS:-}
@@ -32,7 +33,8 @@ if [ ! -f "$out/label_s$seed/train.jsonl" ]; then
         --eval_prompts ds/rm_test_ranked.jsonl --seed "$seed" --out "$out/label_s$seed" ${LABEL_ARGS:-}
 fi
 if [ ! -f "$out/rm1_s$seed/config.json" ]; then
-    { head -n "$half" ds/rm_train_ranked.jsonl; cat "$out/label_s$seed/train.jsonl"; } > "$out/rm1_data_s$seed.jsonl"
+    { head -n "$half" ds/rm_train_ranked.jsonl; cat "$out/label_s$seed/train.jsonl"; } \
+        > "$out/rm1_data_s$seed.jsonl"
     python train_rm.py --model "$out/rm0" --train_data "$out/rm1_data_s$seed.jsonl" --seed "$seed" \
         --out_dir "$out/rm1_s$seed" ${RM_ARGS:-}
 fi

@@ -15,11 +15,20 @@ import torch
 def matmul_gflops(
     dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 1.0, threads: int = None
 ) -> float:
-    """n x n matmul throughput in GFLOP/s (2 n^3 per product), products repeated for about `seconds`."""
+    """n x n matmul throughput in GFLOP/s (2 n^3 per product), products repeated for about `seconds`.
+    Where one product would take over a quarter of that (bf16 without hardware support runs at well under
+    1 GFLOP/s: a 2048 product takes minutes), n is halved until it does not, down to 256."""
     saved = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
+        a, b = torch.randn(256, 256, dtype=dtype), torch.randn(256, 256, dtype=dtype)
+        a @ b  # warm up (thread pool, kernels)
+        start = time.perf_counter()
+        a @ b
+        small = time.perf_counter() - start  # one 256 product
+        while n > 256 and small * (n / 256) ** 3 > seconds / 4:
+            n //= 2
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b  # warm up
         count, start = 0, time.perf_counter()

@@ -9,10 +9,11 @@
 #
 #   bash bench/remedies.sh           # 3 seeds into out/remedies (about 2 hours on 2 cores)
 #   SEEDS=0 OUT=out/remedies_tiny PPO_ARGS="--iterations 2 --eval_limit 20 --test_limit 20" \
-#     RM_ARGS="--max_steps 5 --eval_limit 20" bash bench/remedies.sh      # a quick check of the pipeline
+#     RM_ARGS="--max_steps 5 --eval_limit 20" LABEL_ARGS="--limit 20" bash bench/remedies.sh   # a quick check
 #
 # Settings (environment): SEEDS ("0 1 2"), SFT (out/sft), RM (out/rm: the default reward model, seed 0), OUT,
-# PPO_ARGS (extra train_rlhf.py overrides of every PPO run), RM_ARGS (of the reward models trained here).
+# PPO_ARGS (extra train_rlhf.py overrides of every PPO run), RM_ARGS (of the reward models trained here),
+# LABEL_ARGS (of label_samples.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds="${SEEDS:-0 1 2}"
