@@ -1,6 +1,7 @@
 """Score saved reward models on comparison files: pairwise accuracy (all pairs, and where the gold judge
 applies the correctness-only, format-only and trade pairs: a right answer in the worse format over a wrong
-one in the preferred format) and mean margin, one line per (model, file).
+one in the preferred format), mean margin and the correctness-only accuracy per task type, one line per
+(model, file).
 
     python bench/eval_rm.py --models out/rm,out/rm_label --data ds/rm_test_ranked.jsonl,out/label/eval.jsonl
     python bench/eval_rm.py --models out/smollm2/rm --chat_template True --limit 100   # as bench/pipeline_smollm2.sh trains it
@@ -48,9 +49,11 @@ def main():
                 for k in ("accuracy_correctness", "accuracy_format", "accuracy_trade")
                 if k in m
             )
+            per_type = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in m.items()
+                                 if k.startswith("accuracy_correctness/"))
             print(
                 f"{model_dir} on {source}: accuracy {m['accuracy']:.4f} ({m['pairs']} pairs){extra}, "
-                f"margin {m['margin']:.3f}"
+                f"margin {m['margin']:.3f}" + (f"; correctness-only by type: {per_type}" if per_type else "")
             )
 
 
