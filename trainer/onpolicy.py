@@ -275,8 +275,10 @@ class OnPolicyTrainer(Trainer):
                    "response_length": mask.sum(1).mean().item(), "truncated_frac": 1 - has_eos.mean().item()}
         if self.last_disagreement is not None:
             rollout["rm_disagreement"] = self.last_disagreement
-        gold = mean_judgement(self.judge, [it["row"] for it in items],
-                              decode_responses(self.tokenizer, exp.sequences, exp.context_length))
+        gold = None
+        if self.judge is not None:  # the rollouts' gold score (a measurement: it never enters the loss)
+            gold = mean_judgement(self.judge, [it["row"] for it in items],
+                                  decode_responses(self.tokenizer, exp.sequences, exp.context_length))
         if gold is not None:
             rollout["gold_score"] = gold
         metrics.update({f"{self.name}/{k}": v for k, v in rollout.items()})
