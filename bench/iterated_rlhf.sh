@@ -23,10 +23,10 @@ mkdir -p "$out"
 groups=$(grep -c . ds/rm_train_ranked.jsonl)
 half=$((groups / 2))
 [ -f "$out/rm0/config.json" ] || python train_rm.py --model "$sft" --train_limit "$half" --out_dir "$out/rm0" \
-    ${RM_ARGS:-}
+    --overwrite True ${RM_ARGS:-}
 # round 1: its figures are on the validation prompts (--test_prompts none); nothing is chosen by them
 [ -f "$out/round1_s$seed/summary.json" ] || python train_rlhf.py --sft_model "$sft" --rm_model "$out/rm0" \
-    --seed "$seed" --eval_interval 0 --test_prompts none --out_dir "$out/round1_s$seed" ${PPO_ARGS:-}
+    --seed "$seed" --eval_interval 0 --test_prompts none --out_dir "$out/round1_s$seed" --overwrite True ${PPO_ARGS:-}
 if [ ! -f "$out/label_s$seed/train.jsonl" ]; then
     tail -n +"$((half + 1))" ds/rm_train_ranked.jsonl > "$out/second_half.jsonl"
     python label_samples.py --model "$out/round1_s$seed" --train_prompts "$out/second_half.jsonl" \
@@ -36,9 +36,9 @@ if [ ! -f "$out/rm1_s$seed/config.json" ]; then
     { head -n "$half" ds/rm_train_ranked.jsonl; cat "$out/label_s$seed/train.jsonl"; } \
         > "$out/rm1_data_s$seed.jsonl"
     python train_rm.py --model "$out/rm0" --train_data "$out/rm1_data_s$seed.jsonl" --seed "$seed" \
-        --out_dir "$out/rm1_s$seed" ${RM_ARGS:-}
+        --out_dir "$out/rm1_s$seed" --overwrite True ${RM_ARGS:-}
 fi
 python bench/eval_rm.py --models "$out/rm0,$out/rm1_s$seed" --data "$out/label_s$seed/eval.jsonl" \
     | tee "$out/rm_on_policy_s$seed.txt"
 [ -f "$run/summary.json" ] || python bench/timed.py "$run" -- python train_rlhf.py --sft_model "$sft" \
-    --rm_model "$out/rm1_s$seed" --seed "$seed" --eval_interval 0 --out_dir "$run" ${PPO_ARGS:-}
+    --rm_model "$out/rm1_s$seed" --seed "$seed" --eval_interval 0 --out_dir "$run" --overwrite True ${PPO_ARGS:-}

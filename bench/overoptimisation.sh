@@ -23,7 +23,7 @@ groups=$(grep -c . ds/rm_train_ranked.jsonl)  # ranked groups of the shipped rew
 for part in quarter:4 half:2; do
     name=${part%%:*}
     [ -f "$out/rm_$name/config.json" ] || python train_rm.py --model "$sft" --train_limit $((groups / ${part##*:})) \
-        --out_dir "$out/rm_$name"
+        --out_dir "$out/rm_$name" --overwrite True
 done
 rms="quarter=$out/rm_quarter,half=$out/rm_half,all=$rm_all"
 for name in quarter half all; do
@@ -31,7 +31,7 @@ for name in quarter half all; do
     [ "$name" = all ] && rm_dir=$rm_all
     [ -f "$out/ppo_$name/summary.json" ] || python train_rlhf.py --sft_model "$sft" --rm_model "$rm_dir" \
         --eval_prompts ds/prompts_test.jsonl --eval_limit None --test_prompts none --eval_interval 5 \
-        --eval_sampled True --save_interval 0 --out_dir "$out/ppo_$name" ${PPO_ARGS:-}
+        --eval_sampled True --save_interval 0 --out_dir "$out/ppo_$name" --overwrite True ${PPO_ARGS:-}
 done
 python bench/overoptimisation.py --sft_model "$sft" --rms "$rms" --pool "${POOL:-64}" \
     --ppo "quarter=$out/ppo_quarter,half=$out/ppo_half,all=$out/ppo_all" --out_dir "$out" \

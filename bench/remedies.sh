@@ -25,14 +25,15 @@ export TQDM_DISABLE=1
 [ -f "$rm0/config.json" ] || python train_rm.py --model "$sft" --out_dir "$rm0" ${RM_ARGS:-}
 for s in 1 2; do
     [ -f "$out/rm_seed$s/config.json" ] || python train_rm.py --model "$sft" --seed "$s" \
-        --out_dir "$out/rm_seed$s" ${RM_ARGS:-}
+        --out_dir "$out/rm_seed$s" --overwrite True ${RM_ARGS:-}
 done
 ensemble="$rm0,$out/rm_seed1,$out/rm_seed2"
+# a run without its summary.json (or model) is unfinished: it starts again (--overwrite True)
 ppo() {  # OUT_DIR, then train_rlhf.py settings
     local dir=$1
     shift
     [ -f "$dir/summary.json" ] || python bench/timed.py "$dir" -- python train_rlhf.py --sft_model "$sft" \
-        --eval_interval 0 --out_dir "$dir" "$@" ${PPO_ARGS:-}
+        --eval_interval 0 --out_dir "$dir" --overwrite True "$@" ${PPO_ARGS:-}
 }
 for seed in $seeds; do
     ppo "$out/ppo_s$seed" --seed "$seed" --rm_model "$rm0"
