@@ -6,7 +6,7 @@
 # when to stop: PPO runs its default iterations and keeps no "best" model, and the PPO runs' evaluations read
 # the test prompts only to draw the curve.
 #
-#   bash bench/overoptimisation.sh      # about 60 minutes on 2 cores: out/overopt/, pic/overoptimisation.png
+#   bash bench/overoptimisation.sh      # about 40 minutes on 2 quiet cores: out/overopt/, pic/overoptimisation.png
 #
 # Settings (environment): SFT (out/sft) and RM (out/rm: the reward model on all comparisons), trained here
 # with their defaults if missing; OUT (out/overopt); POOL (64 samples per prompt for best-of-N); PLOT
