@@ -68,6 +68,11 @@ def cell(values: list, fmt: str) -> str:
     )
 
 
+def per_type(r: dict, kind: str, key: str, sft: bool = False) -> float:
+    """A run's per-type figure: per_type holds {"sft": x, "<method>": y}."""
+    return next(v for k, v in r["per_type"][f"{kind}/{key}"].items() if (k == "sft") == sft)
+
+
 def tables(runs: dict) -> str:
     sft = [r["gold_score_sft"] for rs in runs.values() for r in rs]
     lines = [
@@ -93,15 +98,12 @@ def tables(runs: dict) -> str:
         "| --- | ---: | " + " | ".join("---:" for _ in runs) + " |",
     ]
     for kind in kinds:
-        def after(r, key):  # per_type holds {"sft": x, "<method>": y}
-            return next(v for k, v in r["per_type"][f"{kind}/{key}"].items() if k != "sft")
         any_run = next(iter(runs.values()))
-        row = [f"{kind}", cell([r["per_type"][f"{kind}/gold"]["sft"] for r in any_run], "{:.2f}")]
+        row = [f"{kind}", cell([per_type(r, kind, "gold", sft=True) for r in any_run], "{:.2f}")]
         for rs in runs.values():
-            row.append(
-                f"{cell([after(r, 'gold') for r in rs], '{:.2f}')} ({mean_spread([after(r, 'correct') for r in rs])[0]:.2f} / "
-                f"{mean_spread([after(r, 'format') for r in rs])[0]:.2f})"
-            )
+            mean = {key: mean_spread([per_type(r, kind, key) for r in rs])[0] for key in ("correct", "format")}
+            row.append(f"{cell([per_type(r, kind, 'gold') for r in rs], '{:.2f}')} "
+                       f"({mean['correct']:.2f} / {mean['format']:.2f})")
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
@@ -111,11 +113,10 @@ def tables(runs: dict) -> str:
         "| --- | ---: | " + " | ".join("---:" for _ in runs) + " |",
     ]
     for kind in kinds:
-        sft_correct = mean_spread([r["per_type"][f"{kind}/correct"]["sft"] for rs in runs.values() for r in rs])[0]
+        sft_correct = mean_spread([per_type(r, kind, "correct", sft=True) for rs in runs.values() for r in rs])[0]
         row = [kind, f"{sft_correct:.3f}"]
         for rs in runs.values():
-            mean = mean_spread([next(v for k, v in r["per_type"][f"{kind}/correct"].items() if k != "sft")
-                                for r in rs])[0]
+            mean = mean_spread([per_type(r, kind, "correct") for r in rs])[0]
             row.append(f"{mean:.3f} ({mean - sft_correct:+.3f})")
         lines.append("| " + " | ".join(row) + " |")
     if "bon" in runs:

@@ -454,16 +454,17 @@ def test_reward_ensemble_standardises_then_combines(sft_dir):
     assert torch.allclose(reward_scores(twins, ids, mask), twins.member_scores(ids, mask, position_ids_for(mask))[:, 0])
 
 
-def test_ppo_with_a_reward_ensemble_logs_disagreement_and_samples_as_without(sft_dir, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])  # bf16: the members' matrices stored in bf16 (FROZEN_BF16)
+def test_ppo_with_a_reward_ensemble_logs_disagreement_and_samples_as_without(sft_dir, tmp_path, bf16):
     """The ensemble is calibrated on the SFT policy's own samples under random numbers of its own: the
     first rollout is the one a single reward model's run draws, and the members' disagreement is logged."""
     rm = two_reward_models(sft_dir)[0]
     torch.manual_seed(0)  # as the script seeds before it builds the trainer
-    single = make_trainer(sft_dir, tmp_path / "single", reward_model=rm)
+    single = make_trainer(sft_dir, tmp_path / "single", reward_model=rm, bf16=bf16)
     first = single.make_experience(single.get_batch(0)["items"]).sequences
     ensemble = RewardEnsemble(two_reward_models(sft_dir), "mean_minus_std", 1.0)
     torch.manual_seed(0)
-    trainer = make_trainer(sft_dir, tmp_path / "ensemble", reward_model=ensemble)
+    trainer = make_trainer(sft_dir, tmp_path / "ensemble", reward_model=ensemble, bf16=bf16)
     assert not torch.equal(ensemble.scale, torch.ones(2))  # calibrated when the trainer was built
     assert torch.equal(trainer.make_experience(trainer.get_batch(0)["items"]).sequences, first)
     metrics = trainer.training_step()

@@ -148,9 +148,7 @@ class OnPolicyTrainer(Trainer):
             responses = decode_responses(self.tokenizer, out.sequences, out.context_length)
             scores = self.reward_fn([it["row"] for it in items], responses)
             return torch.tensor(scores, dtype=torch.float, device=self.device)
-        tok = self.tokenizer
-        sequences, attention_mask = (closed(out, tok.eos_token_id, tok.pad_token_id) if self.cfg.close_truncated
-                                     else (out.sequences, out.attention_mask))
+        sequences, attention_mask = self.scored_sequences(out)
         if isinstance(self.reward_model, RewardEnsemble):  # the members' own scores: their disagreement is logged
             members = self.forward_in_chunks(
                 lambda s, m: self.reward_model.member_scores(s, m, position_ids_for(m)), sequences,
@@ -172,9 +170,14 @@ class OnPolicyTrainer(Trainer):
             torch.manual_seed(self.seed)
             out = sample_responses(actor, self.tokenizer, [it["prompt_ids"] for it in items],
                                    self.cfg.max_new_tokens, **self.sampling)
-            tok = self.tokenizer
-            self.reward_model.calibrate(*(closed(out, tok.eos_token_id, tok.pad_token_id) if self.cfg.close_truncated
-                                          else (out.sequences, out.attention_mask)))
+            self.reward_model.calibrate(*self.scored_sequences(out))
+
+    def scored_sequences(self, out: Responses) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sequences, attention_mask) as the reward model reads them: with CLOSE_TRUNCATED, a cut response
+        closed with EOS."""
+        if self.cfg.close_truncated:
+            return closed(out, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        return out.sequences, out.attention_mask
 
     # ------------------------------------------------------------------ phase 1: rollout
     # Every forward pass (sampling, actor, reference, critic, reward model) runs in eval mode (no dropout)
