@@ -38,9 +38,12 @@ ppo() {  # OUT_DIR, then train_rlhf.py settings
 for seed in $seeds; do
     ppo "$out/ppo_s$seed" --seed "$seed" --rm_model "$rm0"
     ppo "$out/ensemble_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std
-    ppo "$out/stop_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std \
-        --stop_disagreement 1.5
     SEED=$seed SFT=$sft OUT="$out/iterated" RUN="$out/iterated_s$seed" LABEL_ARGS="${LABEL_ARGS:-}" \
         bash bench/iterated_rlhf.sh
+done
+# last: a stop rule that never fires leaves the run identical to the ensemble's (same seed, same random numbers)
+for seed in $seeds; do
+    ppo "$out/stop_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std \
+        --stop_disagreement 1.5
 done
 python bench/alignment_table.py "$out" --plot "$out/remedies.png"
