@@ -20,7 +20,7 @@ import torch
 from dataset.chat import use_chat_format
 from dataset.rm import RMDataset
 from dataset.task import gold_judge
-from model.load import load_tokenizer
+from model.load import load_tokenizer, set_dropout
 from model.peft import apply_peft
 from model.reward import load_reward_model
 from trainer.base import LoopConfig, OptimConfig
@@ -39,6 +39,7 @@ EVAL_DATA = "ds/rm_val_ranked.jsonl"  # validation: evaluations and out_dir/best
 TEST_DATA = "ds/rm_test_ranked.jsonl"  # test comparisons: the reported accuracy ('none' to skip)
 OUT_DIR = "out/rm"  # where the reward model, metrics.jsonl and summary.json go
 MAX_LEN = 96  # tokens per prompt + response; longer ones are cut (dataset/rm.py)
+TOO_LONG = "cut"  # a training comparison over MAX_LEN: 'cut' (prompt from the left) or 'drop' it (as TRL does)
 CHAT_TEMPLATE = False  # False: the Alpaca format; True: the tokenizer's chat template
 STRICT = False  # HH rows whose two prompts differ: False = skip them with a warning, True = error
 TRAIN_LIMIT = None  # use only the first N training rows (None: all)
@@ -60,6 +61,7 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 FSDP = False  # with torchrun --nproc_per_node N
 GROUP_BY_LENGTH = False
 GRADIENT_CHECKPOINTING = False
+DROPOUT = None  # None: the model's own (opt-125m: 0.1); a number sets every dropout (TRL's RewardTrainer: 0)
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 50  # steps between evaluations; the most accurate model is kept in out_dir/best
 EVAL_BATCH_SIZE = 64  # comparison groups per evaluation forward pass
@@ -93,6 +95,11 @@ def check_settings() -> list[float]:
     if TRAIN_LAYERS is not None and TRAIN_LAYERS < 0:
         raise ConfigError(f"TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, "
                           "0 (head only) or None (all)")
+    if TOO_LONG not in ("cut", "drop"):
+        raise ConfigError(f"TOO_LONG={TOO_LONG!r}: expected 'cut' (the prompt from the left, then the "
+                          "response from the right) or 'drop' (leave the comparison out)")
+    if DROPOUT is not None and not 0 <= float(DROPOUT) < 1:
+        raise ConfigError(f"DROPOUT={DROPOUT!r}: a probability in [0, 1), or None for the model's own")
     if PEFT not in ("none", "lora", "bitfit"):
         raise ConfigError(f"PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
     if TRAIN_LAYERS == 0 and PEFT != "none":
@@ -131,11 +138,14 @@ def main():
     model = load_reward_model(MODEL, tokenizer.pad_token_id)
     config["BF16"] = resolve_bf16(BF16, model)
 
-    def comparisons(path, limit):
-        return RMDataset(path, tokenizer, MAX_LEN, on_mismatch, limit, chat_template=CHAT_TEMPLATE,
-                         judge=gold_judge)
+    if DROPOUT is not None:
+        set_dropout(model, float(DROPOUT))
 
-    train = comparisons(TRAIN_DATA, TRAIN_LIMIT)
+    def comparisons(path, limit, too_long="cut"):
+        return RMDataset(path, tokenizer, MAX_LEN, on_mismatch, limit, chat_template=CHAT_TEMPLATE,
+                         judge=gold_judge, too_long=too_long)
+
+    train = comparisons(TRAIN_DATA, TRAIN_LIMIT, TOO_LONG)  # validation and test: every comparison, cut
     eval_data = None if EVAL_DATA == "none" else comparisons(EVAL_DATA, EVAL_LIMIT)
     test_data = None if TEST_DATA == "none" else comparisons(TEST_DATA, EVAL_LIMIT)
     if TRAIN_LAYERS == 0:  # L2 by cross-validation on train; the figures are the test split's

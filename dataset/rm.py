@@ -4,7 +4,9 @@ dataset/comparisons.py) -> token ids.
 A group is scored as one unit: each of its K responses is one sequence (prompt + response + EOS),
 scored once per step, and the pairs index into them. Over-length sequences follow the shared policy
 of `dataset.tokens.fit_lengths` (prompt cut from the left, once per comparison, for its longest reply;
-then each response from the right); they are counted and reported, never dropped. Bad rows raise DataError with file:line.
+then each response from the right); they are counted and reported. With `too_long='drop'` a comparison with any
+sequence over `max_len` is left out instead (as TRL's RewardTrainer does), also counted. Bad rows raise DataError
+with file:line.
 
 With `chat_template=True` the text goes through the tokenizer's chat template instead (for a chat model
 such as SmolLM2-Instruct): HH turns become user/assistant messages (any other prompt is one user
@@ -70,9 +72,14 @@ class RMDataset(torch.utils.data.Dataset):
         verbose: bool = True,
         chat_template: bool = False,
         judge=None,
+        too_long: str = "cut",
     ):
+        if too_long not in ("cut", "drop"):
+            raise ConfigError(f"TOO_LONG={too_long!r}: expected 'cut' (the prompt from the left, then the "
+                              "response from the right) or 'drop' (leave the comparison out)")
         self.groups = read_comparisons(source, on_mismatch, limit)
-        self.items, self.counter = [], TruncationCounter()
+        self.items, self.counter, self.dropped = [], TruncationCounter(), 0
+        kept = []
         for g in self.groups:
             if chat_template or "messages" in g:
                 prompt_ids, response_ids = encode_chat(
@@ -81,6 +88,10 @@ class RMDataset(torch.utils.data.Dataset):
             else:
                 prompt_ids = encode_prompt(tokenizer, g["prompt"])
                 response_ids = [encode_response(tokenizer, response) for response in g["responses"]]
+            if too_long == "drop" and len(prompt_ids) + max(map(len, response_ids)) > max_len:
+                self.dropped += 1
+                continue
+            kept.append(g)
             # The prompt is cut once, for the longest reply, so every reply of the comparison follows the same
             # prompt tokens (cut per reply, a long reply would be read after less of the prompt than a short one)
             whole = len(prompt_ids)
@@ -113,14 +124,16 @@ class RMDataset(torch.utils.data.Dataset):
                     "types": types,
                 }
             )
+        self.groups = kept  # the groups behind self.items, one for one
         if verbose:
             print(self.report(source))
 
     def report(self, name: str) -> str:
         c = self.counter
+        dropped = f", {self.dropped} groups longer than max_len left out" if self.dropped else ""
         return (f"{name}: {len(self.items)} groups, {self.num_pairs} pairs, {c.rows} sequences, "
                 f"{c.truncated} truncated (prompt cut from the left: {c.prompt_cut}, "
-                f"response cut from the right: {c.response_cut})")
+                f"response cut from the right: {c.response_cut}){dropped}")
 
     @property
     def num_pairs(self) -> int:

@@ -235,6 +235,24 @@ def load_checkpoint(path: str, setting: str = "MODEL"):
     return model.eval(), tokenizer
 
 
+DROPOUT_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "classifier_dropout")
+
+
+def set_dropout(model, p: float) -> None:
+    """Every dropout of a loaded model to probability p: nn.Dropout modules and the float rates that
+    transformers' layers read at each call (OPT's attention and decoder layers, Llama's attention), and
+    the config, so a saved checkpoint says what it was trained with."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        for field in DROPOUT_FIELDS:
+            if isinstance(getattr(module, field, None), float):
+                setattr(module, field, p)
+    for field in DROPOUT_FIELDS:
+        if isinstance(getattr(model.config, field, None), float):
+            setattr(model.config, field, p)
+
+
 def opt125m_config(vocab_size: int = 50272) -> OPTConfig:
     """The exact facebook/opt-125m architecture (125,239,296 parameters with its vocabulary)."""
     return OPTConfig(vocab_size=vocab_size, hidden_size=768, num_hidden_layers=12, ffn_dim=3072,

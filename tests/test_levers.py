@@ -2,11 +2,14 @@
 every item once per epoch, the loss on the supervised span equals the loss on all logits, the response
 log-probs from the last N + 1 positions equal those of the full forward, fused AdamW takes the same step."""
 import copy
+import os
+import sys
 
 import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
+from conftest import ROOT
 from dataset.sft import SFTDataset, sft_collate
 from model.generate import position_ids_for, response_logprobs
 from model.loss import lm_loss, token_logprobs
@@ -160,3 +163,22 @@ def test_bf16_auto_turns_on_only_for_wide_models_on_native_bf16_hardware(monkeyp
         dist.resolve_bf16("yes", wide)
     namespace = {"BF16": "auto"}  # the CLI's text and a replayed run_config's bool both reach resolve_bf16
     assert configure(namespace, ["--bf16", "True"])["BF16"] == "True"
+
+
+def test_profile_categories_put_each_op_where_the_throughput_table_says():
+    """bench/profile_stages.py: the vocabulary matmul is the LM head, other matmuls are the linear layers,
+    flash attention and softmax are attention, log-softmax and NLL are the cross-entropy, AdamW and the
+    clipping norm are the optimizer, autocast's copies are casts."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from profile_stages import category
+
+    vocab = 50272
+    assert category("aten::mm", [[2048, 768], [768, vocab]], vocab) == "LM head (vocabulary matmul)"
+    assert category("aten::addmm", [[3072], [2048, 768], [768, 3072]], vocab) == "matmuls (linear layers)"
+    assert category("aten::_scaled_dot_product_flash_attention_for_cpu", [], vocab) == "attention"
+    assert category("aten::_log_softmax", [[8, vocab]], vocab) == "cross-entropy / log-softmax"
+    assert category("aten::nll_loss_backward", [], vocab) == "cross-entropy / log-softmax"
+    assert category("aten::_fused_adamw_", [], vocab) == "optimizer (AdamW, clipping)"
+    assert category("aten::linalg_vector_norm", [], vocab) == "optimizer (AdamW, clipping)"
+    assert category("aten::_to_copy", [], vocab) == "dtype casts and copies"
+    assert category("aten::bernoulli_", [], vocab) == "elementwise, norms, dropout"

@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification, OPTConfig, OPTForSe
 
 from conftest import ROOT, run_inline, trainer_configs
 from dataset.io import DataError
+from utils import ConfigError
 from dataset.chat import chat_messages
 from dataset.task import gold_judge, rank_responses
 from dataset.comparisons import read_comparisons, split_hh
@@ -354,3 +355,34 @@ def test_train_rm_head_only_fits_the_head_and_saves_a_model_that_scores_the_same
             assert torch.equal(p, sft_params[name]), name
     held = RMDataset(os.path.join(ROOT, "ds/rm_test_ranked.jsonl"), load_tokenizer(out), 96, limit=100, verbose=False)
     assert evaluate_pairs(model, held, PAD, 64)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)
+
+
+def test_too_long_drop_leaves_out_only_the_over_long_comparisons_and_counts_them(tok, tmp_path):
+    """TOO_LONG='drop' (TRL's rule): a comparison with any sequence over max_len is left out, counted and
+    reported; the others are encoded exactly as under 'cut'."""
+    rows = [{"prompt": "Add.\n1 and 2", "chosen": "The answer is 3.", "rejected": "3"},
+            {"prompt": "word " * 80, "chosen": "The answer is 3.", "rejected": "3"},
+            {"prompt": "Sort.\n2 1", "chosen": "The answer is 1 2.", "rejected": "1 2"}]
+    path = write_rows(tmp_path, "mixed.jsonl", rows)
+    cut = RMDataset(path, tok, max_len=24, verbose=False)
+    drop = RMDataset(path, tok, max_len=24, verbose=False, too_long="drop")
+    assert len(cut) == 3 and len(drop) == 2 and drop.dropped == 1
+    assert [it["sequences"] for it in drop.items] == [cut.items[0]["sequences"], cut.items[2]["sequences"]]
+    assert [g["prompt"] for g in drop.groups] == [rows[0]["prompt"], rows[2]["prompt"]]
+    assert "1 groups longer than max_len left out" in drop.report("x")
+    with pytest.raises(ConfigError, match="TOO_LONG"):
+        RMDataset(path, tok, max_len=24, verbose=False, too_long="truncate")
+
+
+def test_set_dropout_turns_every_dropout_off_and_says_so_in_the_config():
+    """DROPOUT=0 (train_rm.py): a model built with dropout 0.1 gives the same output twice in training
+    mode (it did not before), and its config records 0."""
+    from conftest import tiny_model
+    from model.load import set_dropout
+
+    model = tiny_model(dropout=0.1).train()
+    ids = torch.arange(3, 19)[None]
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+    set_dropout(model, 0.0)
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    assert model.config.dropout == 0.0 and model.config.attention_dropout == 0.0
