@@ -138,7 +138,8 @@ def main() -> None:
     for event in prof.events():
         name = where(event, args.vocab)
         seconds[name] += event.self_cpu_time_total / 1e6
-        top[event.name] = top.get(event.name, 0.0) + event.self_cpu_time_total / 1e6
+        key = f"{event.name} {event.input_shapes}" if os.environ.get("PROFILE_SHAPES") else event.name
+        top[key] = top.get(key, 0.0) + event.self_cpu_time_total / 1e6
     if os.environ.get("PROFILE_TOP"):  # the ops that cost most, to check the categories
         for key, value in sorted(top.items(), key=lambda kv: -kv[1])[:int(os.environ["PROFILE_TOP"])]:
             print(f"{value / args.steps:8.3f} s/step  {key}", file=sys.stderr)

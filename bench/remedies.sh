@@ -12,6 +12,7 @@
 #     RM_ARGS="--max_steps 5 --eval_limit 20" LABEL_ARGS="--limit 20" bash bench/remedies.sh   # a quick check
 #
 # Settings (environment): SEEDS ("0 1 2"), SFT (out/sft), RM (out/rm: the default reward model, seed 0), OUT,
+# DATA (ds: the task's files; a regenerated task's folder, e.g. out/seed1/ds from bench/run_pipeline.sh 1),
 # PPO_ARGS (extra train_rlhf.py overrides of every PPO run), RM_ARGS (of the reward models trained here),
 # LABEL_ARGS (of label_samples.py).
 set -euo pipefail
@@ -20,11 +21,18 @@ seeds="${SEEDS:-0 1 2}"
 sft="${SFT:-out/sft}"
 rm0="${RM:-out/rm}"
 out="${OUT:-out/remedies}"
+data="${DATA:-ds}"
+sft_files=(--train_data "$data/sft_train.jsonl" --eval_data "$data/sft_val.jsonl" --eval_prompts "$data/prompts_val.jsonl"
+           --test_data "$data/sft_test.jsonl" --test_prompts "$data/prompts_test.jsonl")
+rm_files=(--train_data "$data/rm_train_ranked.jsonl" --eval_data "$data/rm_val_ranked.jsonl"
+          --test_data "$data/rm_test_ranked.jsonl")
+rl_files=(--prompts "$data/prompts_train.jsonl" --ptx_data "$data/sft_train.jsonl" --eval_prompts "$data/prompts_val.jsonl"
+          --test_prompts "$data/prompts_test.jsonl")
 export TQDM_DISABLE=1
-[ -f "$sft/config.json" ] || python train_sft.py --out_dir "$sft"
-[ -f "$rm0/config.json" ] || python train_rm.py --model "$sft" --out_dir "$rm0" ${RM_ARGS:-}
+[ -f "$sft/config.json" ] || python train_sft.py "${sft_files[@]}" --out_dir "$sft"
+[ -f "$rm0/config.json" ] || python train_rm.py --model "$sft" "${rm_files[@]}" --out_dir "$rm0" ${RM_ARGS:-}
 for s in 1 2; do
-    [ -f "$out/rm_seed$s/config.json" ] || python train_rm.py --model "$sft" --seed "$s" \
+    [ -f "$out/rm_seed$s/config.json" ] || python train_rm.py --model "$sft" "${rm_files[@]}" --seed "$s" \
         --out_dir "$out/rm_seed$s" --overwrite True ${RM_ARGS:-}
 done
 ensemble="$rm0,$out/rm_seed1,$out/rm_seed2"
@@ -33,12 +41,12 @@ ppo() {  # OUT_DIR, then train_rlhf.py settings
     local dir=$1
     shift
     [ -f "$dir/summary.json" ] || python bench/timed.py "$dir" -- python train_rlhf.py --sft_model "$sft" \
-        --eval_interval 0 --out_dir "$dir" --overwrite True "$@" ${PPO_ARGS:-}
+        "${rl_files[@]}" --eval_interval 0 --out_dir "$dir" --overwrite True "$@" ${PPO_ARGS:-}
 }
 for seed in $seeds; do
     ppo "$out/ppo_s$seed" --seed "$seed" --rm_model "$rm0"
     ppo "$out/ensemble_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std
-    SEED=$seed SFT=$sft OUT="$out/iterated" RUN="$out/iterated_s$seed" LABEL_ARGS="${LABEL_ARGS:-}" \
+    SEED=$seed SFT=$sft DATA=$data OUT="$out/iterated" RUN="$out/iterated_s$seed" LABEL_ARGS="${LABEL_ARGS:-}" \
         bash bench/iterated_rlhf.sh
 done
 # last: a stop rule that never fires leaves the run identical to the ensemble's (same seed, same random numbers)

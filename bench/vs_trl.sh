@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project beside TRL on the same work, one run, each side at its best setting: ../shared/vs-trl/side_by_side.sh
+# with the project's levers, then the share of the bf16 matmul probe each side turns into model FLOPs
+# (bench/vs_trl_flops.py). Only ratios from one run mean anything; the probe is printed with them.
+#
+#   bash bench/vs_trl.sh                 # SFT, reward model and PPO (~25 min on 2 quiet cores)
+#   ONLY="rm" bash bench/vs_trl.sh       # one stage
+#
+# The project's best settings (each side's own; docs/throughput.md says what each does):
+#   SFT  bf16, length-grouped batches
+#   RM   bf16, length-grouped batches, dropout off and over-long comparisons left out: TRL's RewardTrainer
+#        disables dropout and drops pairs over max_length, so without these two the project does more work
+#   PPO  bf16 (frozen models stored in bf16), length-grouped prompts
+set -euo pipefail
+cd "$(dirname "$0")/.."
+harness="${VS_TRL:-../shared/vs-trl}"
+export PROJECT_SFT_FLAGS="${PROJECT_SFT_FLAGS:-}"
+export PROJECT_RM_FLAGS="${PROJECT_RM_FLAGS:---group_by_length True --dropout 0.0 --too_long drop}"
+export PROJECT_PPO_FLAGS="${PROJECT_PPO_FLAGS:---group_by_length True}"
+bash "$harness/side_by_side.sh"
+python bench/vs_trl_flops.py "${TMPDIR:-/tmp}/vs-trl/side.jsonl"
