@@ -14,7 +14,7 @@
 # Settings (environment): SEEDS ("0 1 2"), SFT (out/sft), RM (out/rm: the default reward model, seed 0), OUT,
 # DATA (ds: the task's files; a regenerated task's folder, e.g. out/seed1/ds from bench/run_pipeline.sh 1),
 # PPO_ARGS (extra train_rlhf.py overrides of every PPO run), RM_ARGS (of the reward models trained here),
-# LABEL_ARGS (of label_samples.py).
+# LABEL_ARGS (of label_samples.py), METHODS ("ppo ensemble iterated stop": which of them to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds="${SEEDS:-0 1 2}"
@@ -28,10 +28,13 @@ rm_files=(--train_data "$data/rm_train_ranked.jsonl" --eval_data "$data/rm_val_r
           --test_data "$data/rm_test_ranked.jsonl")
 rl_files=(--prompts "$data/prompts_train.jsonl" --ptx_data "$data/sft_train.jsonl" --eval_prompts "$data/prompts_val.jsonl"
           --test_prompts "$data/prompts_test.jsonl")
+methods=" ${METHODS:-ppo ensemble iterated stop} "
+want() { [[ "$methods" == *" $1 "* ]]; }
 export TQDM_DISABLE=1
 [ -f "$sft/config.json" ] || python train_sft.py "${sft_files[@]}" --out_dir "$sft"
 [ -f "$rm0/config.json" ] || python train_rm.py --model "$sft" "${rm_files[@]}" --out_dir "$rm0" ${RM_ARGS:-}
 for s in 1 2; do
+    want ensemble || want stop || break
     [ -f "$out/rm_seed$s/config.json" ] || python train_rm.py --model "$sft" "${rm_files[@]}" --seed "$s" \
         --out_dir "$out/rm_seed$s" --overwrite True ${RM_ARGS:-}
 done
@@ -44,13 +47,14 @@ ppo() {  # OUT_DIR, then train_rlhf.py settings
         "${rl_files[@]}" --eval_interval 0 --out_dir "$dir" --overwrite True "$@" ${PPO_ARGS:-}
 }
 for seed in $seeds; do
-    ppo "$out/ppo_s$seed" --seed "$seed" --rm_model "$rm0"
-    ppo "$out/ensemble_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std
-    SEED=$seed SFT=$sft DATA=$data OUT="$out/iterated" RUN="$out/iterated_s$seed" LABEL_ARGS="${LABEL_ARGS:-}" \
+    ! want ppo || ppo "$out/ppo_s$seed" --seed "$seed" --rm_model "$rm0"
+    ! want ensemble || ppo "$out/ensemble_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std
+    ! want iterated || SEED=$seed SFT=$sft DATA=$data OUT="$out/iterated" RUN="$out/iterated_s$seed" LABEL_ARGS="${LABEL_ARGS:-}" \
         bash bench/iterated_rlhf.sh
 done
 # last: a stop rule that never fires leaves the run identical to the ensemble's (same seed, same random numbers)
 for seed in $seeds; do
+    want stop || break
     ppo "$out/stop_s$seed" --seed "$seed" --rm_model "$ensemble" --rm_ensemble mean_minus_std \
         --stop_disagreement 1.5
 done
