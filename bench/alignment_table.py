@@ -17,7 +17,9 @@ import re
 import statistics
 
 METHODS = ("ppo", "grpo", "dpo", "bon")  # first, in this order; any other <name>_s<seed> folder follows
-LABELS = {"ppo": "PPO", "grpo": "GRPO", "dpo": "DPO", "bon": "best-of-N"}  # bon: bench/best_of_n.py
+LABELS = {"ppo": "PPO", "grpo": "GRPO", "dpo": "DPO", "bon": "best-of-N",  # bon: bench/best_of_n.py
+          # bench/remedies.sh
+          "ensemble": "PPO, RM ensemble", "stop": "PPO, ensemble + stop", "iterated": "iterated RLHF"}
 COLUMNS = [  # (key, header, format)
     ("gold_score", "gold (greedy)", "{:.3f}"),
     ("correct", "correct", "{:.3f}"),
