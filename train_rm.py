@@ -18,7 +18,7 @@ import time
 
 import torch
 from dataset.chat import use_chat_format
-from dataset.rm import RMDataset
+from dataset.rm import RMDataset, check_too_long
 from dataset.task import gold_judge
 from model.load import load_tokenizer, set_dropout
 from model.peft import apply_peft
@@ -95,9 +95,7 @@ def check_settings() -> list[float]:
     if TRAIN_LAYERS is not None and TRAIN_LAYERS < 0:
         raise ConfigError(f"TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, "
                           "0 (head only) or None (all)")
-    if TOO_LONG not in ("cut", "drop"):
-        raise ConfigError(f"TOO_LONG={TOO_LONG!r}: expected 'cut' (the prompt from the left, then the "
-                          "response from the right) or 'drop' (leave the comparison out)")
+    check_too_long(TOO_LONG)
     if DROPOUT is not None and not 0 <= float(DROPOUT) < 1:
         raise ConfigError(f"DROPOUT={DROPOUT!r}: a probability in [0, 1), or None for the model's own")
     if PEFT not in ("none", "lora", "bitfit"):

@@ -55,6 +55,13 @@ def pair_kind(judge, group: dict, better: str, worse: str) -> str:
     return "trade" if b["correct"] > w["correct"] and b["format"] < w["format"] else "both"
 
 
+def check_too_long(value: str) -> None:
+    """TOO_LONG: what happens to a comparison over max_len."""
+    if value not in ("cut", "drop"):
+        raise ConfigError(f"TOO_LONG={value!r}: expected 'cut' (the prompt from the left, then the "
+                          "response from the right) or 'drop' (leave the comparison out)")
+
+
 class RMDataset(torch.utils.data.Dataset):
     """Tokenized groups: {'sequences': K lists of ids, 'prompt_lengths': K ints (the prompt tokens that start
     each sequence), 'pairs': [(better, worse)], 'kinds': pair kinds or None, 'types': the pairs' task types or None}.
@@ -74,9 +81,7 @@ class RMDataset(torch.utils.data.Dataset):
         judge=None,
         too_long: str = "cut",
     ):
-        if too_long not in ("cut", "drop"):
-            raise ConfigError(f"TOO_LONG={too_long!r}: expected 'cut' (the prompt from the left, then the "
-                              "response from the right) or 'drop' (leave the comparison out)")
+        check_too_long(too_long)
         self.groups = read_comparisons(source, on_mismatch, limit)
         self.items, self.counter, self.dropped = [], TruncationCounter(), 0
         kept = []
