@@ -96,8 +96,8 @@ def check_settings() -> list[float]:
         raise ConfigError(f"TRAIN_LAYERS={TRAIN_LAYERS}: give a number of top blocks to train, "
                           "0 (head only) or None (all)")
     check_too_long(TOO_LONG)
-    if DROPOUT is not None and not 0 <= float(DROPOUT) < 1:
-        raise ConfigError(f"DROPOUT={DROPOUT!r}: a probability in [0, 1), or None for the model's own")
+    if DROPOUT is not None and not (isinstance(DROPOUT, (int, float)) and 0 <= DROPOUT < 1):
+        raise ConfigError(f"DROPOUT={DROPOUT!r}: not a probability in [0, 1) (give e.g. 0.0, or None for the model's own)")
     if PEFT not in ("none", "lora", "bitfit"):
         raise ConfigError(f"PEFT={PEFT!r}: the reward model supports 'none', 'lora' and 'bitfit'")
     if TRAIN_LAYERS == 0 and PEFT != "none":

@@ -48,6 +48,7 @@ def test_scripts_report_data_model_and_setting_errors_in_one_line(tmp_path):
         "data": run(*rm_args),
         "model": run("train_rlhf.py", "--sft_model", "out/no_such_sft", "--out_dir", str(tmp_path / "ppo")),
         "setting": run("train_sft.py", "--max_step", "3"),
+        "value": run("train_rm.py", "--dropout", "abc"),
         "debug": run(*rm_args, "--out_dir", str(tmp_path / "rm2"), debug=True),
     }
     result = {name: (p.wait(timeout=300), p.communicate()[1]) for name, p in procs.items()}
@@ -55,6 +56,7 @@ def test_scripts_report_data_model_and_setting_errors_in_one_line(tmp_path):
         "data": (3, f"error: {data}:2: field 'rejected' is missing (accepted formats: "),
         "model": (4, "error: SFT_MODEL='out/no_such_sft': no such directory, and not a hub id of the form 'org/name' (check the path"),
         "setting": (2, "error: --max_step: unknown setting (did you mean --max_steps"),
+        "value": (2, "error: DROPOUT='abc': not a probability in [0, 1) (give e.g. 0.0"),
     }
     for name, (code, start) in expected.items():
         rc, err = result[name]
