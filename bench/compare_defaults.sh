@@ -7,7 +7,7 @@
 #   SFT=out/seed0/sft RM=out/seed0/rm bash bench/compare_defaults.sh      # ~40 min on 2 quiet cores
 #
 # Settings (environment): SEEDS ("0 1 2"), OUT (out/defaults), SFT and RM (default out/sft, out/rm),
-# ARGS (overrides for every run). Prints the table of bench/defaults_table.py (mean ± sample std).
+# ARGS (overrides for every run), PAIRS ("ppo grpo": which pairs to run). Prints the table of bench/defaults_table.py (mean ± sample std).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds="${SEEDS:-0 1 2}"
@@ -26,11 +26,14 @@ run() {  # run NAME SEED ARGS...: one train_rlhf.py run, kept if its summary exi
     echo "$dir: $(tail -1 "$dir/log.txt")"
     [ -f "$out/sft_eval/sft_eval.json" ] || { mkdir -p "$out/sft_eval" && cp "$dir/sft_eval.json" "$out/sft_eval/"; }
 }
+pairs=" ${PAIRS:-ppo grpo} "
 for seed in $seeds; do  # PPO's pair over every seed first, then GRPO's
+    [[ "$pairs" == *" ppo "* ]] || break
     run ppo_zero_head "$seed" --seed "$seed" --critic_init zero_head
     run ppo_rm_critic "$seed" --seed "$seed" --critic_init rm
 done
 for seed in $seeds; do
+    [[ "$pairs" == *" grpo "* ]] || break
     run grpo_token "$seed" --seed "$seed" --algo grpo --grpo_loss token --grpo_std_scale False
     run grpo_seq_std "$seed" --seed "$seed" --algo grpo --grpo_loss sequence --grpo_std_scale True
 done
