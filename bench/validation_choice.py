@@ -7,7 +7,8 @@ pi(rejected)/pi_sft(rejected), over all pairs and over the pairs that differ onl
 only in format (DPO's own validation metric, and a fair one for PPO and GRPO: the labels are the
 labelling budget's, no judge is asked); then the reward-model score and the KL to SFT of its last
 validation evaluation (metrics.jsonl). Per method (the folder name's prefix, ppo_beta0.2_s0 -> ppo),
-the setting with the highest mean accuracy over seeds is marked: the rule the defaults follow.
+the setting with the highest mean accuracy over seeds is chosen where it beats today's default
+(DEFAULTS) by more than one spread over seeds; otherwise the default stays: the rule the defaults follow.
 
     python bench/validation_choice.py --out out/choose --sft_model out/sft
 """
@@ -15,6 +16,7 @@ import glob
 import json
 import os
 import re
+import statistics
 import sys
 from collections import defaultdict
 
@@ -34,6 +36,8 @@ RM_MODEL = "out/rm"  # printed only: the reward model the runs were trained agai
 DATA = "ds/rm_val_ranked.jsonl"  # labelled validation comparisons
 MAX_LEN = 96  # tokens per prompt + response, as the reward model and DPO cut them
 BATCH = 64  # comparison groups per forward pass
+# today's defaults, as <method>=<setting> in the folders' names: they stay unless beaten beyond the noise
+DEFAULTS = "ppo=beta0.2,grpo=beta0.2,dpo=lr3e-4"
 
 
 @torch.no_grad()
@@ -73,15 +77,26 @@ def by_setting(rows: list[dict]) -> dict:
     return by
 
 
-def chosen_settings(rows: list[dict]) -> dict:
-    """{method: the setting whose mean preference accuracy over its seeds is the highest}; a tie keeps
-    the first setting in name order."""
-    best = {}
-    for (method, setting), rs in sorted(by_setting(rows).items()):
-        mean = sum(r["accuracy"] for r in rs) / len(rs)
-        if method not in best or mean > best[method][1]:
-            best[method] = (setting, mean)
-    return {method: setting for method, (setting, _) in best.items()}
+def mean_std(values: list) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def chosen_settings(rows: list[dict], defaults: dict) -> dict:
+    """{method: its chosen setting}. The best mean preference accuracy over seeds replaces the default
+    only where it beats it by more than one spread (the larger sample std of the two): a difference within
+    the seeds' noise keeps the default. A method without a default takes its best."""
+    chosen = {}
+    by = by_setting(rows)
+    for method in sorted({m for m, _ in by}):
+        stats = {setting: mean_std([r["accuracy"] for r in rs]) for (m, setting), rs in sorted(by.items())
+                 if m == method}
+        best = max(stats, key=lambda k: stats[k][0])  # the first in name order on a tie
+        default = defaults.get(method)
+        if default in stats and stats[best][0] - stats[default][0] <= max(stats[best][1], stats[default][1]):
+            best = default
+        chosen[method] = best
+    return chosen
 
 
 def main():
@@ -93,7 +108,7 @@ def main():
     data = RMDataset(DATA, tokenizer, MAX_LEN, verbose=False, judge=gold_judge)
     flat = flatten_groups(data.items)
     ref = sequence_logprobs_of(load_causal_lm(SFT_MODEL, "SFT_MODEL").eval(), data.items, pad_id)
-    runs = sorted(d for d in glob.glob(os.path.join(OUT, "*")) if os.path.exists(os.path.join(d, "config.json")))
+    runs = sorted(d for d in glob.glob(os.path.join(OUT, "*")) if os.path.exists(os.path.join(d, "summary.json")))
     rows = []
     for run_dir in runs:
         name = os.path.basename(run_dir)
@@ -107,17 +122,19 @@ def main():
                      "format": acc.get("accuracy_format", float("nan")),
                      "reward": ev.get("eval/reward", float("nan")), "kl": ev.get("eval/kl", float("nan"))})
     by = by_setting(rows)
-    best = chosen_settings(rows)
+    best = chosen_settings(rows, dict(kv.split("=") for kv in DEFAULTS.split(",") if kv))
     print(f"validation comparisons: {DATA}, {len(flat['chosen'])} pairs; reference {SFT_MODEL}; "
           f"reward model {RM_MODEL}")
     print("| method | setting | seeds | preference accuracy | correctness-only | format-only | RM score | KL |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for (method, setting), rs in sorted(by.items()):
-        def mean(k):
-            return sum(r[k] for r in rs) / len(rs)
+        def cell(k, fmt="{:.3f}"):
+            mean, std = mean_std([r[k] for r in rs])
+            return fmt.format(mean) + (" ± " + fmt.format(std) if len(rs) > 1 else "")
         mark = " (chosen)" if best[method] == setting else ""
-        print(f"| {method} | {setting}{mark} | {len(rs)} | {mean('accuracy'):.3f} | {mean('correctness'):.3f} | "
-              f"{mean('format'):.3f} | {mean('reward'):.2f} | {mean('kl'):.2f} |")
+        mark += " (default)" if f"{method}={setting}" in DEFAULTS.split(",") else ""
+        print(f"| {method} | {setting}{mark} | {len(rs)} | {cell('accuracy')} | {cell('correctness')} | "
+              f"{cell('format')} | {cell('reward', '{:.2f}')} | {cell('kl', '{:.2f}')} |")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,22 @@ from model.load import load_causal_lm, load_tokenizer
 from trainer.dpo import policy_sequence_logprobs
 
 
-def test_the_setting_with_the_best_mean_over_seeds_is_chosen():
-    rows = [{"method": "ppo", "setting": "beta0.1", "accuracy": a} for a in (0.70, 0.50)] + \
-           [{"method": "ppo", "setting": "beta0.2", "accuracy": a} for a in (0.65, 0.64)] + \
-           [{"method": "dpo", "setting": "lr1e-4", "accuracy": 0.6},
-            {"method": "dpo", "setting": "lr3e-4", "accuracy": 0.6}]
-    # beta0.1 has the best single seed, beta0.2 the best mean; a tie keeps the first name
-    assert chosen_settings(rows) == {"ppo": "beta0.2", "dpo": "lr1e-4"}
+def test_a_setting_replaces_the_default_only_beyond_the_seeds_spread():
+    def rows(method, setting, accuracies):
+        return [{"method": method, "setting": setting, "accuracy": a} for a in accuracies]
+    data = (rows("ppo", "beta0.1", (0.70, 0.50)) + rows("ppo", "beta0.2", (0.62, 0.60))
+            + rows("ppo", "beta0.4", (0.66, 0.65))
+            + rows("dpo", "lr1e-4", (0.70, 0.71)) + rows("dpo", "lr3e-4", (0.69, 0.70))
+            + rows("grpo", "beta0.1", (0.6,)) + rows("grpo", "beta0.2", (0.6,)))
+    # ppo: beta0.1 has the best seed, beta0.4 the best mean, 0.045 above the default (spreads 0.014,
+    # 0.007); dpo: lr1e-4 is 0.01 better, beyond both spreads (0.007), so it wins;
+    # grpo: a tie keeps the default; a method without a default takes its best
+    assert chosen_settings(data, {"ppo": "beta0.2", "dpo": "lr3e-4", "grpo": "beta0.2"}) == \
+        {"ppo": "beta0.4", "dpo": "lr1e-4", "grpo": "beta0.2"}
+    data = rows("dpo", "lr1e-4", (0.70, 0.73)) + rows("dpo", "lr3e-4", (0.69, 0.72))
+    # 0.01 better, but the seeds spread 0.021: the default stays
+    assert chosen_settings(data, {"dpo": "lr3e-4"}) == {"dpo": "lr3e-4"}
+    assert chosen_settings(data, {}) == {"dpo": "lr1e-4"}
 
 
 def test_preference_accuracy_is_zero_at_the_reference_and_rises_when_the_better_reply_is_raised(sft_dir):
