@@ -78,7 +78,7 @@ LAM = 0.95  # GAE lambda
 BETA = 0.2  # KL penalty coefficient (start value with TARGET_KL); 0.05 let the policy hack the RM
 GRPO_LOSS = "token"  # GRPO: 'token' (mean over all tokens) or 'sequence' (model/loss.py grpo_loss)
 GRPO_STD_SCALE = False  # GRPO: divide each group's advantages by its std (DeepSeekMath)
-GRPO_BETA = 0.2  # GRPO: weight of the k3 KL term (DeepSeekMath's 0.04 over-optimised the RM here)
+GRPO_BETA = 0.1  # GRPO: weight of the k3 KL term; chosen on validation (bench/choose_on_validation.sh)
 TARGET_KL = 0.0  # > 0: adapt BETA toward this summed KL per response (nats); 0: fixed BETA
 KL_HORIZON = 1000  # adaptive controller horizon, in rollouts
 PTX_COEF = 0.0  # weight of the LM loss on PTX_DATA (InstructGPT's PPO-ptx); 0 = plain PPO
