@@ -14,6 +14,7 @@ the setting with the highest mean accuracy over seeds is chosen where it beats t
 """
 import glob
 import json
+import math
 import os
 import re
 import statistics
@@ -78,7 +79,11 @@ def by_setting(rows: list[dict]) -> dict:
 
 
 def mean_std(values: list) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
+    """Mean and sample standard deviation (0 for one value) of the finite values; NaN where there are none
+    (DPO logs no reward-model score)."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -130,6 +135,8 @@ def main():
     for (method, setting), rs in sorted(by.items()):
         def cell(k, fmt="{:.3f}"):
             mean, std = mean_std([r[k] for r in rs])
+            if not math.isfinite(mean):
+                return "-"
             return fmt.format(mean) + (" ± " + fmt.format(std) if len(rs) > 1 else "")
         mark = " (chosen)" if best[method] == setting else ""
         mark += " (default)" if f"{method}={setting}" in DEFAULTS.split(",") else ""
