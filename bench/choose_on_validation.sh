@@ -36,4 +36,4 @@ for seed in $seeds; do
         run "$out/dpo_lr${lr}_s$seed" train_dpo.py --seed "$seed" --lr "$lr" --test_prompts none --test_data none
     done
 done
-python bench/validation_choice.py --out "$out" --sft_model "$sft" --rm_model "$rm_dir" --defaults "ppo=beta0.2,grpo=beta0.2,dpo=lr3e-4"
+python bench/validation_choice.py --out "$out" --sft_model "$sft" --rm_model "$rm_dir"

@@ -38,7 +38,7 @@ DATA = "ds/rm_val_ranked.jsonl"  # labelled validation comparisons
 MAX_LEN = 96  # tokens per prompt + response, as the reward model and DPO cut them
 BATCH = 64  # comparison groups per forward pass
 # today's defaults, as <method>=<setting> in the folders' names: they stay unless beaten beyond the noise
-DEFAULTS = "ppo=beta0.2,grpo=beta0.2,dpo=lr3e-4"
+DEFAULTS = "ppo=beta0.2,grpo=beta0.1,dpo=lr3e-4"
 
 
 @torch.no_grad()
