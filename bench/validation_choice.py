@@ -5,7 +5,8 @@ For each run: the implicit preference accuracy on ds/rm_val_ranked.jsonl, i.e. h
 the labellers' better reply up more than the worse one, log pi(chosen)/pi_sft(chosen) > log
 pi(rejected)/pi_sft(rejected), over all pairs and over the pairs that differ only in correctness or
 only in format (DPO's own validation metric, and a fair one for PPO and GRPO: the labels are the
-labelling budget's, no judge is asked); then the reward-model score and the KL to SFT of its last
+labelling budget's, no judge is asked; the task's rubric only sorts the pairs into the reported
+correctness-only and format-only columns, which the rule does not read); then the reward-model score and the KL to SFT of its last
 validation evaluation (metrics.jsonl). Per method (the folder name's prefix, ppo_beta0.2_s0 -> ppo),
 the setting with the highest mean accuracy over seeds is chosen where it beats today's default
 (DEFAULTS) by more than one spread over seeds; otherwise the default stays: the rule the defaults follow.
@@ -107,7 +108,6 @@ def chosen_settings(rows: list[dict], defaults: dict) -> dict:
 def main():
     configure(globals())
     quiet_transformers()
-    torch.manual_seed(0)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     pad_id = tokenizer.pad_token_id
     data = RMDataset(DATA, tokenizer, MAX_LEN, verbose=False, judge=gold_judge)
