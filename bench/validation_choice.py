@@ -30,7 +30,7 @@ from dataset.task import gold_judge  # noqa: E402
 from model.load import load_causal_lm, load_tokenizer  # noqa: E402
 from trainer.dpo import policy_sequence_logprobs  # noqa: E402
 from trainer.rm import pairwise_metrics  # noqa: E402
-from utils import configure, quiet_transformers  # noqa: E402
+from utils import ConfigError, configure, quiet_transformers, run_main  # noqa: E402
 
 OUT = "out/choose"  # the folder of runs
 SFT_MODEL = "out/sft"  # the reference every run started from
@@ -88,6 +88,15 @@ def mean_std(values: list) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def parse_defaults(text: str) -> dict:
+    """DEFAULTS 'ppo=beta0.2,dpo=lr3e-4' -> {'ppo': 'beta0.2', 'dpo': 'lr3e-4'}."""
+    pairs = [kv.split("=") for kv in text.split(",") if kv.strip()]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise ConfigError(f"DEFAULTS={text!r}: not a list of <method>=<setting> (give e.g. "
+                          "'ppo=beta0.2,grpo=beta0.1,dpo=lr3e-4', as in the run folders' names)")
+    return dict(pairs)
+
+
 def chosen_settings(rows: list[dict], defaults: dict) -> dict:
     """{method: its chosen setting}. The best mean preference accuracy over seeds replaces the default
     only where it beats it by more than one spread (the larger sample std of the two): a difference within
@@ -107,6 +116,7 @@ def chosen_settings(rows: list[dict], defaults: dict) -> dict:
 
 def main():
     configure(globals())
+    defaults = parse_defaults(DEFAULTS)
     quiet_transformers()
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     pad_id = tokenizer.pad_token_id
@@ -127,7 +137,7 @@ def main():
                      "format": acc.get("accuracy_format", float("nan")),
                      "reward": ev.get("eval/reward", float("nan")), "kl": ev.get("eval/kl", float("nan"))})
     by = by_setting(rows)
-    best = chosen_settings(rows, dict(kv.split("=") for kv in DEFAULTS.split(",") if kv))
+    best = chosen_settings(rows, defaults)
     print(f"validation comparisons: {DATA}, {len(flat['chosen'])} pairs; reference {SFT_MODEL}; "
           f"reward model {RM_MODEL}")
     print("| method | setting | seeds | preference accuracy | correctness-only | format-only | RM score | KL |")
@@ -145,4 +155,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

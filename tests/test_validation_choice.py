@@ -3,7 +3,10 @@ import os
 
 import torch
 
-from bench.validation_choice import chosen_settings, preference_metrics, sequence_logprobs_of
+import pytest
+
+from bench.validation_choice import chosen_settings, parse_defaults, preference_metrics, sequence_logprobs_of
+from utils import ConfigError
 from conftest import ROOT
 from dataset.rm import RMDataset, flatten_groups, rm_collate
 from model.load import load_causal_lm, load_tokenizer
@@ -26,6 +29,13 @@ def test_a_setting_replaces_the_default_only_beyond_the_seeds_spread():
     # 0.01 better, but the seeds spread 0.021: the default stays
     assert chosen_settings(data, {"dpo": "lr3e-4"}) == {"dpo": "lr3e-4"}
     assert chosen_settings(data, {}) == {"dpo": "lr1e-4"}
+
+
+def test_defaults_are_parsed_and_a_malformed_list_is_one_error():
+    assert parse_defaults("ppo=beta0.2,dpo=lr3e-4") == {"ppo": "beta0.2", "dpo": "lr3e-4"}
+    for bad in ("ppo", "ppo=", "ppo=a=b"):
+        with pytest.raises(ConfigError, match="DEFAULTS"):
+            parse_defaults(bad)
 
 
 def test_preference_accuracy_is_zero_at_the_reference_and_rises_when_the_better_reply_is_raised(sft_dir):
