@@ -149,9 +149,13 @@ def test_evaluation(trainer, **data) -> dict:
 def greedy_and_sampled(evaluate_policy: Callable, policy, prompts: list[dict]) -> dict:
     """{'greedy': ..., 'sampled': ...}: an Evaluator's summaries of policy on prompts, greedy (the
     gold score) then sampled at the rollout temperature (the KL figure). Every rank answers its
-    share."""
-    return {"greedy": evaluate_policy(policy, prompts, do_sample=False),
-            "sampled": evaluate_policy(policy, prompts, do_sample=True)}
+    share. The sampled pass draws under random numbers of its own (`fork_rng`): training after it draws
+    what it would draw without it, so the number of test prompts never changes a run's training."""
+    greedy = evaluate_policy(policy, prompts, do_sample=False)
+    device = next(policy.parameters()).device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        sampled = evaluate_policy(policy, prompts, do_sample=True)
+    return {"greedy": greedy, "sampled": sampled}
 
 
 def comparison_summary(before: dict, after: dict, name: str) -> dict:
@@ -266,9 +270,8 @@ def sft_evaluation(trainer, prompts: list[dict], saved: Optional[dict], settings
 
     Without `saved` it is evaluated and written to `path` (sft_eval.json) with `settings` and the
     resolved `bf16`. With `saved` (read_sft_eval) the earlier run's figures are returned: the
-    greedy ones are what this run would compute, the sampled ones that run's draw. Skipping the
-    sampled pass also leaves the random stream where it was, so the training differs from that of a
-    run that evaluates, same seed."""
+    greedy ones are what this run would compute, the sampled ones that run's draw. Either way the
+    training that follows is the same, same seed (greedy_and_sampled keeps its draws apart)."""
     if saved is not None:
         if saved["bf16_resolved"] != bf16:
             raise ConfigError(f"SFT_EVAL={saved['source']!r}: evaluated with BF16 resolved to "
