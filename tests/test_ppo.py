@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dataset.prompt import PromptDataset
 from accelerate.state import AcceleratorState
@@ -505,15 +506,18 @@ def test_ppo_ends_early_when_the_ensemble_disagrees_more(sft_dir, tmp_path, caps
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_the_number_of_test_prompts_never_changes_training(sft_dir, tmp_path, algo):
     """The SFT policy's sampled evaluation before the first rollout draws under random numbers of its own:
-    the same seed trains the same weights, bit for bit, with 2 or 6 test prompts and with a reused
-    SFT evaluation (--sft_eval). Fails if the evaluation draws from the stream training continues."""
+    the same seed trains the same weights, bit for bit, with 2 or 6 test prompts, with a reused SFT evaluation
+    (--sft_eval) and with greedy evaluations during training. Fails if an evaluation draws from the stream
+    training continues."""
     args = ["train_rlhf.py", "--algo", algo, "--sft_model", sft_dir, "--rm_model", sft_dir, "--iterations", "2",
             "--rollout_batch", "4", "--mini_batch", "4", "--ppo_epochs", "1", "--max_new_tokens", "8",
-            "--eval_interval", "0", "--save_interval", "0", "--temperature", "1.0", "--eval_prompts", "none"]
-    if algo == "grpo":
-        args += ["--group_size", "2"]
+            "--eval_interval", "0", "--save_interval", "0", "--temperature", "1.0"]
+    args += ["--group_size", "2"] * (algo == "grpo") + ["--eval_prompts", "none"]
     run_inline(*args, "--test_limit", "2", "--out_dir", str(tmp_path / "two"))
     run_inline(*args, "--test_limit", "6", "--out_dir", str(tmp_path / "six"))
     run_inline(*args, "--test_limit", "2", "--sft_eval", str(tmp_path / "two"), "--out_dir", str(tmp_path / "reused"))
-    weights = lambda name: (tmp_path / name / "model.safetensors").read_bytes()
-    assert weights("two") == weights("six") == weights("reused")
+    run_inline(*args[:-2], "--test_limit", "2", "--eval_prompts", "ds/prompts_val.jsonl", "--eval_limit", "2",
+               "--eval_interval", "1", "--out_dir", str(tmp_path / "evaluated"))  # greedy evaluations draw nothing
+    weights = {name: load_file(tmp_path / name / "model.safetensors") for name in ("two", "six", "reused", "evaluated")}
+    for name, state in weights.items():
+        assert all(torch.equal(state[k], weights["two"][k]) for k in weights["two"]), name
