@@ -20,6 +20,7 @@ from dataset.prompt import PromptDataset
 from dataset.sft import SFTDataset
 from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
+from model.memory import resolve_lm_head_chunk
 from model.peft import apply_peft, count_parameters, format_counts
 from trainer.base import LoopConfig, OptimConfig
 from trainer.dist import resolve_bf16
@@ -49,6 +50,7 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 SEED = 0  # also the new weights' initialisation and the sampling
 GROUP_BY_LENGTH = False
 GRADIENT_CHECKPOINTING = False
+LM_HEAD_CHUNK = "auto"  # LM head + loss on supervised tokens, this many at a time (0: off; docs/throughput.md)
 FSDP = False  # with torchrun --nproc_per_node N
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 300  # steps between evaluations (0: only before and after)
@@ -80,6 +82,7 @@ def main():
                        targets=tuple(LORA_TARGETS.split(",")),
                        num_virtual_tokens=NUM_VIRTUAL_TOKENS)
     config["BF16"] = resolve_bf16(BF16, model)
+    config["LM_HEAD_CHUNK"] = resolve_lm_head_chunk(LM_HEAD_CHUNK, model)
 
     def demonstrations(path):
         return SFTDataset(path, tokenizer, MAX_LEN, chat_template=CHAT_TEMPLATE)
@@ -97,7 +100,7 @@ def main():
                          loop=LoopConfig.from_settings(config),
                          optim=OptimConfig.from_settings(config), run_config=config,
                          max_new_tokens=MAX_NEW_TOKENS, eval_batch_size=EVAL_BATCH_SIZE,
-                         judge=gold_judge)
+                         judge=gold_judge, lm_head_chunk=config["LM_HEAD_CHUNK"])
     trainable, num_params = count_parameters(model)
     trainer.log(f"model: {MODEL} ({num_params:,} parameters); {len(train)} training examples; "
                 f"PEFT={PEFT}")

@@ -25,6 +25,53 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits = hidden @ weight.T without the (N, V) logits in memory at once: each
+    chunk of rows gets its logits, its loss and the logits' gradient (softmax - one-hot) / N in fp32, kept
+    only as the matmul dtype; the gradients of hidden and weight are two matmuls over those at the end, in
+    the forward pass, and the backward pass only scales them. Under bf16 autocast the products run in bf16,
+    as the LM head's would."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk):  # (N, H), (V, H), (N,) all supervised
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else hidden.dtype
+        if hidden.is_cuda and torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+        h, w = hidden.to(dtype), weight.to(dtype)
+        n = labels.numel()
+        grad_logits = torch.empty(n, w.size(0), dtype=dtype, device=hidden.device)  # (N, V)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, n, chunk):
+                logits = (h[s: s + chunk] @ w.T).float()  # (c, V)
+                y = labels[s: s + chunk]
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+                g = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place
+                g[torch.arange(len(y)), y] -= 1.0
+                grad_logits[s: s + chunk] = g.div_(max(n, 1))
+            grad_hidden = (grad_logits @ w).to(hidden.dtype)  # (N, H)
+            grad_weight = (grad_logits.T @ h).to(weight.dtype) if weight.requires_grad else None  # (V, H)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total / max(n, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_out, None if grad_weight is None else grad_weight * grad_out, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         chunk: int = 1024) -> torch.Tensor:
+    """lm_loss(hidden @ weight.T, labels) without full-vocabulary logits: hidden (B, T, H) are the final
+    hidden states (the LM head's input), weight (V, H) the LM head's; the loss reads only the supervised
+    positions, `chunk` rows of logits at a time. Equal to lm_loss up to float rounding (tests/test_levers.py)."""
+    labels = labels[:, 1:].reshape(-1)  # position t predicts token t+1
+    hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    supervised = labels != -100
+    return _LinearCrossEntropy.apply(hidden[supervised], weight, labels[supervised], chunk)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(tokens[t]) under logits[t].  logits: (B, T, V) already aligned with tokens: (B, T)."""
     # (B, T)

@@ -1,13 +1,18 @@
-"""Two ways to hold less of a model in memory, applied to it in place.
+"""Ways to hold less of a model in memory, applied to it in place.
 
 - `checkpoint_layers`: activation checkpointing; each layer keeps only its input and runs again in the
   backward pass (GRADIENT_CHECKPOINTING).
 - `frozen_model`: a frozen model's matrices stored in bfloat16, with bit-identical outputs under bf16
   autocast (FROZEN_BF16: PPO's and GRPO's reference and reward model).
+- `lm_head_skipped` with `chunkable_lm_head`: the forward stops at the final hidden states, so the SFT
+  loss can take the LM head and cross-entropy chunk by chunk (LM_HEAD_CHUNK, model/loss.py
+  `linear_cross_entropy`) without full-vocabulary logits.
 """
+import contextlib
+
 import torch
 
-from utils import UserError
+from utils import ConfigError, UserError
 
 
 def checkpoint_layers(model: torch.nn.Module) -> int:
@@ -57,3 +62,51 @@ def frozen_model(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, torch.nn.Linear) and id(module.weight) not in tied:
             module.weight = torch.nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
     return model
+
+
+def chunkable_lm_head(model: torch.nn.Module):
+    """The model's LM head where linear_cross_entropy (model/loss.py) can stand in for it and the
+    cross-entropy after it: a bias-free nn.Linear at `model.lm_head` (OPT, Llama and most causal LMs,
+    BitFit included) and no scaling of the logits after it. None otherwise: a wrapper (peft's PeftModel reaches
+    its base model's head through attribute lookup, and prompt tuning adds positions) or a model that scales
+    or caps its logits; the ordinary path then."""
+    head = dict(model.named_children()).get("lm_head")  # the model's own child, not a wrapped model's
+    scaled = any(getattr(getattr(model, "config", None), k, None)
+                 for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    return head if type(head) is torch.nn.Linear and head.bias is None and not scaled else None
+
+
+LM_HEAD_CHUNK_MIN_VOCAB = 8192  # 'auto' chunks the LM head from this vocabulary size up
+LM_HEAD_CHUNK_AUTO = 1024  # supervised tokens per chunk under 'auto'
+
+
+def resolve_lm_head_chunk(setting, model: torch.nn.Module) -> int:
+    """LM_HEAD_CHUNK as tokens per chunk (0: the ordinary LM head and loss). 'auto': LM_HEAD_CHUNK_AUTO where
+    the vocabulary has at least LM_HEAD_CHUNK_MIN_VOCAB tokens (opt-125m 50,272, SmolLM2 49,152: the
+    full-vocabulary logits are then a large share of a step's memory), 0 for the embedded model's 512. Prints
+    what 'auto' chose and why."""
+    if setting != "auto":
+        try:
+            chunk = int(setting)
+        except (TypeError, ValueError):
+            chunk = -1
+        if chunk < 0 or isinstance(setting, bool):
+            raise ConfigError(f"LM_HEAD_CHUNK={setting!r}: expected 'auto', 0 (off) or tokens per chunk")
+        return chunk
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 0) or 0
+    chunk = LM_HEAD_CHUNK_AUTO if vocab >= LM_HEAD_CHUNK_MIN_VOCAB else 0
+    print(f"LM_HEAD_CHUNK='auto': {chunk or 'off'} (vocabulary {vocab}"
+          f"{'' if chunk else f' < {LM_HEAD_CHUNK_MIN_VOCAB}'})")
+    return chunk
+
+
+@contextlib.contextmanager
+def lm_head_skipped(model: torch.nn.Module):
+    """Inside, the model's forward returns its final hidden states where it returned logits (its
+    `lm_head` is an identity); the head is back on the way out, errors included."""
+    head = model.lm_head
+    model.lm_head = torch.nn.Identity()
+    try:
+        yield head
+    finally:
+        model.lm_head = head

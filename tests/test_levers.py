@@ -82,6 +82,55 @@ def test_loss_on_the_supervised_span_equals_the_full_loss(tok, data, peft):
 
 
 @pytest.mark.parametrize("bf16", [False, True])
+def test_lm_head_in_chunks_gives_the_ordinary_loss_and_gradients_without_full_logits(tok, data, tmp_path, bf16):
+    """LM_HEAD_CHUNK: the SFT loss from the final hidden states, the LM head and cross-entropy taken 7
+    supervised tokens at a time (several chunks), equals the ordinary loss, and so does every gradient (the
+    tied embedding's included), with dropout 0.1 and in bf16 autocast; the head itself never runs on the
+    batch and is back in place afterwards."""
+    batch = sft_collate(data.items[:12], tok.pad_token_id)
+    runs = []
+    for chunk in (0, 7):
+        trainer = SFTTrainer(tiny_model(dropout=0.1), tok, data, None, None, run_config={}, max_new_tokens=4,
+                             eval_batch_size=64, judge=None, lm_head_chunk=chunk,
+                             **trainer_configs(tmp_path / str(chunk), batch_size=12))
+        assert trainer.lm_head_chunk == chunk
+        model = trainer.unwrap(trainer.model)
+        head, calls = model.lm_head, []
+        head.register_forward_hook(lambda *_: calls.append(1))
+        torch.manual_seed(3)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = trainer.compute_loss(batch)
+        loss.backward()
+        assert model.lm_head is head and len(calls) == (0 if chunk else 1)
+        runs.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, plain_grads), (chunked, chunked_grads) = runs
+    tol = dict(rtol=2e-2, atol=1e-4) if bf16 else dict(rtol=1e-5, atol=1e-7)
+    assert torch.allclose(chunked, plain, **tol), (chunked, plain)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(chunked_grads[name], grad, **tol), name
+    assert plain_grads["model.decoder.embed_tokens.weight"].abs().sum() > 0
+
+
+def test_lm_head_chunk_auto_only_for_large_vocabularies_and_never_through_a_wrapper(tok, data, tmp_path, capsys):
+    from model.memory import chunkable_lm_head, resolve_lm_head_chunk
+    from utils import ConfigError
+
+    big = OPTForCausalLM(OPTConfig(vocab_size=50272, hidden_size=16, word_embed_proj_dim=16, ffn_dim=16,
+                                   num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16))
+    assert resolve_lm_head_chunk("auto", big) == 1024 and resolve_lm_head_chunk("auto", tiny_model()) == 0
+    assert "vocabulary 512 < 8192" in capsys.readouterr().out
+    assert resolve_lm_head_chunk("256", big) == 256 and resolve_lm_head_chunk(0, big) == 0
+    with pytest.raises(ConfigError, match="LM_HEAD_CHUNK='many'"):
+        resolve_lm_head_chunk("many", big)
+    # peft's wrapper reaches the base model's head by attribute lookup: swapping it there would change nothing
+    lora = apply_peft(tiny_model(), "lora", r=4, alpha=8, targets=("q_proj", "v_proj"))
+    assert chunkable_lm_head(tiny_model()) is not None and chunkable_lm_head(lora) is None
+    trainer = SFTTrainer(lora, tok, data, None, None, run_config={}, max_new_tokens=4, eval_batch_size=64,
+                         judge=None, lm_head_chunk=64, **trainer_configs(tmp_path, batch_size=4))
+    assert trainer.lm_head_chunk == 0  # the ordinary head and loss
+
+
+@pytest.mark.parametrize("bf16", [False, True])
 def test_response_logprobs_from_the_last_positions_equal_the_full_forward(bf16):
     model = tiny_model(dropout=0.1).eval()
     sequences = torch.randint(4, 512, (6, 30))

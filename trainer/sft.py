@@ -7,7 +7,8 @@ the Evaluator every stage uses (trainer/evaluate.py).
 import torch
 
 from dataset.sft import sft_collate
-from model.loss import lm_loss
+from model.loss import linear_cross_entropy, lm_loss
+from model.memory import chunkable_lm_head, lm_head_skipped
 from model.peft.prompt_tuning import text_logits
 from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.dist import reduce_sum, shard
@@ -27,16 +28,22 @@ def supervised_span(labels: torch.Tensor) -> int:
 class SFTTrainer(Trainer):
     """eval_data: an SFTDataset (held-out loss) or None; eval_prompts: PromptDataset items answered
     greedily and judged by judge(row, response) (the task's), or None. eval_batch_size:
-    demonstrations per forward pass of the held-out loss and prompts per generate call."""
+    demonstrations per forward pass of the held-out loss and prompts per generate call. lm_head_chunk
+    (LM_HEAD_CHUNK): the training loss takes the LM head and cross-entropy this many supervised tokens at a
+    time, without full-vocabulary logits (0: the ordinary head and loss; also where chunkable_lm_head finds
+    no plain head, and under FSDP, whose head weight is a shard)."""
+    lm_head_chunk = 0
 
     def __init__(self, model, tokenizer, train_data, eval_data, eval_prompts, *, loop: LoopConfig,
                  optim: OptimConfig, run_config: dict, max_new_tokens: int, eval_batch_size: int,
-                 judge: Judge):
+                 judge: Judge, lm_head_chunk: int = 0):
         pad_id = tokenizer.pad_token_id
         super().__init__(model, train_data, lambda items: sft_collate(items, pad_id), loop=loop,
                          optim=optim, run_config=run_config)
         self.tokenizer, self.eval_data, self.eval_prompts = tokenizer, eval_data, eval_prompts
         self.eval_batch_size = eval_batch_size
+        if lm_head_chunk and not loop.fsdp and chunkable_lm_head(self.unwrap(self.model)) is not None:
+            self.lm_head_chunk = lm_head_chunk
         self.evaluate_answers = Evaluator(self.accelerator, tokenizer,
                                           max_new_tokens=max_new_tokens, temperature=1.0,
                                           batch_size=eval_batch_size, judge=judge)
@@ -44,9 +51,13 @@ class SFTTrainer(Trainer):
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         labels = batch["labels"]  # (B, T)
         keep = supervised_span(labels)  # the last `keep` positions hold every logit the loss reads
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+        if self.lm_head_chunk:  # the head on the supervised tokens only, a chunk of them at a time
+            with lm_head_skipped(self.unwrap(self.model)) as head:
+                hidden = self.model(**inputs).logits  # (B, keep, H): the head's input
+            return linear_cross_entropy(hidden, head.weight, labels[:, -keep:], self.lm_head_chunk), {}
         # (B, keep, V): the LM head skips the prompt span every row shares
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            logits_to_keep=keep).logits
+        logits = self.model(**inputs).logits
         return lm_loss(text_logits(logits, labels[:, -keep:]), labels[:, -keep:]), {}
 
     def loss_weight(self, batch: dict) -> float:

@@ -44,9 +44,9 @@ def _check_type(name: str, value, default, raw=None):
         value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
-    # BF16='auto' also takes True / False (a replayed run_config records the choice)
+    # BF16='auto' also takes True / False, LM_HEAD_CHUNK='auto' a number (a replayed run_config records the choice)
     elif default == "auto":
-        ok = isinstance(value, (bool, str))
+        ok = isinstance(value, (bool, str, int))
     else:
         ok = isinstance(value, type(default))
     if not ok:
