@@ -69,7 +69,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     labels = labels[:, 1:].reshape(-1)  # position t predicts token t+1
     hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
     supervised = labels != -100
-    return _LinearCrossEntropy.apply(hidden[supervised], weight, labels[supervised], chunk)
+    hidden, labels = hidden[supervised], labels[supervised]
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, labels, chunk)
+    total = sum(F.cross_entropy((hidden[s: s + chunk] @ weight.T).float(), labels[s: s + chunk], reduction="sum")
+                for s in range(0, len(labels), chunk))  # no gradients: the loss alone
+    return total / max(len(labels), 1)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

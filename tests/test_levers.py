@@ -85,12 +85,12 @@ def test_loss_on_the_supervised_span_equals_the_full_loss(tok, data, peft):
 def test_lm_head_in_chunks_gives_the_ordinary_loss_and_gradients_without_full_logits(tok, data, tmp_path, bf16):
     """LM_HEAD_CHUNK: the SFT loss from the final hidden states, the LM head and cross-entropy taken 7
     supervised tokens at a time (several chunks), equals the ordinary loss, and so does every gradient (the
-    tied embedding's included), with dropout 0.1 and in bf16 autocast; the head itself never runs on the
-    batch and is back in place afterwards."""
+    tied embedding's included), with dropout 0.1 and in bf16 autocast, and so does the held-out loss; the
+    head itself never runs on the batch and is back in place afterwards."""
     batch = sft_collate(data.items[:12], tok.pad_token_id)
     runs = []
     for chunk in (0, 7):
-        trainer = SFTTrainer(tiny_model(dropout=0.1), tok, data, None, None, run_config={}, max_new_tokens=4,
+        trainer = SFTTrainer(tiny_model(dropout=0.1), tok, data, data, None, run_config={}, max_new_tokens=4,
                              eval_batch_size=64, judge=None, lm_head_chunk=chunk,
                              **trainer_configs(tmp_path / str(chunk), batch_size=12))
         assert trainer.lm_head_chunk == chunk
@@ -102,8 +102,11 @@ def test_lm_head_in_chunks_gives_the_ordinary_loss_and_gradients_without_full_lo
             loss, _ = trainer.compute_loss(batch)
         loss.backward()
         assert model.lm_head is head and len(calls) == (0 if chunk else 1)
-        runs.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (plain, plain_grads), (chunked, chunked_grads) = runs
+        with torch.no_grad():
+            held_out = trainer.eval_loss()  # no gradients: the loss alone, chunked the same way
+        runs.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, held_out))
+    (plain, plain_grads, plain_eval), (chunked, chunked_grads, chunked_eval) = runs
+    assert chunked_eval == pytest.approx(plain_eval, rel=1e-5)
     tol = dict(rtol=2e-2, atol=1e-4) if bf16 else dict(rtol=1e-5, atol=1e-7)
     assert torch.allclose(chunked, plain, **tol), (chunked, plain)
     for name, grad in plain_grads.items():

@@ -49,16 +49,20 @@ class SFTTrainer(Trainer):
                                           batch_size=eval_batch_size, judge=judge)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        return self.batch_loss(self.model, batch), {}
+
+    def batch_loss(self, model, batch: dict) -> torch.Tensor:
+        """lm_loss of `model` (the trained one, or its unwrapped self for the held-out loss) on a batch."""
         labels = batch["labels"]  # (B, T)
         keep = supervised_span(labels)  # the last `keep` positions hold every logit the loss reads
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
         if self.lm_head_chunk:  # the head on the supervised tokens only, a chunk of them at a time
             with lm_head_skipped(self.unwrap(self.model)) as head:
-                hidden = self.model(**inputs).logits  # (B, keep, H): the head's input
-            return linear_cross_entropy(hidden, head.weight, labels[:, -keep:], self.lm_head_chunk), {}
+                hidden = model(**inputs).logits  # (B, keep, H): the head's input
+            return linear_cross_entropy(hidden, head.weight, labels[:, -keep:], self.lm_head_chunk)
         # (B, keep, V): the LM head skips the prompt span every row shares
-        logits = self.model(**inputs).logits
-        return lm_loss(text_logits(logits, labels[:, -keep:]), labels[:, -keep:]), {}
+        logits = model(**inputs).logits
+        return lm_loss(text_logits(logits, labels[:, -keep:]), labels[:, -keep:])
 
     def loss_weight(self, batch: dict) -> float:
         """lm_loss averages over the supervised tokens (the ones that predict a label)."""
@@ -73,11 +77,8 @@ class SFTTrainer(Trainer):
         for j, i in enumerate(starts):  # the same count on every rank; top-ups (j >= real) add 0
             batch = sft_collate(self.eval_data.items[i: i + size], self.tokenizer.pad_token_id)
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits
-            logits = text_logits(logits, batch["input_ids"])  # (B, T, V)
             n = int((batch["labels"][:, 1:] != -100).sum()) if j < real else 0
-            total, count = total + lm_loss(logits, batch["labels"]).item() * n, count + n
+            total, count = total + self.batch_loss(model, batch).item() * n, count + n
         sums = reduce_sum(self.accelerator, {"total": total, "count": count})
         return sums["total"] / sums["count"]
 
