@@ -44,6 +44,9 @@ class SFTTrainer(Trainer):
         self.eval_batch_size = eval_batch_size
         if lm_head_chunk and not loop.fsdp and chunkable_lm_head(self.unwrap(self.model)) is not None:
             self.lm_head_chunk = lm_head_chunk
+        elif lm_head_chunk:
+            self.log(f"LM_HEAD_CHUNK={lm_head_chunk}: the ordinary LM head and loss "
+                     f"({'FSDP shards the head' if loop.fsdp else 'no plain lm_head on this model: a wrapper'})")
         self.evaluate_answers = Evaluator(self.accelerator, tokenizer,
                                           max_new_tokens=max_new_tokens, temperature=1.0,
                                           batch_size=eval_batch_size, judge=judge)
