@@ -34,14 +34,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk):  # (N, H), (V, H), (N,) all supervised
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else hidden.dtype
-        if hidden.is_cuda and torch.is_autocast_enabled("cuda"):
-            dtype = torch.get_autocast_dtype("cuda")
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         h, w = hidden.to(dtype), weight.to(dtype)
         n = labels.numel()
         grad_logits = torch.empty(n, w.size(0), dtype=dtype, device=hidden.device)  # (N, V)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        with torch.autocast(hidden.device.type, enabled=False):
+        with torch.autocast(device, enabled=False):
             for s in range(0, n, chunk):
                 logits = (h[s: s + chunk] @ w.T).float()  # (c, V)
                 y = labels[s: s + chunk]

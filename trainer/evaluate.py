@@ -26,7 +26,7 @@ from dataset.sft import render_prompt
 from model.generate import Responses, decode_responses, response_logprobs, sample_responses
 from model.peft import disabled_adapters
 from trainer.dist import gather_shards, shard
-from utils import ConfigError, append_jsonl, from_settings, write_json
+from utils import ConfigError, append_jsonl, from_settings, own_random_numbers, write_json
 
 # judge(prompt row, response) -> {'score', 'correct', 'format'}, or None where it does not apply
 Judge = Callable[[dict, str], Optional[dict]]
@@ -149,11 +149,10 @@ def test_evaluation(trainer, **data) -> dict:
 def greedy_and_sampled(evaluate_policy: Callable, policy, prompts: list[dict]) -> dict:
     """{'greedy': ..., 'sampled': ...}: an Evaluator's summaries of policy on prompts, greedy (the
     gold score) then sampled at the rollout temperature (the KL figure). Every rank answers its
-    share. The sampled pass draws under random numbers of its own (`fork_rng`): training after it draws
-    what it would draw without it, so the number of test prompts never changes a run's training."""
+    share. The sampled pass draws under random numbers of its own: training after it draws what it
+    would draw without it, so the number of test prompts never changes a run's training."""
     greedy = evaluate_policy(policy, prompts, do_sample=False)
-    device = next(policy.parameters()).device
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    with own_random_numbers(next(policy.parameters()).device):
         sampled = evaluate_policy(policy, prompts, do_sample=True)
     return {"greedy": greedy, "sampled": sampled}
 

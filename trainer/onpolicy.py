@@ -28,7 +28,7 @@ from trainer.evaluate import Evaluator, Judge, mean_judgement, reference_for
 from trainer.fsdp import gathered
 from trainer.settings import LoopConfig, OptimConfig
 from trainer.tracking import markdown_table
-from utils import ConfigError
+from utils import ConfigError, own_random_numbers
 
 
 def check_rollout_settings(cfg) -> None:
@@ -165,8 +165,7 @@ class OnPolicyTrainer(Trainer):
         draws what it would draw without an ensemble."""
         actor = self.unwrap(self.actor).eval()
         items = [self.train_data[i] for i in range(min(len(self.train_data), self.cfg.rollout_batch))]
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), self.accelerator.autocast(), gathered(actor):
+        with own_random_numbers(self.device), self.accelerator.autocast(), gathered(actor):
             torch.manual_seed(self.seed)
             out = sample_responses(actor, self.tokenizer, [it["prompt_ids"] for it in items],
                                    self.cfg.max_new_tokens, **self.sampling)
@@ -318,8 +317,7 @@ class OnPolicyTrainer(Trainer):
         self.log_text("eval/samples", markdown_table(self.last_rows[: self.eval_rows_shown]))
         out = {k: v for k, v in result.items() if "/" not in k}
         if self.cfg.eval_sampled:  # gold, RM score and KL of samples: the over-optimisation curve
-            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):  # training draws the same random numbers either way
+            with own_random_numbers(self.device):  # training draws the same random numbers either way
                 sampled = self.evaluate_policy(self.unwrap(self.actor), self.eval_prompts, do_sample=True)
             out.update({f"sampled_{k}": v for k, v in sampled.items() if k != "rows" and "/" not in k})
         return out

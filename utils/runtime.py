@@ -20,6 +20,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def own_random_numbers(device: torch.device):
+    """A context whose random draws (CPU, and `device` if it is a GPU) leave the stream outside it where it was:
+    an evaluation or a calibration inside it never changes what training draws next."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
