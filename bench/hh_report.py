@@ -86,7 +86,6 @@ def plot(metrics_path: str, out: str) -> None:
 
     lines = [json.loads(line) for line in open(metrics_path)]
     train = [l for l in lines if "ppo/score" in l]
-    evals = [l for l in lines if "eval/gold_score" in l]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     def smooth(xs, k=4):  # mean of the last k rollouts: one rollout is 16 prompts, and noisy
         return [sum(xs[max(0, i - k + 1): i + 1]) / len(xs[max(0, i - k + 1): i + 1]) for i in range(len(xs))]
@@ -96,9 +95,7 @@ def plot(metrics_path: str, out: str) -> None:
         ys = [l[key] - train[0][key] for l in train]
         left.plot(steps, ys, color=color, alpha=0.25)
         left.plot(steps, smooth(ys), label=f"{label}, mean of 4", color=color)
-    for key, color in (("eval/reward", "tab:blue"), ("eval/gold_score", "tab:red")):
-        left.plot([l["step"] for l in evals], [l[key] - evals[0][key] for l in evals], "o--", color=color, alpha=0.6)
-    left.set(xlabel="PPO iteration", ylabel="score - first value", title="rollouts (lines), held-out greedy (dots)")
+    left.set(xlabel="PPO iteration", ylabel="score - first value", title="rollouts: each (faint), mean of 4")
     left.legend(fontsize=8)
     for key, label, color in (("ppo/gold_score", "judge RM", "tab:red"), ("ppo/score", "proxy RM", "tab:blue")):
         right.scatter([l["ppo/kl"] for l in train], [l[key] - train[0][key] for l in train], color=color, label=label, s=14)

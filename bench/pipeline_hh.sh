@@ -13,7 +13,10 @@
 # Reward models: head-only (frozen SmolLM2, logistic regression on last-token features, L2 by 5-fold CV),
 # each on 906 pairs, accuracy on the last 300 pairs of hh-harmless-test.jsonl. PPO prompts: the dialogues
 # of hh-harmless-train.jsonl up to their last Assistant turn, cut from the left to MAX_PROMPT_LEN; held-out:
-# the first EVAL_LIMIT dialogues of hh-harmless-test.jsonl.
+# the first EVAL_LIMIT dialogues of hh-harmless-test.jsonl (test: reported, never evaluated during training,
+# since nothing here is chosen; no validation evaluations). A reply cut at 64 tokens is scored closed with EOS,
+# as the reward models were trained, and pays MISSING_EOS_PENALTY (1.0, train_rlhf's default), so PPO gains
+# nothing by running to the limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gguf="${GGUF:-}"  # required: SmolLM2-135M-Instruct as a GGUF file
@@ -38,13 +41,13 @@ start=$(date +%s)
 done
 [[ " $stages " == *" ppo "* ]] || { echo "pipeline_hh ($stages): $(( $(date +%s) - start )) s wall"; exit 0; }
 python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --rm_model "$rms/rm_proxy" \
-    --judge_rm "$rms/rm_judge" --prompts "$train" --eval_prompts "$test" --eval_limit "${EVAL_LIMIT:-200}" \
+    --judge_rm "$rms/rm_judge" --prompts "$train" --eval_prompts none \
     --test_prompts "$test" --test_limit "${EVAL_LIMIT:-200}" \
     --chat_template True --bf16 True --seed "${SEED:-0}" --save_interval 0 \
     --peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_proj,o_proj \
     --actor_lr "${ACTOR_LR:-4e-4}" --critic_lr 1e-5 --critic_init zero_head --beta "${BETA:-0.1}" \
     --iterations "${ITERATIONS:-24}" --rollout_batch 16 --mini_batch 8 --ppo_epochs 2 \
-    --max_prompt_len 192 --max_new_tokens 64 --close_truncated True --missing_eos_penalty "${MISSING_EOS_PENALTY:-0}" \
-    --eval_interval "${EVAL_INTERVAL:-0}" --sft_eval "${SFT_EVAL:-run}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
+    --max_prompt_len 192 --max_new_tokens 64 --close_truncated True --missing_eos_penalty "${MISSING_EOS_PENALTY:-1.0}" \
+    --eval_interval 0 --sft_eval "${SFT_EVAL:-run}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
 python bench/hh_report.py --run_dir "$out/rlhf" --plot "${PLOT:-pic/hh_ppo.png}"
 echo "pipeline_hh: $(( $(date +%s) - start )) s wall"
