@@ -36,7 +36,7 @@ stages="${STAGES:-rms ppo}"
 start=$(date +%s)
 [[ " $stages " == *" rms "* ]] && for half in proxy judge; do
   python bench/timed.py "$out/rm_$half" -- python train_rm.py --model "$gguf" --train_data "$out/data/$half.jsonl" \
-      --eval_data "$out/data/rm_test.jsonl" --train_layers 0 --chat_template True --bf16 True --max_len 256 \
+      --eval_data none --test_data "$out/data/rm_test.jsonl" --train_layers 0 --chat_template True --bf16 True --max_len 256 \
       --seed "${SEED:-0}" --train_limit "${RM_LIMIT:-None}" --eval_limit "${RM_LIMIT:-None}" --out_dir "$out/rm_$half"
 done
 [[ " $stages " == *" ppo "* ]] || { echo "pipeline_hh ($stages): $(( $(date +%s) - start )) s wall"; exit 0; }

@@ -7,7 +7,7 @@ import subprocess
 from conftest import ROOT
 
 
-def ppo_command(tmp_path, **env) -> dict:
+def commands(tmp_path, **env) -> list:
     bin_dir, data = tmp_path / "bin", tmp_path / "hh"
     bin_dir.mkdir()
     data.mkdir()
@@ -22,14 +22,22 @@ def ppo_command(tmp_path, **env) -> dict:
     run_env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", GGUF=str(gguf), HH_DATA=str(data),
                    OUT=str(tmp_path / "out"), PLOT=str(tmp_path / "hh.png"), **env)
     subprocess.run(["bash", "bench/pipeline_hh.sh"], cwd=ROOT, env=run_env, check=True, capture_output=True)
-    commands = [shlex.split(line) for line in log.read_text().splitlines()]
-    ppo = [c for c in commands if "train_rlhf.py" in c]  # bench/timed.py DIR -- python train_rlhf.py ...
-    assert len(ppo) == 1, commands
-    return {flag: value for flag, value in zip(ppo[0], ppo[0][1:]) if flag.startswith("--")}
+    return [shlex.split(line) for line in log.read_text().splitlines()]
 
 
-def test_hh_ppo_pays_for_a_cut_reply_and_never_evaluates_on_its_test_prompts(tmp_path):
-    args = ppo_command(tmp_path, STAGES="ppo")
+def flags(commands: list, script: str) -> list:
+    """The --flag value pairs of each command that runs `script` (bench/timed.py DIR -- python SCRIPT ...)."""
+    return [{flag: value for flag, value in zip(c, c[1:]) if flag.startswith("--")}
+            for c in commands if script in c]
+
+
+def test_hh_pipeline_reports_on_hh_pays_for_a_cut_reply_and_never_evaluates_on_its_test_prompts(tmp_path):
+    run = commands(tmp_path)
+    rms = flags(run, "train_rm.py")
+    assert len(rms) == 2  # the proxy and the judge
+    for rm in rms:  # both are reported on the held-out HH pairs, not on the embedded task's default files
+        assert rm["--test_data"].endswith("rm_test.jsonl") and rm["--eval_data"] == "none"
+    [args] = flags(run, "train_rlhf.py")
     # the reward models read a cut reply closed with EOS; without the penalty PPO could run every reply to
     # the limit and be scored as if it had finished
     assert args["--close_truncated"] == "True"
