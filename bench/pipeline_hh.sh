@@ -45,8 +45,8 @@ python bench/timed.py "$out/rlhf" -- python train_rlhf.py --sft_model "$gguf" --
     --test_prompts "$test" --test_limit "${EVAL_LIMIT:-200}" \
     --chat_template True --bf16 True --seed "${SEED:-0}" --save_interval 0 \
     --peft lora --lora_r 16 --lora_alpha 32 --lora_targets q_proj,k_proj,v_proj,o_proj \
-    --actor_lr "${ACTOR_LR:-4e-4}" --critic_lr 1e-5 --critic_init zero_head --beta "${BETA:-0.1}" \
-    --iterations "${ITERATIONS:-24}" --rollout_batch 16 --mini_batch 8 --ppo_epochs 2 \
+    --actor_lr "${ACTOR_LR:-2e-4}" --critic_lr 1e-5 --critic_init zero_head --beta "${BETA:-0.1}" \
+    --iterations "${ITERATIONS:-16}" --rollout_batch 16 --mini_batch 8 --ppo_epochs 2 \
     --max_prompt_len 192 --max_new_tokens 64 --close_truncated True --missing_eos_penalty "${MISSING_EOS_PENALTY:-1.0}" \
     --eval_interval 0 --sft_eval "${SFT_EVAL:-run}" --out_dir "$out/rlhf" ${PPO_ARGS:-}
 python bench/hh_report.py --run_dir "$out/rlhf" --plot "${PLOT:-pic/hh_ppo.png}"
