@@ -4,11 +4,11 @@
 # the judge (half B), which scores the held-out answers of SFT (the instruct model itself) and RLHF.
 #
 #   export GGUF=SmolLM2-135M-Instruct.Q4_1.gguf HH_DATA=dir/with/hh-harmless-{train,test}.jsonl   # required
-#   bash bench/pipeline_hh.sh                # ~80 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_ppo.png
+#   bash bench/pipeline_hh.sh                # ~100 min on 2 cores: out/hh_ppo/{rm_proxy,rm_judge,rlhf}, report.json, pic/hh_ppo.png
 #   ITERATIONS=1 EVAL_LIMIT=4 RM_LIMIT=40 OUT=out/hh_smoke bash bench/pipeline_hh.sh   # smoke run
 #   STAGES=rms SEED=1 OUT=out/repeat/hh_r1 bash bench/pipeline_hh.sh   # only the two reward models (bench/repeat_runs.sh)
 #   STAGES=ppo RMS=out/hh_ppo SEED=1 SFT_EVAL=out/hh_ppo/rlhf OUT=out/hh_s1 PLOT=out/hh_s1/curve.png bash bench/pipeline_hh.sh
-#       # PPO again with another seed: RMS's reward models, and the SFT evaluation of an earlier run (~50 min)
+#       # PPO again with another seed: RMS's reward models, and the SFT evaluation of an earlier run (~55 min)
 #
 # Reward models: head-only (frozen SmolLM2, logistic regression on last-token features, L2 by 5-fold CV),
 # each on 906 pairs, accuracy on the last 300 pairs of hh-harmless-test.jsonl. PPO prompts: the dialogues

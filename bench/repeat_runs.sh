@@ -13,13 +13,13 @@
 #               rate of RLHF over SFT by the gold judge and by that seed's RM (~4.5 min a run)
 #   rm_hh       python bench/bench_rm_hh.py, the head-only SmolLM2 RM on the 500 HH harmless test pairs: it has
 #               no seed, so its runs are reruns of the same command (~11.5 min a run)
-#   hh_rms      the proxy and judge RMs of bench/pipeline_hh.sh (STAGES=rms, ~14 min)
+#   hh_rms      the proxy and judge RMs of bench/pipeline_hh.sh (STAGES=rms, ~25 min on one thread)
 #   smollm2_rm  the RM stage of bench/pipeline_smollm2.sh (STAGES=rm) from SMOLLM2_SFT (default
 #               out/smollm2/sft, trained first if missing: ~9 min), ~25 min a run (240 steps)
 #   hh_winrate  the PPO stage of bench/pipeline_hh.sh with seed S, on the reward models in HH_RMS (default
-#               out/hh_ppo, trained first if missing: ~14 min): the judge's win rate of RLHF over SFT, KL,
-#               lengths (~55 min a run; a run after the first that saved sft_eval.json reuses its SFT
-#               evaluation, ~45 min)
+#               out/hh_ppo, trained first if missing: ~25 min): the judge's win rate of RLHF over SFT, KL,
+#               lengths (~75 min a run on one thread; a run after the first that saved sft_eval.json reuses its SFT
+#               evaluation, ~55 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${RUNS:-0 1 2}"
