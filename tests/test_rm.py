@@ -387,3 +387,25 @@ def test_set_dropout_turns_every_dropout_off_and_says_so_in_the_config():
     set_dropout(model, 0.0)
     assert torch.equal(model(ids).logits, model(ids).logits)
     assert model.config.dropout == 0.0 and model.config.attention_dropout == 0.0
+
+
+def test_two_micro_batches_make_the_step_of_one_batch(tok, tmp_path):
+    """GRAD_ACCUM: a step over two micro-batches (a ranked group of 4 replies, 6 pairs, then a 1-pair group)
+    has the gradient of the 7 pairs in one batch: each micro-batch counts by its pairs (the reward-model
+    side-by-side runs 8 pairs a step as 2 x 4)."""
+    rows = [{"prompt": "How is the day?\n", "responses": ["It is good.", "It is fine.", "It is bad.", "No."]},
+            {"prompt": "How is the night?\n", "chosen": "It is calm.", "rejected": "It is loud."}]
+    data = RMDataset(write_rows(tmp_path, "mixed.jsonl", rows), tok, 48, verbose=False)
+
+    def step_gradient(batch_size, grad_accum):
+        trainer = RMTrainer(tiny_rm(len(tok)), tok, data, None, run_config={}, eval_batch_size=8,
+                            **trainer_configs(tmp_path / f"b{batch_size}", batch_size=batch_size,
+                                              grad_accum=grad_accum))
+        trainer.epoch_order = lambda epoch: torch.arange(len(data))  # the file's order
+        grads = []
+        trainer.optimizer.step = lambda: grads.append(  # the step's gradient, before any update
+            torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+        trainer.training_step()
+        return grads[0]
+    together, accumulated = step_gradient(2, 1), step_gradient(1, 2)
+    assert torch.allclose(together, accumulated, atol=1e-7, rtol=1e-4), (together - accumulated).abs().max()
