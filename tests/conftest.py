@@ -14,6 +14,18 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 
+def step_gradient(trainer) -> "torch.Tensor":
+    """The gradient of one training step (all micro-batches), flattened, taken before the optimizer updates:
+    a step over two micro-batches is compared with the same data in one batch."""
+    import torch
+
+    grads = []
+    trainer.optimizer.step = lambda: grads.append(
+        torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+    trainer.training_step()
+    return grads[0]
+
+
 def trainer_configs(out_dir, **settings) -> dict:
     """loop= and optim= for a trainer built in a test: the given settings over small test values."""
     from trainer.base import LoopConfig, OptimConfig

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from conftest import run_inline, trainer_configs
+from conftest import run_inline, step_gradient, trainer_configs
 from dataset.rm import RMDataset, rm_collate
 from model.load import load_causal_lm, load_tokenizer
 from model.loss import dpo_loss, sequence_logprobs, token_logprobs
@@ -139,11 +139,7 @@ def test_dpo_micro_batches_weighted_by_pair_count(tok, ranked, tmp_path):
                                                            warmup_steps=0))
         trainer.epoch_order = lambda epoch: torch.arange(len(data))  # the file's order: group, then pair
         assert trainer.loss_weight(trainer.get_batch(0)) == (7 if batch_size == 2 else 6)
-        grads = []
-        trainer.optimizer.step = lambda: grads.append(  # the step's gradient, before any update
-            torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
-        trainer.training_step()
-        return grads[0]
+        return step_gradient(trainer)
     together, accumulated = stepped(2, 1), stepped(1, 2)
     assert torch.allclose(together, accumulated, atol=1e-7, rtol=1e-4), (together - accumulated).abs().max()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, OPTConfig, OPTForSequenceClassification
 
-from conftest import ROOT, run_inline, trainer_configs
+from conftest import ROOT, run_inline, step_gradient, trainer_configs
 from dataset.io import DataError
 from utils import ConfigError
 from dataset.chat import chat_messages
@@ -397,15 +397,11 @@ def test_two_micro_batches_make_the_step_of_one_batch(tok, tmp_path):
             {"prompt": "How is the night?\n", "chosen": "It is calm.", "rejected": "It is loud."}]
     data = RMDataset(write_rows(tmp_path, "mixed.jsonl", rows), tok, 48, verbose=False)
 
-    def step_gradient(batch_size, grad_accum):
+    def stepped(batch_size, grad_accum):
         trainer = RMTrainer(tiny_rm(len(tok)), tok, data, None, run_config={}, eval_batch_size=8,
                             **trainer_configs(tmp_path / f"b{batch_size}", batch_size=batch_size,
                                               grad_accum=grad_accum))
         trainer.epoch_order = lambda epoch: torch.arange(len(data))  # the file's order
-        grads = []
-        trainer.optimizer.step = lambda: grads.append(  # the step's gradient, before any update
-            torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
-        trainer.training_step()
-        return grads[0]
-    together, accumulated = step_gradient(2, 1), step_gradient(1, 2)
+        return step_gradient(trainer)
+    together, accumulated = stepped(2, 1), stepped(1, 2)
     assert torch.allclose(together, accumulated, atol=1e-7, rtol=1e-4), (together - accumulated).abs().max()
