@@ -26,7 +26,7 @@ from trainer.dist import resolve_bf16
 from trainer.evaluate import (comparison_summary, greedy_and_sampled, print_comparison,
                               test_evaluation)
 from trainer.dpo import DPOConfig, DPOTrainer
-from utils import (ConfigError, configure, plot_metrics, quiet_transformers, run_main,
+from utils import (ConfigError, configure, keep_freed_memory, plot_metrics, quiet_transformers, run_main,
                    seed_everything)
 
 # models and data
@@ -58,6 +58,7 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 SEED = 0  # also the sampling of held-out answers
 GRADIENT_CHECKPOINTING = False
 GROUP_BY_LENGTH = False
+KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
 FSDP = False  # with torchrun --nproc_per_node N
 # PEFT (model/peft/): a LoRA policy shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
@@ -84,6 +85,7 @@ def main():
         raise ConfigError(f"PEFT={PEFT!r}: DPO supports 'none' and 'lora'")
     quiet_transformers()
     seed_everything(SEED)
+    keep_freed_memory(KEEP_FREED_MEMORY)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     chat = config["CHAT_TEMPLATE"] = saved_chat_format(SFT_MODEL, CHAT_TEMPLATE)
     use_chat_format(tokenizer, chat)

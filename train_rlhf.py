@@ -34,7 +34,7 @@ from trainer.evaluate import (SFTEvalSettings, comparison_summary, greedy_and_sa
                               print_comparison, read_sft_eval, sft_evaluation, write_side_by_side)
 from trainer.grpo import GRPOConfig, GRPOTrainer
 from trainer.ppo import PPOConfig, PPOTrainer
-from utils import (ConfigError, configure, plot_metrics, quiet_transformers, run_main,
+from utils import (ConfigError, configure, keep_freed_memory, plot_metrics, quiet_transformers, run_main,
                    seed_everything)
 
 ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (no critic, KL in the loss)
@@ -93,6 +93,7 @@ SEED = 0  # also the sampling
 FSDP = False  # with torchrun --nproc_per_node N
 GRADIENT_CHECKPOINTING = False
 GROUP_BY_LENGTH = False
+KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
 # PEFT (model/peft/): a LoRA actor shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
 LORA_R = 8  # LoRA rank
@@ -162,6 +163,7 @@ def main():
     reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: REWARD='rm'
     quiet_transformers()
     seed_everything(SEED)
+    keep_freed_memory(KEEP_FREED_MEMORY)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     use_chat_format(tokenizer, CHAT_TEMPLATE)
     actor = load_causal_lm(SFT_MODEL, "SFT_MODEL")

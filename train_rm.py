@@ -30,7 +30,7 @@ from trainer.checkpoint import lock_out_dir
 from trainer.dist import is_sharded, resolve_bf16
 from trainer.evaluate import test_evaluation
 from trainer.rm import RMTrainer, fit_head
-from utils import ConfigError, configure, quiet_transformers, run_main, seed_everything
+from utils import ConfigError, configure, keep_freed_memory, quiet_transformers, run_main, seed_everything
 
 # model and data
 MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a dir or a .gguf; new head
@@ -60,6 +60,7 @@ SEED = 0  # also the head's initialisation
 BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
 FSDP = False  # with torchrun --nproc_per_node N
 GROUP_BY_LENGTH = False
+KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
 GRADIENT_CHECKPOINTING = False
 DROPOUT = None  # None: the model's own (opt-125m: 0.1); a number sets every dropout (TRL's RewardTrainer: 0)
 # evaluation, logging, checkpoints
@@ -130,6 +131,7 @@ def main():
     l2s = check_settings()
     quiet_transformers()
     seed_everything(SEED)
+    keep_freed_memory(KEEP_FREED_MEMORY)
     on_mismatch = "error" if STRICT else "skip"
     tokenizer = load_tokenizer(MODEL)  # pads with a token that is not EOS (model/load.py)
     use_chat_format(tokenizer, CHAT_TEMPLATE)

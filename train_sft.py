@@ -26,7 +26,7 @@ from trainer.base import LoopConfig, OptimConfig
 from trainer.dist import resolve_bf16
 from trainer.evaluate import test_evaluation
 from trainer.sft import SFTTrainer
-from utils import configure, quiet_transformers, run_main, seed_everything
+from utils import configure, keep_freed_memory, quiet_transformers, run_main, seed_everything
 
 # model and data
 MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id, a local dir or a .gguf file
@@ -49,6 +49,7 @@ GRAD_CLIP = 1.0
 BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
 SEED = 0  # also the new weights' initialisation and the sampling
 GROUP_BY_LENGTH = False
+KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
 GRADIENT_CHECKPOINTING = False
 LM_HEAD_CHUNK = "auto"  # LM head + loss on supervised tokens, this many at a time (0: off; docs/throughput.md)
 FSDP = False  # with torchrun --nproc_per_node N
@@ -76,6 +77,7 @@ config = configure(globals())
 def main():
     quiet_transformers()
     seed_everything(SEED)
+    keep_freed_memory(KEEP_FREED_MEMORY)
     tokenizer = load_tokenizer(MODEL)
     use_chat_format(tokenizer, CHAT_TEMPLATE)
     model = apply_peft(load_causal_lm(MODEL), PEFT, task="causal", r=LORA_R, alpha=LORA_ALPHA,

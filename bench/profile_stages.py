@@ -134,15 +134,16 @@ def main() -> None:
         sys.exit(f"the run took {state['step']} training steps, fewer than --skip + --steps = {total}")
 
     seconds = dict.fromkeys(ORDER + [COLLATE, REST], 0.0)
-    top = {}
+    top, calls = {}, {}
     for event in prof.events():
         name = where(event, args.vocab)
         seconds[name] += event.self_cpu_time_total / 1e6
         key = f"{event.name} {event.input_shapes}" if os.environ.get("PROFILE_SHAPES") else event.name
         top[key] = top.get(key, 0.0) + event.self_cpu_time_total / 1e6
+        calls[key] = calls.get(key, 0) + 1
     if os.environ.get("PROFILE_TOP"):  # the ops that cost most, to check the categories
         for key, value in sorted(top.items(), key=lambda kv: -kv[1])[:int(os.environ["PROFILE_TOP"])]:
-            print(f"{value / args.steps:8.3f} s/step  {key}", file=sys.stderr)
+            print(f"{value / args.steps:8.3f} s/step  {calls[key] / args.steps:7.0f} calls/step  {key}", file=sys.stderr)
     wall = state["active_wall"]
     seconds[REST] += max(wall - sum(seconds.values()), 0.0)
     per_step = {k: v / args.steps for k, v in seconds.items()}

@@ -5,6 +5,7 @@ from utils.errors import ConfigError, UserError, run_main
 from utils.files import append_jsonl, plot_metrics, write_json
 from utils.runtime import (
     hub_reachable,
+    keep_freed_memory,
     own_random_numbers,
     peak_rss_mb,
     quiet_transformers,
@@ -22,6 +23,7 @@ __all__ = [
     "configure",
     "from_settings",
     "hub_reachable",
+    "keep_freed_memory",
     "own_random_numbers",
     "peak_rss_mb",
     "plot_metrics",
