@@ -13,7 +13,7 @@ from trainer.base import NonFiniteLossError
 from trainer.optim import lr_factor
 from trainer.checkpoint import load_state
 
-from conftest import make_sft_trainer, run_inline, tiny_model
+from conftest import make_sft_trainer, run_inline, step_gradient, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,21 @@ def test_sft_loss_falls_on_a_tiny_batch(tok, data, tmp_path):
     assert last < 0.5 * first
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert [l["step"] for l in lines] == list(range(1, 41)) and "train/loss" in lines[0]
+
+
+def test_two_sft_micro_batches_make_the_step_of_one_batch(tok, data, tmp_path):
+    """GRAD_ACCUM: 8 demonstrations as 2 micro-batches of 4 (different supervised token counts) give the
+    gradient of the 8 in one batch: each micro-batch counts by its supervised tokens (the SFT side-by-side runs
+    a step of 8 as 2 x 4, half the activations)."""
+    def stepped(batch_size, grad_accum):
+        trainer = make_sft_trainer(tok, data.items[:8], tmp_path / f"b{batch_size}", model=tiny_model(seed=3),
+                                   batch_size=batch_size, grad_accum=grad_accum, max_steps=1)
+        trainer.epoch_order = lambda epoch: torch.arange(8)  # the same 8 in the same order
+        return step_gradient(trainer)
+    counts = [sum(label != -100 for label in data[i]["labels"][1:]) for i in range(8)]
+    assert sum(counts[:4]) != sum(counts[4:])  # unequal halves: an unweighted mean of the two would differ
+    together, accumulated = stepped(8, 1), stepped(4, 2)
+    assert torch.allclose(together, accumulated, atol=1e-7, rtol=1e-4), (together - accumulated).abs().max()
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tok, data, tmp_path):
