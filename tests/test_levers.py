@@ -3,6 +3,7 @@ every item once per epoch, the loss on the supervised span equals the loss on al
 log-probs from the last N + 1 positions equal those of the full forward, fused AdamW takes the same step."""
 import copy
 import os
+import subprocess
 import sys
 
 import pytest
@@ -252,8 +253,6 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def test_kept_freed_memory_is_reused_without_faulting_its_pages_in_again():
-    import subprocess
-
     def faults(mode):
         out = subprocess.run([sys.executable, "-c", KEEP_FREED, mode], cwd=ROOT, capture_output=True, text=True,
                              check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()

@@ -51,9 +51,10 @@ def keep_freed_memory(enabled: bool = True) -> bool:
     """Keep the memory torch frees inside the process for its next tensors instead of handing it back to the
     OS (Linux with glibc; elsewhere nothing changes). glibc serves large allocations (above a threshold that
     starts at 128 KiB and rises to at most 32 MiB: a batch's logits, an embedding's gradient, a bf16 copy of a
-    weight) with a fresh mmap and unmaps them when freed, so each step faults the same big tensors' pages in again, zeroed page by page. With mmap off
-    (M_MMAP_MAX = 0) and the heap's top trimmed only past 2 GiB (M_TRIM_THRESHOLD), freed blocks are reused.
-    Numerics are untouched; peak RSS can grow where the heap fragments. Measured in docs/throughput.md.
+    weight) with a fresh mmap and unmaps them when freed, so each step faults the same big tensors' pages in
+    again, zeroed page by page. With mmap off (M_MMAP_MAX = 0) and the heap's top trimmed only past 2 GiB
+    (M_TRIM_THRESHOLD), freed blocks are reused. Numerics are untouched; peak RSS can grow where the heap
+    fragments. Measured in docs/throughput.md.
     Returns whether it applied."""
     if not enabled:
         return False
