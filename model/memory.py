@@ -61,7 +61,20 @@ def frozen_model(model: torch.nn.Module) -> torch.nn.Module:
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and id(module.weight) not in tied:
             module.weight = torch.nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+    own_memory(model)
     return model
+
+
+def own_memory(model: torch.nn.Module) -> None:
+    """Copy every parameter and buffer that points into a mapped checkpoint file into memory of its own, in
+    place (a tied weight stays tied: its Parameter object is kept). from_pretrained maps the safetensors file
+    into the process; every page of it that was read stays resident as long as one tensor still points into
+    the mapping. After frozen_model's cast only the embeddings, biases and norms do, yet the cast has read the
+    whole file: for opt-125m's reward model 440 MiB resident for 160 MiB of tensors. Copied, the mapping is
+    released."""
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == "cpu":
+            t.data = t.data.clone()
 
 
 def chunkable_lm_head(model: torch.nn.Module):

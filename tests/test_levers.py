@@ -16,7 +16,7 @@ from model.generate import position_ids_for, response_logprobs
 from model.loss import lm_loss, token_logprobs
 from model.peft import apply_peft
 from model.peft.prompt_tuning import text_logits
-from model.memory import checkpoint_layers
+from model.memory import checkpoint_layers, frozen_model
 from trainer.data_order import group_by_length
 from trainer.optim import adamw
 from trainer.sft import SFTTrainer, supervised_span
@@ -263,3 +263,32 @@ def test_kept_freed_memory_is_reused_without_faulting_its_pages_in_again():
         pytest.skip("not glibc: keep_freed_memory changes nothing here")
     assert faults("off") == (False, pytest.approx(10 * 16384, rel=0.2))  # 64 MiB in 4 KiB pages, ten times
     assert kept <= 3 * 16384  # reused: at most 3 of the 10 rounds still grew the heap
+
+
+def mapped(path) -> bool:
+    with open("/proc/self/maps") as f:
+        return any(str(path) in line for line in f)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_frozen_model_lets_go_of_the_mapped_checkpoint_and_computes_the_same(tmp_path):
+    """from_pretrained maps model.safetensors; after frozen_model no tensor points into that mapping any more
+    (so the pages its cast read are not kept resident), the tied LM head is still the embedding, and the
+    outputs under bf16 autocast are bit-identical to the cast weights'."""
+    torch.manual_seed(0)
+    OPTForCausalLM(OPTConfig(vocab_size=96, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                             max_position_embeddings=64, word_embed_proj_dim=64)).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    model = OPTForCausalLM.from_pretrained(tmp_path).eval()
+    reference = copy.deepcopy(model)
+    ids = torch.randint(0, 96, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = reference(input_ids=ids).logits
+    if not mapped(weights):
+        pytest.skip("this transformers copies the checkpoint instead of mapping it")
+    frozen_model(model)
+    assert not mapped(weights)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert model.model.decoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(input_ids=ids).logits, expected)
