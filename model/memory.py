@@ -3,7 +3,8 @@
 - `checkpoint_layers`: activation checkpointing; each layer keeps only its input and runs again in the
   backward pass (GRADIENT_CHECKPOINTING).
 - `frozen_model`: a frozen model's matrices stored in bfloat16, with bit-identical outputs under bf16
-  autocast (FROZEN_BF16: PPO's and GRPO's reference and reward model).
+  autocast (FROZEN_BF16: PPO's and GRPO's reference and reward model); the rest copied out of the mapped
+  checkpoint file (`own_memory`), so the pages the cast read are not kept resident.
 - `lm_head_skipped` with `chunkable_lm_head`: the forward stops at the final hidden states, so the SFT
   loss can take the LM head and cross-entropy chunk by chunk (LM_HEAD_CHUNK, model/loss.py
   `linear_cross_entropy`) without full-vocabulary logits.
@@ -66,8 +67,8 @@ def frozen_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def own_memory(model: torch.nn.Module) -> None:
-    """Copy every parameter and buffer that points into a mapped checkpoint file into memory of its own, in
-    place (a tied weight stays tied: its Parameter object is kept). from_pretrained maps the safetensors file
+    """Give every parameter and buffer on the CPU a copy in memory of its own, in place (a tied weight stays
+    tied: its Parameter object is kept), so none points into a mapped checkpoint file. from_pretrained maps the safetensors file
     into the process; every page of it that was read stays resident as long as one tensor still points into
     the mapping. After frozen_model's cast only the embeddings, biases and norms do, yet the cast has read the
     whole file: for opt-125m's reward model 440 MiB resident for 160 MiB of tensors. Copied, the mapping is
