@@ -67,12 +67,12 @@ def frozen_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def own_memory(model: torch.nn.Module) -> None:
-    """Give every parameter and buffer on the CPU a copy in memory of its own, in place (a tied weight stays
-    tied: its Parameter object is kept), so none points into a mapped checkpoint file. from_pretrained maps the safetensors file
-    into the process; every page of it that was read stays resident as long as one tensor still points into
-    the mapping. After frozen_model's cast only the embeddings, biases and norms do, yet the cast has read the
-    whole file: for opt-125m's reward model 440 MiB resident for 160 MiB of tensors. Copied, the mapping is
-    released."""
+    """Give every parameter and buffer on the CPU a copy in memory of its own, in place (a tied weight
+    stays tied: its Parameter object is kept), so none points into a mapped checkpoint file.
+    from_pretrained maps the safetensors file into the process, and every page of it that was read stays
+    resident as long as one tensor still points into the mapping. After frozen_model's cast only the
+    embeddings, biases and norms do, yet the cast has read the whole file: for opt-125m's reward model
+    440 MiB resident for 160 MiB of tensors. Copied, the mapping is released."""
     for t in [*model.parameters(), *model.buffers()]:
         if t.device.type == "cpu":
             t.data = t.data.clone()
