@@ -154,16 +154,19 @@ def test_dpo_and_grpo_run_sharded(sharded):
 def test_two_node_launch_equals_one_process(one_sft, tmp_path):
     """Two torchrun agents (--nnodes 2, one process each) meet through a c10d rendezvous on
     127.0.0.1 and train as one 2-rank sharded job: the weights equal one process at the double
-    batch."""
+    batch. The rendezvous store is hosted here, not by either agent (`is_host=false`): an agent that
+    hosts it closes it when it exits, and the other agent's shutdown then fails if it comes later."""
     port = free_port()
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_conf", "is_host=false",
            "--rdzv_id", f"fsdp{port}", "tests/fsdp_worker.py", "sft", str(tmp_path)]
     nodes = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for node in nodes:
         stdout, stderr = node.communicate(timeout=300)
         check(subprocess.CompletedProcess(node.args, node.returncode, stdout, stderr), "2-node")
+    del store
     result = torch.load(tmp_path / "fsdp.pt", weights_only=False)
     assert result["world"] == 2
     assert relative_gap(result["sft"], one_sft, start_of((OPTForCausalLM, {}))) < 2e-3
