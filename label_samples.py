@@ -29,11 +29,12 @@ TEMPERATURE = 1.0  # sampling temperature of the K samples
 LIMIT = None  # first N prompts of each file (None: all)
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
 MAX_NEW_TOKENS = 24  # response length limit
+CHAT_TEMPLATE = False  # render prompts with the model's own chat template (as the policy was trained with it)
 SEED = 0  # sampling seed
 
 
 def label(model, tokenizer, rows: list[dict], k: int, temperature: float, max_prompt_len: int,
-          max_new_tokens: int) -> tuple[list[dict], int]:
+          max_new_tokens: int, chat_template: bool = False) -> tuple[list[dict], int]:
     """Sample k responses per prompt row and rank them -> (ranked rows, number of prompts left out)."""
     samples = answer(
         model,
@@ -41,6 +42,7 @@ def label(model, tokenizer, rows: list[dict], k: int, temperature: float, max_pr
         [r for r in rows for _ in range(k)],
         max_prompt_len,
         max_new_tokens,
+        chat_template=chat_template,
         do_sample=True,
         temperature=temperature,
     )
@@ -69,7 +71,7 @@ def main():
     for name, source in (("train", TRAIN_PROMPTS), ("eval", EVAL_PROMPTS)):
         rows = read_prompts(source, LIMIT)
         ranked, left_out = label(model, tokenizer, rows, K, TEMPERATURE, MAX_PROMPT_LEN,
-                                 MAX_NEW_TOKENS)
+                                 MAX_NEW_TOKENS, CHAT_TEMPLATE)
         with open(os.path.join(OUT, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked)
         pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in ranked)

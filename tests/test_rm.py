@@ -405,3 +405,33 @@ def test_two_micro_batches_make_the_step_of_one_batch(tok, tmp_path):
         return step_gradient(trainer)
     together, accumulated = stepped(2, 1), stepped(1, 2)
     assert torch.allclose(together, accumulated, atol=1e-7, rtol=1e-4), (together - accumulated).abs().max()
+
+
+def test_simulated_labelling_renders_prompts_with_the_chat_template(monkeypatch):
+    """label_samples.py --chat_template True samples the policy on the prompts as it was trained on them
+    (SmolLM2's pipeline): the model's own chat template, not the Alpaca rendering."""
+    import label_samples
+    import model.generate as gen
+    from dataset.chat import prompt_ids
+
+    chat_tok = load_tokenizer("embedded")
+    chat_tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+                              "{% if add_generation_prompt %}[assistant] {% endif %}")
+    seen = []
+
+    def fake_generate(model, tokenizer, ids, max_new_tokens, **sampling):
+        seen.extend(ids)
+        width = max(map(len, ids))
+        answers = [tokenizer(a, add_special_tokens=False).input_ids for a in ("3", "The answer is 3.")]
+        rows = [[tokenizer.pad_token_id] * (width - len(p)) + p + answers[i % 2] for i, p in enumerate(ids)]
+        return torch.tensor([r + [tokenizer.pad_token_id] * (width + 8 - len(r)) for r in rows])
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    row = {"type": "add", "instruction": "Add the two numbers.", "input": "1 and 2"}
+    ranked, left_out = label_samples.label(None, chat_tok, [row], 2, 1.0, 72, 8, chat_template=True)
+    assert seen == [prompt_ids(chat_tok, row, True)] * 2
+    assert chat_tok.decode(seen[0]).startswith("[user] ") and "### Instruction" not in chat_tok.decode(seen[0])
+    assert left_out == 0 and ranked[0]["responses"] == ["The answer is 3.", "3"]
+    seen.clear()
+    label_samples.label(None, chat_tok, [row], 2, 1.0, 72, 8)  # the default: the Alpaca rendering
+    assert "### Instruction" in chat_tok.decode(seen[0])
