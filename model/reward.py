@@ -72,9 +72,14 @@ class RewardEnsemble(torch.nn.Module):
     @torch.no_grad()
     def calibrate(self, input_ids, attention_mask) -> None:
         """Each member's mean and std over these sequences become its shift and scale."""
+        self.calibrate_batches([(input_ids, attention_mask)])
+
+    @torch.no_grad()
+    def calibrate_batches(self, batches) -> None:
+        """calibrate over all the sequences of several (input_ids, attention_mask) batches."""
         self.shift.zero_()
         self.scale.fill_(1.0)
-        raw = self.member_scores(input_ids, attention_mask, position_ids_for(attention_mask))  # (B, k)
+        raw = torch.cat([self.member_scores(ids, mask, position_ids_for(mask)) for ids, mask in batches])  # (N, k)
         self.shift.copy_(raw.mean(0))
         self.scale.copy_(raw.std(0).clamp(min=1e-6))
 

@@ -16,8 +16,9 @@ from dataset.task import gold_judge, rank_responses
 from dataset.comparisons import read_comparisons, split_hh
 from dataset.rm import RMDataset, encode_chat, pair_kind, ranked_pairs, rm_collate
 from model.load import load_tokenizer
+from model.generate import position_ids_for
 from model.loss import pairwise_loss
-from model.reward import load_reward_model, reward_scores
+from model.reward import RewardEnsemble, load_reward_model, reward_scores
 from trainer.rm import RMTrainer, evaluate_pairs, fit_linear_head, last_token_features, pairwise_metrics
 
 PAD = 1
@@ -435,3 +436,27 @@ def test_simulated_labelling_renders_prompts_with_the_chat_template(monkeypatch)
     seen.clear()
     label_samples.label(None, chat_tok, [row], 2, 1.0, 72, 8)  # the default: the Alpaca rendering
     assert "### Instruction" in chat_tok.decode(seen[0])
+
+
+def test_eval_rm_scores_an_ensemble_as_ppo_reads_it(toy_run, tok, tmp_path):
+    """bench/eval_rm.py --ensemble: the models as one reward; each member standardised over the file's responses
+    (mean 0, std 1), so a 'mean' of one model ranks as the model does; identical members have no spread, so
+    'mean_minus_std' of two copies is the model's ranking too, and its line says it is the ensemble."""
+    _, trainer, held, rm_dir = toy_run
+    trained = load_reward_model(rm_dir, tok.pad_token_id).eval()
+    alone = evaluate_pairs(trained, held, tok.pad_token_id, 64)
+    ensemble = RewardEnsemble([trained, tiny_rm(len(tok)).eval()], "mean", 1.0).eval()
+    batch = rm_collate(held.items, tok.pad_token_id)
+    parts = [rm_collate(held.items[i: i + 7], tok.pad_token_id) for i in range(0, len(held.items), 7)]
+    ensemble.calibrate_batches((b["input_ids"], b["attention_mask"]) for b in parts)  # the stats cover every batch
+    with torch.no_grad():
+        z = ensemble.member_scores(batch["input_ids"], batch["attention_mask"], position_ids_for(batch["attention_mask"]))
+    assert torch.allclose(z.mean(0), torch.zeros(2), atol=1e-4) and torch.allclose(z.std(0), torch.ones(2), atol=1e-4)
+    one = RewardEnsemble([trained], "mean", 1.0).eval()
+    one.calibrate(batch["input_ids"], batch["attention_mask"])
+    assert evaluate_pairs(one, held, tok.pad_token_id, 64)["accuracy"] == alone["accuracy"]
+    held_file = os.path.join(os.path.dirname(rm_dir), "eval.jsonl")  # toy_run's held-out pairs
+    out = run_inline("bench/eval_rm.py", "--models", f"{rm_dir},{rm_dir}", "--data", held_file,
+                     "--ensemble", "mean_minus_std", "--max_len", "48")
+    line = [x for x in out.splitlines() if x.startswith("ensemble mean_minus_std of")]
+    assert len(line) == 1 and f"accuracy {alone['accuracy']:.4f} ({alone['pairs']} pairs)" in line[0]
