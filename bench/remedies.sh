@@ -14,7 +14,9 @@
 # Settings (environment): SEEDS ("0 1 2"), SFT (out/sft), RM (out/rm: the default reward model, seed 0), OUT,
 # DATA (ds: the task's files; a regenerated task's folder, e.g. out/seed1/ds from bench/run_pipeline.sh 1),
 # PPO_ARGS (extra train_rlhf.py overrides of every PPO run), RM_ARGS (of the reward models trained here),
-# LABEL_ARGS (of label_samples.py), METHODS ("ppo ensemble iterated stop": which of them to run).
+# LABEL_ARGS (of label_samples.py), METHODS ("ppo ensemble iterated stop": which of them to run), EVAL_ARGS (of
+# bench/eval_rm.py). With iterated: OUT/on_policy.md, each reward's correctness-only accuracy per type on the round-1
+# policies' own samples (bench/on_policy_table.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds="${SEEDS:-0 1 2}"
@@ -59,3 +61,22 @@ for seed in $seeds; do
         --stop_disagreement 1.5
 done
 python bench/alignment_table.py "$out" --plot "$out/remedies.png"
+# why: what each reward sees on a PPO policy's own answers. The round-1 policies' samples for the test groups'
+# prompts, ranked by the labeller (bench/iterated_rlhf.sh); correctness-only accuracy per type -> OUT/on_policy.md
+on_policy() {  # REWARD SEED, then bench/eval_rm.py settings
+    local reward=$1 seed=$2
+    shift 2
+    python bench/eval_rm.py "$@" ${EVAL_ARGS:-} | grep ": accuracy " | sed "s|^|$reward\t$seed\t|" >> "$out/on_policy.tsv"
+}
+if want iterated; then
+    : > "$out/on_policy.tsv"
+    for seed in $seeds; do
+        samples="$out/iterated/label_s$seed/eval.jsonl"
+        on_policy "one reward model (default)" "$seed" --models "$rm0" --data "$samples"
+        ! { want ensemble || want stop; } || on_policy "ensemble (mean - std)" "$seed" --models "$ensemble" \
+            --ensemble mean_minus_std --data "$samples"
+        on_policy "iterated: half the labels (round 1)" "$seed" --models "$out/iterated/rm0" --data "$samples"
+        on_policy "iterated: relabelled (round 2)" "$seed" --models "$out/iterated/rm1_s$seed" --data "$samples"
+    done
+    python bench/on_policy_table.py "$out/on_policy.tsv" | tee "$out/on_policy.md"
+fi

@@ -3,6 +3,7 @@ the AutoModelForSequenceClassification round trip, row errors, and a train_rm.py
 import json
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -460,3 +461,25 @@ def test_eval_rm_scores_an_ensemble_as_ppo_reads_it(toy_run, tok, tmp_path):
                      "--ensemble", "mean_minus_std", "--max_len", "48")
     line = [x for x in out.splitlines() if x.startswith("ensemble mean_minus_std of")]
     assert len(line) == 1 and f"accuracy {alone['accuracy']:.4f} ({alone['pairs']} pairs)" in line[0]
+
+
+def test_on_policy_table_averages_each_rewards_correctness_accuracy_per_type():
+    """bench/on_policy_table.py: eval_rm.py's lines, tagged with reward and seed, become one row per reward with the
+    mean over seeds of the correctness-only accuracy, overall and per type (a type missing in a seed is left out)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import on_policy_table
+
+    def line(reward, seed, acc, pairs, types):
+        return (f"{reward}\t{seed}\tout/rm on out/label/eval.jsonl: accuracy 0.7000 (300 pairs), accuracy_correctness "
+                f"{acc:.4f} ({pairs} pairs), accuracy_format 0.7000 (200 pairs), margin 1.000; correctness-only by type: "
+                + ", ".join(f"{t} {v:.3f}" for t, v in types.items()) + "\n")
+
+    lines = [line("default", 0, 0.6, 50, {"add": 0.5, "count": 0.8}), line("default", 1, 0.8, 60, {"add": 0.7, "count": 0.6,
+             "sort": 0.25}), line("iterated", 0, 0.9, 50, {"count": 1.0})]
+    assert on_policy_table.parse(lines[1])[2] == {"all": 0.8, "pairs": 60, "add": 0.7, "count": 0.6, "sort": 0.25}
+    rows = on_policy_table.table(lines).splitlines()
+    assert rows[0] == "| reward | seeds | correctness-only | add | count | sort |"
+    assert rows[2] == "| default | 2 | 0.700 (0.60 / 0.80) | 0.600 (0.50 / 0.70) | 0.700 (0.80 / 0.60) | 0.250 (0.25) |"
+    assert rows[3] == "| iterated | 1 | 0.900 (0.90) | - | 1.000 (1.00) | - |"
+    with pytest.raises(ValueError, match="no correctness-only"):
+        on_policy_table.parse("default\t0\tout/rm on x.jsonl: accuracy 0.5000 (10 pairs), margin 0.1")
