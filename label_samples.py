@@ -12,6 +12,8 @@ all score the same are left out, and counted.
 import json
 import os
 
+import torch
+
 from dataset.chat import render_prompt
 from dataset.prompt import read_prompts
 from dataset.task import rank_responses
@@ -30,6 +32,7 @@ LIMIT = None  # first N prompts of each file (None: all)
 MAX_PROMPT_LEN = 72  # prompt tokens; longer prompts are cut from the left
 MAX_NEW_TOKENS = 24  # response length limit
 CHAT_TEMPLATE = False  # render prompts with the model's own chat template (as the policy was trained with it)
+BF16 = False  # sample under bf16 autocast (as PPO's rollouts with --bf16 True): ~3x faster on CPUs with bf16 matmuls
 SEED = 0  # sampling seed
 
 
@@ -70,8 +73,9 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     for name, source in (("train", TRAIN_PROMPTS), ("eval", EVAL_PROMPTS)):
         rows = read_prompts(source, LIMIT)
-        ranked, left_out = label(model, tokenizer, rows, K, TEMPERATURE, MAX_PROMPT_LEN,
-                                 MAX_NEW_TOKENS, CHAT_TEMPLATE)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
+            ranked, left_out = label(model, tokenizer, rows, K, TEMPERATURE, MAX_PROMPT_LEN,
+                                     MAX_NEW_TOKENS, CHAT_TEMPLATE)
         with open(os.path.join(OUT, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked)
         pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in ranked)

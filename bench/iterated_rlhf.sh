@@ -32,7 +32,7 @@ half=$((groups / 2))
 # round 1: its figures are on the validation prompts (--test_prompts none); nothing is chosen by them
 [ -f "$out/round1_s$seed/summary.json" ] || python train_rlhf.py --sft_model "$sft" --rm_model "$out/rm0" \
     "${rl_files[@]}" --seed "$seed" --eval_interval 0 --test_prompts none --out_dir "$out/round1_s$seed" --overwrite True ${PPO_ARGS:-}
-if [ ! -f "$out/label_s$seed/train.jsonl" ]; then
+if [ ! -f "$out/label_s$seed/eval.jsonl" ]; then  # written last
     tail -n +"$((half + 1))" "$data/rm_train_ranked.jsonl" > "$out/second_half_s$seed.jsonl"  # one per seed: seeds run at once
     python label_samples.py --model "$out/round1_s$seed" --train_prompts "$out/second_half_s$seed.jsonl" \
         --eval_prompts "$data/rm_test_ranked.jsonl" --seed "$seed" --out "$out/label_s$seed" ${LABEL_ARGS:-}

@@ -483,3 +483,24 @@ def test_on_policy_table_averages_each_rewards_correctness_accuracy_per_type():
     assert rows[3] == "| iterated | 1 | 0.900 (0.90) | - | 1.000 (1.00) | - |"
     with pytest.raises(ValueError, match="no correctness-only"):
         on_policy_table.parse("default\t0\tout/rm on x.jsonl: accuracy 0.5000 (10 pairs), margin 0.1")
+
+
+def test_simulated_labelling_samples_under_bf16_autocast_when_asked(monkeypatch, sft_dir, tmp_path):
+    """label_samples.py --bf16 True samples under CPU bf16 autocast (as PPO's rollouts with --bf16 True); the
+    default samples in the model's own precision."""
+    import model.generate as gen
+
+    states = []
+
+    def fake_generate(model, tokenizer, ids, max_new_tokens, **sampling):
+        states.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        width = max(map(len, ids))
+        return torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p + [tokenizer.eos_token_id] for p in ids])
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    data = os.path.join(ROOT, "ds", "rm_val_ranked.jsonl")
+    for flag in ("True", "False"):
+        states.clear()
+        run_inline("label_samples.py", "--model", sft_dir, "--train_prompts", data, "--eval_prompts", data,
+                   "--limit", "2", "--out", str(tmp_path / flag), "--bf16", flag)
+        assert states == [flag == "True"] * 2  # the train and the eval prompts
