@@ -14,6 +14,8 @@ policy's first rollout batch; the file's responses stand in for it), then combin
 import os
 import sys
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset.rm import RMDataset, rm_collate  # noqa: E402
 from dataset.task import gold_judge  # noqa: E402
@@ -29,6 +31,7 @@ MAX_LEN = 96  # tokens per prompt + response, as in training
 CHAT_TEMPLATE = False
 LIMIT = 0  # ranked groups per file (0 = all)
 EVAL_BATCH_SIZE = 64  # comparison groups per forward pass
+BF16 = False  # score under CPU bf16 autocast (as a reward model trained with --bf16 True scores in PPO)
 ENSEMBLE = ""  # '' (each model alone), or 'mean', 'min', 'mean_minus_std': all MODELS as one reward
 ENSEMBLE_LAMBDA = 1.0  # 'mean_minus_std': mean - lambda * std across the members
 
@@ -66,11 +69,13 @@ def main():
                 chat_template=CHAT_TEMPLATE,
                 judge=gold_judge,
             )
-            if ENSEMBLE:  # each member standardised over the file's responses
-                batches = (rm_collate(data.items[i: i + EVAL_BATCH_SIZE], tokenizer.pad_token_id)
-                           for i in range(0, len(data.items), EVAL_BATCH_SIZE))
-                model.calibrate_batches((b["input_ids"], b["attention_mask"]) for b in batches)
-            print(report(name, source, evaluate_pairs(model, data, tokenizer.pad_token_id, EVAL_BATCH_SIZE)))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
+                if ENSEMBLE:  # each member standardised over the file's responses
+                    batches = (rm_collate(data.items[i: i + EVAL_BATCH_SIZE], tokenizer.pad_token_id)
+                               for i in range(0, len(data.items), EVAL_BATCH_SIZE))
+                    model.calibrate_batches((b["input_ids"], b["attention_mask"]) for b in batches)
+                metrics = evaluate_pairs(model, data, tokenizer.pad_token_id, EVAL_BATCH_SIZE)
+            print(report(name, source, metrics))
 
 
 if __name__ == "__main__":

@@ -504,3 +504,25 @@ def test_simulated_labelling_samples_under_bf16_autocast_when_asked(monkeypatch,
         run_inline("label_samples.py", "--model", sft_dir, "--train_prompts", data, "--eval_prompts", data,
                    "--limit", "2", "--out", str(tmp_path / flag), "--bf16", flag)
         assert states == [flag == "True"] * 2  # the train and the eval prompts
+
+
+def test_eval_rm_scores_under_bf16_autocast_when_asked(toy_run, monkeypatch):
+    """bench/eval_rm.py --bf16 True scores under CPU bf16 autocast (the ensemble's calibration too); the toy
+    model's ranking survives it."""
+    import trainer.rm as rm_module
+
+    _, _, held, rm_dir = toy_run
+    original, states = rm_module.evaluate_pairs, []
+
+    def recording(*args, **kwargs):
+        states.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rm_module, "evaluate_pairs", recording)
+    held_file = os.path.join(os.path.dirname(rm_dir), "eval.jsonl")
+    lines = {}
+    for flag in ("True", "False"):
+        out = run_inline("bench/eval_rm.py", "--models", rm_dir, "--data", held_file, "--max_len", "48", "--bf16", flag)
+        lines[flag] = [x for x in out.splitlines() if " on " in x and ": accuracy " in x][0]
+    assert states == [True, False]
+    assert lines["True"].split(", margin")[0] == lines["False"].split(", margin")[0]  # same accuracy
