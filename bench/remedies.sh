@@ -75,8 +75,10 @@ if want iterated; then
         on_policy "one reward model (default)" "$seed" --models "$rm0" --data "$samples"
         ! { want ensemble || want stop; } || on_policy "ensemble (mean - std)" "$seed" --models "$ensemble" \
             --ensemble mean_minus_std --data "$samples"
-        on_policy "iterated: half the labels (round 1)" "$seed" --models "$out/iterated/rm0" --data "$samples"
-        on_policy "iterated: relabelled (round 2)" "$seed" --models "$out/iterated/rm1_s$seed" --data "$samples"
+        # iterated_rlhf.sh scored its two reward models on these samples already: rm0's line, then rm1's
+        mapfile -t scored < <(grep ": accuracy " "$out/iterated/rm_on_policy_s$seed.txt")
+        printf '%s\t%s\t%s\n' "iterated: half the labels (round 1)" "$seed" "${scored[0]}" \
+            "iterated: relabelled (round 2)" "$seed" "${scored[1]}" >> "$out/on_policy.tsv"
     done
     python bench/on_policy_table.py "$out/on_policy.tsv" | tee "$out/on_policy.md"
 fi
