@@ -3,11 +3,11 @@ their masks, and the log-probs of those responses under a policy at the sampling
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from dataset.chat import prompt_ids
 from dataset.tokens import fit_lengths, pad
-from model.loss import token_logprobs
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -176,12 +176,14 @@ def response_logprobs(
     context_length: int,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of the sampling distribution (divided by `temperature`, as the sampler did) that predict each
-    response token (aligned one position left), and the log-probs of the tokens there. Scoring actor and
-    reference this way makes PPO's ratio and KL refer to the policy that produced the samples.
-    Only the last N + 1 positions go through the LM head (`logits_to_keep`): the prompt's logits are never
-    used, and at PPO's shapes (prompts of ~100 tokens, 32 new) they were most of the head's work.
-    Returns (logits (B, N, V), logprobs (B, N))."""
+    """Log-probabilities of the sampling distribution (logits divided by `temperature`, as the sampler did)
+    at each position that predicts a response token (aligned one position left), and those of the tokens
+    there. Scoring actor and reference this way makes PPO's ratio and KL refer to the policy that produced
+    the samples. Only the last N + 1 positions go through the LM head (`logits_to_keep`): the prompt's
+    logits are never used, and at PPO's shapes (prompts of ~100 tokens, 32 new) they were most of the
+    head's work. The full log-softmax is returned because backward keeps it anyway: the entropy is taken
+    from it (model/loss.py: entropy_from_logprobs) without a second log-softmax over the vocabulary.
+    Returns (log-probs (B, N, V), token log-probs (B, N))."""
     n = sequences.size(1) - context_length  # N
     logits = model(
         input_ids=sequences,
@@ -191,5 +193,5 @@ def response_logprobs(
     ).logits[
         :, :-1
     ]  # (B, N, V): positions P-1 .. P+N-2
-    logits = logits.float() / temperature
-    return logits, token_logprobs(logits, sequences[:, context_length:])
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, N, V)
+    return logp, torch.gather(logp, 2, sequences[:, context_length:].unsqueeze(-1)).squeeze(-1)

@@ -209,9 +209,9 @@ def kl_penalized_rewards(
     return rewards + last * scores[:, None], kl
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position.  (B, T, V) -> (B, T)"""
-    logp = F.log_softmax(logits.float(), dim=-1)
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position, from its log-probabilities (a log-softmax
+    over the vocabulary, as model/generate.py: response_logprobs returns).  (B, T, V) -> (B, T)"""
     return -(logp.exp() * logp).sum(-1)
 
 

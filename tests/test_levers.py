@@ -13,7 +13,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from conftest import ROOT
 from dataset.sft import SFTDataset, sft_collate
 from model.generate import position_ids_for, response_logprobs
-from model.loss import lm_loss, token_logprobs
+from model.loss import entropy_from_logprobs, lm_loss, token_logprobs
 from model.peft import apply_peft
 from model.peft.prompt_tuning import text_logits
 from model.memory import checkpoint_layers, frozen_model
@@ -144,8 +144,14 @@ def test_response_logprobs_from_the_last_positions_equal_the_full_forward(bf16):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         full = model(input_ids=sequences, attention_mask=mask, position_ids=position_ids_for(mask)).logits[:, P - 1: -1]
         expected = token_logprobs(full.float() / 0.7, sequences[:, P:])
-        _, got = response_logprobs(model, sequences, mask, P, temperature=0.7)
+        logp, got = response_logprobs(model, sequences, mask, P, temperature=0.7)
     assert torch.equal(got, expected)
+    # the full log-softmax comes back with them, and PPO's entropy is taken from it: the entropy of the
+    # temperature-scaled distribution, without a second log-softmax over the vocabulary
+    assert torch.allclose(logp, torch.log_softmax(full.float() / 0.7, -1))
+    reference = torch.distributions.Categorical(logits=full.float() / 0.7).entropy()
+    assert torch.allclose(entropy_from_logprobs(logp), reference, atol=1e-4)
+    assert reference.min() > 0.1  # not a degenerate distribution
 
 
 @pytest.mark.parametrize("mode,bf16,lora", [("train", False, False), ("eval", True, True)])

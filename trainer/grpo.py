@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.loss import entropy_from_logits, group_advantages, grpo_loss, masked_mean
+from model.loss import entropy_from_logprobs, group_advantages, grpo_loss, masked_mean
 from trainer.base import LoopConfig
 from trainer.evaluate import Judge
 from trainer.onpolicy import Experience, OnPolicyTrainer, check_rollout_settings
@@ -89,13 +89,12 @@ class GRPOTrainer(OnPolicyTrainer):
     def update(self, mb: Experience, epoch: int, start: int) -> dict:
         cfg = self.cfg
         with self.accelerator.autocast():
-            logits, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask,
-                                                   mb.context_length)
+            logp, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask,
+                                                 mb.context_length)
             loss, loss_stats = grpo_loss(logprobs, mb.logprobs, mb.ref_logprobs, mb.advantages, mb.action_mask,
                                          cfg.clip_range, cfg.grpo_beta, token_level=cfg.grpo_loss == "token")
         self.step_model(loss, self.actor, self.actor_opt)
-        self.check_weights()
-        entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
+        entropy = masked_mean(entropy_from_logprobs(logp.detach()), mb.action_mask).item()
         return {"policy_loss": loss.item(), "entropy": entropy, **loss_stats}
 
     def extra_metrics(self, exp: Experience) -> dict:

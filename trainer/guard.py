@@ -4,7 +4,9 @@ run, and nothing non-finite ever reaches a checkpoint or a saved model.
 Three checks, in the order a step meets them:
     loss           after each forward pass, before backward
     gradient norm  after clipping, before the optimizer step (a NaN/inf gradient is never applied)
-    weights        after the optimizer step, and again before every save (checkpoint, best, final)
+    weights        after the optimizer step, and again before every save (checkpoint, best, final);
+                   the on-policy trainers check once per iteration, after all their minibatch steps,
+                   and a later minibatch's non-finite loss is first traced to the weights
 
 A large LR can make AdamW's update overflow even with a finite, clipped gradient, so the gradient
 norm alone does not protect the weights. Every check is agreed over all ranks (one all-reduce): a
@@ -34,7 +36,7 @@ def all_finite(tensors) -> bool:
     """Whether every element of `tensors` (this rank's parts) is finite; one device sync in all."""
     # the min and max of each tensor (a NaN makes both NaN, an inf shows in one), stacked: one check for all.
     # aminmax reads each element once; on CPU it is ~10x faster than the inf-norm over opt-125m's weights
-    # (17 against 170 ms), and PPO checks two models after every minibatch
+    # (17 against 170 ms); PPO checks two models once per iteration
     extremes = [torch.stack(torch.aminmax(local(t).detach())).float() for t in tensors if local(t).numel()]
     return not extremes or bool(torch.isfinite(torch.cat(extremes)).all())
 
@@ -47,10 +49,15 @@ def last_good(ckpt_dir: str) -> str:
     return f"the last good checkpoint, {ckpt_dir} (step {step}), is untouched"
 
 
+def any_rank(accelerator, bad: bool) -> bool:
+    """Whether `bad` holds on any rank (every rank gets the same answer)."""
+    return bool(reduce_sum(accelerator, {"bad": float(bad)})["bad"])
+
+
 def stop_if(accelerator, bad: bool, *, step: int, what: str, value, ckpt_dir: str,
             hint: str) -> None:
     """Raise NonFiniteError on every rank if `bad` holds on any rank."""
-    if reduce_sum(accelerator, {"bad": float(bad)})["bad"]:
+    if any_rank(accelerator, bad):
         raise NonFiniteError(f"step {step}: the {what} is {value}; the step was not applied and "
                              f"training stopped ({last_good(ckpt_dir)}). {hint}, then resume "
                              "from the checkpoint with --resume True")

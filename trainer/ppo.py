@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from dataset.sft import sft_collate
-from model.loss import (compute_gae, entropy_from_logits, kl_penalized_rewards, lm_loss, masked_mean,
+from model.loss import (compute_gae, entropy_from_logprobs, kl_penalized_rewards, lm_loss, masked_mean,
                         masked_whiten, policy_loss, value_loss)
 from model.reward import token_values
 from trainer.base import LoopConfig
@@ -103,7 +103,7 @@ class PPOTrainer(OnPolicyTrainer):
     def update(self, mb: Experience, epoch: int, start: int) -> dict:
         cfg, P = self.cfg, mb.context_length
         with self.accelerator.autocast():
-            logits, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask, P)
+            logp, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask, P)
             pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.action_mask,
                                             cfg.clip_range)
             ptx = self.ptx_loss(epoch, start) if cfg.ptx_coef > 0 else torch.zeros((), device=self.device)
@@ -113,8 +113,7 @@ class PPOTrainer(OnPolicyTrainer):
             values = token_values(self.critic, mb.sequences, mb.attention_mask)[:, P - 1: -1]  # (mb, N)
             vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip)
         self.step_model(vf_loss, self.critic, self.critic_opt)
-        self.check_weights()  # actor and critic (trained_models)
-        entropy = masked_mean(entropy_from_logits(logits.detach()), mb.action_mask).item()
+        entropy = masked_mean(entropy_from_logprobs(logp.detach()), mb.action_mask).item()
         return {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx.item(),
                 "entropy": entropy, **pg_stats, **vf_stats}
 
