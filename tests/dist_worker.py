@@ -24,6 +24,7 @@ from dataset.sft import SFTDataset  # noqa: E402
 from dataset.task import gold_judge  # noqa: E402
 from model.load import load_tokenizer  # noqa: E402
 from trainer.dist import all_ranks  # noqa: E402
+from trainer.guard import NonFiniteError  # noqa: E402
 from trainer.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from trainer.rm import RMTrainer  # noqa: E402
 from trainer.sft import SFTTrainer  # noqa: E402
@@ -115,6 +116,15 @@ def ppo_checks(out_dir: str) -> dict:
     out.update(beta=trainer.beta, metrics=metrics)
     out["eval"] = trainer.evaluate_policy(trainer.unwrap(trainer.actor), eval_prompts, do_sample=False)["rows"]
     out["eval_inputs"] = [it["row"].get("input", "") for it in eval_prompts]
+    # an actor step that overflows: the next minibatch's loss is non-finite on both ranks, and both trace it to
+    # the weights (checked once per iteration) and stop together
+    for group in trainer.actor_opt.param_groups:
+        group["lr"] = float("inf")
+    try:
+        trainer.training_step()
+        out["overflow"] = None
+    except NonFiniteError as e:
+        out["overflow"] = str(e)
     return out
 
 

@@ -107,7 +107,8 @@ def test_ppo_two_processes(two_procs):
     """PPO on 2 ranks, with dropout 0.1 and temperature 0.7 (tests/dist_worker.py ppo_checks): KL 0 and
     ratio 1 before any update on each rank; identical weights on both ranks
     after an update; score moments, advantage whitening, the adaptive beta and the logged metrics over
-    the global batch; evaluation answers every held-out prompt once, in order, on both ranks."""
+    the global batch; evaluation answers every held-out prompt once, in order, on both ranks; an actor
+    step that overflows stops both ranks at once, naming the weights."""
     _, result = two_procs
     r0, r1 = result["ppo"]
     for r in (r0, r1):
@@ -126,6 +127,8 @@ def test_ppo_two_processes(two_procs):
     assert r0["beta"] == r1["beta"] != 0.1  # one adaptive beta, moved by the global KL
     assert r0["metrics"] == r1["metrics"]
     assert r0["eval"] == r1["eval"] and [row["input"] for row in r0["eval"]] == r0["eval_inputs"]
+    for r in (r0, r1):  # an overflowing actor step stops both ranks, the weights named as the cause
+        assert r["overflow"] and "updated weights is non-finite" in r["overflow"]
 
 
 def test_kill_and_resume_two_processes_equals_uninterrupted(two_procs):

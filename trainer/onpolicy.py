@@ -255,9 +255,9 @@ class OnPolicyTrainer(Trainer):
     def check_finite(self, loss: torch.Tensor) -> None:
         """As the base trainer's, but the weights are checked once per iteration (learn), so a non-finite
         loss is first traced to them: an earlier minibatch's step that overflowed is named as the cause."""
-        if guard.any_rank(self.accelerator, not guard.all_finite([loss])):
+        if guard.any_rank(self.accelerator, not guard.all_finite([loss])):  # one all-reduce, as the base check
             self.check_weights()
-        super().check_finite(loss)
+            super().check_finite(loss)  # the weights are finite: the loss itself stops the run
 
     def step_model(self, loss: torch.Tensor, model, optimizer) -> None:
         """Backward, clip, step and clear the gradients of one trained model (its loss checked first)."""
