@@ -26,11 +26,11 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of logits = hidden @ weight.T without the (N, V) logits in memory at once: each
-    chunk of rows gets its logits, its loss and the logits' gradient (softmax - one-hot) / N in fp32, kept
-    only as the matmul dtype; the gradients of hidden and weight are two matmuls over those at the end, in
-    the forward pass, and the backward pass only scales them. Under bf16 autocast the products run in bf16,
-    as the LM head's would."""
+    """Mean cross-entropy of logits = hidden @ weight.T without (N, V) logits in memory: each chunk of rows
+    gets its logits, its loss and the logits' gradient (softmax - one-hot) / N in fp32, and at once its share
+    of the gradients of hidden (rows of an (N, H) buffer) and of weight (summed over chunks in fp32), so
+    nothing of size N x V is ever whole. All of it runs in the forward pass; the backward pass only scales
+    the two gradients. Under bf16 autocast the products run in bf16, as the LM head's would."""
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk):  # (N, H), (V, H), (N,) all supervised
@@ -38,7 +38,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         h, w = hidden.to(dtype), weight.to(dtype)
         n = labels.numel()
-        grad_logits = torch.empty(n, w.size(0), dtype=dtype, device=hidden.device)  # (N, V)
+        grad_hidden = torch.empty_like(hidden)  # (N, H)
+        grad_weight = None  # (V, H), weight's dtype: the sum of the chunks' products
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         with torch.autocast(device, enabled=False):
             for s in range(0, n, chunk):
@@ -48,9 +49,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
                 g = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place
                 g[torch.arange(len(y)), y] -= 1.0
-                grad_logits[s: s + chunk] = g.div_(max(n, 1))
-            grad_hidden = (grad_logits @ w).to(hidden.dtype)  # (N, H)
-            grad_weight = (grad_logits.T @ h).to(weight.dtype) if weight.requires_grad else None  # (V, H)
+                g = g.div_(max(n, 1)).to(dtype)  # (c, V) d loss / d logits
+                grad_hidden[s: s + chunk] = g @ w
+                if weight.requires_grad:
+                    part = g.T @ h[s: s + chunk]  # (V, H)
+                    grad_weight = part.to(weight.dtype) if grad_weight is None else grad_weight.add_(part)
+                del logits, g
+        if weight.requires_grad and grad_weight is None:  # no supervised token
+            grad_weight = torch.zeros_like(weight)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / max(n, 1)
 

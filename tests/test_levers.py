@@ -115,6 +115,43 @@ def test_lm_head_in_chunks_gives_the_ordinary_loss_and_gradients_without_full_lo
     assert plain_grads["model.decoder.embed_tokens.weight"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_chunked_lm_head_loss_never_makes_a_tensor_of_all_tokens_by_the_vocabulary(bf16):
+    """linear_cross_entropy's forward and backward: no tensor that any op makes holds N x V elements or more
+    (N supervised tokens, V the vocabulary), only chunks of `chunk` rows; and its loss and gradients are the
+    full logits' (the weight's gradient summed chunk by chunk)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from model.loss import linear_cross_entropy
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(t, torch.Tensor):
+                    Largest.largest = max(Largest.largest, t.numel())
+            return out
+
+    torch.manual_seed(0)
+    n, h, v, chunk = 40, 16, 300, 8
+    hidden = torch.randn(1, n + 1, h, requires_grad=True)
+    weight = torch.randn(v, h, requires_grad=True)
+    labels = torch.randint(0, v, (1, n + 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with Largest():
+            loss = linear_cross_entropy(hidden, weight, labels, chunk=chunk)
+            loss.backward()
+        assert Largest.largest == v * h < n * v  # the weight (and its gradient) at most: chunks of 8 x 300 logits
+        chunked = (loss.detach(), hidden.grad.clone(), weight.grad.clone())
+        hidden.grad = weight.grad = None
+        full = lm_loss(hidden @ weight.T, labels)
+    full.backward()
+    tol = dict(rtol=2e-2, atol=2e-3) if bf16 else dict(rtol=1e-5, atol=1e-7)
+    for got, want in zip(chunked, (full.detach(), hidden.grad, weight.grad)):
+        assert torch.allclose(got.float(), want.float(), **tol)
+
+
 def test_lm_head_chunk_auto_only_for_large_vocabularies_and_never_through_a_wrapper(tok, data, tmp_path, capsys):
     from model.memory import chunkable_lm_head, resolve_lm_head_chunk
     from utils import ConfigError
