@@ -59,6 +59,7 @@ SEED = 0  # also the sampling of held-out answers
 GRADIENT_CHECKPOINTING = False
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
+KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
 FSDP = False  # with torchrun --nproc_per_node N
 # PEFT (model/peft/): a LoRA policy shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
@@ -85,7 +86,7 @@ def main():
         raise ConfigError(f"PEFT={PEFT!r}: DPO supports 'none' and 'lora'")
     quiet_transformers()
     seed_everything(SEED)
-    keep_freed_memory(KEEP_FREED_MEMORY)
+    keep_freed_memory(KEEP_FREED_MEMORY, KEEP_FREED_BELOW_MIB)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     chat = config["CHAT_TEMPLATE"] = saved_chat_format(SFT_MODEL, CHAT_TEMPLATE)
     use_chat_format(tokenizer, chat)

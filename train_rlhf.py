@@ -94,6 +94,7 @@ FSDP = False  # with torchrun --nproc_per_node N
 GRADIENT_CHECKPOINTING = False
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
+KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
 # PEFT (model/peft/): a LoRA actor shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
 LORA_R = 8  # LoRA rank
@@ -163,7 +164,7 @@ def main():
     reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: REWARD='rm'
     quiet_transformers()
     seed_everything(SEED)
-    keep_freed_memory(KEEP_FREED_MEMORY)
+    keep_freed_memory(KEEP_FREED_MEMORY, KEEP_FREED_BELOW_MIB)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     use_chat_format(tokenizer, CHAT_TEMPLATE)
     actor = load_causal_lm(SFT_MODEL, "SFT_MODEL")

@@ -61,6 +61,7 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 FSDP = False  # with torchrun --nproc_per_node N
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
+KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
 GRADIENT_CHECKPOINTING = False
 DROPOUT = None  # None: the model's own (opt-125m: 0.1); a number sets every dropout (TRL's RewardTrainer: 0)
 # evaluation, logging, checkpoints
@@ -131,7 +132,7 @@ def main():
     l2s = check_settings()
     quiet_transformers()
     seed_everything(SEED)
-    keep_freed_memory(KEEP_FREED_MEMORY)
+    keep_freed_memory(KEEP_FREED_MEMORY, KEEP_FREED_BELOW_MIB)
     on_mismatch = "error" if STRICT else "skip"
     tokenizer = load_tokenizer(MODEL)  # pads with a token that is not EOS (model/load.py)
     use_chat_format(tokenizer, CHAT_TEMPLATE)

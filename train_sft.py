@@ -50,6 +50,7 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 SEED = 0  # also the new weights' initialisation and the sampling
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
+KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
 GRADIENT_CHECKPOINTING = False
 LM_HEAD_CHUNK = "auto"  # LM head + loss on supervised tokens, this many at a time (0: off; docs/throughput.md)
 FSDP = False  # with torchrun --nproc_per_node N
@@ -77,7 +78,7 @@ config = configure(globals())
 def main():
     quiet_transformers()
     seed_everything(SEED)
-    keep_freed_memory(KEEP_FREED_MEMORY)
+    keep_freed_memory(KEEP_FREED_MEMORY, KEEP_FREED_BELOW_MIB)
     tokenizer = load_tokenizer(MODEL)
     use_chat_format(tokenizer, CHAT_TEMPLATE)
     model = apply_peft(load_causal_lm(MODEL), PEFT, task="causal", r=LORA_R, alpha=LORA_ALPHA,

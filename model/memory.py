@@ -91,7 +91,7 @@ def chunkable_lm_head(model: torch.nn.Module):
 
 
 LM_HEAD_CHUNK_MIN_VOCAB = 8192  # 'auto' chunks the LM head from this vocabulary size up
-LM_HEAD_CHUNK_AUTO = 1024  # supervised tokens per chunk under 'auto'
+LM_HEAD_CHUNK_AUTO = 256  # supervised tokens per chunk under 'auto'
 
 
 def resolve_lm_head_chunk(setting, model: torch.nn.Module) -> int:

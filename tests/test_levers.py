@@ -22,6 +22,7 @@ from trainer.optim import adamw
 from trainer.sft import SFTTrainer, supervised_span
 
 from conftest import tiny_model, trainer_configs
+from utils import keep_freed_memory
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_lm_head_chunk_auto_only_for_large_vocabularies_and_never_through_a_wrap
 
     big = OPTForCausalLM(OPTConfig(vocab_size=50272, hidden_size=16, word_embed_proj_dim=16, ffn_dim=16,
                                    num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16))
-    assert resolve_lm_head_chunk("auto", big) == 1024 and resolve_lm_head_chunk("auto", tiny_model()) == 0
+    assert resolve_lm_head_chunk("auto", big) == 256 and resolve_lm_head_chunk("auto", tiny_model()) == 0
     assert "vocabulary 512 < 8192" in capsys.readouterr().out
     assert resolve_lm_head_chunk("256", big) == 256 and resolve_lm_head_chunk(0, big) == 0
     with pytest.raises(ConfigError, match="LM_HEAD_CHUNK='many'"):
@@ -283,29 +284,44 @@ def test_profile_categories_put_each_op_where_the_throughput_table_says():
 KEEP_FREED = """
 import resource, sys, torch
 from utils import keep_freed_memory
-applied = keep_freed_memory(sys.argv[1] == "on")
-for _ in range(10):  # 64 MiB, until the heap has grown to hold it (it takes glibc a few rounds)
-    x = torch.zeros(16 << 20)
-    del x
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    x = torch.zeros(16 << 20)  # the same 64 MiB ten times, like a step's logits or an embedding's gradient
-    del x
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+applied = keep_freed_memory(sys.argv[1] != "off", int(sys.argv[2]))
+def faults(mib):  # minor page faults of ten tensors of `mib` MiB, each freed before the next
+    for _ in range(10):  # until the heap has grown to hold it (it takes glibc a few rounds)
+        x = torch.zeros(mib << 18)
+        del x
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        x = torch.zeros(mib << 18)  # the same block ten times, like a step's logits or an embedding's gradient
+        del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(applied, faults(64), faults(8))
 """
 
 
 def test_kept_freed_memory_is_reused_without_faulting_its_pages_in_again():
-    def faults(mode):
-        out = subprocess.run([sys.executable, "-c", KEEP_FREED, mode], cwd=ROOT, capture_output=True, text=True,
-                             check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
-        return out[0] == "True", int(out[1])
+    """KEEP_FREED_MEMORY: a freed 64 MiB block is allocated again without faulting its pages in; off, every
+    round faults all of it. KEEP_FREED_BELOW_MIB=32: the 64 MiB block is handed back and faulted in each
+    time again, an 8 MiB one is kept and reused."""
+    def faults(mode, below_mib=0):
+        out = subprocess.run([sys.executable, "-c", KEEP_FREED, mode, str(below_mib)], cwd=ROOT, capture_output=True,
+                             text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
+        return out[0] == "True", int(out[1]), int(out[2])
 
-    applied, kept = faults("on")
+    applied, big, small = faults("on")
     if not applied:
         pytest.skip("not glibc: keep_freed_memory changes nothing here")
-    assert faults("off") == (False, pytest.approx(10 * 16384, rel=0.2))  # 64 MiB in 4 KiB pages, ten times
-    assert kept <= 3 * 16384  # reused: at most 3 of the 10 rounds still grew the heap
+    every_time = pytest.approx(10 * 16384, rel=0.2)  # 64 MiB in 4 KiB pages, ten times
+    assert faults("off")[:2] == (False, every_time)
+    assert big <= 3 * 16384 and small <= 3 * 2048  # reused: at most 3 of the 10 rounds still grew the heap
+    applied, big, small = faults("on", 32)
+    assert applied and big == every_time and small <= 3 * 2048
+
+
+def test_kept_freed_below_mib_is_checked():
+    from utils import ConfigError
+    for bad in (-1, 33, True):
+        with pytest.raises(ConfigError, match="KEEP_FREED_BELOW_MIB"):
+            keep_freed_memory(True, bad)
 
 
 def mapped(path) -> bool:

@@ -7,6 +7,8 @@ import socket
 
 import torch
 
+from utils.errors import ConfigError
+
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers (one TCP connection, a few seconds at most)."""
@@ -47,23 +49,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def keep_freed_memory(enabled: bool = True) -> bool:
+KEEP_FREED_BELOW_MIB_MAX = 32  # glibc maps a block of its own at most from 32 MiB (DEFAULT_MMAP_THRESHOLD_MAX)
+
+
+def keep_freed_memory(enabled: bool = True, below_mib: int = 0) -> bool:
     """Keep the memory torch frees inside the process for its next tensors instead of handing it back to the
     OS (Linux with glibc; elsewhere nothing changes). glibc serves large allocations (above a threshold that
     starts at 128 KiB and rises to at most 32 MiB: a batch's logits, an embedding's gradient, a bf16 copy of a
     weight) with a fresh mmap and unmaps them when freed, so each step faults the same big tensors' pages in
     again, zeroed page by page. With mmap off (M_MMAP_MAX = 0) and the heap's top trimmed only past 2 GiB
-    (M_TRIM_THRESHOLD), freed blocks are reused. Numerics are untouched; peak RSS can grow where the heap
-    fragments. Measured in docs/throughput.md.
-    Returns whether it applied."""
+    (M_TRIM_THRESHOLD), freed blocks are reused. Numerics are untouched; peak RSS grows where the heap
+    fragments. below_mib (KEEP_FREED_BELOW_MIB, 1 to 32): only blocks below that size are kept; each larger
+    one gets a mapping of its own again (M_MMAP_THRESHOLD fixed there), handed back when freed, so the big
+    blocks never split the heap: less peak memory for the page faults of those blocks. Measured in
+    docs/throughput.md. Returns whether it applied."""
     if not enabled:
         return False
+    if not 0 <= below_mib <= KEEP_FREED_BELOW_MIB_MAX or isinstance(below_mib, bool):
+        raise ConfigError(f"KEEP_FREED_BELOW_MIB={below_mib!r}: expected 0 (keep every freed block) or 1 to "
+                          f"{KEEP_FREED_BELOW_MIB_MAX} MiB (glibc maps blocks of their own from at most 32 MiB)")
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
         return False
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4  # glibc's <malloc.h>
+    big_blocks = mallopt(m_mmap_threshold, below_mib << 20) if below_mib else mallopt(m_mmap_max, 0)
+    return bool(big_blocks) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def quiet_transformers() -> None:
