@@ -156,16 +156,25 @@ def test_two_node_launch_equals_one_process(one_sft, tmp_path):
     127.0.0.1 and train as one 2-rank sharded job: the weights equal one process at the double
     batch. The rendezvous store is hosted here, not by either agent (`is_host=false`): an agent that
     hosts it closes it when it exits, and the other agent's shutdown then fails if it comes later."""
-    port = free_port()
-    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_conf", "is_host=false",
-           "--rdzv_id", f"fsdp{port}", "tests/fsdp_worker.py", "sft", str(tmp_path)]
-    nodes = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for node in nodes:
-        stdout, stderr = node.communicate(timeout=300)
-        check(subprocess.CompletedProcess(node.args, node.returncode, stdout, stderr), "2-node")
+    for attempt in range(2):  # a rendezvous that hangs (seen on a loaded machine) gets one fresh try on a new port
+        port = free_port()
+        store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_conf", "is_host=false",
+               "--rdzv_id", f"fsdp{port}", "tests/fsdp_worker.py", "sft", str(tmp_path)]
+        nodes = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            done = [node.communicate(timeout=120) for node in nodes]  # ~10 s when it meets
+        except subprocess.TimeoutExpired:
+            for node in nodes:
+                node.kill()
+                node.communicate()
+            assert attempt == 0, "the 2-node rendezvous hung twice"
+            continue
+        for node, (stdout, stderr) in zip(nodes, done):
+            check(subprocess.CompletedProcess(node.args, node.returncode, stdout, stderr), "2-node")
+        break
     del store
     result = torch.load(tmp_path / "fsdp.pt", weights_only=False)
     assert result["world"] == 2
