@@ -319,9 +319,10 @@ def test_kept_freed_memory_is_reused_without_faulting_its_pages_in_again():
 
 def test_kept_freed_below_mib_is_checked():
     from utils import ConfigError
-    for bad in (-1, 33, True):
-        with pytest.raises(ConfigError, match="KEEP_FREED_BELOW_MIB"):
-            keep_freed_memory(True, bad)
+    for enabled in (True, False):  # checked even where it has no effect
+        for bad in (-1, 33, True):
+            with pytest.raises(ConfigError, match="KEEP_FREED_BELOW_MIB"):
+                keep_freed_memory(enabled, bad)
 
 
 def mapped(path) -> bool:

@@ -63,11 +63,11 @@ def keep_freed_memory(enabled: bool = True, below_mib: int = 0) -> bool:
     one gets a mapping of its own again (M_MMAP_THRESHOLD fixed there), handed back when freed, so the big
     blocks never split the heap: less peak memory for the page faults of those blocks. Measured in
     docs/throughput.md. Returns whether it applied."""
-    if not enabled:
-        return False
     if not 0 <= below_mib <= KEEP_FREED_BELOW_MIB_MAX or isinstance(below_mib, bool):
         raise ConfigError(f"KEEP_FREED_BELOW_MIB={below_mib!r}: expected 0 (keep every freed block) or 1 to "
                           f"{KEEP_FREED_BELOW_MIB_MAX} MiB (glibc maps blocks of their own from at most 32 MiB)")
+    if not enabled:
+        return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
