@@ -25,6 +25,7 @@ from dataset.prompt import PromptDataset
 from dataset.sft import SFTDataset
 from dataset.task import gold_judge
 from model.load import load_causal_lm, load_tokenizer
+from model.memory import resolve_lm_head_chunk
 from model.peft import apply_peft, count_parameters, format_counts
 from model.reward import RewardEnsemble, load_reward_model, load_scorer, score_replies
 from model.reward_functions import reward_functions
@@ -92,6 +93,7 @@ FROZEN_BF16 = True  # with BF16: reference and reward model keep bf16 matrices (
 SEED = 0  # also the sampling
 FSDP = False  # with torchrun --nproc_per_node N
 GRADIENT_CHECKPOINTING = False
+LM_HEAD_CHUNK = "auto"  # policy log-probs (and ptx loss) through the LM head this many tokens at a time (0: off; docs/throughput.md)
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
 KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
@@ -169,6 +171,7 @@ def main():
     use_chat_format(tokenizer, CHAT_TEMPLATE)
     actor = load_causal_lm(SFT_MODEL, "SFT_MODEL")
     config["BF16"] = resolve_bf16(BF16, actor)
+    config["LM_HEAD_CHUNK"] = resolve_lm_head_chunk(LM_HEAD_CHUNK, actor)
     if PEFT == "none":
         ref = copy.deepcopy(actor)
     elif PEFT == "lora":
@@ -207,7 +210,8 @@ def main():
         ptx = SFTDataset(PTX_DATA, tokenizer, max_len, chat_template=CHAT_TEMPLATE)
     judge = gold_judge if JUDGE_RM == "none" else reward_model_judge(JUDGE_RM, max_len)
     wiring = dict(loop=LoopConfig.from_settings(config, max_steps="ITERATIONS"), run_config=config,
-                  reward_fn=reward_fn, judge=judge, eval_prompts=eval_prompts)
+                  reward_fn=reward_fn, judge=judge, eval_prompts=eval_prompts,
+                  lm_head_chunk=config["LM_HEAD_CHUNK"])
     if ALGO == "grpo":
         trainer = GRPOTrainer(actor, ref, reward_model, tokenizer, prompts, cfg=algo_config,
                               **wiring)

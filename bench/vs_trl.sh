@@ -12,8 +12,8 @@
 #   RM   bf16, length-grouped batches, dropout off and over-long comparisons left out: TRL's RewardTrainer
 #        disables dropout and drops pairs over max_length, so without these two the project does more work;
 #        each step's 8 pairs as four micro-batches of 2 (the same optimizer step, a quarter of the activations)
-#   PPO  bf16 (frozen models stored in bf16), length-grouped prompts, freed blocks of 32 MiB and more handed back
-#        to the OS (KEEP_FREED_BELOW_MIB=32: they no longer fragment the heap)
+#   PPO  bf16 (frozen models stored in bf16), length-grouped prompts, the policy's log-probs through the LM head a
+#        chunk of tokens at a time (LM_HEAD_CHUNK='auto': no (rows x tokens x vocabulary) logits kept for backward)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 harness="${VS_TRL:-../shared/vs-trl}"
@@ -23,6 +23,6 @@ harness="${VS_TRL:-../shared/vs-trl}"
 same="--overwrite True"
 export PROJECT_SFT_FLAGS="${PROJECT_SFT_FLAGS:---gradient_checkpointing True --test_data none --test_prompts none $same}"
 export PROJECT_RM_FLAGS="${PROJECT_RM_FLAGS:---group_by_length True --dropout 0.0 --too_long drop --batch_size 2 --grad_accum 4 --test_data none $same}"
-export PROJECT_PPO_FLAGS="${PROJECT_PPO_FLAGS:---group_by_length True --keep_freed_below_mib 32 --test_prompts none $same}"
+export PROJECT_PPO_FLAGS="${PROJECT_PPO_FLAGS:---group_by_length True --test_prompts none $same}"
 bash "$harness/side_by_side.sh"
 python bench/vs_trl_flops.py "${TMPDIR:-/tmp}/vs-trl/side.jsonl"

@@ -8,6 +8,8 @@ from transformers import GenerationConfig
 
 from dataset.chat import prompt_ids
 from dataset.tokens import fit_lengths, pad
+from model.loss import entropy_from_logprobs, linear_token_logprobs
+from model.memory import lm_head_skipped
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -175,23 +177,29 @@ def response_logprobs(
     attention_mask: torch.Tensor,
     context_length: int,
     temperature: float,
+    chunk: int = 0,
+    unwrapped=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the sampling distribution (logits divided by `temperature`, as the sampler did)
-    at each position that predicts a response token (aligned one position left), and those of the tokens
-    there. Scoring actor and reference this way makes PPO's ratio and KL refer to the policy that produced
-    the samples. Only the last N + 1 positions go through the LM head (`logits_to_keep`): the prompt's
-    logits are never used, and at PPO's shapes (prompts of ~100 tokens, 32 new) they were most of the
-    head's work. The full log-softmax is returned because backward keeps it anyway: the entropy is taken
-    from it (model/loss.py: entropy_from_logprobs) without a second log-softmax over the vocabulary.
-    Returns (log-probs (B, N, V), token log-probs (B, N))."""
+    """Log-probabilities of the response tokens under the sampling distribution (logits divided by
+    `temperature`, as the sampler did), each read at the position that predicts it (one to the left), and the
+    entropy of that distribution there (without gradient: a metric). Scoring actor and reference this way makes
+    PPO's ratio and KL refer to the policy that produced the samples. Only the last N + 1 positions go through
+    the LM head (`logits_to_keep`): the prompt's logits are never used.
+
+    chunk > 0 (LM_HEAD_CHUNK): the forward pass stops at the final hidden states and the LM head runs `chunk`
+    tokens at a time (model/loss.py linear_token_logprobs), so no (B, N, V) log-probs are kept for the backward
+    pass; `unwrapped` is the model whose lm_head that is (a DDP wrapper's inner model; default: model), and it
+    must be a plain head (model/memory.py chunkable_lm_head). chunk 0: the full-vocabulary log-softmax.
+    Returns (token log-probs (B, N), entropies (B, N)), fp32."""
     n = sequences.size(1) - context_length  # N
-    logits = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_for(attention_mask),
-        logits_to_keep=n + 1,
-    ).logits[
-        :, :-1
-    ]  # (B, N, V): positions P-1 .. P+N-2
+    tokens = sequences[:, context_length:]  # (B, N)
+    inputs = dict(input_ids=sequences, attention_mask=attention_mask,
+                  position_ids=position_ids_for(attention_mask), logits_to_keep=n + 1)
+    if chunk:
+        with lm_head_skipped(unwrapped if unwrapped is not None else model) as head:
+            hidden = model(**inputs).logits[:, :-1]  # (B, N, H): positions P-1 .. P+N-2
+        return linear_token_logprobs(hidden, head.weight, tokens, temperature, chunk)
+    logits = model(**inputs).logits[:, :-1]  # (B, N, V): positions P-1 .. P+N-2
     logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, N, V)
-    return logp, torch.gather(logp, 2, sequences[:, context_length:].unsqueeze(-1)).squeeze(-1)
+    return (torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1),
+            entropy_from_logprobs(logp.detach()))

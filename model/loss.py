@@ -82,6 +82,90 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     return total / max(len(labels), 1)
 
 
+def _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk):
+    """The forward pass of linear_token_logprobs, `chunk` rows at a time: (token log-probs (N,), entropies (N,),
+    logsumexps (N,) of the logits at the temperature, the dtype of the products: autocast's where it is on, as
+    the LM head's would be). The rollout (no gradient) and learn() call this one function: their log-probs
+    agree bit for bit."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    token, entropy, lse = [], [], []
+    with torch.autocast(device, enabled=False):
+        h, w = hidden.to(dtype), weight.to(dtype)
+        for s in range(0, len(tokens), chunk):
+            logp = h[s: s + chunk] @ w.T  # (c, V), then in fp32 (or wider), at the temperature
+            logp = logp.to(torch.promote_types(logp.dtype, torch.float32)).div_(temperature)
+            lse.append(torch.logsumexp(logp, dim=-1))  # (c,)
+            logp = logp.sub_(lse[-1][:, None])
+            token.append(logp.gather(1, tokens[s: s + chunk, None]).squeeze(1))
+            entropy.append(-torch.linalg.vecdot(logp.exp(), logp))
+            del logp
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    return *(torch.cat(x) if x else empty for x in (token, entropy, lse)), dtype
+
+
+class _LinearTokenLogprobs(torch.autograd.Function):
+    """log p(tokens) under softmax(hidden @ weight.T / temperature) without (N, V) logits kept for the backward
+    pass: it keeps hidden, weight and each row's logsumexp, and computes the logits again there, a slice of
+    the vocabulary at a time (one more LM-head product), so the only large tensor it makes is the weight's
+    gradient itself (the one autograd would hold anyway). The entropies come out beside the log-probs, without
+    gradient. Under bf16 autocast the products run in bf16, as the LM head's would."""
+    vocab_slice = 8192  # rows of the weight per product in the backward pass
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, temperature, chunk):  # (N, H), (V, H), (N,)
+        token, entropy, lse, dtype = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk)
+        ctx.save_for_backward(hidden, weight, tokens, lse)
+        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        ctx.mark_non_differentiable(entropy)
+        return token, entropy
+
+    @staticmethod
+    def backward(ctx, grad_token, _grad_entropy):
+        hidden, weight, tokens, lse = ctx.saved_tensors
+        T, chunk, device, S = ctx.temperature, ctx.chunk, hidden.device.type, _LinearTokenLogprobs.vocab_slice
+        wide = torch.promote_types(weight.dtype, torch.float32)  # the gradients' sums: fp32 or wider
+        grad_hidden = torch.zeros(hidden.shape, dtype=wide, device=hidden.device)  # (N, H)
+        grad_weight = torch.empty(weight.shape, dtype=wide, device=weight.device) \
+            if ctx.needs_input_grad[1] else None  # (V, H)
+        g = grad_token.to(wide) / T  # d log p(y) / d logits = (one-hot(y) - softmax) / T, times the gradient
+        with torch.autocast(device, enabled=False):
+            h = hidden.to(ctx.dtype)
+            for v in range(0, weight.size(0), S):  # a slice of the vocabulary: v .. v + S
+                w = weight[v: v + S].to(ctx.dtype)  # (S', H)
+                for s in range(0, len(tokens), chunk):
+                    p = h[s: s + chunk] @ w.T  # (c, S'): these logits, then their softmax
+                    p = p.to(wide).div_(T).sub_(lse[s: s + chunk, None]).exp_()
+                    d = p.mul_(-g[s: s + chunk, None])  # (c, S')
+                    y = tokens[s: s + chunk] - v
+                    rows = ((y >= 0) & (y < len(w))).nonzero().squeeze(1)  # the rows whose token is in the slice
+                    d[rows, y[rows]] += g[s: s + chunk][rows]
+                    d = d.to(ctx.dtype)
+                    grad_hidden[s: s + chunk] += d @ w
+                    if grad_weight is not None:
+                        part = d.T @ h[s: s + chunk]  # (S', H)
+                        grad_weight[v: v + S].copy_(part) if s == 0 else grad_weight[v: v + S].add_(part)
+                    del p, d
+        return (grad_hidden.to(hidden.dtype), None if grad_weight is None else grad_weight.to(weight.dtype),
+                None, None, None)
+
+
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                          chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(tokens), entropy) under logits = hidden @ weight.T / temperature, `chunk` rows at a time: equal to
+    token_logprobs(logits / temperature, tokens) and entropy_from_logprobs up to float rounding, without
+    full-vocabulary logits in memory (PPO's and GRPO's policy log-probs; tests/test_levers.py). The token
+    log-probs carry gradient to hidden and weight, the entropies none. hidden (..., H) are the LM head's inputs,
+    weight (V, H) its matrix, tokens (...) the ids whose log-probs are wanted. Returns two (...) fp32 tensors."""
+    shape = tokens.shape
+    hidden, tokens = hidden.reshape(-1, hidden.size(-1)), tokens.reshape(-1)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        token, entropy = _LinearTokenLogprobs.apply(hidden, weight, tokens, temperature, chunk)
+    else:  # no gradients (the rollout): the same chunks, the same numbers
+        token, entropy, _, _ = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk)
+    return token.view(shape), entropy.view(shape)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(tokens[t]) under logits[t].  logits: (B, T, V) already aligned with tokens: (B, T)."""
     # (B, T)

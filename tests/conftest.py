@@ -38,6 +38,12 @@ def trainer_configs(out_dir, **settings) -> dict:
         if key not in loop and key not in optim:
             raise TypeError(f"trainer_configs: unknown setting {key!r}")
         (loop if key in loop else optim)[key] = value
+    # accelerate keeps one mixed-precision setting per process: a test after a bf16 one (on the same pytest
+    # worker) starts from a clean state when its precision differs
+    from accelerate.state import AcceleratorState
+    wanted = "bf16" if loop["bf16"] else "no"
+    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != wanted:
+        AcceleratorState._reset_state(True)
     return {"loop": LoopConfig(**loop), "optim": OptimConfig(**optim)}
 
 

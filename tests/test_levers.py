@@ -13,7 +13,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from conftest import ROOT
 from dataset.sft import SFTDataset, sft_collate
 from model.generate import position_ids_for, response_logprobs
-from model.loss import entropy_from_logprobs, lm_loss, token_logprobs
+from model.loss import _LinearTokenLogprobs, lm_loss, token_logprobs
 from model.peft import apply_peft
 from model.peft.prompt_tuning import text_logits
 from model.memory import checkpoint_layers, frozen_model
@@ -182,14 +182,43 @@ def test_response_logprobs_from_the_last_positions_equal_the_full_forward(bf16):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         full = model(input_ids=sequences, attention_mask=mask, position_ids=position_ids_for(mask)).logits[:, P - 1: -1]
         expected = token_logprobs(full.float() / 0.7, sequences[:, P:])
-        logp, got = response_logprobs(model, sequences, mask, P, temperature=0.7)
+        got, entropy = response_logprobs(model, sequences, mask, P, temperature=0.7)
+        # LM_HEAD_CHUNK: the head a few tokens at a time, from the final hidden states
+        chunked, chunked_entropy = response_logprobs(model, sequences, mask, P, temperature=0.7, chunk=7)
     assert torch.equal(got, expected)
-    # the full log-softmax comes back with them, and PPO's entropy is taken from it: the entropy of the
-    # temperature-scaled distribution, without a second log-softmax over the vocabulary
-    assert torch.allclose(logp, torch.log_softmax(full.float() / 0.7, -1))
+    # the entropy of the temperature-scaled distribution, beside the log-probs
     reference = torch.distributions.Categorical(logits=full.float() / 0.7).entropy()
-    assert torch.allclose(entropy_from_logprobs(logp), reference, atol=1e-4)
+    assert torch.allclose(entropy, reference, atol=1e-4)
     assert reference.min() > 0.1  # not a degenerate distribution
+    tol = 1e-2 if bf16 else 1e-5
+    assert torch.allclose(chunked, expected, atol=tol) and torch.allclose(chunked_entropy, reference, atol=tol)
+
+
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_chunked_response_logprobs_keep_nothing_of_the_vocabulary_size_for_backward(chunk, monkeypatch):
+    """With a chunk, no tensor that backward keeps has the vocabulary as its last dimension except the LM head's
+    own matrix (the full path keeps the (B, N, V) log-softmax: the test sees it), and the gradients of the
+    log-probs match the full path's, with the backward pass's products over slices of the vocabulary."""
+    monkeypatch.setattr(_LinearTokenLogprobs, "vocab_slice", 100)  # 512 tokens: 5 slices of 100 and one of 12
+    model = tiny_model().eval()
+    V = model.config.vocab_size
+    sequences = torch.randint(4, V, (4, 24))
+    mask = torch.ones_like(sequences)
+    kept = []
+
+    def pack(t):
+        kept.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logprobs, _ = response_logprobs(model, sequences, mask, 16, temperature=0.7, chunk=chunk)
+    vocab_sized = [s for s in kept if V in s and s != tuple(model.lm_head.weight.shape)]
+    assert (vocab_sized == []) == (chunk > 0), vocab_sized
+    logprobs.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    response_logprobs(model, sequences, mask, 16, temperature=0.7, chunk=0)[0].sum().backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, model.parameters()))
 
 
 @pytest.mark.parametrize("mode,bf16,lora", [("train", False, False), ("eval", True, True)])

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from dataset.prompt import PromptDataset
+from dataset.sft import SFTDataset
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from model.generate import generate, position_ids_for
+from model.generate import Responses, generate, position_ids_for
 from model.load import ModelError, load_tokenizer, set_pad_token
 from model.loss import compute_gae, kl_penalized_rewards, masked_mean, masked_whiten
 from model.peft import apply_peft
@@ -37,7 +38,7 @@ PPO_SETTINGS = dict(actor_lr=1e-4, critic_lr=1e-4, weight_decay=0.0, rollout_bat
 
 
 def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, dropout=0.0, bf16=False, tokenizer_dir=None,
-                 reward_model=False, max_steps=1, **kw):
+                 reward_model=False, max_steps=1, ptx_data=None, lm_head_chunk=0, **kw):
     """A PPOTrainer on the SFT fixture; `dropout` sets opt-125m-style dropout in the actor's config."""
     AcceleratorState._reset_state(True)  # accelerate keeps one mixed-precision setting per process; tests change it
     tok = load_tokenizer(tokenizer_dir or sft_dir)
@@ -50,9 +51,10 @@ def make_trainer(sft_dir, tmp_path, reward_fn=starts_in_format, lora=False, drop
     rm = load_reward_model(sft_dir, tok.pad_token_id) if reward_model is True else (reward_model or None)
     prompts = PromptDataset("ds/prompts_train.jsonl", tok, 72, limit=256, verbose=False)
     cfg = PPOConfig(**{**PPO_SETTINGS, **kw})
-    return PPOTrainer(actor, ref, critic, rm, tok, prompts, cfg=cfg, ptx_data=None,
+    return PPOTrainer(actor, ref, critic, rm, tok, prompts, cfg=cfg, ptx_data=ptx_data,
                       reward_fn=None if reward_model else reward_fn, judge=gold_judge, eval_prompts=None, run_config={},
-                      loop=trainer_configs(tmp_path, max_steps=max_steps, seed=0, log_interval=1, bf16=bf16)["loop"])
+                      loop=trainer_configs(tmp_path, max_steps=max_steps, seed=0, log_interval=1, bf16=bf16)["loop"],
+                      lm_head_chunk=lm_head_chunk)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,8 @@ USER_CONFIGS = {
     "temperature_0.7": dict(temperature=0.7),
     "bf16": dict(bf16=True),
     "all_with_eos_pad": dict(dropout=0.1, temperature=0.7, bf16=True, eos_pad=True),
+    # LM_HEAD_CHUNK: the log-probs through the LM head a few tokens at a time (opt-125m's default)
+    "all_with_lm_head_chunk": dict(dropout=0.1, temperature=0.7, bf16=True, lm_head_chunk=5),
 }
 
 
@@ -124,9 +128,46 @@ def test_rollout_logprobs_are_the_samplers_distribution(sft_dir, tmp_path):
     action_mask = ((is_eos.cumsum(1) - is_eos.long()) == 0).long()  # up to and including the first EOS
     prompt_mask = torch.tensor([[0] * (P - len(it["prompt_ids"])) + [1] * len(it["prompt_ids"]) for it in items])
     with torch.no_grad():
-        _, logprobs = trainer.policy_forward(actor, sequences, torch.cat([prompt_mask, action_mask], 1), P)
+        logprobs, _ = trainer.policy_forward(actor, sequences, torch.cat([prompt_mask, action_mask], 1), P)
     m = action_mask.bool()
     assert torch.allclose(logprobs[m], sampler[m], atol=1e-5), (logprobs[m] - sampler[m]).abs().max()
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_lm_head_chunk_gives_the_same_logprobs_entropy_ptx_loss_and_gradients(sft_dir, tmp_path, bf16):
+    """LM_HEAD_CHUNK changes only memory: the actor's log-probs, entropies, ptx loss and every gradient of
+    them equal the full-vocabulary path's, and the evaluation's KL of the copied reference stays exactly 0."""
+    tok = load_tokenizer(sft_dir)
+    ptx = SFTDataset("ds/sft_train.jsonl", tok, 96, verbose=False)
+    trainer = make_trainer(sft_dir, tmp_path, bf16=bf16, temperature=0.7, ptx_coef=0.5, ptx_data=ptx, lm_head_chunk=5)
+    assert trainer.lm_head_chunk == 5 and trainer.evaluate_policy.lm_head_chunk == 5
+    torch.manual_seed(0)
+    exp = trainer.make_experience(trainer.get_batch(0)["items"])
+    actor = trainer.unwrap(trainer.actor).eval()
+    weights = torch.randn(exp.logprobs.shape)  # an arbitrary gradient for the log-probs
+    results = {}
+    for chunk in (0, 5):
+        trainer.lm_head_chunk = chunk
+        actor.zero_grad()
+        with trainer.accelerator.autocast():
+            logprobs, entropy = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
+            ptx_loss = trainer.ptx_loss(0, 0)
+        (logprobs * weights * exp.action_mask).sum().backward()
+        logprob_grads = [p.grad.clone() for p in actor.parameters()]
+        actor.zero_grad()
+        ptx_loss.backward()
+        results[chunk] = logprobs, entropy, ptx_loss, logprob_grads, [p.grad.clone() for p in actor.parameters()]
+    tol = dict(atol=2e-2, rtol=2e-2) if bf16 else dict(atol=1e-4, rtol=1e-4)
+    (full, chunked), m = results.values(), exp.action_mask.bool()
+    assert torch.allclose(chunked[0][m], full[0][m], **tol) and torch.allclose(chunked[1][m], full[1][m], **tol)
+    assert not chunked[1].requires_grad and chunked[1][m].max() > 0.5  # a metric, of a real distribution
+    assert torch.allclose(chunked[2], full[2], **tol)
+    for grads in (3, 4):
+        assert all(torch.allclose(a, b, **tol) for a, b in zip(chunked[grads], full[grads]))
+        assert sum(g.abs().sum() for g in full[grads]) > 0
+    out = Responses(exp.sequences, exp.attention_mask, exp.action_mask, exp.action_mask.all(1), exp.context_length)
+    with torch.no_grad(), trainer.accelerator.autocast():
+        assert trainer.evaluate_policy.kl_to_reference(actor, out) == [0.0] * len(exp.sequences)
 
 
 def test_pad_equal_to_eos_is_replaced_and_the_score_is_read_at_eos(sft_dir, eos_pad_dir, tmp_path):
@@ -214,9 +255,9 @@ def test_lora_actor_reference_is_the_adapter_free_model(sft_dir, tmp_path):
     trainer.learn(exp)
     actor = trainer.unwrap(trainer.actor)
     with torch.no_grad():
-        _, new = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
+        new, _ = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
         with trainer.reference(actor) as ref_model:
-            _, ref = trainer.policy_forward(ref_model, exp.sequences, exp.attention_mask, exp.context_length)
+            ref, _ = trainer.policy_forward(ref_model, exp.sequences, exp.attention_mask, exp.context_length)
     m = exp.action_mask.bool()
     assert not torch.allclose(new[m], exp.logprobs[m]) and torch.allclose(ref[m], exp.ref_logprobs[m], atol=1e-6)
 
@@ -229,7 +270,7 @@ def test_rollout_logprobs_equal_a_fresh_forward_pass(sft_dir, tmp_path):
     exp = trainer.make_experience(trainer.get_batch(0)["items"])
     actor = trainer.unwrap(trainer.actor).eval()
     with torch.no_grad():
-        _, fresh = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
+        fresh, _ = trainer.policy_forward(actor, exp.sequences, exp.attention_mask, exp.context_length)
         m = exp.action_mask.bool()
         assert torch.allclose(fresh[m], exp.logprobs[m], atol=1e-5)
         row = int(exp.attention_mask[:, : exp.context_length].sum(1).argmin())  # the most left-padded prompt

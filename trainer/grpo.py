@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.loss import entropy_from_logprobs, group_advantages, grpo_loss, masked_mean
+from model.loss import group_advantages, grpo_loss, masked_mean
 from trainer.base import LoopConfig
 from trainer.evaluate import Judge
 from trainer.onpolicy import Experience, OnPolicyTrainer, check_rollout_settings
@@ -63,10 +63,10 @@ class GRPOTrainer(OnPolicyTrainer):
     name = "grpo"
 
     def __init__(self, actor, ref, reward_model, tokenizer, prompts, *, cfg: GRPOConfig, loop: LoopConfig,
-                 run_config: dict, reward_fn, judge: Judge, eval_prompts):
+                 run_config: dict, reward_fn, judge: Judge, eval_prompts, lm_head_chunk: int = 0):
         super().__init__(actor, ref, reward_model, tokenizer, prompts, cfg=cfg, loop=loop,
                          run_config=run_config, reward_fn=reward_fn, judge=judge, eval_prompts=eval_prompts,
-                         prompts_per_step=cfg.rollout_batch // cfg.group_size)
+                         prompts_per_step=cfg.rollout_batch // cfg.group_size, lm_head_chunk=lm_head_chunk)
 
     def rollout_items(self, prompts: list[dict]) -> list[dict]:
         return [it for it in prompts for _ in range(self.cfg.group_size)]  # G copies, side by side
@@ -89,13 +89,12 @@ class GRPOTrainer(OnPolicyTrainer):
     def update(self, mb: Experience, epoch: int, start: int) -> dict:
         cfg = self.cfg
         with self.accelerator.autocast():
-            logp, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask,
+            logprobs, entropy = self.policy_forward(self.actor, mb.sequences, mb.attention_mask,
                                                  mb.context_length)
             loss, loss_stats = grpo_loss(logprobs, mb.logprobs, mb.ref_logprobs, mb.advantages, mb.action_mask,
                                          cfg.clip_range, cfg.grpo_beta, token_level=cfg.grpo_loss == "token")
         self.step_model(loss, self.actor, self.actor_opt)
-        entropy = masked_mean(entropy_from_logprobs(logp.detach()), mb.action_mask).item()
-        return {"policy_loss": loss.item(), "entropy": entropy, **loss_stats}
+        return {"policy_loss": loss.item(), "entropy": masked_mean(entropy, mb.action_mask).item(), **loss_stats}
 
     def extra_metrics(self, exp: Experience) -> dict:
         no_signal = (exp.advantages.view(-1, self.cfg.group_size) == 0).all(1).float().mean().item()

@@ -20,7 +20,7 @@ import torch
 from model.generate import (Responses, closed, decode_responses, position_ids_for, response_logprobs,
                             sample_responses)
 from model.loss import masked_mean
-from model.memory import frozen_model
+from model.memory import chunkable_lm_head, frozen_model
 from model.reward import RewardEnsemble, reward_scores
 from trainer import guard
 from trainer.base import Trainer
@@ -98,7 +98,8 @@ class OnPolicyTrainer(Trainer):
     nonfinite_hint = "Lower ACTOR_LR (or GRAD_CLIP)"
 
     def __init__(self, actor, ref, reward_model, tokenizer, prompts, *, cfg, loop: LoopConfig,
-                 run_config: dict, reward_fn, judge: Judge, eval_prompts, prompts_per_step: int):
+                 run_config: dict, reward_fn, judge: Judge, eval_prompts, prompts_per_step: int,
+                 lm_head_chunk: int = 0):
         optim = OptimConfig(lr=cfg.actor_lr, weight_decay=cfg.weight_decay, batch_size=prompts_per_step,
                             grad_accum=1)  # the actor's: the base trainer's model is the actor
         super().__init__(actor, prompts, lambda items: {"items": items}, loop=loop, optim=optim,
@@ -112,10 +113,18 @@ class OnPolicyTrainer(Trainer):
         self.reward_fn, self.judge, self.tokenizer = reward_fn, judge, tokenizer
         self.eval_prompts = eval_prompts
         self.sampling = dict(do_sample=True, temperature=cfg.temperature)  # the full distribution
+        # LM_HEAD_CHUNK: the policy log-probs without (B, N, V) logits; actor and reference the same way (the
+        # KL of a copied reference is then exactly 0), so only where both have a plain head, and not under FSDP
+        heads = [chunkable_lm_head(m) for m in (self.unwrap(self.actor), self.ref) if m is not None]
+        self.lm_head_chunk = lm_head_chunk if not loop.fsdp and None not in heads else 0
+        if lm_head_chunk and not self.lm_head_chunk:
+            self.log(f"LM_HEAD_CHUNK={lm_head_chunk}: the full-vocabulary log-probs "
+                     f"({'FSDP shards the head' if loop.fsdp else 'no plain lm_head on this model: a wrapper'})")
         self.reference = reference_for(self.ref)  # policy -> context yielding the reference model
         self.evaluate_policy = Evaluator(self.accelerator, tokenizer, max_new_tokens=cfg.max_new_tokens,
                                          temperature=cfg.temperature, batch_size=cfg.eval_batch_size,
-                                         judge=judge, reward=self.reward, reference=self.reference)
+                                         judge=judge, reward=self.reward, reference=self.reference,
+                                         lm_head_chunk=self.lm_head_chunk)
         self.score_moments, self.last_rows, self.warned_truncation = RunningMoments(), [], False
         self.last_eval = None  # the latest greedy evaluation, rows included (evaluate)
         self.last_disagreement = None  # a reward ensemble's mean std across members on the latest rollout
@@ -132,14 +141,16 @@ class OnPolicyTrainer(Trainer):
                           for i in range(0, sequences.size(0), size)])
 
     def policy_forward(self, model, sequences, attention_mask, context_length):
-        """(log-probs (B, N, V), token log-probs (B, N)) of the response tokens at the sampling temperature
-        (model/generate.py: response_logprobs): actor and reference are scored by the policy that sampled."""
-        return response_logprobs(model, sequences, attention_mask, context_length, self.cfg.temperature)
+        """(log-probs (B, N), entropies (B, N), without gradient) of the response tokens at the sampling
+        temperature (model/generate.py: response_logprobs): actor and reference are scored by the policy that
+        sampled; with LM_HEAD_CHUNK, a chunk of tokens at a time through the LM head."""
+        return response_logprobs(model, sequences, attention_mask, context_length, self.cfg.temperature,
+                                 self.lm_head_chunk, self.unwrap(model))
 
     def rollout_logprobs(self, model, out: Responses) -> torch.Tensor:
         """(B, N) log-probs of the rollout's responses, in learn()'s minibatch shapes."""
         P = out.context_length
-        return self.forward_in_chunks(lambda s, m: self.policy_forward(model, s, m, P)[1],
+        return self.forward_in_chunks(lambda s, m: self.policy_forward(model, s, m, P)[0],
                                       out.sequences, out.attention_mask)
 
     def reward(self, items, out: Responses) -> torch.Tensor:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from dataset.sft import sft_collate
-from model.loss import (compute_gae, entropy_from_logprobs, kl_penalized_rewards, lm_loss, masked_mean,
+from model.loss import (compute_gae, kl_penalized_rewards, linear_cross_entropy, lm_loss, masked_mean,
                         masked_whiten, policy_loss, value_loss)
+from model.memory import lm_head_skipped
 from model.reward import token_values
 from trainer.base import LoopConfig
 from trainer.dist import check_two_models, tensor_sum
@@ -71,10 +72,11 @@ class PPOTrainer(OnPolicyTrainer):
     nonfinite_hint = "Lower ACTOR_LR / CRITIC_LR (or GRAD_CLIP)"
 
     def __init__(self, actor, ref, critic, reward_model, tokenizer, prompts, *, cfg: PPOConfig,
-                 loop: LoopConfig, run_config: dict, ptx_data, reward_fn, judge: Judge, eval_prompts):
+                 loop: LoopConfig, run_config: dict, ptx_data, reward_fn, judge: Judge, eval_prompts,
+                 lm_head_chunk: int = 0):
         super().__init__(actor, ref, reward_model, tokenizer, prompts, cfg=cfg, loop=loop,
                          run_config=run_config, reward_fn=reward_fn, judge=judge, eval_prompts=eval_prompts,
-                         prompts_per_step=cfg.rollout_batch)
+                         prompts_per_step=cfg.rollout_batch, lm_head_chunk=lm_head_chunk)
         check_two_models(self.accelerator)
         self.critic, self.critic_opt = self.prepare_trained(critic, cfg.critic_lr, cfg.weight_decay)
         self.critic_sched = self.lr_schedule(self.critic_opt)
@@ -103,7 +105,7 @@ class PPOTrainer(OnPolicyTrainer):
     def update(self, mb: Experience, epoch: int, start: int) -> dict:
         cfg, P = self.cfg, mb.context_length
         with self.accelerator.autocast():
-            logp, logprobs = self.policy_forward(self.actor, mb.sequences, mb.attention_mask, P)
+            logprobs, entropy = self.policy_forward(self.actor, mb.sequences, mb.attention_mask, P)
             pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.action_mask,
                                             cfg.clip_range)
             ptx = self.ptx_loss(epoch, start) if cfg.ptx_coef > 0 else torch.zeros((), device=self.device)
@@ -113,9 +115,8 @@ class PPOTrainer(OnPolicyTrainer):
             values = token_values(self.critic, mb.sequences, mb.attention_mask)[:, P - 1: -1]  # (mb, N)
             vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip)
         self.step_model(vf_loss, self.critic, self.critic_opt)
-        entropy = masked_mean(entropy_from_logprobs(logp.detach()), mb.action_mask).item()
         return {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx.item(),
-                "entropy": entropy, **pg_stats, **vf_stats}
+                "entropy": masked_mean(entropy, mb.action_mask).item(), **pg_stats, **vf_stats}
 
     def ptx_loss(self, epoch: int, start: int) -> torch.Tensor:
         """LM loss on an SFT batch (InstructGPT's PPO-ptx), drawn deterministically from (step, epoch, start)."""
@@ -123,8 +124,12 @@ class PPOTrainer(OnPolicyTrainer):
         idx = torch.randint(len(self.ptx_data), (self.cfg.ptx_batch,), generator=gen).tolist()
         rows = sft_collate([self.ptx_data[i] for i in idx], self.tokenizer.pad_token_id)
         batch = {k: v.to(self.device) for k, v in rows.items()}
-        logits = self.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return lm_loss(logits, batch["labels"])
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if self.lm_head_chunk:  # the head on the supervised tokens only, a chunk at a time (as SFT's loss)
+            with lm_head_skipped(self.unwrap(self.actor)) as head:
+                hidden = self.actor(**inputs).logits  # (B, T, H): the head's input
+            return linear_cross_entropy(hidden, head.weight, batch["labels"], self.lm_head_chunk)
+        return lm_loss(self.actor(**inputs).logits, batch["labels"])
 
     def schedulers(self) -> list:
         return [self.actor_sched, self.critic_sched]
