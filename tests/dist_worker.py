@@ -101,10 +101,12 @@ def ppo_checks(out_dir: str) -> dict:
                     eval_sampled=False, stop_disagreement=0.0)
     trainer = PPOTrainer(actor, copy.deepcopy(actor), critic, None, tok, prompts, cfg=cfg, ptx_data=None,
                          reward_fn=length_reward, judge=gold_judge, eval_prompts=None, run_config={},
-                         loop=trainer_configs(out_dir, max_steps=2, seed=0)["loop"])
+                         loop=trainer_configs(out_dir, max_steps=2, seed=0)["loop"],
+                         lm_head_chunk=5)  # the policy log-probs through the head a few tokens at a time
     acc = trainer.accelerator
     exp = trainer.make_experience(trainer.get_batch(0)["items"])
     out = {"rank": acc.process_index, "world": acc.num_processes, "type": str(acc.distributed_type),
+           "lm_head_chunk": trainer.lm_head_chunk,
            "kl_zero": bool(torch.equal(exp.kl, torch.zeros_like(exp.kl))),
            "moments": (trainer.score_moments.count, trainer.score_moments.mean, trainer.score_moments.var),
            "raw_scores": exp.raw_scores.tolist(), "advantages": exp.advantages, "action_mask": exp.action_mask}

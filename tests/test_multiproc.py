@@ -104,7 +104,8 @@ def test_rm_two_processes_equal_one_process_with_double_batch(two_procs, tmp_pat
 
 
 def test_ppo_two_processes(two_procs):
-    """PPO on 2 ranks, with dropout 0.1 and temperature 0.7 (tests/dist_worker.py ppo_checks): KL 0 and
+    """PPO on 2 ranks, with dropout 0.1, temperature 0.7 and the LM head in chunks (tests/dist_worker.py
+    ppo_checks): KL 0 and
     ratio 1 before any update on each rank; identical weights on both ranks
     after an update; score moments, advantage whitening, the adaptive beta and the logged metrics over
     the global batch; evaluation answers every held-out prompt once, in order, on both ranks; an actor
@@ -112,6 +113,7 @@ def test_ppo_two_processes(two_procs):
     _, result = two_procs
     r0, r1 = result["ppo"]
     for r in (r0, r1):
+        assert r["lm_head_chunk"] == 5  # DDP wraps the actor: its head is found on the inner model
         assert r["kl_zero"] and r["first"]["ratio"] == 1.0 and r["first"]["clipfrac"] == 0.0
         assert r["first"]["approx_kl"] == 0.0
     assert r0["raw_scores"] != r1["raw_scores"]  # each rank rolled out its own prompts
