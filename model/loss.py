@@ -82,26 +82,39 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     return total / max(len(labels), 1)
 
 
-def _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk):
-    """The forward pass of linear_token_logprobs, `chunk` rows at a time: (token log-probs (N,), entropies (N,),
-    logsumexps (N,) of the logits at the temperature, the dtype of the products: autocast's where it is on, as
-    the LM head's would be). The rollout (no gradient) and learn() call this one function: their log-probs
-    agree bit for bit."""
+VOCAB_SLICE = 8192  # rows of the LM head's weight per product in linear_token_logprobs (opt-125m: 7 slices)
+
+
+def _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk, vocab_slice):
+    """The forward pass of linear_token_logprobs, over slices of the vocabulary (`vocab_slice` rows of the weight)
+    and `chunk` rows of hidden at a time, so no tensor has the whole vocabulary as a dimension: each slice s gives
+    its logsumexp L_s and the mean logit under its own softmax m_s, and then logsumexp L = logsumexp_s L_s, the
+    entropy L - sum_s exp(L_s - L) m_s and the token's log-prob (its logit) - L. Returns (token log-probs (N,),
+    entropies (N,), logsumexps (N,) of the logits at the temperature, the dtype of the products: autocast's where
+    it is on, as the LM head's would be). The rollout (no gradient) and learn() call this one function: their
+    log-probs agree bit for bit."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    token, entropy, lse = [], [], []
+    wide = torch.promote_types(dtype, torch.float32)
+    n, slices = len(tokens), range(0, weight.size(0), vocab_slice)
+    lse_s = torch.empty(len(slices), n, dtype=wide, device=hidden.device)  # per slice: logsumexp, mean logit
+    mean_s = torch.empty_like(lse_s)
+    logit = torch.zeros(n, dtype=wide, device=hidden.device)  # each row's token's logit, from the slice holding it
     with torch.autocast(device, enabled=False):
-        h, w = hidden.to(dtype), weight.to(dtype)
-        for s in range(0, len(tokens), chunk):
-            logp = h[s: s + chunk] @ w.T  # (c, V), then in fp32 (or wider), at the temperature
-            logp = logp.to(torch.promote_types(logp.dtype, torch.float32)).div_(temperature)
-            lse.append(torch.logsumexp(logp, dim=-1))  # (c,)
-            logp = logp.sub_(lse[-1][:, None])
-            token.append(logp.gather(1, tokens[s: s + chunk, None]).squeeze(1))
-            entropy.append(-torch.linalg.vecdot(logp.exp(), logp))
-            del logp
-    empty = hidden.new_zeros(0, dtype=torch.float32)
-    return *(torch.cat(x) if x else empty for x in (token, entropy, lse)), dtype
+        h = hidden.to(dtype)
+        for k, v in enumerate(slices):
+            w = weight[v: v + vocab_slice].to(dtype)  # (S', H)
+            for s in range(0, n, chunk):
+                z = (h[s: s + chunk] @ w.T).to(wide).div_(temperature)  # (c, S') logits at the temperature
+                lse_s[k, s: s + chunk] = torch.logsumexp(z, dim=-1)
+                mean_s[k, s: s + chunk] = torch.linalg.vecdot(torch.exp(z - lse_s[k, s: s + chunk, None]), z)
+                y = tokens[s: s + chunk] - v
+                rows = ((y >= 0) & (y < len(w))).nonzero().squeeze(1)  # the rows whose token is in the slice
+                logit[s + rows] = z[rows, y[rows]]
+                del z
+    lse = torch.logsumexp(lse_s, dim=0)  # (N,)
+    entropy = lse - (torch.exp(lse_s - lse) * mean_s).sum(0)
+    return logit - lse, entropy, lse, dtype
 
 
 class _LinearTokenLogprobs(torch.autograd.Function):
@@ -110,11 +123,9 @@ class _LinearTokenLogprobs(torch.autograd.Function):
     the vocabulary at a time (one more LM-head product), so the only large tensor it makes is the weight's
     gradient itself (the one autograd would hold anyway). The entropies come out beside the log-probs, without
     gradient. Under bf16 autocast the products run in bf16, as the LM head's would."""
-    vocab_slice = 8192  # rows of the weight per product in the backward pass
-
     @staticmethod
     def forward(ctx, hidden, weight, tokens, temperature, chunk):  # (N, H), (V, H), (N,)
-        token, entropy, lse, dtype = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk)
+        token, entropy, lse, dtype = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk, VOCAB_SLICE)
         ctx.save_for_backward(hidden, weight, tokens, lse)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
         ctx.mark_non_differentiable(entropy)
@@ -123,7 +134,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_token, _grad_entropy):
         hidden, weight, tokens, lse = ctx.saved_tensors
-        T, chunk, device, S = ctx.temperature, ctx.chunk, hidden.device.type, _LinearTokenLogprobs.vocab_slice
+        T, chunk, device, S = ctx.temperature, ctx.chunk, hidden.device.type, VOCAB_SLICE
         wide = torch.promote_types(weight.dtype, torch.float32)  # the gradients' sums: fp32 or wider
         grad_hidden = torch.zeros(hidden.shape, dtype=wide, device=hidden.device)  # (N, H)
         grad_weight = torch.empty(weight.shape, dtype=wide, device=weight.device) \
@@ -162,7 +173,7 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: to
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         token, entropy = _LinearTokenLogprobs.apply(hidden, weight, tokens, temperature, chunk)
     else:  # no gradients (the rollout): the same chunks, the same numbers
-        token, entropy, _, _ = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk)
+        token, entropy, _, _ = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk, VOCAB_SLICE)
     return token.view(shape), entropy.view(shape)
 
 

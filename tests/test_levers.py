@@ -13,7 +13,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from conftest import ROOT
 from dataset.sft import SFTDataset, sft_collate
 from model.generate import position_ids_for, response_logprobs
-from model.loss import _LinearTokenLogprobs, lm_loss, token_logprobs
+from model.loss import lm_loss, token_logprobs
 from model.peft import apply_peft
 from model.peft.prompt_tuning import text_logits
 from model.memory import checkpoint_layers, frozen_model
@@ -199,7 +199,7 @@ def test_chunked_response_logprobs_keep_nothing_of_the_vocabulary_size_for_backw
     """With a chunk, no tensor that backward keeps has the vocabulary as its last dimension except the LM head's
     own matrix (the full path keeps the (B, N, V) log-softmax: the test sees it), and the gradients of the
     log-probs match the full path's, with the backward pass's products over slices of the vocabulary."""
-    monkeypatch.setattr(_LinearTokenLogprobs, "vocab_slice", 100)  # 512 tokens: 5 slices of 100 and one of 12
+    monkeypatch.setattr("model.loss.VOCAB_SLICE", 100)  # 512 tokens: 5 slices of 100 and one of 12
     model = tiny_model().eval()
     V = model.config.vocab_size
     sequences = torch.randint(4, V, (4, 24))
