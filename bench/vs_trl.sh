@@ -3,7 +3,7 @@
 # with the project's levers, then the share of the bf16 matmul probe each side turns into model FLOPs
 # (bench/vs_trl_flops.py). Only ratios from one run mean anything; the probe is printed with them.
 #
-#   bash bench/vs_trl.sh                 # SFT, reward model and PPO (~25 min on 2 quiet cores)
+#   bash bench/vs_trl.sh                 # SFT, reward model and PPO (8-25 min on 2 quiet cores, by machine)
 #   ONLY="rm" bash bench/vs_trl.sh       # one stage
 #
 # The project's best settings (each side's own; docs/throughput.md says what each does):
