@@ -186,9 +186,9 @@ def response_logprobs(
     PPO's ratio and KL refer to the policy that produced the samples. Only the last N + 1 positions go through
     the LM head (`logits_to_keep`): the prompt's logits are never used.
 
-    chunk > 0 (LM_HEAD_CHUNK): the forward pass stops at the final hidden states and the LM head runs `chunk`
-    tokens at a time (model/loss.py linear_token_logprobs), so no (B, N, V) log-probs are kept for the backward
-    pass; `unwrapped` is the model whose lm_head that is (a DDP wrapper's inner model; default: model), and it
+    chunk > 0 (LM_HEAD_CHUNK): the forward pass stops at the final hidden states and the LM head runs on `chunk`
+    tokens and a slice of the vocabulary at a time (model/loss.py linear_token_logprobs), so no (B, N, V) logits
+    or log-probs exist; `unwrapped` is the model whose lm_head that is (a DDP wrapper's inner model; default: model), and it
     must be a plain head (model/memory.py chunkable_lm_head). chunk 0: the full-vocabulary log-softmax.
     Returns (token log-probs (B, N), entropies (B, N)), fp32."""
     n = sequences.size(1) - context_length  # N

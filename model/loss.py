@@ -163,11 +163,12 @@ class _LinearTokenLogprobs(torch.autograd.Function):
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float,
                           chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(tokens), entropy) under logits = hidden @ weight.T / temperature, `chunk` rows at a time: equal to
-    token_logprobs(logits / temperature, tokens) and entropy_from_logprobs up to float rounding, without
-    full-vocabulary logits in memory (PPO's and GRPO's policy log-probs; tests/test_levers.py). The token
-    log-probs carry gradient to hidden and weight, the entropies none. hidden (..., H) are the LM head's inputs,
-    weight (V, H) its matrix, tokens (...) the ids whose log-probs are wanted. Returns two (...) fp32 tensors."""
+    """(log p(tokens), entropy) under logits = hidden @ weight.T / temperature, `chunk` rows of hidden and
+    VOCAB_SLICE rows of weight at a time: equal to token_logprobs(logits / temperature, tokens) and
+    entropy_from_logprobs up to float rounding, without full-vocabulary logits in memory (PPO's and GRPO's
+    policy log-probs; tests/test_levers.py). The token log-probs carry gradient to hidden and weight, the
+    entropies none. hidden (..., H) are the LM head's inputs, weight (V, H) its matrix, tokens (...) the ids
+    whose log-probs are wanted. Returns two (...) tensors in fp32 (or wider, for wider inputs)."""
     shape = tokens.shape
     hidden, tokens = hidden.reshape(-1, hidden.size(-1)), tokens.reshape(-1)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):

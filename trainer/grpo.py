@@ -90,7 +90,7 @@ class GRPOTrainer(OnPolicyTrainer):
         cfg = self.cfg
         with self.accelerator.autocast():
             logprobs, entropy = self.policy_forward(self.actor, mb.sequences, mb.attention_mask,
-                                                 mb.context_length)
+                                                    mb.context_length)
             loss, loss_stats = grpo_loss(logprobs, mb.logprobs, mb.ref_logprobs, mb.advantages, mb.action_mask,
                                          cfg.clip_range, cfg.grpo_beta, token_level=cfg.grpo_loss == "token")
         self.step_model(loss, self.actor, self.actor_opt)
