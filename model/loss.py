@@ -313,7 +313,7 @@ def kl_penalized_rewards(
 
 def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution at each position, from its log-probabilities (a log-softmax
-    over the vocabulary, as model/generate.py: response_logprobs returns).  (B, T, V) -> (B, T)"""
+    over the vocabulary, as model/generate.py: response_logprobs computes without LM_HEAD_CHUNK).  (B, T, V) -> (B, T)"""
     return -(logp.exp() * logp).sum(-1)
 
 

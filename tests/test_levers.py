@@ -381,3 +381,29 @@ def test_frozen_model_lets_go_of_the_mapped_checkpoint_and_computes_the_same(tmp
     assert model.model.decoder.layers[0].fc1.weight.dtype == torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(input_ids=ids).logits, expected)
+
+
+def test_chunked_response_logprobs_on_a_llama_model(monkeypatch):
+    """The chunked log-probs on a Llama-architecture model (SmolLM2's: tied embeddings, positions passed): the
+    same log-probs, entropies and gradients as its full-vocabulary head, left padding included."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model.memory import chunkable_lm_head
+
+    monkeypatch.setattr("model.loss.VOCAB_SLICE", 128)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=600, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)).eval()
+    assert chunkable_lm_head(model) is model.lm_head and model.lm_head.weight is model.model.embed_tokens.weight
+    sequences = torch.randint(3, 600, (4, 20))
+    mask = torch.ones_like(sequences)
+    mask[:2, :4] = 0  # left padding
+    results = []
+    for chunk in (0, 9):
+        model.zero_grad()
+        logprobs, entropy = response_logprobs(model, sequences, mask, 12, temperature=0.7, chunk=chunk)
+        logprobs.sum().backward()
+        results.append((logprobs.detach(), entropy, [p.grad.clone() for p in model.parameters()]))
+    (full, full_entropy, full_grads), (chunked, chunked_entropy, chunked_grads) = results
+    assert torch.allclose(chunked, full, atol=1e-5) and torch.allclose(chunked_entropy, full_entropy, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(chunked_grads, full_grads))
