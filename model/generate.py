@@ -9,7 +9,7 @@ from transformers import GenerationConfig
 from dataset.chat import prompt_ids
 from dataset.tokens import fit_lengths, pad
 from model.loss import entropy_from_logprobs, linear_token_logprobs
-from model.memory import lm_head_skipped
+from model.memory import hidden_and_head
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -196,9 +196,9 @@ def response_logprobs(
     inputs = dict(input_ids=sequences, attention_mask=attention_mask,
                   position_ids=position_ids_for(attention_mask), logits_to_keep=n + 1)
     if chunk:
-        with lm_head_skipped(unwrapped if unwrapped is not None else model) as head:
-            hidden = model(**inputs).logits[:, :-1]  # (B, N, H): positions P-1 .. P+N-2
-        return linear_token_logprobs(hidden, head.weight, tokens, temperature, chunk)
+        hidden, head = hidden_and_head(model, inputs, unwrapped)
+        # (B, N, H): positions P-1 .. P+N-2
+        return linear_token_logprobs(hidden[:, :-1], head.weight, tokens, temperature, chunk)
     logits = model(**inputs).logits[:, :-1]  # (B, N, V): positions P-1 .. P+N-2
     logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, N, V)
     return (torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1),

@@ -85,8 +85,15 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
 VOCAB_SLICE = 8192  # rows of the LM head's weight per product in linear_token_logprobs (opt-125m: 7 slices)
 
 
-def _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk, vocab_slice):
-    """The forward pass of linear_token_logprobs, over slices of the vocabulary (`vocab_slice` rows of the weight)
+def _in_slice(tokens: torch.Tensor, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns): the rows whose token lies in the vocabulary slice start .. start + size, and its column there."""
+    y = tokens - start
+    rows = ((y >= 0) & (y < size)).nonzero().squeeze(1)
+    return rows, y[rows]
+
+
+def _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk):
+    """The forward pass of linear_token_logprobs, over slices of the vocabulary (VOCAB_SLICE rows of the weight)
     and `chunk` rows of hidden at a time, so no tensor has the whole vocabulary as a dimension: each slice s gives
     its logsumexp L_s and the mean logit under its own softmax m_s, and then logsumexp L = logsumexp_s L_s, the
     entropy L - sum_s exp(L_s - L) m_s and the token's log-prob (its logit) - L. Returns (token log-probs (N,),
@@ -96,21 +103,20 @@ def _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk, vocab_sli
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     wide = torch.promote_types(dtype, torch.float32)
-    n, slices = len(tokens), range(0, weight.size(0), vocab_slice)
+    n, slices = len(tokens), range(0, weight.size(0), VOCAB_SLICE)
     lse_s = torch.empty(len(slices), n, dtype=wide, device=hidden.device)  # per slice: logsumexp, mean logit
     mean_s = torch.empty_like(lse_s)
     logit = torch.zeros(n, dtype=wide, device=hidden.device)  # each row's token's logit, from the slice holding it
     with torch.autocast(device, enabled=False):
         h = hidden.to(dtype)
         for k, v in enumerate(slices):
-            w = weight[v: v + vocab_slice].to(dtype)  # (S', H)
+            w = weight[v: v + VOCAB_SLICE].to(dtype)  # (S', H)
             for s in range(0, n, chunk):
                 z = (h[s: s + chunk] @ w.T).to(wide).div_(temperature)  # (c, S') logits at the temperature
                 lse_s[k, s: s + chunk] = torch.logsumexp(z, dim=-1)
                 mean_s[k, s: s + chunk] = torch.linalg.vecdot(torch.exp(z - lse_s[k, s: s + chunk, None]), z)
-                y = tokens[s: s + chunk] - v
-                rows = ((y >= 0) & (y < len(w))).nonzero().squeeze(1)  # the rows whose token is in the slice
-                logit[s + rows] = z[rows, y[rows]]
+                rows, cols = _in_slice(tokens[s: s + chunk], v, len(w))
+                logit[s + rows] = z[rows, cols]
                 del z
     lse = torch.logsumexp(lse_s, dim=0)  # (N,)
     entropy = lse - (torch.exp(lse_s - lse) * mean_s).sum(0)
@@ -125,7 +131,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
     gradient. Under bf16 autocast the products run in bf16, as the LM head's would."""
     @staticmethod
     def forward(ctx, hidden, weight, tokens, temperature, chunk):  # (N, H), (V, H), (N,)
-        token, entropy, lse, dtype = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk, VOCAB_SLICE)
+        token, entropy, lse, dtype = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk)
         ctx.save_for_backward(hidden, weight, tokens, lse)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
         ctx.mark_non_differentiable(entropy)
@@ -148,9 +154,8 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                     p = h[s: s + chunk] @ w.T  # (c, S'): these logits, then their softmax
                     p = p.to(wide).div_(T).sub_(lse[s: s + chunk, None]).exp_()
                     d = p.mul_(-g[s: s + chunk, None])  # (c, S')
-                    y = tokens[s: s + chunk] - v
-                    rows = ((y >= 0) & (y < len(w))).nonzero().squeeze(1)  # the rows whose token is in the slice
-                    d[rows, y[rows]] += g[s: s + chunk][rows]
+                    rows, cols = _in_slice(tokens[s: s + chunk], v, len(w))
+                    d[rows, cols] += g[s: s + chunk][rows]
                     d = d.to(ctx.dtype)
                     grad_hidden[s: s + chunk] += d @ w
                     if grad_weight is not None:
@@ -174,7 +179,7 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: to
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         token, entropy = _LinearTokenLogprobs.apply(hidden, weight, tokens, temperature, chunk)
     else:  # no gradients (the rollout): the same chunks, the same numbers
-        token, entropy, _, _ = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk, VOCAB_SLICE)
+        token, entropy, _, _ = _chunked_head_logprobs(hidden, weight, tokens, temperature, chunk)
     return token.view(shape), entropy.view(shape)
 
 

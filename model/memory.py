@@ -5,9 +5,9 @@
 - `frozen_model`: a frozen model's matrices stored in bfloat16, with bit-identical outputs under bf16
   autocast (FROZEN_BF16: PPO's and GRPO's reference and reward model); the rest copied out of the mapped
   checkpoint file (`own_memory`), so the pages the cast read are not kept resident.
-- `lm_head_skipped` with `chunkable_lm_head`: the forward stops at the final hidden states, so the SFT
-  loss can take the LM head and cross-entropy chunk by chunk (LM_HEAD_CHUNK, model/loss.py
-  `linear_cross_entropy`) without full-vocabulary logits.
+- `lm_head_skipped` / `hidden_and_head` with `chunkable_lm_head`: the forward stops at the final hidden
+  states, so SFT's loss and PPO's log-probs can take the LM head chunk by chunk (LM_HEAD_CHUNK, model/loss.py
+  `linear_cross_entropy`, `linear_token_logprobs`) without full-vocabulary logits.
 """
 import contextlib
 
@@ -124,3 +124,11 @@ def lm_head_skipped(model: torch.nn.Module):
         yield head
     finally:
         model.lm_head = head
+
+
+def hidden_and_head(model, inputs: dict, unwrapped=None) -> tuple:
+    """(final hidden states, LM head) of model(**inputs): the forward pass without the head, for a loss that
+    takes the head in chunks (model/loss.py linear_cross_entropy, linear_token_logprobs). `unwrapped` is the
+    module that owns `lm_head` when model is a wrapper around it (DDP); default: model itself."""
+    with lm_head_skipped(unwrapped if unwrapped is not None else model) as head:
+        return model(**inputs).logits, head

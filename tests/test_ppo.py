@@ -74,7 +74,7 @@ USER_CONFIGS = {
     "bf16": dict(bf16=True),
     "all_with_eos_pad": dict(dropout=0.1, temperature=0.7, bf16=True, eos_pad=True),
     # LM_HEAD_CHUNK: the log-probs through the LM head a few tokens at a time (opt-125m's default)
-    "all_with_lm_head_chunk": dict(dropout=0.1, temperature=0.7, bf16=True, lm_head_chunk=5),
+    "all_with_lm_head_chunk": dict(dropout=0.1, temperature=0.7, bf16=True, eos_pad=True, lm_head_chunk=5),
 }
 
 

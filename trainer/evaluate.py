@@ -24,7 +24,6 @@ import torch
 
 from dataset.sft import render_prompt
 from model.generate import Responses, decode_responses, response_logprobs, sample_responses
-from model.memory import chunkable_lm_head
 from model.peft import disabled_adapters
 from trainer.dist import gather_shards, shard
 from utils import ConfigError, append_jsonl, from_settings, own_random_numbers, write_json
@@ -46,7 +45,9 @@ class Evaluator:
                  batch_size: int, judge: Judge = None, reward: Callable = None,
                  reference: Callable = None, lm_head_chunk: int = 0):
         self.accelerator, self.tokenizer = accelerator, tokenizer
-        self.lm_head_chunk = lm_head_chunk  # the log-probs of the KL a chunk of tokens at a time (response_logprobs)
+        # the KL's log-probs a chunk of tokens at a time (response_logprobs); the caller has checked that policy and
+        # reference both have a plain head (trainer/onpolicy.py), so the KL of a copied reference stays exactly 0
+        self.lm_head_chunk = lm_head_chunk
         self.judge, self.reward, self.reference = judge, reward, reference
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.batch_size = batch_size  # prompts per generate call
@@ -86,12 +87,10 @@ class Evaluator:
     def kl_to_reference(self, policy, out: Responses) -> list[float]:
         """sum over response tokens of log pi(y_t) - log pi_ref(y_t), both at the sampling
         temperature."""
-        args = (out.sequences, out.attention_mask, out.context_length, self.temperature)
+        args = (out.sequences, out.attention_mask, out.context_length, self.temperature, self.lm_head_chunk)
+        logprobs = response_logprobs(policy, *args)[0]  # (B, N)
         with self.reference(policy) as ref:
-            # both in chunks or neither: the KL of a copied reference stays exactly 0
-            chunk = self.lm_head_chunk if None not in (chunkable_lm_head(policy), chunkable_lm_head(ref)) else 0
-            ref_logprobs = response_logprobs(ref, *args, chunk)[0]  # (B, N)
-        logprobs = response_logprobs(policy, *args, chunk)[0]  # (B, N)
+            ref_logprobs = response_logprobs(ref, *args)[0]  # (B, N)
         return ((logprobs - ref_logprobs) * out.action_mask).sum(1).tolist()
 
 

@@ -19,7 +19,7 @@ import torch
 from dataset.sft import sft_collate
 from model.loss import (compute_gae, kl_penalized_rewards, linear_cross_entropy, lm_loss, masked_mean,
                         masked_whiten, policy_loss, value_loss)
-from model.memory import lm_head_skipped
+from model.memory import hidden_and_head
 from model.reward import token_values
 from trainer.base import LoopConfig
 from trainer.dist import check_two_models, tensor_sum
@@ -126,8 +126,7 @@ class PPOTrainer(OnPolicyTrainer):
         batch = {k: v.to(self.device) for k, v in rows.items()}
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         if self.lm_head_chunk:  # the head on the supervised tokens only, a chunk at a time (as SFT's loss)
-            with lm_head_skipped(self.unwrap(self.actor)) as head:
-                hidden = self.actor(**inputs).logits  # (B, T, H): the head's input
+            hidden, head = hidden_and_head(self.actor, inputs, self.unwrap(self.actor))  # (B, T, H)
             return linear_cross_entropy(hidden, head.weight, batch["labels"], self.lm_head_chunk)
         return lm_loss(self.actor(**inputs).logits, batch["labels"])
 

@@ -8,7 +8,7 @@ import torch
 
 from dataset.sft import sft_collate
 from model.loss import linear_cross_entropy, lm_loss
-from model.memory import chunkable_lm_head, lm_head_skipped
+from model.memory import chunkable_lm_head, hidden_and_head
 from model.peft.prompt_tuning import text_logits
 from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.dist import reduce_sum, shard
@@ -60,8 +60,7 @@ class SFTTrainer(Trainer):
         keep = supervised_span(labels)  # the last `keep` positions hold every logit the loss reads
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
         if self.lm_head_chunk:  # the head on the supervised tokens only, a chunk of them at a time
-            with lm_head_skipped(self.unwrap(self.model)) as head:
-                hidden = model(**inputs).logits  # (B, keep, H): the head's input
+            hidden, head = hidden_and_head(model, inputs, self.unwrap(self.model))  # (B, keep, H)
             return linear_cross_entropy(hidden, head.weight, labels[:, -keep:], self.lm_head_chunk)
         # (B, keep, V): the LM head skips the prompt span every row shares
         logits = model(**inputs).logits
