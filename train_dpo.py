@@ -56,10 +56,10 @@ GRAD_ACCUM = 1
 GRAD_CLIP = 1.0
 BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_bf16)
 SEED = 0  # also the sampling of held-out answers
-GRADIENT_CHECKPOINTING = False
+GRADIENT_CHECKPOINTING = False  # True: layers run again in the backward pass; 'selective': only their cheap ops
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
-KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
+KEEP_FREED_BELOW_MIB = 0  # with it: freed blocks of this many MiB or more go back to the OS (0: all kept; docs/throughput.md)
 FSDP = False  # with torchrun --nproc_per_node N
 # PEFT (model/peft/): a LoRA policy shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'

@@ -92,11 +92,11 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 FROZEN_BF16 = True  # with BF16: reference and reward model keep bf16 matrices (half the memory)
 SEED = 0  # also the sampling
 FSDP = False  # with torchrun --nproc_per_node N
-GRADIENT_CHECKPOINTING = False
+GRADIENT_CHECKPOINTING = False  # True: layers run again in the backward pass; 'selective': only their cheap ops
 LM_HEAD_CHUNK = "auto"  # policy log-probs (and ptx loss) through the LM head this many tokens at a time (0: off; docs/throughput.md)
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
-KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
+KEEP_FREED_BELOW_MIB = 0  # with it: freed blocks of this many MiB or more go back to the OS (0: all kept; docs/throughput.md)
 # PEFT (model/peft/): a LoRA actor shares its weights with the reference (adapters off)
 PEFT = "none"  # 'none' or 'lora'
 LORA_R = 8  # LoRA rank

@@ -61,8 +61,8 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 FSDP = False  # with torchrun --nproc_per_node N
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
-KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
-GRADIENT_CHECKPOINTING = False
+KEEP_FREED_BELOW_MIB = 0  # with it: freed blocks of this many MiB or more go back to the OS (0: all kept; docs/throughput.md)
+GRADIENT_CHECKPOINTING = False  # True: layers run again in the backward pass; 'selective': only their cheap ops
 DROPOUT = None  # None: the model's own (opt-125m: 0.1); a number sets every dropout (TRL's RewardTrainer: 0)
 # evaluation, logging, checkpoints
 EVAL_INTERVAL = 50  # steps between evaluations; the most accurate model is kept in out_dir/best

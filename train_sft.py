@@ -50,8 +50,8 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 SEED = 0  # also the new weights' initialisation and the sampling
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
-KEEP_FREED_BELOW_MIB = 0  # with it: keep only freed blocks below this many MiB, hand larger ones back (0: all kept)
-GRADIENT_CHECKPOINTING = False
+KEEP_FREED_BELOW_MIB = 32  # with it: freed blocks of this many MiB or more go back to the OS (0: all kept; docs/throughput.md)
+GRADIENT_CHECKPOINTING = False  # True: layers run again in the backward pass; 'selective': only their cheap ops
 LM_HEAD_CHUNK = "auto"  # LM head + loss on supervised tokens, this many at a time (0: off; docs/throughput.md)
 FSDP = False  # with torchrun --nproc_per_node N
 # evaluation, logging, checkpoints

@@ -39,7 +39,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         n = labels.numel()
         grad_hidden = torch.empty_like(hidden)  # (N, H)
-        grad_weight = None  # (V, H), weight's dtype: the sum of the chunks' products
+        grad_weight = part = None  # (V, H), weight's dtype: the sum of the chunks' products
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         with torch.autocast(device, enabled=False):
             for s in range(0, n, chunk):
@@ -52,8 +52,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 g = g.div_(max(n, 1)).to(dtype)  # (c, V) d loss / d logits
                 grad_hidden[s: s + chunk] = g @ w
                 if weight.requires_grad:
-                    part = g.T @ h[s: s + chunk]  # (V, H)
-                    grad_weight = part.to(weight.dtype) if grad_weight is None else grad_weight.add_(part)
+                    rows = h[s: s + chunk]
+                    if grad_weight is None:  # the first chunk's (V, H) product starts the sum
+                        grad_weight = (g.T @ rows).to(weight.dtype)
+                    else:  # each later chunk's product goes into one buffer (no new big block per chunk)
+                        part = g.T @ rows if part is None else torch.mm(g.T, rows, out=part)
+                        grad_weight.add_(part)
                 del logits, g
         if weight.requires_grad and grad_weight is None:  # no supervised token
             grad_weight = torch.zeros_like(weight)
@@ -63,6 +67,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_out.device.type == "cpu" and grad_out.item() == 1.0:  # the loss itself (no extra pass, no copy)
+            return grad_hidden, grad_weight, None, None
         return grad_hidden * grad_out, None if grad_weight is None else grad_weight * grad_out, None, None
 
 

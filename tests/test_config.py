@@ -41,6 +41,17 @@ def test_wrong_type_raises(args):
         configure(settings(), args)
 
 
+def test_gradient_checkpointing_takes_a_bool_or_selective():
+    """GRADIENT_CHECKPOINTING = False: True, False and 'selective' (model/memory.py) and nothing else."""
+    for raw, value in (("True", True), ("false", False), ("selective", "selective"), ("'selective'", "selective")):
+        ns = {**settings(), "GRADIENT_CHECKPOINTING": False}
+        configure(ns, ["--gradient_checkpointing", raw])
+        assert ns["GRADIENT_CHECKPOINTING"] == value and type(ns["GRADIENT_CHECKPOINTING"]) is type(value)
+    for raw in ("1", "some", "None"):
+        with pytest.raises(ConfigError, match="--gradient_checkpointing: expected True, False or 'selective'"):
+            configure({**settings(), "GRADIENT_CHECKPOINTING": False}, ["--gradient_checkpointing", raw])
+
+
 def test_missing_value_raises():
     with pytest.raises(ConfigError, match="missing value"):
         configure(settings(), ["--lr"])

@@ -36,11 +36,13 @@ def warmup_cosine(optimizer, warmup_steps: int, max_steps: int) -> torch.optim.l
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, max_steps))
 
 
-def prepare_trained(accelerator, model, lr: float, weight_decay: float, *, fsdp: bool, gradient_checkpointing: bool):
+def prepare_trained(accelerator, model, lr: float, weight_decay: float, *, fsdp: bool,
+                    gradient_checkpointing: bool | str):
     """A model a trainer updates, and its AdamW, ready for the accelerator (one model per prepare():
-    FSDP2 needs that); its layers checkpointed first with gradient_checkpointing (model/memory.py)."""
+    FSDP2 needs that); its layers checkpointed first with gradient_checkpointing, True or 'selective'
+    (model/memory.py)."""
     if gradient_checkpointing:
-        checkpoint_layers(model)
+        checkpoint_layers(model, selective=gradient_checkpointing == "selective")
     if fsdp:  # torch's FSDP2 directly: accelerate would wrap it in DDP on CPU (trainer/fsdp.py)
         model = shard_model(model.to(accelerator.device), type(model).__name__)
         return model, adamw(model, lr, weight_decay)

@@ -25,7 +25,7 @@ class LoopConfig:
     overwrite: bool  # start afresh over a checkpoint or finished run in out_dir (deletes them)
     log_with: str  # experiment trackers beside metrics.jsonl ('tensorboard', 'wandb', comma-separated, or 'none')
     group_by_length: bool  # batches of similar lengths (less padding); every item still once per epoch
-    gradient_checkpointing: bool  # keep only each layer's input; recompute the layer in the backward pass (checkpoint_layers)
+    gradient_checkpointing: bool | str  # True or 'selective': recompute layers in the backward pass (checkpoint_layers)
     fsdp: bool  # shard trained weights, gradients, AdamW state over the ranks (trainer/fsdp.py)
 
     from_settings = classmethod(from_settings)

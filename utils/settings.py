@@ -35,6 +35,12 @@ def _check_type(name: str, value, default, raw=None):
     raw = value if raw is None else raw
     if default is None or (value is None and name.endswith("_LIMIT")):  # a limit of None: all rows
         return value
+    if name == "GRADIENT_CHECKPOINTING":  # a bool, or the string 'selective' (model/memory.py)
+        if isinstance(value, str) and value.lower() in ("true", "false", "selective"):
+            value = {"true": True, "false": False}.get(value.lower(), "selective")
+        if not (isinstance(value, bool) or value == "selective"):
+            raise ConfigError(f"--gradient_checkpointing: expected True, False or 'selective', got {raw!r}")
+        return value
     if isinstance(default, bool):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
