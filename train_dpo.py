@@ -26,8 +26,8 @@ from trainer.dist import resolve_bf16
 from trainer.evaluate import (comparison_summary, greedy_and_sampled, print_comparison,
                               test_evaluation)
 from trainer.dpo import DPOConfig, DPOTrainer
-from utils import (ConfigError, configure, keep_freed_memory, plot_metrics, quiet_transformers, run_main,
-                   seed_everything)
+from utils import (ConfigError, bound_kernel_caches, configure, keep_freed_memory, plot_metrics, quiet_transformers,
+                   run_main, seed_everything)
 
 # models and data
 SFT_MODEL = "out/sft"  # the policy and the frozen reference start here
@@ -86,6 +86,7 @@ def main():
         raise ConfigError(f"PEFT={PEFT!r}: DPO supports 'none' and 'lora'")
     quiet_transformers()
     seed_everything(SEED)
+    bound_kernel_caches()  # before the first bf16 product (utils/runtime.py)
     keep_freed_memory(KEEP_FREED_MEMORY, KEEP_FREED_BELOW_MIB)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     chat = config["CHAT_TEMPLATE"] = saved_chat_format(SFT_MODEL, CHAT_TEMPLATE)

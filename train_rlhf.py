@@ -35,8 +35,8 @@ from trainer.evaluate import (SFTEvalSettings, comparison_summary, greedy_and_sa
                               print_comparison, read_sft_eval, sft_evaluation, write_side_by_side)
 from trainer.grpo import GRPOConfig, GRPOTrainer
 from trainer.ppo import PPOConfig, PPOTrainer
-from utils import (ConfigError, configure, keep_freed_memory, plot_metrics, quiet_transformers, run_main,
-                   seed_everything)
+from utils import (ConfigError, bound_kernel_caches, configure, keep_freed_memory, plot_metrics, quiet_transformers,
+                   run_main, seed_everything)
 
 ALGO = "ppo"  # 'ppo' (actor + critic, KL in the reward) or 'grpo' (no critic, KL in the loss)
 # models and data
@@ -166,6 +166,7 @@ def main():
     reward_fn = reward_functions(REWARD, REWARD_WEIGHTS, gold_judge)  # None: REWARD='rm'
     quiet_transformers()
     seed_everything(SEED)
+    bound_kernel_caches()  # before the first bf16 product (utils/runtime.py)
     keep_freed_memory(KEEP_FREED_MEMORY, KEEP_FREED_BELOW_MIB)
     tokenizer = load_tokenizer(SFT_MODEL, "SFT_MODEL")
     use_chat_format(tokenizer, CHAT_TEMPLATE)

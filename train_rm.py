@@ -30,7 +30,8 @@ from trainer.checkpoint import lock_out_dir
 from trainer.dist import is_sharded, resolve_bf16
 from trainer.evaluate import test_evaluation
 from trainer.rm import RMTrainer, fit_head
-from utils import ConfigError, configure, keep_freed_memory, quiet_transformers, run_main, seed_everything
+from utils import (ConfigError, bound_kernel_caches, configure, keep_freed_memory, quiet_transformers, run_main,
+                   seed_everything)
 
 # model and data
 MODEL = "out/sft"  # backbone: the SFT checkpoint, 'embedded', a hub id, a dir or a .gguf; new head
@@ -132,6 +133,7 @@ def main():
     l2s = check_settings()
     quiet_transformers()
     seed_everything(SEED)
+    bound_kernel_caches()  # before the first bf16 product (utils/runtime.py)
     keep_freed_memory(KEEP_FREED_MEMORY, KEEP_FREED_BELOW_MIB)
     on_mismatch = "error" if STRICT else "skip"
     tokenizer = load_tokenizer(MODEL)  # pads with a token that is not EOS (model/load.py)

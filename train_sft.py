@@ -26,7 +26,7 @@ from trainer.base import LoopConfig, OptimConfig
 from trainer.dist import resolve_bf16
 from trainer.evaluate import test_evaluation
 from trainer.sft import SFTTrainer
-from utils import configure, keep_freed_memory, quiet_transformers, run_main, seed_everything
+from utils import bound_kernel_caches, configure, keep_freed_memory, quiet_transformers, run_main, seed_everything
 
 # model and data
 MODEL = "embedded"  # 'embedded' (tiny OPT, offline), a hub id, a local dir or a .gguf file
@@ -50,7 +50,7 @@ BF16 = "auto"  # True, False or 'auto': where it pays (trainer/dist.py resolve_b
 SEED = 0  # also the new weights' initialisation and the sampling
 GROUP_BY_LENGTH = False
 KEEP_FREED_MEMORY = True  # reuse the memory torch frees, not handed back to the OS (glibc; docs/throughput.md)
-KEEP_FREED_BELOW_MIB = 32  # with it: freed blocks of this many MiB or more go back to the OS (0: all kept; docs/throughput.md)
+KEEP_FREED_BELOW_MIB = 0  # with it: freed blocks of this many MiB or more go back to the OS (0: all kept; docs/throughput.md)
 GRADIENT_CHECKPOINTING = False  # True: layers run again in the backward pass; 'selective': only their cheap ops
 LM_HEAD_CHUNK = "auto"  # LM head + loss on supervised tokens, this many at a time (0: off; docs/throughput.md)
 FSDP = False  # with torchrun --nproc_per_node N
@@ -78,6 +78,7 @@ config = configure(globals())
 def main():
     quiet_transformers()
     seed_everything(SEED)
+    bound_kernel_caches()  # before the first bf16 product (utils/runtime.py)
     keep_freed_memory(KEEP_FREED_MEMORY, KEEP_FREED_BELOW_MIB)
     tokenizer = load_tokenizer(MODEL)
     use_chat_format(tokenizer, CHAT_TEMPLATE)

@@ -9,8 +9,7 @@
 # The project's best settings (each side's own; docs/throughput.md says what each does):
 #   SFT  bf16, length-grouped batches, the LM head and loss in chunks on the supervised tokens (LM_HEAD_CHUNK='auto'),
 #        selective activation checkpointing (each layer keeps its matrix products' outputs and runs only the ops
-#        between them again: GRADIENT_CHECKPOINTING='selective'), freed blocks of 32 MiB and more handed back
-#        (KEEP_FREED_BELOW_MIB=32, the SFT default: the heap stays bounded in long runs)
+#        between them again: GRADIENT_CHECKPOINTING='selective')
 #   RM   bf16, length-grouped batches, dropout off and over-long comparisons left out: TRL's RewardTrainer
 #        disables dropout and drops pairs over max_length, so without these two the project does more work;
 #        each step's 8 pairs as four micro-batches of 2 (the same optimizer step, a quarter of the activations)

@@ -4,6 +4,7 @@ Everything public is importable from `utils` itself."""
 from utils.errors import ConfigError, UserError, run_main
 from utils.files import append_jsonl, plot_metrics, write_json
 from utils.runtime import (
+    bound_kernel_caches,
     hub_reachable,
     keep_freed_memory,
     own_random_numbers,
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigError",
     "UserError",
     "append_jsonl",
+    "bound_kernel_caches",
     "check_ranges",
     "configure",
     "from_settings",
