@@ -14,21 +14,22 @@ import contextlib
 import functools
 
 import torch
+from torch.utils.checkpoint import CheckpointPolicy
 
 from utils import ConfigError, UserError
 
 
 # what selective checkpointing keeps: the outputs of the matrix products and of attention (the ops that cost
 # FLOPs); everything between them (norms, casts, activations, dropout, residual adds) runs again
-_KEPT_OPS = ("addmm", "mm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
-             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-             "_scaled_dot_product_cudnn_attention", "_efficient_attention_forward", "_flash_attention_forward")
+_KEPT_OPS = frozenset(("addmm", "mm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
+                       "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                       "_scaled_dot_product_cudnn_attention", "_efficient_attention_forward",
+                       "_flash_attention_forward"))
 
 
 def _keep_products(ctx, op, *args, **kwargs):
-    """The policy of selective checkpointing (torch.utils.checkpoint.create_selective_checkpoint_contexts)."""
-    from torch.utils.checkpoint import CheckpointPolicy
-
+    """The policy of selective checkpointing (torch.utils.checkpoint.create_selective_checkpoint_contexts),
+    asked for every op a checkpointed layer runs."""
     kept = op.overloadpacket.__name__ in _KEPT_OPS
     return CheckpointPolicy.MUST_SAVE if kept else CheckpointPolicy.PREFER_RECOMPUTE
 

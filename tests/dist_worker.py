@@ -41,16 +41,18 @@ def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def sft_run(out_dir: str, batch_size: int, steps: int = 3, dropout: float = 0.0, **kw) -> SFTTrainer:
-    """`steps` SFT steps from a seeded init, no warmup, over the first examples of ds/sft_val.jsonl."""
+def sft_run(out_dir: str, batch_size: int, steps: int = 3, dropout: float = 0.0, lm_head_chunk: int = 16,
+            gradient_checkpointing="selective", **kw) -> SFTTrainer:
+    """`steps` SFT steps from a seeded init, no warmup, over the first examples of ds/sft_val.jsonl; the loss
+    through the LM head in chunks and the layers checkpointed selectively, as the side-by-side runs SFT."""
     tok = load_tokenizer("embedded")
     data = SFTDataset("ds/sft_val.jsonl", tok, max_len=64, limit=96, verbose=False)
     torch.manual_seed(0)
     model = OPTForCausalLM(tiny_config(dropout))
     trainer = SFTTrainer(model, tok, data, None, None, run_config={}, max_new_tokens=8, eval_batch_size=64,
-                         judge=None,
+                         judge=None, lm_head_chunk=lm_head_chunk,
                          **trainer_configs(out_dir, lr=3e-3, max_steps=steps, batch_size=batch_size, warmup_steps=0,
-                                           log_interval=1, seed=1, **kw))
+                                           log_interval=1, seed=1, gradient_checkpointing=gradient_checkpointing, **kw))
     trainer.fit()
     return trainer
 
@@ -159,7 +161,7 @@ def main():
     sft = sft_run(os.path.join(out_dir, "sft"), batch_size=8)
     acc = sft.accelerator
     result = {"launch": all_ranks(acc, (acc.num_processes, acc.process_index, str(acc.distributed_type))),
-              "sft": flat(sft.model), "rm": flat(rm_run(os.path.join(out_dir, "rm"), batch_size=4).model),
+              "sft": flat(sft.model), "sft_lm_head_chunk": sft.lm_head_chunk, "rm": flat(rm_run(os.path.join(out_dir, "rm"), batch_size=4).model),
               "ppo": all_ranks(acc, ppo_checks(os.path.join(out_dir, "ppo")))}
     full = sft_run(os.path.join(out_dir, "full"), batch_size=4, steps=6, dropout=0.1)
     resumed = sft_run(os.path.join(out_dir, "run"), batch_size=4, steps=6, dropout=0.1, resume=True)

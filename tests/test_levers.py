@@ -371,13 +371,17 @@ def test_kept_freed_memory_is_reused_without_faulting_its_pages_in_again():
     assert applied and big == every_time and small <= 3 * 2048
 
 
-FRAGMENTS = """
-import ctypes, random, sys, torch
-from utils import keep_freed_memory
+MALLINFO = """
+import ctypes
 class Info(ctypes.Structure):  # glibc's struct mallinfo2
     _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Info
+"""  # the heap's size and what is allocated in it (libc.mallinfo2()), for the scripts below
+
+FRAGMENTS = MALLINFO + """
+import random, sys, torch
+from utils import keep_freed_memory
 if not keep_freed_memory(True, int(sys.argv[1])):
     sys.exit(3)
 random.seed(0)
@@ -412,16 +416,12 @@ def test_big_blocks_handed_back_keep_the_heap_from_growing_with_changing_shapes(
     assert heap(32) < 32
 
 
-KERNEL_CACHES = """
-import ctypes, os, sys, torch
+KERNEL_CACHES = MALLINFO + """
+import os, sys, torch
 from utils import bound_kernel_caches
 os.environ.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None); os.environ.pop("LRU_CACHE_CAPACITY", None)
 if sys.argv[1] != "default":
     print(bound_kernel_caches(int(sys.argv[1])), file=sys.stderr)
-class Info(ctypes.Structure):  # glibc's struct mallinfo2
-    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = Info
 weight = torch.randn(256, 256, requires_grad=True)
 def step(rows):  # a bf16 product and its backward pass, as a batch of `rows` tokens makes them
     with torch.autocast("cpu", dtype=torch.bfloat16):

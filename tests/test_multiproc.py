@@ -82,6 +82,7 @@ def test_sft_two_processes_equal_one_process_with_double_batch(two_procs, tmp_pa
     loss is the mean over the global batch's supervised tokens. Per-rank token means averaged over the
     ranks put the weights about 0.17 apart (measured once); float noise gives about 2e-4."""
     out, result = two_procs
+    assert result["sft_lm_head_chunk"] == 16  # DDP wraps the model: the loss still takes the head in chunks
     one = sft_run(str(tmp_path), batch_size=16)
     torch.manual_seed(0)
     start = flat(type(one.model)(tiny_config()))
