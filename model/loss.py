@@ -25,6 +25,16 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+def add_to_grad(weight: torch.Tensor, grad: torch.Tensor) -> None:
+    """weight.grad += grad in place, or weight.grad = grad where there is none yet: what autograd does for a leaf,
+    done by the chunked LM-head Functions below for a matrix marked `head_grad_direct` (model/memory.py
+    direct_tied_grad), whose other gradient (the embedding's rows) autograd then adds into it in place."""
+    if weight.grad is None:
+        weight.grad = grad
+    else:
+        weight.grad.add_(grad)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of logits = hidden @ weight.T without (N, V) logits in memory: each chunk of rows
     gets its logits, its loss and the logits' gradient (softmax - one-hot) / N in fp32, and at once its share
@@ -62,14 +72,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if weight.requires_grad and grad_weight is None:  # no supervised token
             grad_weight = torch.zeros_like(weight)
         ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.direct = getattr(weight, "head_grad_direct", False)  # model/memory.py direct_tied_grad
+        ctx.weight = weight if ctx.direct else None
         return total / max(n, 1)
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_out.device.type == "cpu" and grad_out.item() == 1.0:  # the loss itself (no extra pass, no copy)
-            return grad_hidden, grad_weight, None, None
-        return grad_hidden * grad_out, None if grad_weight is None else grad_weight * grad_out, None, None
+        if not (grad_out.device.type == "cpu" and grad_out.item() == 1.0):  # 1: the loss itself (no pass, no copy)
+            grad_hidden = grad_hidden * grad_out
+            grad_weight = None if grad_weight is None else grad_weight * grad_out
+        if ctx.direct and grad_weight is not None:  # into .grad; the embedding's rows join it there
+            add_to_grad(ctx.weight, grad_weight)
+            grad_weight = None
+        return grad_hidden, grad_weight, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -168,6 +184,9 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                         part = d.T @ h[s: s + chunk]  # (S', H)
                         grad_weight[v: v + S].copy_(part) if s == 0 else grad_weight[v: v + S].add_(part)
                     del p, d
+        if grad_weight is not None and getattr(weight, "head_grad_direct", False):  # memory.py direct_tied_grad
+            add_to_grad(weight, grad_weight.to(weight.dtype))
+            grad_weight = None
         return (grad_hidden.to(hidden.dtype), None if grad_weight is None else grad_weight.to(weight.dtype),
                 None, None, None)
 

@@ -6,6 +6,8 @@
 - `frozen_model`: a frozen model's matrices stored in bfloat16, with bit-identical outputs under bf16
   autocast (FROZEN_BF16: PPO's and GRPO's reference and reward model); the rest copied out of the mapped
   checkpoint file (`own_memory`), so the pages the cast read are not kept resident.
+- `direct_tied_grad`: a tied LM head's gradient goes straight into the matrix's .grad and the embedding's lookup
+  adds only its rows to it, so autograd never sums two full (V, H) gradients into a third.
 - `lm_head_skipped` / `hidden_and_head` with `chunkable_lm_head`: the forward stops at the final hidden
   states, so SFT's loss and PPO's log-probs can take the LM head chunk by chunk (LM_HEAD_CHUNK, model/loss.py
   `linear_cross_entropy`, `linear_token_logprobs`) without full-vocabulary logits.
@@ -110,6 +112,24 @@ def chunkable_lm_head(model: torch.nn.Module):
     scaled = any(getattr(getattr(model, "config", None), k, None)
                  for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
     return head if type(head) is torch.nn.Linear and head.bias is None and not scaled else None
+
+
+def direct_tied_grad(model: torch.nn.Module) -> bool:
+    """Where the input embedding and the LM head share one trainable matrix (OPT, SmolLM2) and the loss takes the
+    head through model/loss.py's chunked functions: those add the head's (V, H) gradient straight into the
+    matrix's .grad, and the embedding lookup's gradient is made sparse (the batch's rows only), which autograd
+    then adds into that .grad in place. Without it autograd holds three (V, H) fp32 matrices at the end of the
+    backward pass: the head's gradient, the lookup's (zeros but for the batch's rows) and their sum, made out of
+    place (opt-125m: 147 MiB each, and a pass over each). The gradient is the same up to float rounding
+    (tests/test_levers.py). In place, before the model is wrapped; one process only (DDP reduces the gradients
+    autograd accumulates, and would take the lookup's for a sparse one). Returns whether it applied."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if (head is None or type(emb) is not torch.nn.Embedding or emb.weight is not getattr(head, "weight", None)
+            or not emb.weight.requires_grad or emb.max_norm is not None):
+        return False
+    emb.sparse = True
+    emb.weight.head_grad_direct = True  # read by model/loss.py's Functions: add into .grad, return None
+    return True
 
 
 LM_HEAD_CHUNK_MIN_VOCAB = 8192  # 'auto' chunks the LM head from this vocabulary size up

@@ -98,6 +98,7 @@ def test_lm_head_in_chunks_gives_the_ordinary_loss_and_gradients_without_full_lo
                              **trainer_configs(tmp_path / str(chunk), batch_size=12))
         assert trainer.lm_head_chunk == chunk
         model = trainer.unwrap(trainer.model)
+        assert model.get_input_embeddings().sparse == bool(chunk)  # direct_tied_grad with the chunked head
         head, calls = model.lm_head, []
         head.register_forward_hook(lambda *_: calls.append(1))
         torch.manual_seed(3)  # the same dropout masks
@@ -520,3 +521,127 @@ def test_chunked_response_logprobs_on_a_llama_model(monkeypatch):
     (full, full_entropy, full_grads), (chunked, chunked_entropy, chunked_grads) = results
     assert torch.allclose(chunked, full, atol=1e-5) and torch.allclose(chunked_entropy, full_entropy, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(chunked_grads, full_grads))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_draws_bernoulli_masks_scaled_as_torchs(dtype):
+    """model/dropout.py: a million draws keep 1 - p of the elements (and pairs of neighbours, which share one
+    64-bit draw, independently), kept values are x times 1 / (1 - p) rounded to x's dtype exactly as torch's
+    dropout makes them, the gradient passes through the same mask and scale, and a seed gives its mask again."""
+    import torch.nn.functional as F
+    from model.dropout import dropout
+
+    x = (torch.rand(1000, 1000) + 1).to(dtype).requires_grad_()  # no zeros: a zero out means dropped
+    torch.manual_seed(0)
+    y = dropout(x, 0.1)
+    keep = y != 0
+    assert abs(keep.float().mean().item() - 0.9) < 1.5e-3  # 5 standard deviations of 1e6 draws
+    pairs = keep.view(-1, 2)
+    assert abs((pairs[:, 0] & pairs[:, 1]).float().mean().item() - 0.81) < 2e-3
+    scale = torch.ones((), dtype=dtype).div_(0.9)
+    assert torch.equal(y, x.detach() * scale * keep)
+    theirs = F.dropout(x, 0.1, True)  # torch's own: the same value wherever both keep an element
+    both = (theirs != 0) & keep
+    assert both.float().mean() > 0.75 and torch.equal(theirs[both], y[both])
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(x.grad, grad * scale * keep)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1), y)
+    assert not torch.equal(dropout(x, 0.1), y)  # the next draw: another mask
+    for off in (dict(training=False), dict(p=0.0)):
+        assert torch.equal(dropout(x, **{"p": 0.1, **off}), x)
+
+
+@pytest.mark.parametrize("how", [False, True, "selective"])
+def test_fast_dropout_runs_in_trained_layers_only_and_checkpoint_replays_draw_the_same_masks(how):
+    """fast_dropout_layers: a layer in training mode with gradients draws its dropout (2 per OPT layer) with
+    model/dropout.py; in eval mode or without gradients, torch's (none at all in eval mode); and with
+    activation checkpointing (full or selective) over it, the replayed layers draw the same masks: the loss and
+    every gradient are those of the run without checkpointing. A model without dropout is left alone."""
+    import model.dropout as fast
+
+    calls = []
+    apply = fast._Dropout.apply
+
+    def counted(*args):
+        calls.append(1)
+        return apply(*args)
+    ids = torch.randint(4, 512, (4, 24))
+    runs = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast._Dropout, "apply", counted)
+        for checkpointed in (False, how):
+            model = tiny_model(dropout=0.1, attention_dropout=0.0)
+            assert fast.fast_dropout_layers(model) == 2
+            if checkpointed:
+                checkpoint_layers(model, selective=checkpointed == "selective")
+            calls.clear()
+            torch.manual_seed(1)
+            loss = model(input_ids=ids, labels=ids).loss
+            forward_calls = len(calls)
+            loss.backward()
+            assert forward_calls == 4 and len(calls) == 4 + (4 if checkpointed else 0)  # a replay draws again
+            runs.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+            calls.clear()
+            with torch.no_grad():
+                model(input_ids=ids)
+            model.eval()
+            model(input_ids=ids, labels=ids).loss.backward()
+            assert not calls
+    (loss0, grads0), (loss1, grads1) = runs
+    assert torch.equal(loss0, loss1)
+    assert all(torch.allclose(grads0[n], grads1[n], atol=1e-6) for n in grads0)
+    assert fast.fast_dropout_layers(tiny_model(dropout=0.0)) == 0
+
+
+class _BigResults(TorchDispatchMode):
+    """The ops run under it that make a new tensor of at least `size` elements."""
+    def __init__(self, size):
+        super().__init__()
+        self.size, self.ops = size, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (isinstance(out, torch.Tensor) and out.layout == torch.strided and out.numel() >= self.size and not any(
+                isinstance(a, torch.Tensor) and a.layout == torch.strided
+                and a.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+                for a in args)):  # dense, not a view of an input, not in place
+            self.ops.append(func.overloadpacket.__name__)
+        return out
+
+
+@pytest.mark.parametrize("loss_fn", ["cross_entropy", "token_logprobs"])
+def test_direct_tied_grad_sums_the_tied_matrix_gradients_in_place(loss_fn):
+    """direct_tied_grad: the chunked LM head's gradient goes straight into the tied matrix's .grad and the
+    embedding's (now sparse) gradient is added there in place, over two accumulated backward passes in bf16
+    autocast: every gradient is the ordinary path's, but no dense embedding gradient and no out-of-place sum of
+    the two (each a vocabulary-by-width matrix) is ever made. An untied head is left as it is."""
+    from model.loss import linear_cross_entropy, linear_token_logprobs
+    from model.memory import direct_tied_grad, hidden_and_head
+
+    ids = torch.randint(4, 512, (4, 24))
+    runs = []
+    for direct in (False, True):
+        model = tiny_model()
+        assert direct_tied_grad(model) if direct else True
+        vocab_by_width = model.lm_head.weight.numel()
+        with _BigResults(vocab_by_width) as big:
+            for _ in range(2):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    hidden, head = hidden_and_head(model, dict(input_ids=ids))
+                    if loss_fn == "cross_entropy":
+                        loss = linear_cross_entropy(hidden, head.weight, ids, 16)
+                    else:
+                        loss = -linear_token_logprobs(hidden[:, :-1], head.weight, ids[:, 1:], 1.0, 16)[0].mean()
+                loss.backward()
+        weight = model.get_input_embeddings().weight
+        assert not weight.grad.is_sparse and weight.grad.abs().sum() > 0
+        runs.append(({n: p.grad for n, p in model.named_parameters()}, big.ops))
+    (plain, plain_ops), (direct, direct_ops) = runs
+    assert all(torch.allclose(direct[n], plain[n], rtol=1e-5, atol=1e-7) for n in plain)
+    assert "embedding_dense_backward" in plain_ops and "add" in plain_ops  # what it spares
+    assert "embedding_dense_backward" not in direct_ops and "add" not in direct_ops, direct_ops
+    untied = tiny_model()
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    assert not direct_tied_grad(untied) and not untied.get_input_embeddings().sparse

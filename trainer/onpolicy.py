@@ -20,7 +20,7 @@ import torch
 from model.generate import (Responses, closed, decode_responses, position_ids_for, response_logprobs,
                             sample_responses)
 from model.loss import masked_mean
-from model.memory import chunkable_lm_head, frozen_model
+from model.memory import chunkable_lm_head, direct_tied_grad, frozen_model
 from model.reward import RewardEnsemble, reward_scores
 from trainer import guard
 from trainer.base import Trainer
@@ -117,6 +117,8 @@ class OnPolicyTrainer(Trainer):
         # KL of a copied reference is then exactly 0), so only where both have a plain head, and not under FSDP
         heads = [chunkable_lm_head(m) for m in (self.unwrap(self.actor), self.ref) if m is not None]
         self.lm_head_chunk = lm_head_chunk if not loop.fsdp and None not in heads else 0
+        if self.lm_head_chunk and self.accelerator.num_processes == 1:  # the actor's tied matrix: in place
+            direct_tied_grad(self.unwrap(self.actor))
         if lm_head_chunk and not self.lm_head_chunk:
             self.log(f"LM_HEAD_CHUNK={lm_head_chunk}: the full-vocabulary log-probs "
                      f"({'FSDP shards the head' if loop.fsdp else 'no plain lm_head on this model: a wrapper'})")

@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from model.dropout import fast_dropout_layers
 from model.memory import checkpoint_layers
 from trainer.fsdp import shard_model
 
@@ -41,6 +42,8 @@ def prepare_trained(accelerator, model, lr: float, weight_decay: float, *, fsdp:
     """A model a trainer updates, and its AdamW, ready for the accelerator (one model per prepare():
     FSDP2 needs that); its layers checkpointed first with gradient_checkpointing, True or 'selective'
     (model/memory.py)."""
+    if accelerator.device.type == "cpu":  # before checkpointing: its replay draws the same masks
+        fast_dropout_layers(model)
     if gradient_checkpointing:
         checkpoint_layers(model, selective=gradient_checkpointing == "selective")
     if fsdp:  # torch's FSDP2 directly: accelerate would wrap it in DDP on CPU (trainer/fsdp.py)

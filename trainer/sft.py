@@ -8,7 +8,7 @@ import torch
 
 from dataset.sft import sft_collate
 from model.loss import linear_cross_entropy, lm_loss
-from model.memory import chunkable_lm_head, hidden_and_head
+from model.memory import chunkable_lm_head, direct_tied_grad, hidden_and_head
 from model.peft.prompt_tuning import text_logits
 from trainer.base import LoopConfig, OptimConfig, Trainer
 from trainer.dist import reduce_sum, shard
@@ -44,6 +44,8 @@ class SFTTrainer(Trainer):
         self.eval_batch_size = eval_batch_size
         if lm_head_chunk and not loop.fsdp and chunkable_lm_head(self.unwrap(self.model)) is not None:
             self.lm_head_chunk = lm_head_chunk
+            if self.accelerator.num_processes == 1:  # the tied matrix's two gradients summed in place
+                direct_tied_grad(self.unwrap(self.model))
         elif lm_head_chunk:
             self.log(f"LM_HEAD_CHUNK={lm_head_chunk}: the ordinary LM head and loss "
                      f"({'FSDP shards the head' if loop.fsdp else 'no plain lm_head on this model: a wrapper'})")
