@@ -551,6 +551,9 @@ def test_fast_dropout_draws_bernoulli_masks_scaled_as_torchs(dtype):
     assert not torch.equal(dropout(x, 0.1), y)  # the next draw: another mask
     for off in (dict(training=False), dict(p=0.0)):
         assert torch.equal(dropout(x, **{"p": 0.1, **off}), x)
+    from model.dropout import _SCRATCH
+    dropout(torch.ones(10), 0.1)  # the random bits of every draw go into one buffer, the largest so far
+    assert len(_SCRATCH) == 1 and _SCRATCH[x.device].numel() >= x.numel() // 2
 
 
 @pytest.mark.parametrize("how", [False, True, "selective"])
