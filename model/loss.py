@@ -72,8 +72,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if weight.requires_grad and grad_weight is None:  # no supervised token
             grad_weight = torch.zeros_like(weight)
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.direct = getattr(weight, "head_grad_direct", False)  # model/memory.py direct_tied_grad
-        ctx.weight = weight if ctx.direct else None
+        ctx.grad_into = weight if getattr(weight, "head_grad_direct", False) else None  # memory.py direct_tied_grad
         return total / max(n, 1)
 
     @staticmethod
@@ -82,8 +81,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if not (grad_out.device.type == "cpu" and grad_out.item() == 1.0):  # 1: the loss itself (no pass, no copy)
             grad_hidden = grad_hidden * grad_out
             grad_weight = None if grad_weight is None else grad_weight * grad_out
-        if ctx.direct and grad_weight is not None:  # into .grad; the embedding's rows join it there
-            add_to_grad(ctx.weight, grad_weight)
+        if ctx.grad_into is not None and grad_weight is not None:  # into .grad; the embedding's rows join it there
+            add_to_grad(ctx.grad_into, grad_weight)
             grad_weight = None
         return grad_hidden, grad_weight, None, None
 
@@ -184,11 +183,11 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                         part = d.T @ h[s: s + chunk]  # (S', H)
                         grad_weight[v: v + S].copy_(part) if s == 0 else grad_weight[v: v + S].add_(part)
                     del p, d
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         if grad_weight is not None and getattr(weight, "head_grad_direct", False):  # memory.py direct_tied_grad
-            add_to_grad(weight, grad_weight.to(weight.dtype))
+            add_to_grad(weight, grad_weight)
             grad_weight = None
-        return (grad_hidden.to(hidden.dtype), None if grad_weight is None else grad_weight.to(weight.dtype),
-                None, None, None)
+        return grad_hidden.to(hidden.dtype), grad_weight, None, None, None
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float,
